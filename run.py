@@ -1,0 +1,58 @@
+"""Entry point: `python run.py [--config PATH] [--host H] [--port P] [--demo]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from server.config import ConfigError, load_config
+from server.runner import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the config, and serve until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(description="chatgate: a chat backend for vLLM")
+    parser.add_argument("--config", default="config.yaml", help="YAML config (default ./config.yaml)")
+    parser.add_argument("--host", help="override server.host")
+    parser.add_argument("--port", type=int, help="override server.port")
+    parser.add_argument("--demo", action="store_true",
+                        help="also start the vLLM simulator and point llm.base_url at it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config)
+        if args.host:
+            config = config.replace("server", host=args.host)
+        if args.port is not None:
+            config = config.replace("server", port=args.port)
+    except ConfigError as err:
+        print(f"chatgate: configuration error: {err}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this is a fallback
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_run(config, args.demo))
+
+
+async def _run(config, demo: bool) -> int:  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await serve(config, stop, demo=demo)
+    except (ConfigError, OSError) as err:
+        print(f"chatgate: cannot start: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

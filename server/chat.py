@@ -1,0 +1,157 @@
+"""The chat turn: store the user's message, queue the job, follow it, store the reply."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Union
+
+import orjson
+
+from workers.errors import JobCancelled, ShuttingDown, WorkerError
+from workers.job import CompletionRequest, Delta, Failed, Finished, Job, Started
+from workers.pool import WorkerPool
+
+from .config import Config
+from .memory import MemoryManager
+from .ratelimit import KeyedRateLimiter, RateLimited
+from .storage import Database, messages
+from .storage.rows import MessageRow
+
+QUEUE_POLL_S = 0.5  # how often a waiting stream re-reads its queue position
+
+
+class ChatRejected(Exception):
+    """The job could not be queued; the user's message is stored and can be retried."""
+
+    def __init__(self, cause: WorkerError, conversation_id: int, user_message_id: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.conversation_id = conversation_id
+        self.user_message_id = user_message_id
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One accepted chat turn: its stored user message and its queued job."""
+
+    conversation_id: int
+    user_message: MessageRow
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job is waiting; `position` jobs will be served before it."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The reply is complete and stored."""
+
+    message: MessageRow
+    usage: dict[str, Any]
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The turn failed; `message` is the stored partial reply, if any was generated."""
+
+    error: WorkerError
+    message: MessageRow | None
+
+
+ChatEvent = Union[Queued, Delta, Done, Error]
+
+
+def title_from(message: str, limit: int = 60) -> str:
+    """A conversation title from its first message: the first line, cut at a word."""
+    line = " ".join(message.strip().split("\n", 1)[0].split())
+    if len(line) <= limit:
+        return line or "New chat"
+    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
+    return cut + "…"
+
+
+class ChatService:
+    """Plain async functions behind POST /api/chat; no HTTP in here."""
+
+    def __init__(self, db: Database, memory: MemoryManager, pool: WorkerPool,
+                 config: Config) -> None:
+        self._db = db
+        self._memory = memory
+        self._pool = pool
+        self._config = config
+        self._limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
+
+    async def start(self, user_id: int, message: str, conversation_id: int | None,
+                    max_tokens: int | None, temperature: float | None) -> Turn:
+        """Accept a turn: commit the user's message first, then queue the job."""
+        retry_after = self._limiter.hit(user_id)
+        if retry_after is not None:
+            raise RateLimited(retry_after, "chat rate limit reached, slow down")
+        if self._pool.closed:
+            raise ShuttingDown(self._pool.closed)
+        conv_id, stored = await messages.add_user_message(
+            self._db, user_id, conversation_id, message, title_from(message))
+        history = [] if conversation_id is None else \
+            await self._memory.history(user_id, conv_id, before_id=stored["id"])
+        llm = self._config.llm
+        request = CompletionRequest(
+            self._memory.prompt(history, message),
+            max_tokens if max_tokens is not None else llm.max_tokens,
+            temperature if temperature is not None else llm.temperature)
+        job = Job(owner=user_id, request=request)
+        try:
+            self._pool.submit(job)
+        except WorkerError as err:
+            raise ChatRejected(err, conv_id, stored["id"]) from err
+        return Turn(conv_id, stored, job)
+
+    async def follow(self, turn: Turn) -> AsyncIterator[ChatEvent]:
+        """Queue positions while waiting, then deltas, then Done or Error (reply stored)."""
+        job = turn.job
+        last: int | None = None
+        while True:
+            if job.state == "queued":
+                position = self._pool.queue.position(job)
+                if position is not None and position != last:
+                    last = position
+                    yield Queued(position)
+                try:
+                    async with asyncio.timeout(QUEUE_POLL_S):
+                        event = await job.events.get()
+                except TimeoutError:
+                    continue
+            else:
+                event = await job.events.get()
+            if isinstance(event, Started):
+                continue
+            if isinstance(event, Delta):
+                yield event
+            elif isinstance(event, Finished):
+                c = event.completion
+                stored = await self._memory.append(
+                    turn.conversation_id, "assistant", c.text, "complete",
+                    orjson.dumps(c.usage).decode() if c.usage else None)
+                yield Done(stored, c.usage, c.finish_reason)
+                return
+            elif isinstance(event, Failed):
+                yield Error(event.error, await self._keep_partial(turn, event.error, event.partial))
+                return
+
+    async def abandon(self, turn: Turn) -> None:
+        """The client left: cancel the job and keep whatever was generated as incomplete."""
+        if turn.job.state == "done":
+            return
+        turn.job.cancel()
+        await self._keep_partial(turn, JobCancelled("cancelled"), "".join(turn.job.partial))
+
+    async def _keep_partial(self, turn: Turn, error: WorkerError, partial: str) -> MessageRow | None:
+        if not partial:
+            return None
+        status = "incomplete" if isinstance(error, (JobCancelled, ShuttingDown)) else "error"
+        return await self._memory.append(turn.conversation_id, "assistant", partial, status)

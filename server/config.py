@@ -1,0 +1,249 @@
+"""Typed, validated configuration: config.yaml, then CHATGATE_* environment overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "CHATGATE_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the operator in one line."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """HTTP listener and request handling."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    shutdown_grace_s: float = 30.0
+    cors_origins: tuple[str, ...] = ()
+    trust_forwarded: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """SQLite file and its connections."""
+
+    path: str = "data/chatgate.db"
+    read_connections: int = 3
+    busy_timeout_ms: int = 5000
+    synchronous: str = "NORMAL"
+    max_batch: int = 512
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Passwords, tokens, the token cache and registration."""
+
+    secret: str = ""
+    token_ttl_s: int = 3600
+    cache_ttl_s: int = 300
+    cache_size: int = 10000
+    register_open: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits: per client, per user, and towards the model."""
+
+    login_per_ip_per_minute: int = 10
+    chat_per_user_per_minute: int = 30
+    upstream_rps: float = 100.0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The vLLM (OpenAI-compatible) upstream."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = ""
+    model: str = ""
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 60.0
+    request_timeout_s: float = 600.0
+    retries: int = 2
+    retry_backoff_s: float = 0.25
+    max_tokens: int = 1024
+    temperature: float = 0.7
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The bounded chat job queue and its worker pool."""
+
+    max_size: int = 512
+    workers: int = 64
+    max_per_user: int = 32
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """What each prompt carries: the system prompt and a history budget."""
+
+    system_prompt: str = "You are a helpful assistant."
+    max_history_messages: int = 20
+    max_history_tokens: int = 3000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one object passed down from run.py."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """Return a copy with some keys of one section changed (tests, CLI flags)."""
+        return dataclasses.replace(
+            self, **{section: dataclasses.replace(getattr(self, section), **changes)}
+        )
+
+
+# Keys whose value may be zero but not negative are the default; these must be > 0.
+_POSITIVE = {
+    "server.max_body_bytes", "database.read_connections", "database.max_batch",
+    "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
+    "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
+    "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
+    "queue.workers", "memory.max_history_tokens",
+}
+_CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (if any), apply environment overrides and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{section}: must be a mapping")
+            raw[section][key] = _EnvValue(value, name)
+    return build_config(raw)
+
+
+def build_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping into a Config, naming the first bad key."""
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for section, value in raw.items():
+        if section not in hints:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(hints)})")
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{section}: must be a mapping of keys to values")
+        sections[section] = _build_section(section, hints[section], value)
+    return Config(**sections)
+
+
+class _EnvValue(str):
+    """A string from the environment, parsed into the key's type."""
+
+    source: str
+
+    def __new__(cls, value: str, source: str) -> _EnvValue:
+        obj = super().__new__(cls, value)
+        obj.source = source
+        return obj
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections")
+    return data
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if key not in hints:
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(hints)})")
+        kwargs[key] = _check(name, hints[key], value)
+    return cls(**kwargs)
+
+
+def _check(name: str, kind: Any, value: Any) -> Any:
+    where = f" (from {value.source})" if isinstance(value, _EnvValue) else ""
+    try:
+        result = _coerce(kind, value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}{where}") from err
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        if result < 0 or (name in _POSITIVE and result == 0):
+            bound = "greater than 0" if name in _POSITIVE else "0 or more"
+            raise ConfigError(f"{name}: must be {bound}, got {result}{where}")
+    if name == "server.port" and result > 65535:
+        raise ConfigError(f"{name}: must be at most 65535, got {result}{where}")
+    if name == "auth.secret" and result and len(result) < 32:
+        raise ConfigError(f"{name}: must be at least 32 characters (or empty to generate one)")
+    if name in _CHOICES and result not in _CHOICES[name]:
+        raise ConfigError(f"{name}: must be one of {', '.join(_CHOICES[name])}{where}")
+    return result
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    env = isinstance(value, _EnvValue)
+    if kind is bool:
+        if env and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if env and value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, bool) and not env:
+            return value
+        raise TypeError(f"must be true or false, got {value!r}")
+    if kind is int:
+        if env:
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"must be a whole number, got {value!r}")
+        return value
+    if kind is float:
+        if env:
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"must be a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(kind) is tuple or isinstance(kind, types.GenericAlias):
+        if env:
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise TypeError(f"unsupported type {kind!r}")

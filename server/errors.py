@@ -1,0 +1,129 @@
+"""API errors and the one place where domain errors become HTTP errors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from workers.errors import (QueueFull, ShuttingDown, UpstreamError, UpstreamRejected,
+                            UpstreamTimeout, WorkerError)
+
+from .chat import ChatRejected
+from .ratelimit import RateLimited
+from .responses import json_response
+from .storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 429: "rate_limited", 431: "headers_too_large",
+    502: "upstream_unavailable", 503: "unavailable", 504: "upstream_timeout",
+}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, machine code and human message."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def body(self) -> dict[str, object]:
+        """The JSON error object, as responses and SSE error events carry it."""
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+    def response(self) -> web.Response:
+        """The JSON response for this error."""
+        return json_response(self.body(), status=self.status, headers=self.headers)
+
+
+def invalid(message: str, field: str | None = None) -> ApiError:
+    """400 for a malformed request, naming the field when there is one."""
+    extra = {"field": field} if field else {}
+    return ApiError(400, "invalid_request", message, **extra)
+
+
+def unauthorized(message: str = "authentication required") -> ApiError:
+    """401 with the bearer challenge."""
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+def rate_limited(retry_after: float, message: str = "too many requests") -> ApiError:
+    """429 with Retry-After in whole seconds."""
+    return ApiError(429, "rate_limited", message, {"Retry-After": str(max(1, int(retry_after + 0.999)))})
+
+
+def from_domain(err: BaseException) -> ApiError | None:
+    """Map a storage, rate-limit or worker error to its API error, or None if unknown."""
+    if isinstance(err, ChatRejected):
+        mapped = from_domain(err.cause)
+        if mapped is not None:
+            mapped.extra.update(conversation_id=err.conversation_id,
+                                user_message_id=err.user_message_id)
+        return mapped
+    if isinstance(err, RateLimited):
+        return rate_limited(err.retry_after, str(err))
+    if isinstance(err, WorkerError):
+        return _from_worker(err)
+    if isinstance(err, NotFound):
+        return ApiError(404, "not_found", str(err) or "not found")
+    if isinstance(err, Conflict):
+        return ApiError(409, "conflict", str(err))
+    if isinstance(err, InvalidCursor):
+        return invalid(str(err), "cursor")
+    if isinstance(err, DatabaseBusy):
+        return ApiError(503, "database_busy", str(err), {"Retry-After": "1"})
+    return None
+
+
+def _from_worker(err: WorkerError) -> ApiError:
+    if isinstance(err, QueueFull):
+        if err.per_owner:
+            return ApiError(429, "too_many_queued", str(err), {"Retry-After": "2"})
+        return ApiError(503, "queue_full", str(err), {"Retry-After": "2"})
+    if isinstance(err, ShuttingDown):
+        return ApiError(503, "shutting_down", str(err), {"Retry-After": "5"})
+    if isinstance(err, UpstreamTimeout):
+        return ApiError(504, "upstream_timeout", str(err))
+    if isinstance(err, UpstreamRejected):
+        return ApiError(502, "upstream_rejected", str(err))
+    if isinstance(err, UpstreamError):
+        return ApiError(502, "upstream_unavailable", str(err))
+    return ApiError(499, "cancelled", str(err))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; never a traceback or an HTML page."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return err.response()
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        code = _HTTP_CODES.get(err.status, "error")
+        message = err.reason if err.status != 413 else "request body is too large"
+        headers = {k: v for k, v in err.headers.items() if k in ("Allow", "Retry-After")}
+        return ApiError(err.status, code, message, headers).response()
+    except Exception as err:  # noqa: BLE001 - the last line of defence
+        mapped = from_domain(err)
+        if mapped is not None:
+            return mapped.response()
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, "internal_error", "internal server error").response()
+
+
+def setup_errors(app: web.Application) -> None:
+    """Install the error middleware (outermost, so it sees every other failure)."""
+    app.middlewares.append(error_middleware)

@@ -1,0 +1,87 @@
+"""HTTP handler for POST /api/chat: JSON or a server-sent event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from workers.job import Delta
+
+from .. import keys
+from ..auth import principal_of
+from ..chat import Done, Error, Queued, Turn
+from ..errors import ApiError, from_domain
+from ..responses import dumps, json_response
+from ..validation import boolean, ident, number, read_json, text
+
+_FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature"})
+MAX_MESSAGE_CHARS = 100_000
+PING_S = 10.0
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """Accept a message, queue it for the model, and answer with the stored reply."""
+    body = await read_json(request, _FIELDS)
+    message = text(body, "message", min_len=1, max_len=MAX_MESSAGE_CHARS)
+    assert message is not None
+    conv = body.get("conversation_id")
+    conversation_id = None if conv is None else ident(conv, "conversation_id")
+    stream = boolean(body, "stream")
+    max_tokens = number(body, "max_tokens", low=1, high=32768, integer=True)
+    temperature = number(body, "temperature", low=0, high=2)
+    service = request.app[keys.CHAT]
+    turn = await service.start(principal_of(request).user["id"], message, conversation_id,
+                               int(max_tokens) if max_tokens is not None else None,
+                               float(temperature) if temperature is not None else None)
+    try:
+        if stream:
+            return await _stream(request, turn)
+        return await _whole(request, turn)
+    except (asyncio.CancelledError, ConnectionResetError):
+        await service.abandon(turn)
+        raise
+
+
+async def _whole(request: web.Request, turn: Turn) -> web.Response:
+    async for event in request.app[keys.CHAT].follow(turn):
+        if isinstance(event, Done):
+            return json_response({"conversation_id": turn.conversation_id,
+                                  "message": event.message, "usage": event.usage,
+                                  "finish_reason": event.finish_reason})
+        if isinstance(event, Error):
+            raise _error(event, turn)
+    raise ApiError(500, "internal_error", "the reply ended without a result")
+
+
+async def _stream(request: web.Request, turn: Turn) -> web.StreamResponse:
+    async with sse_response(request) as sse:
+        sse.ping_interval = PING_S
+        await _send(sse, "meta", {"conversation_id": turn.conversation_id,
+                                  "user_message_id": turn.user_message["id"]})
+        async for event in request.app[keys.CHAT].follow(turn):
+            if isinstance(event, Delta):
+                await _send(sse, None, {"delta": event.text})
+            elif isinstance(event, Queued):
+                await _send(sse, "queued", {"position": event.position})
+            elif isinstance(event, Done):
+                await _send(sse, "done", {"message_id": event.message["id"],
+                                          "usage": event.usage,
+                                          "finish_reason": event.finish_reason})
+            elif isinstance(event, Error):
+                await _send(sse, "error", _error(event, turn).body())
+    return sse
+
+
+async def _send(sse: EventSourceResponse, event: str | None, data: Any) -> None:
+    await sse.send(dumps(data).decode(), event=event)
+
+
+def _error(event: Error, turn: Turn) -> ApiError:
+    mapped = from_domain(event.error) or ApiError(502, "upstream_unavailable", str(event.error))
+    mapped.extra["conversation_id"] = turn.conversation_id
+    if event.message is not None:
+        mapped.extra["partial_message_id"] = event.message["id"]
+    return mapped

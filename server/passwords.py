@@ -1,0 +1,41 @@
+"""Argon2id password hashing, always off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+# OWASP's Argon2id baseline: 19 MiB, 2 passes, 1 lane.
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+# Verified against when the user does not exist, so both failures take the same time.
+_DUMMY = _HASHER.hash("chatgate-timing-equaliser")
+
+
+class Passwords:
+    """Hashes and checks passwords on a small dedicated thread pool."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+
+    async def hash(self, password: str) -> str:
+        """A new Argon2id hash."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _HASHER.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """Whether the password matches; a missing user costs the same time."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, _check, stored or _DUMMY, password, stored is not None)
+
+    def close(self) -> None:
+        """Stop the threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check(stored: str, password: str, real: bool) -> bool:
+    try:
+        return _HASHER.verify(stored, password) and real
+    except (VerificationError, InvalidHashError):
+        return False

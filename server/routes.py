@@ -1,0 +1,29 @@
+"""URL table: every route of the API and the web client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from .handlers import auth, chat, conversations, service
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the routes."""
+    app.router.add_get("/health", service.health)
+    app.router.add_get("/ready", service.ready)
+    app.router.add_get("/openapi.json", service.openapi)
+    app.router.add_post("/api/auth/register", auth.register)
+    app.router.add_post("/api/auth/login", auth.login)
+    app.router.add_post("/api/auth/logout", auth.logout)
+    app.router.add_get("/api/auth/verify", auth.verify)
+    app.router.add_get("/api/conversations", conversations.list_conversations)
+    app.router.add_post("/api/conversations", conversations.create_conversation)
+    app.router.add_get(r"/api/conversations/{id:\d+}", conversations.get_conversation)
+    app.router.add_patch(r"/api/conversations/{id:\d+}", conversations.rename_conversation)
+    app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
+    app.router.add_get("/api/search", conversations.search)
+    app.router.add_post("/api/chat", chat.chat)

@@ -1,0 +1,79 @@
+"""Running the app on a real socket: used by run.py, the tests and the benchmarks alike."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """A started server: its app, runner and address."""
+
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new work, let handlers finish within the grace, clean up."""
+        await self.runner.cleanup()
+
+
+async def start(config: Config) -> Running:
+    """Start serving `config` (port 0 picks a free port) and return once it listens."""
+    app = await create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.server.shutdown_grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    return Running(app, runner, f"http://{shown}:{port}")
+
+
+async def serve(config: Config, stop: asyncio.Event, demo: bool = False) -> None:
+    """Serve until `stop` is set; with `demo`, run the vLLM simulator alongside."""
+    simulator = None
+    if demo:
+        from vllm_sim import SimSettings, start_simulator  # only the demo needs it
+
+        simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, reply_tokens=40))
+        config = config.replace("llm", base_url=simulator.url, model="", api_key="")
+        print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
+    running = await start(config)
+    _warn_plain_http(config)
+    print(f"chatgate serving {running.url} (database {config.database.path}, "
+          f"model server {config.llm.base_url})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: finishing running replies for up to %.0fs",
+                 config.server.shutdown_grace_s)
+        await running.stop()
+        if simulator is not None:
+            await simulator.close()
+
+
+def _warn_plain_http(config: Config) -> None:
+    """Cookies without Secure over a network are readable in transit: say so once."""
+    try:
+        loopback = ipaddress.ip_address(config.server.host).is_loopback
+    except ValueError:
+        loopback = config.server.host == "localhost"
+    if not loopback and not config.server.trust_forwarded:
+        log.warning("serving plain HTTP on %s: put TLS in front (and set server.trust_forwarded) "
+                    "so session cookies are Secure", config.server.host)

@@ -1,0 +1,34 @@
+"""The signing secret: from config, or generated once and kept beside the database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+
+SECRET_FILE = "chatgate.secret"
+
+
+def _load_or_create(db_path: str) -> str:
+    folder = Path(db_path).resolve().parent if db_path != ":memory:" else Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text(encoding="ascii").strip()
+        if len(value) < 32:
+            raise ValueError(f"{path} holds too short a secret; delete it to make a new one")
+        return value
+    value = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+async def resolve_secret(configured: str, db_path: str) -> str:
+    """The configured secret, or the one in the file beside the database (made 0600 if new)."""
+    if configured:
+        return configured
+    return await asyncio.to_thread(_load_or_create, db_path)

@@ -1,0 +1,182 @@
+"""SQLite connections: one batching writer and a small pool of readers, all on aiosqlite threads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, TypeVar
+
+import aiosqlite
+
+from .errors import DatabaseBusy, StorageError
+
+T = TypeVar("T")
+SyncOp = Callable[[sqlite3.Connection], T]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DbStats:
+    """Counters that tests and benchmarks read (a cache hit must not move them)."""
+
+    reads: int = 0
+    writes: int = 0
+    batches: int = 0
+
+
+async def _run(conn: aiosqlite.Connection, op: SyncOp[T]) -> T:
+    """Run a synchronous function on the connection's own thread.
+
+    aiosqlite implements every method this way; running a whole read or a whole
+    batch in one hop instead of one hop per statement is what makes batching pay.
+    """
+    return await conn._execute(op, conn._conn)  # noqa: SLF001
+
+
+async def _open(path: str, busy_timeout_ms: int, synchronous: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+class Database:
+    """Owns the connections; `write` batches many callers' ops into one transaction."""
+
+    def __init__(self, path: str, *, readers: int = 3, busy_timeout_ms: int = 5000,
+                 synchronous: str = "NORMAL", max_batch: int = 512) -> None:
+        self.path = path
+        self.stats = DbStats()
+        self._readers_n = readers
+        self._busy_ms = busy_timeout_ms
+        self._sync = synchronous
+        self._max_batch = max_batch
+        self._writer: aiosqlite.Connection | None = None
+        self._idle: asyncio.LifoQueue[aiosqlite.Connection] = asyncio.LifoQueue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._pending: deque[tuple[SyncOp[object], asyncio.Future[object]]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def open(self, migrate: Callable[[sqlite3.Connection], None]) -> None:
+        """Open the file, migrate the schema, start the writer task and the readers."""
+        if self.path != ":memory:":
+            await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
+        self._writer = await _open(self.path, self._busy_ms, self._sync)
+        await _run(self._writer, migrate)
+        for _ in range(self._readers_n):
+            conn = await _open(self.path, self._busy_ms, self._sync)
+            await conn.execute("PRAGMA query_only=ON")
+            self._all_readers.append(conn)
+            self._idle.put_nowait(conn)
+        self._task = asyncio.create_task(self._write_loop(), name="db-writer")
+
+    async def close(self) -> None:
+        """Finish every queued write, then close all connections."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        for conn in self._all_readers:
+            await conn.close()
+        if self._writer is not None:
+            await self._writer.close()
+
+    async def read(self, op: SyncOp[T]) -> T:
+        """Run a read-only function on an idle reader connection."""
+        self.stats.reads += 1
+        async with self._reader() as conn:
+            try:
+                return await _run(conn, op)
+            except sqlite3.OperationalError as err:
+                raise _translate(err) from err
+
+    async def write(self, op: SyncOp[T]) -> T:
+        """Queue a write; resolves once the transaction holding it has committed."""
+        if self._closing:
+            raise StorageError("the database is closing")
+        self.stats.writes += 1
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))  # type: ignore[arg-type]
+        self._wake.set()
+        return await asyncio.shield(fut)  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._idle.get()
+        try:
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def _write_loop(self) -> None:
+        assert self._writer is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending.popleft()
+                         for _ in range(min(self._max_batch, len(self._pending)))]
+                await self._commit_batch(batch)
+            if self._closing and not self._pending:
+                return
+
+    async def _commit_batch(self, batch: list[tuple[SyncOp[object], asyncio.Future[object]]]) -> None:
+        assert self._writer is not None
+        self.stats.batches += 1
+        ops = [op for op, _ in batch]
+        try:
+            outcomes = await _run(self._writer, lambda conn: _apply(conn, ops))
+        except BaseException as err:  # the commit itself failed: nobody's rows are in
+            error = _translate(err) if isinstance(err, sqlite3.Error) else err
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(err, Exception):
+                raise
+            log.warning("write batch of %d failed: %s", len(batch), err)
+            return
+        for (_, fut), (ok, value) in zip(batch, outcomes):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)  # type: ignore[arg-type]
+
+
+def _apply(conn: sqlite3.Connection, ops: list[SyncOp[object]]) -> list[tuple[bool, object]]:
+    """One transaction; each op in a savepoint so one failing op spoils no other."""
+    outcomes: list[tuple[bool, object]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append((True, op(conn)))
+            except Exception as err:  # noqa: BLE001 - handed to that op's caller
+                conn.execute("ROLLBACK TO op")
+                outcomes.append((False, _translate(err) if isinstance(err, sqlite3.Error) else err))
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _translate(err: BaseException) -> BaseException:
+    """Map SQLite's lock errors to DatabaseBusy; keep others as they are."""
+    if isinstance(err, sqlite3.OperationalError) and "locked" in str(err).lower():
+        return DatabaseBusy("the database is busy, try again")
+    return err

@@ -1,0 +1,21 @@
+"""Storage errors: what a caller may need to tell apart, nothing about HTTP."""
+
+
+class StorageError(Exception):
+    """Base class for storage failures."""
+
+
+class NotFound(StorageError):
+    """The row does not exist or belongs to someone else."""
+
+
+class Conflict(StorageError):
+    """A unique value is already taken."""
+
+
+class DatabaseBusy(StorageError):
+    """Another writer held the database past the busy timeout."""
+
+
+class InvalidCursor(StorageError):
+    """A pagination cursor that this storage did not issue."""

@@ -1,0 +1,70 @@
+"""SQL for messages: appending, and reading a conversation's recent history."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, cast
+
+from .db import Database
+from .errors import NotFound
+from .rows import MessageRow, now_iso
+
+
+async def add_user_message(db: Database, user_id: int, conversation_id: int | None,
+                           content: str, title: str) -> tuple[int, MessageRow]:
+    """Store a user's message, creating the conversation when none is given, in one transaction."""
+    now = now_iso()
+
+    def op(conn: sqlite3.Connection) -> tuple[int, MessageRow]:
+        conv = conversation_id
+        if conv is None:
+            conv = cast(int, conn.execute(
+                "INSERT INTO conversations (user_id, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?)", (user_id, title, now, now)).lastrowid)
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at) "
+                "VALUES (?, 'user', ?, ?)", (conv, content, now))
+        else:
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at) "
+                "SELECT ?, 'user', ?, ? WHERE EXISTS "
+                "(SELECT 1 FROM conversations WHERE id = ? AND user_id = ?)",
+                (conv, content, now, conv, user_id))
+            if cur.rowcount == 0:
+                raise NotFound("conversation not found")
+        return conv, {"id": cast(int, cur.lastrowid), "role": "user", "content": content,
+                      "status": "complete", "created_at": now}
+
+    return await db.write(op)
+
+
+async def add(db: Database, conversation_id: int, role: str, content: str,
+              status: str = "complete", usage: str | None = None) -> MessageRow:
+    """Append a message to a conversation the caller has already checked."""
+    now = now_iso()
+
+    def op(conn: sqlite3.Connection) -> MessageRow:
+        try:
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, status, created_at, usage) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, role, content, status, now, usage))
+        except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
+            raise NotFound("conversation not found") from err
+        return {"id": cast(int, cur.lastrowid), "role": role, "content": content,
+                "status": status, "created_at": now}
+
+    return await db.write(op)
+
+
+async def recent(db: Database, user_id: int, conversation_id: int,
+                 limit: int) -> list[tuple[int, str, str]]:
+    """Up to `limit` newest (id, role, content) with text, newest first, if the user owns it."""
+
+    def op(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute(
+            "SELECT m.id, m.role, m.content FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
+            "WHERE m.conversation_id = ? AND m.content != '' ORDER BY m.id DESC LIMIT ?",
+            (user_id, conversation_id, limit)).fetchall()
+
+    return [(r[0], r[1], r[2]) for r in await db.read(op)]

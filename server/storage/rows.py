@@ -1,0 +1,48 @@
+"""Row shapes and timestamps shared by the storage modules."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, TypedDict
+
+
+class UserRow(TypedDict):
+    """A user as the API shows it."""
+
+    id: int
+    username: str
+    created_at: str
+
+
+class ConversationRow(TypedDict):
+    """A conversation as the API shows it."""
+
+    id: int
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+
+
+class MessageRow(TypedDict):
+    """A message as the API shows it."""
+
+    id: int
+    role: str
+    content: str
+    status: str
+    created_at: str
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with milliseconds; sorts as text."""
+    t = time.time()
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{int(t * 1000) % 1000:03d}Z"
+
+
+def message_row(row: Any) -> MessageRow:
+    """(id, role, content, status, created_at) as a MessageRow."""
+    return {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
+            "created_at": row[4]}

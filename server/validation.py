@@ -1,0 +1,100 @@
+"""Reading and checking request bodies and query strings; every failure names the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import orjson
+from aiohttp import web
+
+from .errors import ApiError, invalid
+
+
+async def read_json(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """The body as a JSON object with only the allowed keys."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as err:
+        raise ApiError(413, "payload_too_large", "request body is too large") from err
+    if not raw:
+        raise invalid("request body must be a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise invalid(f"request body is not valid JSON: {err.msg}") from err
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise invalid(f"unknown field '{extra[0]}'", extra[0])
+    return body
+
+
+def text(body: Mapping[str, Any], key: str, *, min_len: int = 0, max_len: int,
+         required: bool = True, pattern: re.Pattern[str] | None = None,
+         hint: str = "") -> str | None:
+    """A string field within length bounds (and matching `pattern`)."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise invalid(f"'{key}' is required", key)
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"'{key}' must be a string", key)
+    if "\x00" in value:
+        raise invalid(f"'{key}' must not contain NUL characters", key)
+    if not min_len <= len(value) <= max_len:
+        raise invalid(f"'{key}' must be {min_len} to {max_len} characters", key)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise invalid(f"'{key}' {hint or 'has an invalid format'}", key)
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, *, low: float, high: float,
+           integer: bool = False) -> float | int | None:
+    """An optional number field within [low, high]."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (integer and not isinstance(value, int)):
+        raise invalid(f"'{key}' must be {'a whole number' if integer else 'a number'}", key)
+    if not low <= value <= high:
+        raise invalid(f"'{key}' must be between {low:g} and {high:g}", key)
+    return value
+
+
+def boolean(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """An optional boolean field."""
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(f"'{key}' must be true or false", key)
+    return value
+
+
+def ident(value: Any, key: str) -> int:
+    """A positive integer id from a path or body."""
+    if isinstance(value, bool):
+        raise invalid(f"'{key}' must be a positive integer id", key)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value < 2**63:
+        raise invalid(f"'{key}' must be a positive integer id", key)
+    return value
+
+
+def query_int(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]."""
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise invalid(f"'{key}' must be a whole number", key) from err
+    if not low <= value <= high:
+        raise invalid(f"'{key}' must be between {low} and {high}", key)
+    return value

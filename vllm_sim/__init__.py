@@ -1,0 +1,19 @@
+"""OpenAI-compatible vLLM simulator for tests, demos and benchmarks (no GPU, no model)."""
+
+from __future__ import annotations
+
+from .app import STATE, create_sim_app
+from .engine import SimStats
+from .runner import SimServer, start_simulator
+from .settings import DEFAULT_MODEL, FAULT_MODES, SimSettings
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FAULT_MODES",
+    "STATE",
+    "SimServer",
+    "SimSettings",
+    "SimStats",
+    "create_sim_app",
+    "start_simulator",
+]

@@ -1,0 +1,91 @@
+"""Typed knobs for the vLLM simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "vllm-simulator"
+FAULT_MODES: tuple[str, ...] = (
+    "none",
+    "500",
+    "503",
+    "reset",
+    "hang",
+    "hang_after_first",
+    "malformed",
+)
+# Knobs POST /sim/config may change while the simulator runs, with their types.
+RUNTIME_KNOBS: dict[str, type] = {
+    "ttft_ms": float,
+    "tpot_ms": float,
+    "reply_tokens": int,
+    "capacity": int,
+    "echo": bool,
+    "fault_after_tokens": int,
+}
+
+
+@dataclass
+class SimSettings:
+    """Simulator configuration; the running app reads these values live."""
+
+    model: str = DEFAULT_MODEL
+    ttft_ms: float = 20.0  # time to first token
+    tpot_ms: float = 5.0  # time per output token after the first
+    reply_tokens: int = 24  # length of the synthetic reply
+    capacity: int = 256  # max running sequences (vLLM's max_num_seqs)
+    max_model_len: int = 8192  # context window reported and enforced
+    echo: bool = False  # reply with the last user message verbatim
+    allow_test_headers: bool = False  # honour X-Sim-Reply / X-Sim-Fault
+    api_key: str | None = None  # require "Authorization: Bearer <key>" on /v1
+    fault: str = "none"  # global fault mode
+    fault_rate: float = 1.0  # share of requests hit by the global fault
+    fault_after_tokens: int = 2  # tokens sent before reset/malformed strike
+    seed: int | None = None  # seeds the fault-rate dice
+    history_size: int = 50  # request bodies kept for GET /sim/requests
+
+    def validate(self) -> None:
+        """Raise ValueError if any knob is out of range."""
+        if not self.model:
+            raise ValueError("model must be a non-empty string")
+        if self.ttft_ms < 0 or self.tpot_ms < 0:
+            raise ValueError("ttft_ms and tpot_ms must be >= 0")
+        if self.reply_tokens < 0 or self.fault_after_tokens < 0:
+            raise ValueError("reply_tokens and fault_after_tokens must be >= 0")
+        if self.capacity < 1 or self.max_model_len < 1 or self.history_size < 1:
+            raise ValueError("capacity, max_model_len and history_size must be >= 1")
+        if self.fault not in FAULT_MODES:
+            raise ValueError(f"fault must be one of {', '.join(FAULT_MODES)}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be between 0 and 1")
+
+    def apply(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate runtime changes, apply them all or none, and return them."""
+        clean: dict[str, Any] = {}
+        for key, value in changes.items():
+            kind = RUNTIME_KNOBS.get(key)
+            if kind is None:
+                raise ValueError(f"unknown or read-only knob: {key}")
+            # bool is an int subclass; keep true/false out of numeric knobs.
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise ValueError(f"{key} must be of type {kind.__name__}")
+            clean[key] = kind(value)
+        dataclasses.replace(self, **clean).validate()
+        for key, value in clean.items():
+            setattr(self, key, value)
+        return clean
+
+    def public(self) -> dict[str, Any]:
+        """Return the settings as JSON-ready data with the api key masked."""
+        data = dataclasses.asdict(self)
+        data["api_key"] = "***" if self.api_key else None
+        return data

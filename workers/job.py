@@ -1,0 +1,92 @@
+"""A chat job: what to ask the model, and the channel that carries the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Literal, Union
+
+from .errors import JobCancelled, WorkerError
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """An OpenAI-style chat completion request, without the model name."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished reply."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A worker took the job off the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The reply is complete."""
+
+    completion: Completion
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job ended without a complete reply; `partial` is what had been generated."""
+
+    error: WorkerError
+    partial: str
+
+
+Event = Union[Started, Delta, Finished, Failed]
+State = Literal["queued", "running", "done"]
+
+
+@dataclass(eq=False)
+class Job:
+    """One chat turn on its way through the queue; knows nothing of HTTP or storage."""
+
+    owner: Hashable
+    request: CompletionRequest
+    state: State = "queued"
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    partial: list[str] = field(default_factory=list)
+    on_cancel_queued: Any = None  # set by the queue: removes the job while it waits
+
+    def emit(self, event: Event) -> None:
+        """Send an event to whoever waits for the job."""
+        if isinstance(event, Delta):
+            self.partial.append(event.text)
+        elif isinstance(event, (Finished, Failed)):
+            self.state = "done"
+        self.events.put_nowait(event)
+
+    def fail(self, error: WorkerError) -> None:
+        """End the job with an error, keeping what was generated."""
+        if self.state != "done":
+            self.emit(Failed(error, "".join(self.partial)))
+
+    def cancel(self) -> None:
+        """The client is gone: leave the queue, or abort the running upstream call."""
+        if self.state == "queued" and self.on_cancel_queued is not None:
+            self.on_cancel_queued(self)
+        elif self.state == "running" and self.task is not None:
+            self.task.cancel()
+        self.fail(JobCancelled("the request was cancelled"))

@@ -1,0 +1,134 @@
+"""A fixed pool of workers: each takes a job off the queue and runs one upstream call at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from .errors import QueueFull, ShuttingDown, UpstreamError, WorkerError
+from .job import Delta, Finished, Job, Started
+from .queue import FairQueue
+from .upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolStats:
+    """Counters for health checks, tests and benchmarks."""
+
+    submitted: int = 0
+    rejected: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    running: int = 0
+
+
+class WorkerPool:
+    """Owns the queue and the worker tasks; upstream concurrency never exceeds `workers`."""
+
+    def __init__(self, upstream: UpstreamClient, *, workers: int, max_queue: int,
+                 max_per_owner: int = 0, rps: float = 100.0) -> None:
+        self.queue = FairQueue(max_queue)
+        self.stats = PoolStats()
+        self._upstream = upstream
+        self._size = workers
+        self._max_per_owner = max_per_owner
+        self._limiter = AsyncLimiter(rps, 1.0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed: str | None = None
+
+    @property
+    def closed(self) -> str | None:
+        """Why the pool takes no new jobs, or None while it does."""
+        return self._closed
+
+    @property
+    def live_workers(self) -> int:
+        """Worker tasks still alive (should always equal the pool size while open)."""
+        return sum(1 for t in self._tasks if not t.done())
+
+    def start(self) -> None:
+        """Start the worker tasks."""
+        self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}")
+                       for i in range(self._size)]
+
+    def submit(self, job: Job) -> None:
+        """Queue a job now or raise QueueFull / ShuttingDown; never waits."""
+        if self._closed:
+            raise ShuttingDown(self._closed)
+        if self._max_per_owner and self.queue.owner_count(job.owner) >= self._max_per_owner:
+            self.stats.rejected += 1
+            raise QueueFull("you already have the most requests waiting that one user may have",
+                            per_owner=True)
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull as err:
+            self.stats.rejected += 1
+            raise QueueFull("the chat queue is full, try again shortly") from err
+        self.stats.submitted += 1
+
+    def close_intake(self, reason: str = "the server is shutting down") -> None:
+        """Refuse new jobs and fail every queued one; running jobs go on."""
+        self._closed = reason
+        for job in self.queue.drain():
+            job.fail(ShuttingDown(reason))
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for running jobs to finish; True if they all did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.stats.running and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.stats.running == 0
+
+    async def stop(self) -> None:
+        """Cancel the workers (and so any job still running)."""
+        self.close_intake()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            job = await self.queue.get()
+            self.queue.task_done()
+            if job.state != "queued":
+                continue  # cancelled while waiting: never reaches the upstream
+            job.state = "running"
+            job.task = asyncio.create_task(self._run(job))
+            self.stats.running += 1
+            try:
+                await asyncio.wait({job.task})
+            except asyncio.CancelledError:
+                job.task.cancel()
+                await asyncio.wait({job.task})
+                raise
+            finally:
+                self.stats.running -= 1
+
+    async def _run(self, job: Job) -> None:
+        job.emit(Started())
+        try:
+            completion = await self._upstream.complete(
+                job.request, lambda text: job.emit(Delta(text)), self._limiter.acquire)
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            job.fail(ShuttingDown("the job was stopped"))
+            raise
+        except WorkerError as err:
+            self.stats.failed += 1
+            job.fail(err)
+        except Exception as err:  # noqa: BLE001 - one bad job must not kill a worker
+            log.exception("job failed unexpectedly")
+            self.stats.failed += 1
+            job.fail(UpstreamError(f"internal error: {type(err).__name__}"))
+        else:
+            self.stats.completed += 1
+            if job.state != "done":
+                job.emit(Finished(completion))

@@ -1,0 +1,191 @@
+"""The client for vLLM's OpenAI-compatible API, over one shared aiohttp ClientSession."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import aiohttp
+import orjson
+
+from .errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from .job import Completion, CompletionRequest
+
+log = logging.getLogger(__name__)
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Where the model is and how long to wait for it."""
+
+    base_url: str
+    api_key: str = ""
+    model: str = ""
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 60.0
+    request_timeout_s: float = 600.0
+    retries: int = 2
+    retry_backoff_s: float = 0.25
+
+
+class _Retryable(Exception):
+    """A failure before the first token: safe to try again."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def create_session(pool_size: int, settings: UpstreamSettings) -> aiohttp.ClientSession:
+    """The one session all workers share: keep-alive, sized to the pool, with timeouts."""
+    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size,
+                                     keepalive_timeout=60, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s,
+                                    sock_connect=settings.connect_timeout_s,
+                                    sock_read=settings.first_token_timeout_s)
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
+                                 json_serialize=lambda o: orjson.dumps(o).decode(),
+                                 raise_for_status=False)
+
+
+class UpstreamClient:
+    """Chat completions with retries before the first token and none after."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+        self._session = session
+        self._s = settings
+        self._url = settings.base_url.rstrip("/")
+        self.model = settings.model
+
+    async def resolve_model(self) -> str:
+        """Ask GET /models for the served model when none is configured."""
+        if self.model:
+            return self.model
+        return await self.probe()
+
+    async def probe(self) -> str:
+        """Check that the model server answers GET /models; learn the model if unset."""
+        timeout = aiohttp.ClientTimeout(total=self._s.connect_timeout_s + 5)
+        try:
+            async with self._session.get(f"{self._url}/models", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"GET /models answered {resp.status}")
+                data = await resp.json(loads=orjson.loads)
+            served = str(data["data"][0]["id"])
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError,
+                TypeError, ValueError) as err:
+            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+        if not self.model:
+            self.model = served
+        return self.model
+
+    async def complete(self, request: CompletionRequest, on_delta: Callable[[str], None],
+                       before_attempt: Callable[[], Any] | None = None) -> Completion:
+        """Stream one reply, calling on_delta per piece; retry only while nothing was sent."""
+        attempt = 0
+        while True:
+            if before_attempt is not None:
+                await before_attempt()
+            try:
+                return await self._attempt(request, on_delta)
+            except _Retryable as retry:
+                if attempt >= self._s.retries:
+                    raise retry.error from None
+                delay = self._s.retry_backoff_s * (2 ** attempt) * (0.5 + random.random())
+                log.info("upstream attempt %d failed (%s); retrying in %.2fs",
+                         attempt + 1, retry.error, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, request: CompletionRequest,
+                       on_delta: Callable[[str], None]) -> Completion:
+        model = self.model or await self.resolve_model()
+        body = {"model": model, "messages": request.messages, "stream": True,
+                "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
+                "temperature": request.temperature}
+        sent = False
+        try:
+            async with asyncio.timeout(self._s.first_token_timeout_s) as first_token:
+                resp = await self._session.post(f"{self._url}/chat/completions", json=body)
+                try:
+                    if resp.status != 200:
+                        raise await _status_error(resp)
+                    parts: list[str] = []
+                    finish, usage = "stop", {}
+                    async for chunk in _events(resp):
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices") or ():
+                            text = (choice.get("delta") or {}).get("content")
+                            if text:
+                                if not sent:
+                                    first_token.reschedule(None)  # the clock for the rest is `total`
+                                    sent = True
+                                parts.append(text)
+                                on_delta(text)
+                            finish = choice.get("finish_reason") or finish
+                    resp.release()
+                    return Completion("".join(parts), finish, usage)
+                except BaseException:
+                    resp.close()  # drop the connection: vLLM aborts the generation
+                    raise
+        except TimeoutError as err:
+            if isinstance(err, aiohttp.ConnectionTimeoutError) and not sent:
+                raise _Retryable(UpstreamError("timed out connecting to the model")) from err
+            raise UpstreamTimeout("the model did not answer in time") from err
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientPayloadError, aiohttp.ClientOSError) as err:
+            error = UpstreamError(f"the model server connection failed: {type(err).__name__}")
+            if sent:
+                raise error from err
+            raise _Retryable(error) from err
+        except aiohttp.ClientError as err:
+            raise UpstreamError(f"the model server failed: {type(err).__name__}") from err
+
+
+async def _events(resp: aiohttp.ClientResponse) -> Any:
+    """Parse `data:` lines of an SSE body until [DONE]; a stream cut short is an error."""
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError as err:
+            raise UpstreamError("the model server sent a malformed stream") from err
+        if not isinstance(chunk, dict):
+            raise UpstreamError("the model server sent a malformed stream")
+        if "error" in chunk or chunk.get("object") == "error":
+            raise UpstreamError(f"the model failed: {_message(chunk)}")
+        yield chunk
+    raise aiohttp.ServerDisconnectedError("stream ended before [DONE]")
+
+
+async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
+    """The error for a non-200 answer: 502/503/504 retryable, 4xx rejected."""
+    try:
+        detail = _message(orjson.loads(await resp.content.read(65536)))
+    except Exception:  # noqa: BLE001 - the body is only for the message
+        detail = resp.reason or ""
+    message = f"the model server answered {resp.status}: {detail}"[:500]
+    if resp.status in _RETRY_STATUSES:
+        return _Retryable(UpstreamError(message))
+    if 400 <= resp.status < 500:
+        return UpstreamRejected(message)
+    return UpstreamError(message)
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("message", ""))
+        return str(inner)
+    return ""
