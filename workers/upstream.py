@@ -148,14 +148,16 @@ class UpstreamClient:
 
 
 async def _events(resp: aiohttp.ClientResponse) -> Any:
-    """Parse `data:` lines of an SSE body until [DONE]; a stream cut short is an error."""
-    async for raw in resp.content:
+    """Parse `data:` lines of an SSE body up to [DONE]; a stream cut short is an error."""
+    done = False
+    async for raw in resp.content:  # read to the end, so the connection can be reused
         line = raw.strip()
-        if not line.startswith(b"data:"):
+        if done or not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            return
+            done = True
+            continue
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError as err:
@@ -165,7 +167,8 @@ async def _events(resp: aiohttp.ClientResponse) -> Any:
         if "error" in chunk or chunk.get("object") == "error":
             raise UpstreamError(f"the model failed: {_message(chunk)}")
         yield chunk
-    raise aiohttp.ServerDisconnectedError("stream ended before [DONE]")
+    if not done:
+        raise aiohttp.ServerDisconnectedError("stream ended before [DONE]")
 
 
 async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
