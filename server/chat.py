@@ -87,21 +87,32 @@ class ChatService:
         self._config = config
         self._limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
 
-    async def start(self, user_id: int, message: str, conversation_id: int | None,
-                    max_tokens: int | None, temperature: float | None) -> Turn:
-        """Accept a turn: commit the user's message first, then queue the job."""
+    async def start(self, user_id: int, message: str | None, conversation_id: int | None,
+                    max_tokens: int | None = None, temperature: float | None = None, *,
+                    regenerate: bool = False, edit_message_id: int | None = None) -> Turn:
+        """Accept a turn: commit the user's message first, then queue the job.
+
+        `regenerate` re-asks the conversation's last user message; `edit_message_id`
+        replaces that message's text first. Both drop the replies that followed it.
+        """
         retry_after = self._limiter.hit(user_id)
         if retry_after is not None:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
         if self._pool.closed:
             raise ShuttingDown(self._pool.closed)
-        conv_id, stored = await messages.add_user_message(
-            self._db, user_id, conversation_id, message, title_from(message))
+        if conversation_id is not None and (regenerate or edit_message_id is not None):
+            edit = None if edit_message_id is None else (edit_message_id, message or "")
+            stored = await messages.rewind(self._db, user_id, conversation_id, edit)
+            conv_id = conversation_id
+        else:
+            assert message is not None
+            conv_id, stored = await messages.add_user_message(
+                self._db, user_id, conversation_id, message, title_from(message))
         history = [] if conversation_id is None else \
             await self._memory.history(user_id, conv_id, before_id=stored["id"])
         llm = self._config.llm
         request = CompletionRequest(
-            self._memory.prompt(history, message),
+            self._memory.prompt(history, stored["content"]),
             max_tokens if max_tokens is not None else llm.max_tokens,
             temperature if temperature is not None else llm.temperature)
         job = Job(owner=user_id, request=request)

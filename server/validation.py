@@ -98,3 +98,12 @@ def query_int(request: web.Request, key: str, default: int, low: int, high: int)
     if not low <= value <= high:
         raise invalid(f"'{key}' must be between {low} and {high}", key)
     return value
+
+
+def render_option(value: Any) -> bool:
+    """`render`: absent/"text" for Markdown source only, "html" to add sanitised HTML."""
+    if value is None or value == "text":
+        return False
+    if value == "html":
+        return True
+    raise invalid("'render' must be \"text\" or \"html\"", "render")

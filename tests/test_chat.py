@@ -357,3 +357,61 @@ async def test_chat_in_someone_elses_conversation_is_404(http, register) -> None
         await error_of(resp, 404, "not_found")
     assert [m["content"] for m in await messages_of(http, alice, conv)][0] == "private"
     assert len(await messages_of(http, alice, conv)) == 2
+
+
+async def test_regenerate_replaces_the_last_reply(http, register, simulator) -> None:
+    user = await register()
+    async with await chat(http, user, message="first question") as resp:
+        conv = (await resp.json())["conversation_id"]
+    async with await chat(http, user, message="second question", conversation_id=conv) as resp:
+        old = (await resp.json())["message"]
+    async with await chat(http, user, conversation_id=conv, regenerate=True) as resp:
+        assert resp.status == 200
+        new = (await resp.json())["message"]
+    stored = await messages_of(http, user, conv)
+    assert [m["content"] for m in stored][:3] == ["first question", stored[1]["content"],
+                                                  "second question"]
+    assert len(stored) == 4 and stored[3]["id"] == new["id"] != old["id"]
+    sent = (await sim(simulator, "/sim/requests"))[-1]["messages"]
+    assert [m["content"] for m in sent][-1] == "second question"
+    assert sum(1 for m in sent if m["content"] == "second question") == 1
+
+
+async def test_edit_last_user_message_and_resend(http, register, simulator) -> None:
+    user = await register()
+    async with await chat(http, user, message="typo qestion") as resp:
+        conv = (await resp.json())["conversation_id"]
+    stored = await messages_of(http, user, conv)
+    async with await chat(http, user, conversation_id=conv, message="fixed question",
+                          edit_message_id=stored[0]["id"], stream=True) as resp:
+        stream = await collect(resp)
+    assert stream[-1][0] == "done"
+    after = await messages_of(http, user, conv)
+    assert [(m["id"], m["content"]) for m in after][:1] == [(stored[0]["id"], "fixed question")]
+    assert len(after) == 2 and after[1]["id"] == stream[-1][1]["message_id"]
+    async with http.get("/api/search?q=qestion", headers=user.headers) as resp:
+        assert (await resp.json())["results"] == []  # the old text left the index
+    # Only the last user message can be edited; others are 404, as is another's conversation.
+    async with await chat(http, user, conversation_id=conv, message="x",
+                          edit_message_id=after[1]["id"]) as resp:
+        await error_of(resp, 404)
+    bob = await register()
+    async with await chat(http, bob, conversation_id=conv, regenerate=True) as resp:
+        await error_of(resp, 404)
+    assert len(await messages_of(http, user, conv)) == 2
+
+
+async def test_render_html_is_sanitised(http, register, simulator) -> None:
+    await sim(simulator, "/sim/config", {"echo": True})
+    user = await register()
+    hostile = "**bold** <img src=x onerror=alert(1)> [a](javascript:alert(1)) [b](https://ok.example)"
+    async with await chat(http, user, message=hostile, render="html") as resp:
+        reply = await resp.json()
+    html = reply["message"]["html"]
+    assert "<strong>bold</strong>" in html and "<img" not in html
+    assert "&lt;img" in html and 'href="javascript' not in html
+    assert 'href="https://ok.example"' in html and 'rel="noopener noreferrer"' in html
+    async with http.get(f"/api/conversations/{reply['conversation_id']}?render=html",
+                        headers=user.headers) as resp:
+        messages = (await resp.json())["messages"]
+    assert "html" not in messages[0] and messages[1]["html"] == html

@@ -13,11 +13,13 @@ from workers.job import Delta
 from .. import keys
 from ..auth import principal_of
 from ..chat import Done, Error, Queued, Turn
-from ..errors import ApiError, from_domain
+from ..errors import ApiError, from_domain, invalid
+from ..render import render_async
 from ..responses import dumps, json_response
-from ..validation import boolean, ident, number, read_json, text
+from ..validation import boolean, ident, number, read_json, render_option, text
 
-_FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature"})
+_FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
+                     "regenerate", "edit_message_id", "render"})
 MAX_MESSAGE_CHARS = 100_000
 PING_S = 10.0
 
@@ -25,38 +27,51 @@ PING_S = 10.0
 async def chat(request: web.Request) -> web.StreamResponse:
     """Accept a message, queue it for the model, and answer with the stored reply."""
     body = await read_json(request, _FIELDS)
-    message = text(body, "message", min_len=1, max_len=MAX_MESSAGE_CHARS)
-    assert message is not None
+    regenerate = boolean(body, "regenerate")
+    edit = body.get("edit_message_id")
+    edit_id = None if edit is None else ident(edit, "edit_message_id")
+    message = text(body, "message", min_len=1, max_len=MAX_MESSAGE_CHARS, required=not regenerate)
+    if regenerate and message is not None:
+        raise invalid("'message' must be absent when 'regenerate' is true", "message")
+    if regenerate and edit_id is not None:
+        raise invalid("use either 'regenerate' or 'edit_message_id'", "edit_message_id")
     conv = body.get("conversation_id")
     conversation_id = None if conv is None else ident(conv, "conversation_id")
+    if conversation_id is None and (regenerate or edit_id is not None):
+        raise invalid("'conversation_id' is required to regenerate or edit", "conversation_id")
     stream = boolean(body, "stream")
+    html = render_option(body.get("render"))
     max_tokens = number(body, "max_tokens", low=1, high=32768, integer=True)
     temperature = number(body, "temperature", low=0, high=2)
     service = request.app[keys.CHAT]
     turn = await service.start(principal_of(request).user["id"], message, conversation_id,
                                int(max_tokens) if max_tokens is not None else None,
-                               float(temperature) if temperature is not None else None)
+                               float(temperature) if temperature is not None else None,
+                               regenerate=regenerate, edit_message_id=edit_id)
     try:
         if stream:
-            return await _stream(request, turn)
-        return await _whole(request, turn)
+            return await _stream(request, turn, html)
+        return await _whole(request, turn, html)
     except (asyncio.CancelledError, ConnectionResetError):
         await service.abandon(turn)
         raise
 
 
-async def _whole(request: web.Request, turn: Turn) -> web.Response:
+async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:
     async for event in request.app[keys.CHAT].follow(turn):
         if isinstance(event, Done):
+            message: dict[str, Any] = dict(event.message)
+            if html:
+                message["html"] = (await render_async([message["content"]]))[0]
             return json_response({"conversation_id": turn.conversation_id,
-                                  "message": event.message, "usage": event.usage,
+                                  "message": message, "usage": event.usage,
                                   "finish_reason": event.finish_reason})
         if isinstance(event, Error):
             raise _error(event, turn)
     raise ApiError(500, "internal_error", "the reply ended without a result")
 
 
-async def _stream(request: web.Request, turn: Turn) -> web.StreamResponse:
+async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamResponse:
     async with sse_response(request) as sse:
         sse.ping_interval = PING_S
         await _send(sse, "meta", {"conversation_id": turn.conversation_id,
@@ -67,9 +82,11 @@ async def _stream(request: web.Request, turn: Turn) -> web.StreamResponse:
             elif isinstance(event, Queued):
                 await _send(sse, "queued", {"position": event.position})
             elif isinstance(event, Done):
-                await _send(sse, "done", {"message_id": event.message["id"],
-                                          "usage": event.usage,
-                                          "finish_reason": event.finish_reason})
+                done: dict[str, Any] = {"message_id": event.message["id"], "usage": event.usage,
+                                        "finish_reason": event.finish_reason}
+                if html:
+                    done["html"] = (await render_async([event.message["content"]]))[0]
+                await _send(sse, "done", done)
             elif isinstance(event, Error):
                 await _send(sse, "error", _error(event, turn).body())
     return sse

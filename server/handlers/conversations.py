@@ -8,7 +8,8 @@ from .. import keys
 from ..auth import principal_of
 from ..responses import json_response
 from ..storage import conversations, search as search_store
-from ..validation import ident, query_int, read_json, text
+from ..render import render_async
+from ..validation import ident, query_int, read_json, render_option, text
 
 _TITLE = frozenset({"title"})
 
@@ -37,6 +38,10 @@ async def get_conversation(request: web.Request) -> web.Response:
     """A conversation with its messages, oldest first."""
     conv, msgs = await conversations.get(request.app[keys.DB], principal_of(request).user["id"],
                                          _conversation_id(request))
+    if render_option(request.query.get("render")):
+        replies = [m for m in msgs if m["role"] == "assistant"]
+        for message, html in zip(replies, await render_async([m["content"] for m in replies])):
+            message["html"] = html  # type: ignore[typeddict-unknown-key]
     return json_response({**conv, "messages": msgs})
 
 

@@ -68,3 +68,27 @@ async def recent(db: Database, user_id: int, conversation_id: int,
             (user_id, conversation_id, limit)).fetchall()
 
     return [(r[0], r[1], r[2]) for r in await db.read(op)]
+
+
+async def rewind(db: Database, user_id: int, conversation_id: int,
+                 edit: tuple[int, str] | None = None) -> MessageRow:
+    """Drop everything after the conversation's last user message (editing it if asked)."""
+
+    def op(conn: sqlite3.Connection) -> MessageRow:
+        row = conn.execute(
+            "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
+            "WHERE m.conversation_id = ? AND m.role = 'user' ORDER BY m.id DESC LIMIT 1",
+            (user_id, conversation_id)).fetchone()
+        if row is None or (edit is not None and edit[0] != row[0]):
+            raise NotFound("no such user message at the end of this conversation")
+        conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id > ?",
+                     (conversation_id, row[0]))
+        content = row[2]
+        if edit is not None:
+            content = edit[1]
+            conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
+        return {"id": row[0], "role": "user", "content": content, "status": row[3],
+                "created_at": row[4]}
+
+    return await db.write(op)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+# AUTOINCREMENT: an id, once shown to a client, never names another row later.
 V1 = """
 CREATE TABLE users (
     id INTEGER PRIMARY KEY,
@@ -12,7 +13,7 @@ CREATE TABLE users (
     created_at TEXT NOT NULL
 );
 CREATE TABLE conversations (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     title TEXT NOT NULL,
     created_at TEXT NOT NULL,
@@ -21,7 +22,7 @@ CREATE TABLE conversations (
 );
 CREATE INDEX conversations_by_user ON conversations(user_id, updated_at DESC, id DESC);
 CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
     content TEXT NOT NULL,
