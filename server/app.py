@@ -14,9 +14,11 @@ from . import keys
 from .auth import TokenService, setup_auth
 from .chat import ChatService
 from .config import Config
+from .cors import setup_cors
 from .errors import setup_errors
 from .headers import setup_headers
 from .memory import MemoryManager
+from .metrics import setup_metrics
 from .passwords import Passwords
 from .ratelimit import KeyedRateLimiter
 from .routes import setup_routes
@@ -33,7 +35,9 @@ async def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[keys.CONFIG] = config
     setup_errors(app)
+    setup_metrics(app)
     setup_headers(app)
+    setup_cors(app, config.server.cors_origins)
     setup_sessions(app, secret, config.auth.token_ttl_s, config.server.trust_forwarded)
     setup_auth(app)
     setup_routes(app)

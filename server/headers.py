@@ -22,6 +22,8 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         response.headers.setdefault(name, value)
     if request.path.startswith("/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
+    elif request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")  # revalidate by ETag
 
 
 def setup_headers(app: web.Application) -> None:

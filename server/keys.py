@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -25,4 +26,5 @@ LOGIN_LIMITER = web.AppKey["KeyedRateLimiter"]("login_limiter")
 UPSTREAM = web.AppKey["UpstreamClient"]("upstream")
 POOL = web.AppKey["WorkerPool"]("pool")
 CHAT = web.AppKey["ChatService"]("chat")
+REQUESTS = web.AppKey("requests", Counter)
 PRINCIPAL = web.RequestKey["Principal"]("principal")

@@ -27,3 +27,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
     app.router.add_get("/api/search", conversations.search)
     app.router.add_post("/api/chat", chat.chat)
+    app.router.add_get("/", service.index)
+    # FileResponse answers If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
+    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)

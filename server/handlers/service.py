@@ -10,6 +10,7 @@ from .. import keys
 from ..responses import json_response
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+INDEX_PATH = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -26,12 +27,11 @@ async def ready(request: web.Request) -> web.Response:
         problems.append(pool.closed)
     if pool.live_workers < request.app[keys.CONFIG].queue.workers:
         problems.append(f"only {pool.live_workers} workers alive")
-    model = upstream.model
     try:
         await upstream.probe()
     except Exception as err:  # noqa: BLE001 - reported, not raised
         problems.append(f"model server unreachable: {err}")
-    body = {"status": "ok" if not problems else "unavailable", "model": model,
+    body = {"status": "ok" if not problems else "unavailable", "model": upstream.model,
             "queue": {"waiting": pool.queue.qsize(), "max_size": pool.queue.maxsize,
                       "running": pool.stats.running, "workers": pool.live_workers},
             "problems": problems}
@@ -41,3 +41,8 @@ async def ready(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.FileResponse:
     """The OpenAPI 3 description of this API."""
     return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/json"})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The web client's page (revalidated on each load through its ETag)."""
+    return web.FileResponse(INDEX_PATH, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,170 @@
+"""Load benchmark: chatgate + the vLLM simulator as separate processes, wrk as the load.
+
+    .venv/bin/python bench/run.py                 # every scenario, 10 s each
+    .venv/bin/python bench/run.py --duration 20 --only chat_new chat_stream
+
+Prints a Markdown table (requests/s, latency percentiles, non-2xx) and checks afterwards that
+every answered chat message is in the database. Needs `wrk` (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "wrk"
+SCENARIOS = {
+    # name: (method/lua script, path, connections, what it measures)
+    "health": ("GET", "/health", 64, "bare pass-through: no auth, no database"),
+    "verify": ("verify.lua", "/api/auth/verify", 64, "token check answered from the TTL cache"),
+    "list": ("list.lua", "/api/conversations?limit=20", 64, "a page of conversations (one read)"),
+    "search": ("search.lua", "/api/search?q=quokka", 64, "full-text search over own messages"),
+    "chat_new": ("chat_new.lua", "/api/chat", 128,
+                 "chat, new conversation: user msg + conversation + reply committed"),
+    "chat_turn": ("chat_turn.lua", "/api/chat", 128,
+                  "chat in an existing conversation: history read + 2 rows committed"),
+    "chat_stream": ("chat_stream.lua", "/api/chat", 128, "streaming chat (SSE), 16 deltas"),
+}
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_http(url: str, timeout: float = 20) -> None:
+    """Poll until the URL answers."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up")
+            await asyncio.sleep(0.1)
+
+
+async def prepare(base: str, users: int) -> list[dict[str, object]]:
+    """Register users, give each a conversation with a few messages, return tokens and ids."""
+    out = []
+    async with aiohttp.ClientSession(base) as s:
+        for i in range(users):
+            async with s.post("/api/auth/register",
+                              json={"username": f"bench{i}", "password": "benchmark-pw"}) as r:
+                token = (await r.json())["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with s.post("/api/chat", json={"message": "tell me about the quokka"},
+                              headers=headers) as r:
+                conv = (await r.json())["conversation_id"]
+            out.append({"token": token, "conversation_id": conv})
+    return out
+
+
+def run_wrk(base: str, script: str, path: str, conns: int, duration: int,
+            users: list[dict[str, object]]) -> dict[str, object]:
+    """One wrk run; returns its parsed summary."""
+    env = dict(os.environ, BENCH_USERS=json.dumps(users))
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    if script.endswith(".lua"):
+        cmd += ["-s", str(LUA / script)]
+    cmd.append(base + path)
+    text = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    lat = {p: m.group(2) for p in ("50", "90", "99")
+           if (m := re.search(rf"\s{p}(\.000)?%\s+(\S+)", text))}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99"),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "requests": int(total.group(1)) if total else 0}
+
+
+def count_rows(db: Path) -> tuple[int, int]:
+    """(assistant replies stored complete, all messages)."""
+    with sqlite3.connect(db) as conn:
+        done = conn.execute("SELECT count(*) FROM messages WHERE role='assistant' "
+                            "AND status='complete'").fetchone()[0]
+        total = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    return done, total
+
+
+async def main() -> int:
+    """Start both processes, run the scenarios, print the table."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS))
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="chatgate-bench-"))
+    sim_port, port = free_port(), free_port()
+    py = sys.executable
+    sim = subprocess.Popen([py, "-m", "vllm_sim", "--port", str(sim_port), "--ttft-ms", "0",
+                            "--tpot-ms", "0", "--reply-tokens", "16", "--capacity", "1024"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, CHATGATE_SERVER__PORT=str(port),
+               CHATGATE_DATABASE__PATH=str(tmp / "bench.db"),
+               CHATGATE_LLM__BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
+               CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="1000000",
+               CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="1000000",
+               CHATGATE_LIMITS__UPSTREAM_RPS="1000000",
+               CHATGATE_QUEUE__WORKERS=str(args.workers), CHATGATE_QUEUE__MAX_SIZE="4096",
+               CHATGATE_QUEUE__MAX_PER_USER="0")
+    server = subprocess.Popen([py, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"http://127.0.0.1:{sim_port}/health")
+        await wait_http(base + "/health")
+        users = await prepare(base, args.users)
+        rows = []
+        for name in args.only or SCENARIOS:
+            script, path, conns, what = SCENARIOS[name]
+            before = count_rows(tmp / "bench.db")
+            result = run_wrk(base, script, path, conns, args.duration, users)
+            after = count_rows(tmp / "bench.db")
+            result["stored"] = after[0] - before[0]
+            rows.append((name, what, conns, result))
+            print(f"{name}: {result}", file=sys.stderr, flush=True)
+        print("| scenario | what | conns | req/s | p50 | p90 | p99 | non-2xx | replies stored |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, what, conns, r in rows:
+            stored = r["stored"] if name.startswith("chat") else "-"
+            print(f"| {name} | {what} | {conns} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | "
+                  f"{r['p99']} | {r['non2xx']} | {stored} |")
+    finally:
+        for proc in (server, sim):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (server, sim):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
