@@ -105,6 +105,14 @@ class TokenService:
         await tokens.revoke(self._db, principal.jti, principal.expires_at)
 
 
+    def forget_user(self, user_id: int) -> None:
+        """Drop every cached token of a deleted user (their next request reads the database)."""
+        for token, principal in list(self._cache.items()):
+            if principal.user["id"] == user_id:
+                self._revoked[principal.jti] = True
+                self._cache.pop(token, None)
+
+
 def public(handler: Handler) -> Handler:
     """Mark an /api/ handler as needing no authentication."""
     handler.chatgate_public = True  # type: ignore[attr-defined]

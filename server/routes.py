@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/login", auth.login)
     app.router.add_post("/api/auth/logout", auth.logout)
     app.router.add_get("/api/auth/verify", auth.verify)
+    app.router.add_delete("/api/auth/account", auth.delete_account)
     app.router.add_get("/api/conversations", conversations.list_conversations)
     app.router.add_post("/api/conversations", conversations.create_conversation)
     app.router.add_get(r"/api/conversations/{id:\d+}", conversations.get_conversation)

@@ -75,3 +75,19 @@ async def verify(request: web.Request) -> web.Response:
     """Who am I; answered from the token cache on a hit."""
     principal = principal_of(request)
     return json_response({"user": principal.user, "expires_at": principal.expires_at})
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    """Delete the account and everything it owns, after checking the password again."""
+    body = await read_json(request, frozenset({"password"}))
+    password = text(body, "password", min_len=1, max_len=256)
+    assert password is not None
+    principal = principal_of(request)
+    db = request.app[keys.DB]
+    found = await users.credentials(db, principal.user["username"])
+    if not await request.app[keys.PASSWORDS].verify(found[1] if found else None, password):
+        raise ApiError(403, "wrong_password", "the password is not correct")
+    await users.delete(db, principal.user["id"])
+    request.app[keys.TOKENS].forget_user(principal.user["id"])
+    await end_session(request)
+    return web.Response(status=204)
