@@ -31,8 +31,10 @@ class Running:
 async def start(config: Config) -> Running:
     """Start serving `config` (port 0 picks a free port) and return once it listens."""
     app = await create_app(config)
+    # Long search queries travel in the URL: allow request lines up to 64 KiB.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=config.server.shutdown_grace_s)
+                           shutdown_timeout=config.server.shutdown_grace_s,
+                           max_line_size=65536, max_field_size=16384)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     try:

@@ -110,6 +110,9 @@ def _decode(cursor: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         updated_at, _, ident = raw.partition("|")
-        return updated_at, int(ident)
+        number = int(ident)
     except (binascii.Error, UnicodeDecodeError, ValueError) as err:
         raise InvalidCursor("cursor is not valid") from err
+    if not 0 < number < 2**63 or len(updated_at) > 40:
+        raise InvalidCursor("cursor is not valid")
+    return updated_at, number
