@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Literal, Union
+from typing import Any, Callable, Hashable, Literal, Union
 
 from .errors import JobCancelled, WorkerError
 
@@ -63,12 +63,13 @@ class Job:
     """One chat turn on its way through the queue; knows nothing of HTTP or storage."""
 
     owner: Hashable
-    request: CompletionRequest
+    request: CompletionRequest = field(repr=False)
     state: State = "queued"
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
-    partial: list[str] = field(default_factory=list)
-    on_cancel_queued: Any = None  # set by the queue: removes the job while it waits
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    partial: list[str] = field(default_factory=list, repr=False)
+    # Set by the queue: removes the job while it waits.
+    on_cancel_queued: Callable[[Job], bool] | None = field(default=None, repr=False)
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Hashable
+from typing import Hashable, Iterator
 
 from .job import Job
 
@@ -18,6 +18,10 @@ class _Lanes:
 
     def __len__(self) -> int:
         return self.size
+
+    def __iter__(self) -> Iterator[Job]:
+        for lane in self.lanes.values():
+            yield from lane
 
     def push(self, job: Job) -> None:
         lane = self.lanes.get(job.owner)

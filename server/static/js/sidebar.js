@@ -1,0 +1,269 @@
+// The conversation list (cursor pages of 50, one request at a time, more on scroll, rows
+// appended in fragments, one delegated listener for every row) and the search box.
+
+import { $, h, icon, announce } from "./dom.js";
+import { api } from "./api.js";
+
+const PAGE = 50;
+const list = $("conv-list");
+const status = $("conv-status");
+const sentinel = $("sentinel");
+const nav = $("conv-nav");
+const rows = new Map(); // id -> { c, li, link, label }
+let cursor = null;
+let exhausted = false;
+let loading = false;
+let failed = false;
+let active = null;
+let generation = 0; // bumped on reset so late answers for a previous user are dropped
+
+const observer = new IntersectionObserver(
+  (entries) => { if (entries.some((e) => e.isIntersecting)) loadMore(); },
+  { root: $("lists"), rootMargin: "600px 0px" },
+);
+
+function emit(name, detail) { document.dispatchEvent(new CustomEvent(name, { detail })); }
+
+function row(c) {
+  const label = h("span", { class: "t" }, c.title);
+  const link = h("a", { class: "conv-link", href: `#/c/${c.id}` }, label);
+  if (c.id === active) link.setAttribute("aria-current", "page");
+  const li = h("li", { class: "conv", "data-id": c.id }, link,
+    h("button", { type: "button", class: "icon-btn", "data-act": "rename", "aria-label": `Rename “${c.title}”` }, icon("edit")),
+    h("button", { type: "button", class: "icon-btn", "data-act": "delete", "aria-label": `Delete “${c.title}”` }, icon("trash")));
+  rows.set(c.id, { c, li, link, label });
+  return li;
+}
+
+function setTitle(r, title) {
+  r.c.title = title;
+  r.label.textContent = title;
+  r.li.querySelector("[data-act=rename]").setAttribute("aria-label", `Rename “${title}”`);
+  r.li.querySelector("[data-act=delete]").setAttribute("aria-label", `Delete “${title}”`);
+}
+
+function recheck() { // fires the observer again if the end of the list is still in view
+  observer.unobserve(sentinel);
+  observer.observe(sentinel);
+}
+
+/** Fetch the next page unless one is in flight or the list is complete. */
+export async function loadMore() {
+  if (loading || exhausted || failed) return;
+  loading = true;
+  const mine = generation;
+  status.textContent = "Loading…";
+  try {
+    const page = await api("GET", `/api/conversations?limit=${PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    if (mine !== generation) return;
+    const fragment = document.createDocumentFragment();
+    for (const c of page.conversations) if (!rows.has(c.id)) fragment.append(row(c));
+    list.append(fragment);
+    cursor = page.next_cursor;
+    exhausted = !cursor;
+    status.textContent = rows.size ? "" : "No conversations yet.";
+  } catch (err) {
+    if (mine !== generation) return;
+    failed = true;
+    status.replaceChildren(err.status === 401 ? "" : `Could not load conversations: ${err.message} `,
+      err.status === 401 ? "" : h("button", { type: "button", class: "link", "data-act": "reload" }, "Try again"));
+  } finally {
+    if (mine === generation) {
+      loading = false;
+      if (!failed && !exhausted) recheck();
+    }
+  }
+}
+
+/** Start paging (after sign-in) or pick up again after a failure or a re-login. */
+export function resume() {
+  failed = false;
+  observer.observe(sentinel);
+  if (!rows.size) loadMore(); else recheck();
+}
+
+/** Forget everything shown (logout or a different user). */
+export function reset() {
+  generation += 1;
+  observer.unobserve(sentinel);
+  rows.clear();
+  list.replaceChildren();
+  status.textContent = "";
+  cursor = null;
+  exhausted = false;
+  loading = false;
+  failed = false;
+  active = null;
+  clearSearch();
+}
+
+/** Mark the open conversation. */
+export function setActive(id) {
+  rows.get(active)?.link.removeAttribute("aria-current");
+  active = id;
+  rows.get(id)?.link.setAttribute("aria-current", "page");
+}
+
+export const titleOf = (id) => rows.get(id)?.c.title;
+
+/** A conversation just had activity: move it (or add it) to the top. */
+export function touch(id, title) {
+  let r = rows.get(id);
+  if (!r) {
+    if (!title) return;
+    list.prepend(row({ id, title }));
+    status.textContent = "";
+    return;
+  }
+  if (list.firstElementChild !== r.li) list.prepend(r.li);
+}
+
+/** A yes/no question in a modal dialog. */
+export function confirm(text, ok = "Delete") {
+  const dialog = $("confirm");
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = ok;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+function rename(id, button) {
+  const r = rows.get(id);
+  const input = h("input", { class: "rename", "aria-label": "Conversation title", maxlength: "200" });
+  input.value = r.c.title;
+  r.link.hidden = true;
+  r.li.prepend(input);
+  input.focus();
+  input.select();
+  let finished = false;
+  const finish = async (save) => {
+    if (finished) return;
+    finished = true;
+    const title = input.value.trim();
+    input.remove();
+    r.link.hidden = false;
+    button.focus();
+    if (!save || !title || title === r.c.title) return;
+    const before = r.c.title;
+    setTitle(r, title);
+    try {
+      const c = await api("PATCH", `/api/conversations/${id}`, { title });
+      setTitle(r, c.title);
+      emit("conv-renamed", { id, title: c.title });
+      announce("Conversation renamed.");
+    } catch (err) {
+      setTitle(r, before);
+      announce(`Rename failed: ${err.message}`);
+    }
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); finish(true); }
+    if (event.key === "Escape") { event.preventDefault(); event.stopPropagation(); finish(false); }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+async function remove(id) {
+  const r = rows.get(id);
+  if (!(await confirm(`Delete “${r.c.title}”? This cannot be undone.`))) return;
+  try {
+    await api("DELETE", `/api/conversations/${id}`);
+  } catch (err) {
+    if (err.status !== 404) { announce(`Delete failed: ${err.message}`); return; }
+  }
+  const next = r.li.nextElementSibling || r.li.previousElementSibling;
+  r.li.remove();
+  rows.delete(id);
+  if (!rows.size) status.textContent = "No conversations yet.";
+  emit("conv-deleted", { id });
+  announce("Conversation deleted.");
+  (next ? next.querySelector("a") : $("new-chat")).focus();
+  recheck();
+}
+
+// One listener for all rows, however many thousand there are.
+nav.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-act]");
+  if (!button) return;
+  const act = button.dataset.act;
+  if (act === "reload") { resume(); return; }
+  const id = Number(button.closest("li").dataset.id);
+  if (act === "rename") rename(id, button);
+  else if (act === "delete") remove(id);
+});
+
+// ---- search -------------------------------------------------------------------------------
+
+const DEBOUNCE_MS = 300;
+const box = $("search");
+const results = $("results");
+const resultList = $("result-list");
+const searchStatus = $("search-status");
+let timer = 0;
+let searching = null; // AbortController of the request in flight
+
+/** Snippet text with the matches in <mark>; offsets are code points, everything is text nodes. */
+export function highlighted(snippet, spans) {
+  const chars = Array.from(snippet);
+  const out = h("span", { class: "snippet" });
+  let at = 0;
+  for (const [start, end] of spans) {
+    if (start < at || end <= start) continue;
+    out.append(chars.slice(at, start).join(""), h("mark", null, chars.slice(start, end).join("")));
+    at = end;
+  }
+  out.append(chars.slice(at).join(""));
+  return out;
+}
+
+function showResults(on) {
+  results.hidden = !on;
+  nav.hidden = on;
+}
+
+export function clearSearch() {
+  clearTimeout(timer);
+  searching?.abort();
+  searching = null;
+  box.value = "";
+  resultList.replaceChildren();
+  searchStatus.textContent = "";
+  showResults(false);
+}
+
+async function search(q) {
+  searching?.abort(); // a newer query makes the older answer useless
+  const controller = (searching = new AbortController());
+  showResults(true);
+  results.setAttribute("aria-busy", "true");
+  if (!resultList.childElementCount) searchStatus.textContent = "Searching…";
+  try {
+    const data = await api("GET", `/api/search?q=${encodeURIComponent(q)}&limit=20`, undefined,
+      { signal: controller.signal });
+    if (controller !== searching) return;
+    // Previous results stayed on screen until now; swap them in one go.
+    resultList.replaceChildren(...data.results.map((r) => h("li", null,
+      h("a", { class: "hit", href: `#/c/${r.conversation_id}/m/${r.message_id}` },
+        h("span", { class: "t" }, r.title), highlighted(r.snippet, r.highlights)))));
+    const n = data.results.length;
+    searchStatus.textContent = n ? `${n} result${n === 1 ? "" : "s"}` : `No messages match “${q}”.`;
+  } catch (err) {
+    if (err.name === "AbortError" || controller !== searching) return;
+    searchStatus.textContent = err.status === 401 ? "" : `Search failed: ${err.message}`;
+  } finally {
+    if (controller === searching) { results.removeAttribute("aria-busy"); searching = null; }
+  }
+}
+
+box.addEventListener("input", () => {
+  clearTimeout(timer);
+  const q = box.value.trim();
+  if (!q) { clearSearch(); return; }
+  timer = setTimeout(() => search(q), DEBOUNCE_MS);
+});
+box.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && box.value) { event.stopPropagation(); clearSearch(); }
+});

@@ -1,0 +1,81 @@
+"""workers/queue.py: the bounded, per-owner round-robin queue."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from workers.job import CompletionRequest, Job
+from workers.queue import FairQueue
+
+REQ = CompletionRequest([{"role": "user", "content": "x"}], 1, 0.0)
+
+
+def job(owner: str) -> Job:
+    """A job for an owner."""
+    return Job(owner=owner, request=REQ)
+
+
+async def test_round_robin_order_across_owners() -> None:
+    q = FairQueue(100)
+    jobs = [job("a") for _ in range(3)] + [job("b")] + [job("c") for _ in range(2)]
+    for j in jobs:
+        q.put_nowait(j)
+    order = [q.get_nowait().owner for _ in range(len(jobs))]
+    assert order == ["a", "b", "c", "a", "c", "a"]
+
+
+async def test_positions_predict_the_service_order() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        q = FairQueue(1000)
+        jobs = [job(rng.choice("abcdefg")) for _ in range(rng.randint(1, 80))]
+        for j in jobs:
+            q.put_nowait(j)
+        for j in rng.sample(jobs, len(jobs) // 5):  # some clients leave
+            assert q.remove(j)
+        waiting = [j for j in jobs if q.position(j) is not None]
+        predicted = sorted(waiting, key=lambda j: q.position(j))  # type: ignore[arg-type,return-value]
+        assert sorted(q.position(j) for j in waiting) == list(range(len(waiting)))  # type: ignore[type-var]
+        served = [q.get_nowait() for _ in range(q.qsize())]
+        assert served == predicted
+
+
+async def test_bounded_and_removal_frees_a_slot() -> None:
+    q = FairQueue(2)
+    first, second = job("a"), job("a")
+    q.put_nowait(first)
+    q.put_nowait(second)
+    with pytest.raises(asyncio.QueueFull):
+        q.put_nowait(job("b"))
+    assert q.remove(first) and not q.remove(first)
+    q.put_nowait(job("b"))
+    assert q.qsize() == 2 and q.owner_count("a") == 1 and q.owner_count("b") == 1
+
+
+async def test_cancel_while_queued_removes_the_job() -> None:
+    q = FairQueue(10)
+    j = job("a")
+    q.put_nowait(j)
+    j.cancel()
+    assert q.qsize() == 0 and q.position(j) is None and j.state == "done"
+
+
+async def test_drain_empties_and_unblocks_join() -> None:
+    q = FairQueue(10)
+    for owner in "abca":
+        q.put_nowait(job(owner))
+    drained = q.drain()
+    assert [j.owner for j in drained] == ["a", "b", "c", "a"] and q.empty()
+    await asyncio.wait_for(q.join(), 1)
+
+
+async def test_getter_waits_for_a_put() -> None:
+    q = FairQueue(10)
+    getter = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    j = job("a")
+    q.put_nowait(j)
+    assert await asyncio.wait_for(getter, 1) is j
