@@ -10,6 +10,7 @@ import sys
 
 from server.config import ConfigError, load_config
 from server.runner import serve
+from server.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ async def _run(config, demo: bool) -> int:  # type: ignore[no-untyped-def]
         loop.add_signal_handler(sig, stop.set)
     try:
         await serve(config, stop, demo=demo)
-    except (ConfigError, OSError) as err:
+    except (ConfigError, OSError, StorageError) as err:
         print(f"chatgate: cannot start: {err}", file=sys.stderr)
         return 1
     return 0

@@ -29,15 +29,11 @@ class MemoryManager:
     async def history(self, user_id: int, conversation_id: int,
                       before_id: int | None = None) -> list[dict[str, str]]:
         """Recent messages (older than `before_id`) within the count and token budget, in one read."""
-        limit = self._config.max_history_messages + (1 if before_id is not None else 0)
-        rows = await messages.recent(self._db, user_id, conversation_id, limit)
+        rows = await messages.recent(self._db, user_id, conversation_id,
+                                     self._config.max_history_messages, before_id)
         picked: list[dict[str, str]] = []
         budget = self._config.max_history_tokens
-        for ident, role, content in rows:  # newest first
-            if before_id is not None and ident >= before_id:
-                continue
-            if len(picked) >= self._config.max_history_messages:
-                break
+        for _, role, content in rows:  # newest first
             budget -= approx_tokens(content)
             if budget < 0:
                 break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -120,6 +121,53 @@ async def test_database_newer_than_program_refuses_to_open(tmp_path: Path) -> No
     with plain(path) as check:  # and it did not touch the file
         assert check.execute("PRAGMA user_version").fetchone()[0] == LATEST + 1
         assert check.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+async def test_failed_open_leaves_no_connection_thread_behind(tmp_path: Path) -> None:
+    """A refused database must not leave an open aiosqlite thread (it would block exit)."""
+    path = tmp_path / "future2.db"
+    with plain(path) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    before = set(threading.enumerate())
+    db = Database(str(path), readers=1)
+    try:
+        with pytest.raises(Exception, match="newer"):
+            await db.open(migrate)
+        await asyncio.sleep(0.05)
+        leaked = [t for t in threading.enumerate()  # asyncio_N: the loop's own executor
+                  if t not in before and t.is_alive() and not t.daemon
+                  and not t.name.startswith("asyncio_")]
+        assert leaked == [], f"open() failed but left threads running: {leaked}"
+    finally:
+        await db.close()  # so this test run itself can exit either way
+
+
+async def test_run_py_with_a_newer_database_exits_with_one_line(tmp_path: Path) -> None:
+    db_path = tmp_path / "future3.db"
+    with plain(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"server:\n  port: 0\ndatabase:\n  path: {db_path}\n"
+                   "llm:\n  base_url: http://127.0.0.1:9/v1\n  retries: 0\n"
+                   "  connect_timeout_s: 0.5\n", encoding="utf-8")
+    repo = Path(__file__).resolve().parent.parent
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", "--config", str(cfg), cwd=str(repo),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=10)  # stderr is small: the pipe holds it
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        assert proc.stderr is not None
+        err = await proc.stderr.read()
+        pytest.fail("run.py did not exit after refusing the database; stderr ends: "
+                    + err.decode()[-200:])
+    assert proc.stderr is not None
+    text = (await proc.stderr.read()).decode()
+    assert proc.returncode not in (0, None)
+    assert "Traceback" not in text, text
+    assert "newer" in text
 
 
 # --- connection settings ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -117,17 +117,22 @@ class UpstreamClient:
                         raise await _status_error(resp)
                     parts: list[str] = []
                     finish, usage = "stop", {}
-                    async for chunk in _events(resp):
-                        usage = chunk.get("usage") or usage
-                        for choice in chunk.get("choices") or ():
-                            text = (choice.get("delta") or {}).get("content")
-                            if text:
-                                if not sent:
-                                    first_token.reschedule(None)  # the clock for the rest is `total`
-                                    sent = True
-                                parts.append(text)
-                                on_delta(text)
-                            finish = choice.get("finish_reason") or finish
+                    async for chunks in _events(resp):
+                        texts: list[str] = []
+                        for chunk in chunks:
+                            usage = chunk.get("usage") or usage
+                            for choice in chunk.get("choices") or ():
+                                text = (choice.get("delta") or {}).get("content")
+                                if text:
+                                    texts.append(text)
+                                finish = choice.get("finish_reason") or finish
+                        if texts:
+                            if not sent:
+                                first_token.reschedule(None)  # the clock for the rest is `total`
+                                sent = True
+                            piece = "".join(texts)  # one delta per network read, not per token
+                            parts.append(piece)
+                            on_delta(piece)
                     resp.release()
                     return Completion("".join(parts), finish, usage)
                 except BaseException:
@@ -147,26 +152,37 @@ class UpstreamClient:
             raise UpstreamError(f"the model server failed: {type(err).__name__}") from err
 
 
-async def _events(resp: aiohttp.ClientResponse) -> Any:
-    """Parse `data:` lines of an SSE body up to [DONE]; a stream cut short is an error."""
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
+    """Parse the SSE body per network read: the `data:` chunks that arrived together, up to
+    [DONE]. The body is read to its end so the connection can be reused; a stream cut short
+    before [DONE] is an error."""
     done = False
-    async for raw in resp.content:  # read to the end, so the connection can be reused
-        line = raw.strip()
-        if done or not line.startswith(b"data:"):
+    buffer = b""
+    async for data in resp.content.iter_any():
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        if done:
             continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            continue
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError as err:
-            raise UpstreamError("the model server sent a malformed stream") from err
-        if not isinstance(chunk, dict):
-            raise UpstreamError("the model server sent a malformed stream")
-        if "error" in chunk or chunk.get("object") == "error":
-            raise UpstreamError(f"the model failed: {_message(chunk)}")
-        yield chunk
+        chunks: list[dict[str, Any]] = []
+        for raw in lines:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError as err:
+                raise UpstreamError("the model server sent a malformed stream") from err
+            if not isinstance(chunk, dict):
+                raise UpstreamError("the model server sent a malformed stream")
+            if "error" in chunk or chunk.get("object") == "error":
+                raise UpstreamError(f"the model failed: {_message(chunk)}")
+            chunks.append(chunk)
+        if chunks:
+            yield chunks
     if not done:
         raise aiohttp.ServerDisconnectedError("stream ended before [DONE]")
 

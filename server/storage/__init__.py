@@ -2,10 +2,11 @@
 
 from . import conversations, messages, search, tokens, users
 from .db import Database, DbStats
-from .errors import Conflict, DatabaseBusy, InvalidCursor, NotFound, StorageError
+from .errors import (Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew,
+                     StorageError)
 from .migrations import LATEST, migrate
 
 __all__ = [
     "Conflict", "Database", "DatabaseBusy", "DbStats", "InvalidCursor", "LATEST", "NotFound",
-    "StorageError", "conversations", "messages", "migrate", "search", "tokens", "users",
+    "SchemaTooNew", "StorageError", "conversations", "messages", "migrate", "search", "tokens", "users",
 ]

@@ -71,13 +71,17 @@ class Database:
         """Open the file, migrate the schema, start the writer task and the readers."""
         if self.path != ":memory:":
             await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
-        self._writer = await _open(self.path, self._busy_ms, self._sync)
-        await _run(self._writer, migrate)
-        for _ in range(self._readers_n):
-            conn = await _open(self.path, self._busy_ms, self._sync)
-            await conn.execute("PRAGMA query_only=ON")
-            self._all_readers.append(conn)
-            self._idle.put_nowait(conn)
+        try:
+            self._writer = await _open(self.path, self._busy_ms, self._sync)
+            await _run(self._writer, migrate)
+            for _ in range(self._readers_n):
+                conn = await _open(self.path, self._busy_ms, self._sync)
+                self._all_readers.append(conn)
+                await conn.execute("PRAGMA query_only=ON")
+                self._idle.put_nowait(conn)
+        except BaseException:
+            await self._close_connections()  # no thread may outlive a failed start
+            raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
 
     async def close(self) -> None:
@@ -86,10 +90,15 @@ class Database:
         self._wake.set()
         if self._task is not None:
             await self._task
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         for conn in self._all_readers:
             await conn.close()
+        self._all_readers = []
         if self._writer is not None:
             await self._writer.close()
+            self._writer = None
 
     async def read(self, op: SyncOp[T]) -> T:
         """Run a read-only function on an idle reader connection."""

@@ -19,3 +19,7 @@ class DatabaseBusy(StorageError):
 
 class InvalidCursor(StorageError):
     """A pagination cursor that this storage did not issue."""
+
+
+class SchemaTooNew(StorageError):
+    """The database was written by a newer version of chatgate."""

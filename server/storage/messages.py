@@ -56,16 +56,19 @@ async def add(db: Database, conversation_id: int, role: str, content: str,
     return await db.write(op)
 
 
-async def recent(db: Database, user_id: int, conversation_id: int,
-                 limit: int) -> list[tuple[int, str, str]]:
-    """Up to `limit` newest (id, role, content) with text, newest first, if the user owns it."""
+async def recent(db: Database, user_id: int, conversation_id: int, limit: int,
+                 before_id: int | None = None) -> list[tuple[int, str, str]]:
+    """Up to `limit` newest (id, role, content) with text and id < before_id, newest first,
+    if the user owns the conversation."""
+    bound = before_id if before_id is not None else 2**63 - 1
 
     def op(conn: sqlite3.Connection) -> list[Any]:
         return conn.execute(
             "SELECT m.id, m.role, m.content FROM messages m "
             "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
-            "WHERE m.conversation_id = ? AND m.content != '' ORDER BY m.id DESC LIMIT ?",
-            (user_id, conversation_id, limit)).fetchall()
+            "WHERE m.conversation_id = ? AND m.id < ? AND m.content != '' "
+            "ORDER BY m.id DESC LIMIT ?",
+            (user_id, conversation_id, bound, limit)).fetchall()
 
     return [(r[0], r[1], r[2]) for r in await db.read(op)]
 

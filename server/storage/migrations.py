@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .errors import SchemaTooNew
+
 # AUTOINCREMENT: an id, once shown to a client, never names another row later.
 V1 = """
 CREATE TABLE users (
@@ -69,7 +71,7 @@ def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     """Bring the schema up to `target`, each step in its own transaction; return the version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > LATEST:
-        raise RuntimeError(f"database schema v{version} is newer than this program (v{LATEST})")
+        raise SchemaTooNew(f"database schema v{version} is newer than this program (v{LATEST})")
     for number in range(version + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -1,0 +1,96 @@
+// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>).
+// No token, no storage: the HttpOnly session cookie is the only credential.
+
+import { $, announce } from "./dom.js";
+import { api, onUnauthorized } from "./api.js";
+import * as auth from "./auth.js";
+import * as sidebar from "./sidebar.js";
+import * as chat from "./chat.js";
+
+const app = $("app");
+const menu = $("menu");
+let user = null;
+let started = false;
+
+function parse() {
+  const m = /^#\/c\/(\d+)(?:\/m\/(\d+))?$/.exec(location.hash);
+  return m ? { id: Number(m[1]), mid: m[2] ? Number(m[2]) : null } : null;
+}
+
+function route(force = false) {
+  if (!user) return;
+  const r = parse();
+  if (r) chat.open(r.id, r.mid, force);
+  else chat.openNew();
+  sidebar.setActive(r ? r.id : null);
+  drawer(false);
+}
+
+function signedIn(who) {
+  const changed = user != null && user.id !== who.id;
+  const returning = user != null || started;
+  user = who;
+  $("who").textContent = who.username;
+  if (changed) { // someone else logged in over the page: show nothing of the previous user
+    chat.reset();
+    sidebar.reset();
+    history.replaceState(null, "", "#/");
+  }
+  sidebar.resume();
+  if (!started) {
+    started = true;
+    addEventListener("hashchange", () => route());
+  }
+  route(returning); // back to where the user was
+}
+
+onUnauthorized(() => auth.show({ expired: user != null }));
+auth.onSignedIn(signedIn);
+
+$("logout").addEventListener("click", async () => {
+  chat.stop();
+  try { await api("POST", "/api/auth/logout", undefined, { quiet: true }); } catch { /* ends locally anyway */ }
+  user = null;
+  chat.reset();
+  sidebar.reset();
+  auth.clear();
+  $("who").textContent = "";
+  history.replaceState(null, "", "#/");
+  auth.show();
+  announce("You are logged out.");
+});
+
+// ---- the drawer (narrow screens) -----------------------------------------------------------
+
+function drawer(open) {
+  app.classList.toggle("drawer-open", open);
+  menu.setAttribute("aria-expanded", String(open));
+  $("scrim").hidden = !open;
+  if (open) $("search").focus();
+}
+menu.addEventListener("click", () => drawer(!app.classList.contains("drawer-open")));
+$("scrim").addEventListener("click", () => drawer(false));
+
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open) return;
+  if (chat.stop()) return;
+  if (app.classList.contains("drawer-open")) { drawer(false); menu.focus(); }
+});
+
+// Keep the composer above an on-screen keyboard where dvh does not follow it (iOS Safari).
+const vv = window.visualViewport;
+if (vv) {
+  const fit = () => { if (vv.scale === 1) document.documentElement.style.setProperty("--vvh", `${vv.height}px`); };
+  vv.addEventListener("resize", fit);
+  fit();
+}
+
+// ---- boot ----------------------------------------------------------------------------------
+
+try {
+  const me = await api("GET", "/api/auth/verify", undefined, { quiet: true });
+  signedIn(me.user);
+} catch (err) {
+  auth.show();
+  if (err.status !== 401) $("auth-error").textContent = `The server could not be reached: ${err.message}`;
+}
