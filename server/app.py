@@ -34,10 +34,10 @@ async def create_app(config: Config) -> web.Application:
     secret = await resolve_secret(config.auth.secret, config.database.path)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[keys.CONFIG] = config
+    setup_cors(app, config.server.cors_origins)  # outermost: error responses get it too
     setup_errors(app)
     setup_metrics(app)
     setup_headers(app)
-    setup_cors(app, config.server.cors_origins)
     setup_sessions(app, secret, config.auth.token_ttl_s, config.server.trust_forwarded)
     setup_auth(app)
     setup_routes(app)

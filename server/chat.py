@@ -15,7 +15,7 @@ from workers.pool import WorkerPool
 from .config import Config
 from .memory import MemoryManager
 from .ratelimit import KeyedRateLimiter, RateLimited
-from .storage import Database, messages
+from .storage import Database, NotFound, StorageError, messages
 from .storage.rows import MessageRow
 
 QUEUE_POLL_S = 0.5  # how often a waiting stream re-reads its queue position
@@ -60,7 +60,7 @@ class Done:
 class Error:
     """The turn failed; `message` is the stored partial reply, if any was generated."""
 
-    error: WorkerError
+    error: Exception
     message: MessageRow | None
 
 
@@ -145,9 +145,13 @@ class ChatService:
                 yield event
             elif isinstance(event, Finished):
                 c = event.completion
-                stored = await self._memory.append(
-                    turn.conversation_id, "assistant", c.text, "complete",
-                    orjson.dumps(c.usage).decode() if c.usage else None)
+                try:
+                    stored = await self._memory.append(
+                        turn.conversation_id, "assistant", c.text, "complete",
+                        orjson.dumps(c.usage).decode() if c.usage else None)
+                except StorageError as err:  # e.g. the conversation was deleted meanwhile
+                    yield Error(err, None)
+                    return
                 yield Done(stored, c.usage, c.finish_reason)
                 return
             elif isinstance(event, Failed):
@@ -165,4 +169,7 @@ class ChatService:
         if not partial:
             return None
         status = "incomplete" if isinstance(error, (JobCancelled, ShuttingDown)) else "error"
-        return await self._memory.append(turn.conversation_id, "assistant", partial, status)
+        try:
+            return await self._memory.append(turn.conversation_id, "assistant", partial, status)
+        except NotFound:
+            return None  # the conversation was deleted meanwhile: nothing to keep it in

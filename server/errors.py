@@ -95,8 +95,8 @@ def _from_worker(err: WorkerError) -> ApiError:
         return ApiError(503, "shutting_down", str(err), {"Retry-After": "5"})
     if isinstance(err, UpstreamTimeout):
         return ApiError(504, "upstream_timeout", str(err))
-    if isinstance(err, UpstreamRejected):
-        return ApiError(502, "upstream_rejected", str(err))
+    if isinstance(err, UpstreamRejected):  # a 400 is about the request (e.g. max_tokens)
+        return ApiError(400 if err.status == 400 else 502, "upstream_rejected", str(err))
     if isinstance(err, UpstreamError):
         return ApiError(502, "upstream_unavailable", str(err))
     return ApiError(499, "cancelled", str(err))

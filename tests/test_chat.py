@@ -333,7 +333,8 @@ async def test_shutdown_finishes_running_and_refuses_queued(custom, register, si
     assert first_stream[-1][0] == "done"
     assert second_stream[-1] == ("error", {"error": {
         "code": "shutting_down", "message": "the server is shutting down",
-        "conversation_id": second_stream[0][1]["conversation_id"]}})
+        "conversation_id": second_stream[0][1]["conversation_id"],
+        "user_message_id": second_stream[0][1]["user_message_id"]}})
 
 
 @pytest.mark.parametrize("body", [
@@ -415,3 +416,25 @@ async def test_render_html_is_sanitised(http, register, simulator) -> None:
                         headers=user.headers) as resp:
         messages = (await resp.json())["messages"]
     assert "html" not in messages[0] and messages[1]["html"] == html
+
+
+async def test_deleting_the_conversation_mid_stream_ends_the_stream(http, register,
+                                                                    simulator) -> None:
+    await sim(simulator, "/sim/config", {"tpot_ms": 20, "reply_tokens": 20})
+    user = await register()
+    async with await chat(http, user, message="going away", stream=True) as resp:
+        stream = []
+        async for name, data in events(resp):
+            stream.append((name, data))
+            if name == "message" and len(stream) == 3:
+                async with http.delete(f"/api/conversations/{stream[0][1]['conversation_id']}",
+                                       headers=user.headers) as deleted:
+                    assert deleted.status == 204
+    assert stream[-1][0] == "error" and stream[-1][1]["error"]["code"] == "not_found"
+
+
+async def test_too_many_tokens_for_the_model_is_the_clients_400(http, register) -> None:
+    user = await register()
+    async with await chat(http, user, message="long please", max_tokens=32768) as resp:
+        error = await error_of(resp, 400, "upstream_rejected")
+    assert error["user_message_id"] and error["conversation_id"]

@@ -200,3 +200,24 @@ async def test_secrets_never_in_responses_or_logs(http, server, register, caplog
     secret = _secret(server)
     assert password not in text and secret not in text and "argon2" not in text
     assert password not in caplog.text and secret not in caplog.text
+
+
+async def test_json_bodies_need_json_content_type(http) -> None:
+    """A cross-site HTML form (text/plain) cannot log a browser into someone's account."""
+    for path in ("/api/auth/register", "/api/auth/login"):
+        async with http.post(path, data=b'{"username": "csrfuser", "password": "password1"}',
+                             headers={"Content-Type": "text/plain"}) as resp:
+            await error_of(resp, 415, "unsupported_media_type")
+            assert "Set-Cookie" not in resp.headers
+
+
+async def test_cors_headers_on_errors_too(tmp_path: Path, simulator) -> None:
+    running = await start(make_config(tmp_path, simulator.url,
+                                      server={"cors_origins": ["https://app.example"]}))
+    try:
+        async with aiohttp.ClientSession(running.url) as s:
+            async with s.get("/api/conversations", headers={"Origin": "https://app.example"}) as r:
+                await error_of(r, 401)
+                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    finally:
+        await running.stop()

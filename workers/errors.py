@@ -30,4 +30,8 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamRejected(UpstreamError):
-    """The model server refused the request itself (a 4xx)."""
+    """The model server refused the request itself (a 4xx); `status` is its answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

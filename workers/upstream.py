@@ -164,6 +164,7 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, 
         if done:
             continue
         chunks: list[dict[str, Any]] = []
+        error: UpstreamError | None = None
         for raw in lines:
             line = raw.strip()
             if not line.startswith(b"data:"):
@@ -174,15 +175,19 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, 
                 break
             try:
                 chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError as err:
-                raise UpstreamError("the model server sent a malformed stream") from err
+            except orjson.JSONDecodeError:
+                chunk = None
             if not isinstance(chunk, dict):
-                raise UpstreamError("the model server sent a malformed stream")
+                error = UpstreamError("the model server sent a malformed stream")
+                break
             if "error" in chunk or chunk.get("object") == "error":
-                raise UpstreamError(f"the model failed: {_message(chunk)}")
+                error = UpstreamError(f"the model failed: {_message(chunk)}")
+                break
             chunks.append(chunk)
         if chunks:
-            yield chunks
+            yield chunks  # what arrived before a bad line still reaches the client
+        if error is not None:
+            raise error
     if not done:
         raise aiohttp.ServerDisconnectedError("stream ended before [DONE]")
 
@@ -197,7 +202,7 @@ async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
     if resp.status in _RETRY_STATUSES:
         return _Retryable(UpstreamError(message))
     if 400 <= resp.status < 500:
-        return UpstreamRejected(message)
+        return UpstreamRejected(message, resp.status)
     return UpstreamError(message)
 
 

@@ -99,6 +99,7 @@ async def _send(sse: EventSourceResponse, event: str | None, data: Any) -> None:
 def _error(event: Error, turn: Turn) -> ApiError:
     mapped = from_domain(event.error) or ApiError(502, "upstream_unavailable", str(event.error))
     mapped.extra["conversation_id"] = turn.conversation_id
+    mapped.extra["user_message_id"] = turn.user_message["id"]
     if event.message is not None:
         mapped.extra["partial_message_id"] = event.message["id"]
     return mapped

@@ -15,7 +15,7 @@ _TITLE = frozenset({"title"})
 
 
 def _conversation_id(request: web.Request) -> int:
-    return ident(request.match_info["id"], "id")
+    return ident(request.match_info["id"], "id", from_path=True)
 
 
 async def list_conversations(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from .errors import SchemaTooNew
 # AUTOINCREMENT: an id, once shown to a client, never names another row later.
 V1 = """
 CREATE TABLE users (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     username TEXT NOT NULL UNIQUE COLLATE NOCASE,
     password_hash TEXT NOT NULL,
     created_at TEXT NOT NULL
