@@ -100,6 +100,12 @@ def run_wrk(base: str, script: str, path: str, conns: int, duration: int,
             "requests": int(total.group(1)) if total else 0}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_rows(db: Path) -> tuple[int, int]:
     """(assistant replies stored complete, all messages)."""
     with sqlite3.connect(db) as conn:
@@ -143,17 +149,24 @@ async def main() -> int:
         for name in args.only or SCENARIOS:
             script, path, conns, what = SCENARIOS[name]
             before = count_rows(tmp / "bench.db")
+            cpu = cpu_seconds(server.pid), cpu_seconds(sim.pid)
             result = run_wrk(base, script, path, conns, args.duration, users)
+            used = cpu_seconds(server.pid) - cpu[0], cpu_seconds(sim.pid) - cpu[1]
             after = count_rows(tmp / "bench.db")
             result["stored"] = after[0] - before[0]
+            n = max(1, int(result["requests"]))  # type: ignore[call-overload]
+            result["server_cpu_ms"] = round(used[0] * 1000 / n, 3)
+            result["sim_cpu_ms"] = round(used[1] * 1000 / n, 3)
             rows.append((name, what, conns, result))
             print(f"{name}: {result}", file=sys.stderr, flush=True)
-        print("| scenario | what | conns | req/s | p50 | p90 | p99 | non-2xx | replies stored |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| scenario | what | conns | req/s | p50 | p90 | p99 | non-2xx | replies stored "
+              "| server CPU/req | simulator CPU/req |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, what, conns, r in rows:
             stored = r["stored"] if name.startswith("chat") else "-"
             print(f"| {name} | {what} | {conns} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | "
-                  f"{r['p99']} | {r['non2xx']} | {stored} |")
+                  f"{r['p99']} | {r['non2xx']} | {stored} | {r['server_cpu_ms']} ms | "
+                  f"{r['sim_cpu_ms']} ms |")
     finally:
         for proc in (server, sim):
             proc.send_signal(signal.SIGTERM)

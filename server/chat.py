@@ -15,7 +15,7 @@ from workers.pool import WorkerPool
 from .config import Config
 from .memory import MemoryManager
 from .ratelimit import KeyedRateLimiter, RateLimited
-from .storage import Database, NotFound, StorageError, messages
+from .storage import Database, NotFound, StorageError
 from .storage.rows import MessageRow
 
 QUEUE_POLL_S = 0.5  # how often a waiting stream re-reads its queue position
@@ -102,14 +102,12 @@ class ChatService:
             raise ShuttingDown(self._pool.closed)
         if conversation_id is not None and (regenerate or edit_message_id is not None):
             edit = None if edit_message_id is None else (edit_message_id, message or "")
-            stored = await messages.rewind(self._db, user_id, conversation_id, edit)
+            stored, history = await self._memory.rewind(user_id, conversation_id, edit)
             conv_id = conversation_id
         else:
             assert message is not None
-            conv_id, stored = await messages.add_user_message(
-                self._db, user_id, conversation_id, message, title_from(message))
-        history = [] if conversation_id is None else \
-            await self._memory.history(user_id, conv_id, before_id=stored["id"])
+            conv_id, stored, history = await self._memory.add_user_message(
+                user_id, conversation_id, message, title_from(message))
         llm = self._config.llm
         request = CompletionRequest(
             self._memory.prompt(history, stored["content"]),

@@ -31,9 +31,28 @@ class MemoryManager:
         """Recent messages (older than `before_id`) within the count and token budget, in one read."""
         rows = await messages.recent(self._db, user_id, conversation_id,
                                      self._config.max_history_messages, before_id)
+        return self.within_budget(rows)
+
+    async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
+                               title: str) -> tuple[int, MessageRow, list[dict[str, str]]]:
+        """Store the user's message and get the history before it, in the same transaction."""
+        conv, stored, rows = await messages.add_user_message(
+            self._db, user_id, conversation_id, content, title, self._config.max_history_messages)
+        return conv, stored, self.within_budget(rows)
+
+    async def rewind(self, user_id: int, conversation_id: int,
+                     edit: tuple[int, str] | None) -> tuple[MessageRow, list[dict[str, str]]]:
+        """Drop the replies after the last user message (maybe editing it); return it and the
+        history before it."""
+        stored, rows = await messages.rewind(self._db, user_id, conversation_id, edit,
+                                             self._config.max_history_messages)
+        return stored, self.within_budget(rows)
+
+    def within_budget(self, rows: messages.Rows) -> list[dict[str, str]]:
+        """Newest-first rows cut to the token budget, returned oldest first."""
         picked: list[dict[str, str]] = []
         budget = self._config.max_history_tokens
-        for _, role, content in rows:  # newest first
+        for _, role, content in rows[:self._config.max_history_messages]:
             budget -= approx_tokens(content)
             if budget < 0:
                 break

@@ -16,6 +16,7 @@ from .job import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,6 @@ def create_session(pool_size: int, settings: UpstreamSettings) -> aiohttp.Client
                                     sock_read=settings.first_token_timeout_s)
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
-                                 json_serialize=lambda o: orjson.dumps(o).decode(),
                                  raise_for_status=False)
 
 
@@ -111,7 +111,8 @@ class UpstreamClient:
         sent = False
         try:
             async with asyncio.timeout(self._s.first_token_timeout_s) as first_token:
-                resp = await self._session.post(f"{self._url}/chat/completions", json=body)
+                resp = await self._session.post(f"{self._url}/chat/completions",
+                                                data=orjson.dumps(body), headers=_JSON)
                 try:
                     if resp.status != 200:
                         raise await _status_error(resp)

@@ -10,12 +10,26 @@ from .errors import NotFound
 from .rows import MessageRow, now_iso
 
 
+Rows = list[tuple[int, str, str]]
+
+
+def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int, limit: int) -> Rows:
+    """Up to `limit` newest (id, role, content) with text before `before_id`, newest first."""
+    if limit <= 0:
+        return []
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT id, role, content FROM messages WHERE conversation_id = ? AND id < ? "
+        "AND content != '' ORDER BY id DESC LIMIT ?", (conversation_id, before_id, limit))]
+
+
 async def add_user_message(db: Database, user_id: int, conversation_id: int | None,
-                           content: str, title: str) -> tuple[int, MessageRow]:
-    """Store a user's message, creating the conversation when none is given, in one transaction."""
+                           content: str, title: str,
+                           history: int = 0) -> tuple[int, MessageRow, Rows]:
+    """Store a user's message (creating the conversation when none is given) and return up to
+    `history` earlier messages, newest first, all in one transaction: no separate read."""
     now = now_iso()
 
-    def op(conn: sqlite3.Connection) -> tuple[int, MessageRow]:
+    def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, Rows]:
         conv = conversation_id
         if conv is None:
             conv = cast(int, conn.execute(
@@ -32,8 +46,10 @@ async def add_user_message(db: Database, user_id: int, conversation_id: int | No
                 (conv, content, now, conv, user_id))
             if cur.rowcount == 0:
                 raise NotFound("conversation not found")
-        return conv, {"id": cast(int, cur.lastrowid), "role": "user", "content": content,
-                      "status": "complete", "created_at": now}
+        ident = cast(int, cur.lastrowid)
+        rows = _history(conn, conv, ident, history) if conversation_id is not None else []
+        return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
+                      "created_at": now}, rows
 
     return await db.write(op)
 
@@ -57,27 +73,24 @@ async def add(db: Database, conversation_id: int, role: str, content: str,
 
 
 async def recent(db: Database, user_id: int, conversation_id: int, limit: int,
-                 before_id: int | None = None) -> list[tuple[int, str, str]]:
+                 before_id: int | None = None) -> Rows:
     """Up to `limit` newest (id, role, content) with text and id < before_id, newest first,
     if the user owns the conversation."""
-    bound = before_id if before_id is not None else 2**63 - 1
 
-    def op(conn: sqlite3.Connection) -> list[Any]:
-        return conn.execute(
-            "SELECT m.id, m.role, m.content FROM messages m "
-            "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
-            "WHERE m.conversation_id = ? AND m.id < ? AND m.content != '' "
-            "ORDER BY m.id DESC LIMIT ?",
-            (user_id, conversation_id, bound, limit)).fetchall()
+    def op(conn: sqlite3.Connection) -> Rows:
+        owned = conn.execute("SELECT 1 FROM conversations WHERE id = ? AND user_id = ?",
+                             (conversation_id, user_id)).fetchone()
+        return _history(conn, conversation_id, before_id or 2**63 - 1, limit) if owned else []
 
-    return [(r[0], r[1], r[2]) for r in await db.read(op)]
+    return await db.read(op)
 
 
 async def rewind(db: Database, user_id: int, conversation_id: int,
-                 edit: tuple[int, str] | None = None) -> MessageRow:
-    """Drop everything after the conversation's last user message (editing it if asked)."""
+                 edit: tuple[int, str] | None = None, history: int = 0) -> tuple[MessageRow, Rows]:
+    """Drop everything after the conversation's last user message (editing it if asked);
+    return that message and up to `history` messages before it, newest first."""
 
-    def op(conn: sqlite3.Connection) -> MessageRow:
+    def op(conn: sqlite3.Connection) -> tuple[MessageRow, Rows]:
         row = conn.execute(
             "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
             "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
@@ -92,6 +105,6 @@ async def rewind(db: Database, user_id: int, conversation_id: int,
             content = edit[1]
             conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
         return {"id": row[0], "role": "user", "content": content, "status": row[3],
-                "created_at": row[4]}
+                "created_at": row[4]}, _history(conn, conversation_id, row[0], history)
 
     return await db.write(op)

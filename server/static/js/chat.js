@@ -37,9 +37,11 @@ function renderBody(m) {
     // (markdown-it-py, raw HTML disabled) and then sanitised with nh3's allow-list.
     m.body.innerHTML = m.html;
     for (const pre of m.body.querySelectorAll("pre")) {
+      const lang = /language-(\S+)/.exec(pre.firstElementChild?.className || "");
       const wrap = h("div", { class: "code" });
       pre.before(wrap);
-      wrap.append(button("code", "Copy code", "copy", "Copy code"), pre);
+      wrap.append(h("div", { class: "code-head" }, h("span", null, lang ? lang[1] : "text"),
+        button("code", "Copy code", "copy", "Copy code")), pre);
     }
   } else {
     m.body.textContent = m.content; // user messages and streamed text: plain text only
@@ -428,7 +430,7 @@ list.addEventListener("click", (event) => {
   if (!m) return;
   switch (b.dataset.act) {
     case "copy": copyWith(b, m.content); break;
-    case "code": copyWith(b, b.nextElementSibling.textContent); break;
+    case "code": copyWith(b, b.closest(".code").querySelector("pre").textContent); break;
     case "regen": turn("regen"); break;
     case "edit": startEdit(m); break;
     case "retry": m.retry?.(); break;
