@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import ROOT, start_server_process, start_simulator_process
+from procs import start_server_process, start_simulator_process
 from test_reliability import register_over_http
 
 ST = Path(sys.executable).with_name("st")
@@ -35,7 +35,7 @@ async def test_fuzz_every_route_against_the_openapi_document(tmp_path: Path) -> 
             "--exclude-path", "/api/auth/logout", "--exclude-path", "/api/auth/account",
             "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
             "--suppress-health-check", "all",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env=dict(os.environ, NO_COLOR="1"))
         out, _ = await asyncio.wait_for(proc.communicate(), 600)
         report = out.decode(errors="replace")
