@@ -140,7 +140,7 @@ class ChatService:
             if isinstance(event, Started):
                 continue
             if isinstance(event, Delta):
-                yield event
+                yield job.merge_waiting(event)  # one write to the client, not many
             elif isinstance(event, Finished):
                 c = event.completion
                 try:

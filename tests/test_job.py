@@ -132,3 +132,13 @@ async def test_cancel_after_done_does_nothing() -> None:
     assert not job.task.cancelled() and not job.task.done()
     job.task.cancel()
     await asyncio.wait({job.task})
+
+
+async def test_merge_waiting_joins_only_consecutive_deltas() -> None:
+    job = Job(owner="u", request=CompletionRequest([{"role": "user", "content": "x"}], 1, 0.0))
+    for text in ("b", "c"):
+        job.emit(Delta(text))
+    job.emit(Finished(Completion("abc", "stop", {})))
+    assert job.merge_waiting(Delta("a")) == Delta("abc")
+    assert isinstance(job.events.get_nowait(), Finished) and job.events.empty()
+    assert job.merge_waiting(Delta("z")) == Delta("z")

@@ -79,6 +79,17 @@ class Job:
             self.state = "done"
         self.events.put_nowait(event)
 
+    def merge_waiting(self, first: Delta) -> Delta:
+        """`first` joined with the Delta events already waiting behind it (a slow reader gets
+        fewer, larger pieces). Peeks at asyncio.Queue's deque, which it documents as FIFO."""
+        waiting = self.events._queue  # type: ignore[attr-defined]  # noqa: SLF001
+        if not waiting or not isinstance(waiting[0], Delta):
+            return first
+        texts = [first.text]
+        while waiting and isinstance(waiting[0], Delta):
+            texts.append(self.events.get_nowait().text)  # type: ignore[union-attr]
+        return Delta("".join(texts))
+
     def fail(self, error: WorkerError) -> None:
         """End the job with an error, keeping what was generated."""
         if self.state != "done":

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse, sse_response
+from aiohttp_sse import sse_response
 
 from workers.job import Delta
 
@@ -74,26 +74,33 @@ async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:
 async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamResponse:
     async with sse_response(request) as sse:
         sse.ping_interval = PING_S
-        await _send(sse, "meta", {"conversation_id": turn.conversation_id,
+        # `meta` goes out with the first event that follows it: one write instead of two.
+        pending = _event("meta", {"conversation_id": turn.conversation_id,
                                   "user_message_id": turn.user_message["id"]})
         async for event in request.app[keys.CHAT].follow(turn):
             if isinstance(event, Delta):
-                await _send(sse, None, {"delta": event.text})
+                pending += _event(None, {"delta": event.text})
             elif isinstance(event, Queued):
-                await _send(sse, "queued", {"position": event.position})
+                pending += _event("queued", {"position": event.position})
             elif isinstance(event, Done):
                 done: dict[str, Any] = {"message_id": event.message["id"], "usage": event.usage,
                                         "finish_reason": event.finish_reason}
                 if html:
                     done["html"] = (await render_async([event.message["content"]]))[0]
-                await _send(sse, "done", done)
+                pending += _event("done", done)
             elif isinstance(event, Error):
-                await _send(sse, "error", _error(event, turn).body())
+                pending += _event("error", _error(event, turn).body())
+            await sse.write(pending)
+            pending = b""
+        if pending:
+            await sse.write(pending)
     return sse
 
 
-async def _send(sse: EventSourceResponse, event: str | None, data: Any) -> None:
-    await sse.send(dumps(data).decode(), event=event)
+def _event(name: str | None, data: Any) -> bytes:
+    """One server-sent event; orjson output has no newlines, so one data line suffices."""
+    head = b"event: " + name.encode() + b"\r\n" if name else b""
+    return head + b"data: " + dumps(data) + b"\r\n\r\n"
 
 
 def _error(event: Error, turn: Turn) -> ApiError:
