@@ -98,16 +98,19 @@ class ChatService:
         retry_after = self._limiter.hit(user_id)
         if retry_after is not None:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
-        if self._pool.closed:
-            raise ShuttingDown(self._pool.closed)
-        if conversation_id is not None and (regenerate or edit_message_id is not None):
-            edit = None if edit_message_id is None else (edit_message_id, message or "")
-            stored, history = await self._memory.rewind(user_id, conversation_id, edit)
-            conv_id = conversation_id
-        else:
-            assert message is not None
-            conv_id, stored, history = await self._memory.add_user_message(
-                user_id, conversation_id, message, title_from(message))
+        place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
+        try:
+            if conversation_id is not None and (regenerate or edit_message_id is not None):
+                edit = None if edit_message_id is None else (edit_message_id, message or "")
+                stored, history = await self._memory.rewind(user_id, conversation_id, edit)
+                conv_id = conversation_id
+            else:
+                assert message is not None
+                conv_id, stored, history = await self._memory.add_user_message(
+                    user_id, conversation_id, message, title_from(message))
+        except BaseException:
+            place.release()
+            raise
         llm = self._config.llm
         request = CompletionRequest(
             self._memory.prompt(history, stored["content"]),
@@ -115,7 +118,7 @@ class ChatService:
             temperature if temperature is not None else llm.temperature)
         job = Job(owner=user_id, request=request)
         try:
-            self._pool.submit(job)
+            self._pool.submit(job, place)
         except WorkerError as err:
             raise ChatRejected(err, conv_id, stored["id"]) from err
         return Turn(conv_id, stored, job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ async def start(config: Config) -> Running:
     except BaseException:
         await runner.cleanup()
         raise
+    # Start-up objects live for the whole process: keep them out of every later GC pass.
+    gc.collect()
+    gc.freeze()
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     return Running(app, runner, f"http://{shown}:{port}")

@@ -122,7 +122,8 @@ async def test_two_users_never_mix(http, register, simulator) -> None:
         await error_of(resp, 404, "not_found")
 
 
-async def test_queue_full_is_immediate_503_and_keeps_message(custom, register, simulator) -> None:
+async def test_queue_full_is_immediate_503_and_stores_nothing(custom, register,
+                                                                simulator) -> None:
     await sim(simulator, "/sim/config", {"ttft_ms": 2000})
     running = await custom(queue={"workers": 1, "max_size": 2, "max_per_user": 0})
     user = await register()
@@ -140,12 +141,30 @@ async def test_queue_full_is_immediate_503_and_keeps_message(custom, register, s
             error = await error_of(resp, 503, "queue_full")
             assert resp.headers["Retry-After"]
         assert loop.time() - began < 1.5  # answered without waiting for the 2 s model
-        stored = await messages_of(s, user, error["conversation_id"])
-        assert stored[-1]["id"] == error["user_message_id"]
-        assert stored[-1]["content"] == "one too many"
+        # Refused before it was stored: no dangling message, the client simply resends.
+        assert "user_message_id" not in error
+        async with s.get("/api/search?q=many", headers=user.headers) as resp:
+            assert (await resp.json())["results"] == []
+        async with s.get("/api/conversations", headers=user.headers) as resp:
+            assert len((await resp.json())["conversations"]) == 3
         for task in busy:
             task.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
+
+
+async def test_a_stored_message_always_has_its_place(custom, register, simulator) -> None:
+    """Places are reserved before storing, so the store can never be followed by queue_full."""
+    await sim(simulator, "/sim/config", {"ttft_ms": 300})
+    running = await custom(queue={"workers": 1, "max_size": 5, "max_per_user": 0})
+    users = [await register() for _ in range(3)]
+    async with aiohttp.ClientSession(running.url) as s:
+        async def one(i: int) -> dict[str, Any]:
+            async with await chat(s, users[i % 3], message=f"race {i}") as resp:
+                return {"status": resp.status, **(await resp.json())}
+        results = await asyncio.gather(*(one(i) for i in range(30)))
+    refused = [r for r in results if r["status"] == 503]
+    assert refused and all("user_message_id" not in r["error"] for r in refused)
+    assert sum(1 for r in results if r["status"] == 200) == 30 - len(refused)
 
 
 async def test_upstream_concurrency_never_exceeds_workers(custom, register, simulator) -> None:

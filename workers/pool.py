@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from typing import Hashable
 
 from aiolimiter import AsyncLimiter
 
@@ -14,6 +16,21 @@ from .queue import FairQueue
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Place:
+    """A place held in the queue between admission and submission."""
+
+    owner: Hashable
+    pool: WorkerPool
+    held: bool = True
+
+    def release(self) -> None:
+        """Give the place back (submitting uses it; a failed store must release it)."""
+        if self.held:
+            self.held = False
+            self.pool._release(self.owner)  # noqa: SLF001
 
 
 @dataclass
@@ -41,6 +58,7 @@ class WorkerPool:
         self._limiter = AsyncLimiter(rps, 1.0)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed: str | None = None
+        self._reserved: Counter[Hashable] = Counter()
 
     @property
     def closed(self) -> str | None:
@@ -57,20 +75,43 @@ class WorkerPool:
         self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}")
                        for i in range(self._size)]
 
-    def submit(self, job: Job) -> None:
-        """Queue a job now or raise QueueFull / ShuttingDown; never waits."""
+    def reserve(self, owner: Hashable) -> Place:
+        """Hold a place in the queue for `owner`, or raise QueueFull / ShuttingDown at once.
+
+        The server reserves before it stores the user's message, so a refusal is instant and
+        leaves nothing behind, and a stored message always has its place in the queue.
+        """
+        self._check_room(owner)
+        self._reserved[owner] += 1
+        return Place(owner, self)
+
+    def submit(self, job: Job, place: Place | None = None) -> None:
+        """Queue a job now (into its reserved place, if any); never waits."""
+        if place is not None:
+            place.release()
         if self._closed:
             raise ShuttingDown(self._closed)
-        if self._max_per_owner and self.queue.owner_count(job.owner) >= self._max_per_owner:
+        if place is None:
+            self._check_room(job.owner)
+        self.queue.put_nowait(job)  # room is guaranteed: reservations count as taken
+        self.stats.submitted += 1
+
+    def _check_room(self, owner: Hashable) -> None:
+        if self._closed:
+            raise ShuttingDown(self._closed)
+        if self._max_per_owner and \
+                self.queue.owner_count(owner) + self._reserved[owner] >= self._max_per_owner:
             self.stats.rejected += 1
             raise QueueFull("you already have the most requests waiting that one user may have",
                             per_owner=True)
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull as err:
+        if self.queue.qsize() + self._reserved.total() >= self.queue.maxsize:
             self.stats.rejected += 1
-            raise QueueFull("the chat queue is full, try again shortly") from err
-        self.stats.submitted += 1
+            raise QueueFull("the chat queue is full, try again shortly")
+
+    def _release(self, owner: Hashable) -> None:
+        self._reserved[owner] -= 1
+        if self._reserved[owner] <= 0:
+            del self._reserved[owner]
 
     def close_intake(self, reason: str = "the server is shutting down") -> None:
         """Refuse new jobs and fail every queued one; running jobs go on."""

@@ -110,10 +110,11 @@ function toBottom() {
   jump.hidden = true;
 }
 
-scroller.addEventListener("scroll", () => {
+function measure() {
   stick = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 48;
   jump.hidden = stick;
-}, { passive: true });
+}
+scroller.addEventListener("scroll", measure, { passive: true });
 
 jump.addEventListener("click", () => { toBottom(); input.focus(); });
 
@@ -125,6 +126,7 @@ function focusMessage(id) {
   void m.el.offsetWidth; // restart the highlight animation
   m.el.classList.add("hit");
   m.el.focus({ preventScroll: true });
+  measure();
 }
 
 // ---- navigation ---------------------------------------------------------------------------
