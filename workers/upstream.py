@@ -49,8 +49,9 @@ def create_session(pool_size: int, settings: UpstreamSettings) -> aiohttp.Client
                                     sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.first_token_timeout_s)
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
+    # No cookie jar: vLLM sets no cookies, and skipping it saves work on every call.
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
-                                 raise_for_status=False)
+                                 raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar())
 
 
 class UpstreamClient:
