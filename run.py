@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from server.config import ConfigError, load_config
+from server.config import Config, ConfigError, load_config
 from server.runner import serve
 from server.storage import StorageError
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return runner.run(_run(config, args.demo))
 
 
-async def _run(config, demo: bool) -> int:  # type: ignore[no-untyped-def]
+async def _run(config: Config, demo: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -63,7 +63,7 @@ async def _passwords(app: web.Application) -> AsyncIterator[None]:
     passwords.close()
 
 
-def _tokens(secret: str):  # type: ignore[no-untyped-def]
+def _tokens(secret: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         a = app[keys.CONFIG].auth
         app[keys.TOKENS] = TokenService(app[keys.DB], secret, a.token_ttl_s, a.cache_ttl_s,

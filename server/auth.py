@@ -67,9 +67,10 @@ class TokenService:
         """A new signed token for the user and its expiry (epoch seconds)."""
         now = int(time.time())
         exp = now + self._ttl
-        claims = {"sub": str(user["id"]), "iat": now, "exp": exp, "jti": secrets.token_hex(16)}
+        jti = secrets.token_hex(16)
+        claims = {"sub": str(user["id"]), "iat": now, "exp": exp, "jti": jti}
         token = jwt.encode(claims, self._key, algorithm=_ALGORITHM)
-        self._cache[token] = Principal(user, token, claims["jti"], exp)  # login verifies free
+        self._cache[token] = Principal(user, token, jti, exp)  # the first verify is free
         return token, exp
 
     async def verify(self, token: str) -> Principal:

@@ -49,8 +49,9 @@ class ApiError(Exception):
 
 def invalid(message: str, field: str | None = None) -> ApiError:
     """400 for a malformed request, naming the field when there is one."""
-    extra = {"field": field} if field else {}
-    return ApiError(400, "invalid_request", message, **extra)
+    if field:
+        return ApiError(400, "invalid_request", message, field=field)
+    return ApiError(400, "invalid_request", message)
 
 
 def unauthorized(message: str = "authentication required") -> ApiError:

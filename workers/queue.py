@@ -57,6 +57,8 @@ class FairQueue(asyncio.Queue[Job]):
     """asyncio.Queue with per-owner round-robin order (as PriorityQueue overrides _init/_put/_get)."""
 
     _queue: _Lanes
+    _unfinished_tasks: int  # asyncio.Queue's own counters, kept right when a job is removed
+    _finished: asyncio.Event
 
     def _init(self, maxsize: int) -> None:
         self._queue = _Lanes()

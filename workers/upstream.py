@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, cast
 
 import aiohttp
 import orjson
@@ -118,7 +118,7 @@ class UpstreamClient:
                     if resp.status != 200:
                         raise await _status_error(resp)
                     parts: list[str] = []
-                    finish, usage = "stop", {}
+                    finish, usage = "stop", cast(dict[str, Any], {})
                     async for chunks in _events(resp):
                         texts: list[str] = []
                         for chunk in chunks:

@@ -9,7 +9,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar, cast
 
 import aiosqlite
 
@@ -35,7 +35,7 @@ async def _run(conn: aiosqlite.Connection, op: SyncOp[T]) -> T:
     aiosqlite implements every method this way; running a whole read or a whole
     batch in one hop instead of one hop per statement is what makes batching pay.
     """
-    return await conn._execute(op, conn._conn)  # noqa: SLF001
+    return cast(T, await conn._execute(op, conn._conn))  # type: ignore[no-untyped-call]  # noqa: SLF001
 
 
 async def _open(path: str, busy_timeout_ms: int, synchronous: str) -> aiosqlite.Connection:
@@ -67,7 +67,7 @@ class Database:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def open(self, migrate: Callable[[sqlite3.Connection], None]) -> None:
+    async def open(self, migrate: Callable[[sqlite3.Connection], object]) -> None:
         """Open the file, migrate the schema, start the writer task and the readers."""
         if self.path != ":memory:":
             await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
@@ -114,10 +114,10 @@ class Database:
         if self._closing:
             raise StorageError("the database is closing")
         self.stats.writes += 1
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, fut))  # type: ignore[arg-type]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
         self._wake.set()
-        return await asyncio.shield(fut)  # type: ignore[return-value]
+        return cast(T, await asyncio.shield(fut))
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:

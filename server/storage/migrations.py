@@ -69,7 +69,7 @@ LATEST = len(MIGRATIONS)
 
 def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     """Bring the schema up to `target`, each step in its own transaction; return the version."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > LATEST:
         raise SchemaTooNew(f"database schema v{version} is newer than this program (v{LATEST})")
     for number in range(version + 1, target + 1):

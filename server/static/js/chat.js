@@ -97,7 +97,7 @@ function refreshActions() {
   if (live || convId == null || !u || u.id == null) return;
   u.acts.append(button("edit", "Edit and resend your last message", "edit", "Edit"));
   const last = msgs[msgs.length - 1];
-  last.acts.append(last.role === "user"
+  if (last.status !== "failed") last.acts.append(last.role === "user"
     ? button("regen", "Get a reply to this message", "refresh", "Get reply")
     : button("regen", "Regenerate the last reply", "refresh", "Regenerate"));
 }
@@ -245,14 +245,14 @@ function adopt(id, text) { // a new chat got its conversation id from the server
 }
 
 function showError(m, message, retryAfter, retry) {
-  m.status = "error";
+  m.status = "failed"; // shown by the box below, not by a badge
   m.el.classList.remove("pending");
   if (m.text) m.text.data = m.content;
   else m.body.replaceChildren();
   renderMeta(m);
   const again = h("button", { type: "button", class: "btn small", "data-act": "retry" }, "Retry");
   m.retry = () => { if (!live && !again.disabled) retry(); };
-  m.body.after(h("div", { class: "error" }, h("span", null, message), again));
+  m.body.after(h("div", { class: "failure" }, h("span", null, message), again));
   if (retryAfter > 0) { // honour Retry-After: the button wakes up when the server said so
     let left = Math.ceil(retryAfter);
     again.disabled = true;
@@ -320,7 +320,7 @@ async function turn(kind, text = "") {
       message(d) {
         if (reply.status === "pending") {
           reply.status = "streaming";
-          reply.el.classList.remove("pending");
+          reply.el.classList.replace("pending", "streaming");
           reply.text = document.createTextNode("");
           reply.body.replaceChildren(reply.text);
         }
@@ -364,22 +364,24 @@ async function turn(kind, text = "") {
       empty.hidden = msgs.length > 0;
     } else {
       const d = err.detail || {};
-      let retry = () => turn(kind, text);
       if (d.conversation_id != null && target == null) adopt(d.conversation_id, text);
-      if (d.user_message_id != null) { // stored: ask again for a reply, never send the text twice
+      if (d.user_message_id != null) {
         user.id = d.user_message_id;
         user.el.dataset.id = d.user_message_id;
-        retry = regenerate;
-      } else if (kind === "new") {
-        retry = () => {
+      }
+      // Once the message is stored, Retry asks for a reply again: the text is never sent twice.
+      const retry = mine.started || d.user_message_id != null ? regenerate : kind !== "new"
+        ? () => turn(kind, text)
+        : () => {
           for (const m of [user, reply]) { m.el.remove(); msgs.splice(msgs.indexOf(m), 1); }
           turn("new", text);
         };
-      }
-      showError(reply, err.message, err.retryAfter, retry);
+      showError(reply, err.status === undefined ? "The connection was lost before the reply finished."
+        : err.message, err.retryAfter, retry);
     }
   } finally {
     cancelAnimationFrame(mine.frame);
+    reply.el.classList.remove("streaming");
     reply.el.removeAttribute("aria-busy");
     live = null;
     setBusy(false);
@@ -436,7 +438,6 @@ list.addEventListener("click", (event) => {
     case "regen": turn("regen"); break;
     case "edit": startEdit(m); break;
     case "retry": m.retry?.(); break;
-    default: break;
   }
 });
 
