@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LUA, ROOT, free_port, wait_http  # noqa: E402
+from run import LUA, start_pair, wait_http  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -77,23 +77,12 @@ async def main() -> int:
     capacity = args.workers + args.queue
     in_flight = int(capacity * args.factor)
     tmp = Path(tempfile.mkdtemp(prefix="chatgate-overload-"))
-    sim_port, port = free_port(), free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "vllm_sim", "--port", str(sim_port),
-                            "--ttft-ms", "200", "--tpot-ms", "50", "--reply-tokens", "16"],
-                           cwd=ROOT, stdout=subprocess.DEVNULL)
-    env = dict(os.environ, CHATGATE_SERVER__PORT=str(port),
-               CHATGATE_DATABASE__PATH=str(tmp / "overload.db"),
-               CHATGATE_LLM__BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
-               CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="1000000",
-               CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="1000000",
-               CHATGATE_QUEUE__WORKERS=str(args.workers),
-               CHATGATE_QUEUE__MAX_SIZE=str(args.queue), CHATGATE_QUEUE__MAX_PER_USER="0")
-    server = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    sim, server, sim_url, base = start_pair(
+        tmp / "overload.db", ["--ttft-ms", "200", "--tpot-ms", "50", "--reply-tokens", "16"],
+        QUEUE__WORKERS=args.workers, QUEUE__MAX_SIZE=args.queue)
     latencies: dict[int, list[float]] = defaultdict(list)
     try:
-        await wait_http(f"http://127.0.0.1:{sim_port}/health")
+        await wait_http(sim_url + "/health")
         await wait_http(base + "/health")
         headers = []
         async with aiohttp.ClientSession(base) as s:
@@ -108,8 +97,8 @@ async def main() -> int:
                      for h in headers]
             flood = subprocess.Popen(
                 ["wrk", "-t2", f"-c{in_flight}", f"-d{args.seconds:.0f}s", "--timeout", "20s",
-                 "-s", str(LUA / "chat_new.lua"), base + "/api/chat"],
-                env=dict(os.environ, BENCH_USERS=json.dumps(users)), stdout=subprocess.PIPE,
+                 "-s", str(LUA / "chat.lua"), base + "/api/chat"],
+                env=dict(os.environ, BENCH_USERS=json.dumps(users), BENCH_CHAT="new"), stdout=subprocess.PIPE,
                 text=True)
         await asyncio.sleep(1.0)  # let the queue fill
         deadline = time.monotonic() + args.seconds - 1.5

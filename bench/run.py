@@ -33,11 +33,11 @@ SCENARIOS = {
     "verify": ("verify.lua", "/api/auth/verify", 64, "token check answered from the TTL cache"),
     "list": ("list.lua", "/api/conversations?limit=20", 64, "a page of conversations (one read)"),
     "search": ("search.lua", "/api/search?q=quokka", 64, "full-text search over own messages"),
-    "chat_new": ("chat_new.lua", "/api/chat", 128,
+    "chat_new": ("chat.lua:new", "/api/chat", 128,
                  "chat, new conversation: user msg + conversation + reply committed"),
-    "chat_turn": ("chat_turn.lua", "/api/chat", 128,
+    "chat_turn": ("chat.lua:turn", "/api/chat", 128,
                   "chat in an existing conversation: history read + 2 rows committed"),
-    "chat_stream": ("chat_stream.lua", "/api/chat", 128, "streaming chat (SSE), 16 deltas"),
+    "chat_stream": ("chat.lua:stream", "/api/chat", 128, "streaming chat (SSE), 16 deltas"),
 }
 
 
@@ -84,7 +84,8 @@ async def prepare(base: str, users: int) -> list[dict[str, object]]:
 def run_wrk(base: str, script: str, path: str, conns: int, duration: int,
             users: list[dict[str, object]]) -> dict[str, object]:
     """One wrk run; returns its parsed summary."""
-    env = dict(os.environ, BENCH_USERS=json.dumps(users))
+    script, _, mode = script.partition(":")
+    env = dict(os.environ, BENCH_USERS=json.dumps(users), BENCH_CHAT=mode)
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     if script.endswith(".lua"):
         cmd += ["-s", str(LUA / script)]
@@ -98,6 +99,23 @@ def run_wrk(base: str, script: str, path: str, conns: int, duration: int,
     return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99"),
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "requests": int(total.group(1)) if total else 0}
+
+
+def start_pair(db: Path, sim_args: list[str], **settings: object) -> tuple[
+        subprocess.Popen[bytes], subprocess.Popen[bytes], str, str]:
+    """The simulator and run.py as processes on free ports, limits lifted; CHATGATE_<settings>."""
+    sim_port, port = free_port(), free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "vllm_sim", "--port", str(sim_port), *sim_args],
+                           cwd=ROOT, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, CHATGATE_SERVER__PORT=str(port), CHATGATE_DATABASE__PATH=str(db),
+               CHATGATE_LLM__BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
+               CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="1000000",
+               CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="1000000",
+               CHATGATE_LIMITS__UPSTREAM_RPS="1000000", CHATGATE_QUEUE__MAX_PER_USER="0")
+    env.update({f"CHATGATE_{key.upper()}": str(value) for key, value in settings.items()})
+    server = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL)
+    return sim, server, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,23 +144,12 @@ async def main() -> int:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="chatgate-bench-"))
-    sim_port, port = free_port(), free_port()
-    py = sys.executable
-    sim = subprocess.Popen([py, "-m", "vllm_sim", "--port", str(sim_port), "--ttft-ms", "0",
-                            "--tpot-ms", "0", "--reply-tokens", "16", "--capacity", "1024"],
-                           cwd=ROOT, stdout=subprocess.DEVNULL)
-    env = dict(os.environ, CHATGATE_SERVER__PORT=str(port),
-               CHATGATE_DATABASE__PATH=str(tmp / "bench.db"),
-               CHATGATE_LLM__BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
-               CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="1000000",
-               CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="1000000",
-               CHATGATE_LIMITS__UPSTREAM_RPS="1000000",
-               CHATGATE_QUEUE__WORKERS=str(args.workers), CHATGATE_QUEUE__MAX_SIZE="4096",
-               CHATGATE_QUEUE__MAX_PER_USER="0")
-    server = subprocess.Popen([py, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    sim, server, sim_url, base = start_pair(
+        tmp / "bench.db", ["--ttft-ms", "0", "--tpot-ms", "0", "--reply-tokens", "16",
+                           "--capacity", "1024"], QUEUE__WORKERS=args.workers,
+        QUEUE__MAX_SIZE=4096)
     try:
-        await wait_http(f"http://127.0.0.1:{sim_port}/health")
+        await wait_http(sim_url + "/health")
         await wait_http(base + "/health")
         users = await prepare(base, args.users)
         rows = []
