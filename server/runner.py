@@ -57,7 +57,7 @@ async def serve(config: Config, stop: asyncio.Event, demo: bool = False) -> None
     if demo:
         from vllm_sim import SimSettings, start_simulator  # only the demo needs it
 
-        simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, reply_tokens=40))
+        simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, reply_tokens=48))
         config = config.replace("llm", base_url=simulator.url, model="", api_key="")
         print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
     running = await start(config)

@@ -177,6 +177,9 @@ def synth_reply(messages: list[dict[str, Any]], n_tokens: int) -> str:
     last = text_of((users or messages)[-1].get("content"))
     words = ["Simulated", "reply", str(max(len(users), 1)), "to:"]
     words += last.split()[:8] or ["(empty)"]
+    if len(users) > 1:  # show that the history arrived: quote the conversation's first message
+        first = text_of(users[0].get("content")).split()[:8]
+        words += ["—", "you", "first", "said:", *first, "—"]
     seed = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).digest()
     rng = random.Random(seed)
     while len(words) < n_tokens:
