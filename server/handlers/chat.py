@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -24,9 +25,38 @@ MAX_MESSAGE_CHARS = 100_000
 PING_S = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class ChatBody:
+    """A validated POST /api/chat body."""
+
+    message: str | None
+    conversation_id: int | None
+    stream: bool
+    html: bool
+    max_tokens: int | None
+    temperature: float | None
+    regenerate: bool
+    edit_message_id: int | None
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     """Accept a message, queue it for the model, and answer with the stored reply."""
-    body = await read_json(request, _FIELDS)
+    body = parse(await read_json(request, _FIELDS))
+    service = request.app[keys.CHAT]
+    turn = await service.start(principal_of(request).user["id"], body.message,
+                               body.conversation_id, body.max_tokens, body.temperature,
+                               regenerate=body.regenerate, edit_message_id=body.edit_message_id)
+    try:
+        if body.stream:
+            return await _stream(request, turn, body.html)
+        return await _whole(request, turn, body.html)
+    except (asyncio.CancelledError, ConnectionResetError):
+        await service.abandon(turn)
+        raise
+
+
+def parse(body: dict[str, Any]) -> ChatBody:
+    """Check the fields and how they combine; every failure names the field."""
     regenerate = boolean(body, "regenerate")
     edit = body.get("edit_message_id")
     edit_id = None if edit is None else ident(edit, "edit_message_id")
@@ -39,22 +69,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
     conversation_id = None if conv is None else ident(conv, "conversation_id")
     if conversation_id is None and (regenerate or edit_id is not None):
         raise invalid("'conversation_id' is required to regenerate or edit", "conversation_id")
-    stream = boolean(body, "stream")
-    html = render_option(body.get("render"))
     max_tokens = number(body, "max_tokens", low=1, high=32768, integer=True)
     temperature = number(body, "temperature", low=0, high=2)
-    service = request.app[keys.CHAT]
-    turn = await service.start(principal_of(request).user["id"], message, conversation_id,
-                               int(max_tokens) if max_tokens is not None else None,
-                               float(temperature) if temperature is not None else None,
-                               regenerate=regenerate, edit_message_id=edit_id)
-    try:
-        if stream:
-            return await _stream(request, turn, html)
-        return await _whole(request, turn, html)
-    except (asyncio.CancelledError, ConnectionResetError):
-        await service.abandon(turn)
-        raise
+    return ChatBody(message, conversation_id, boolean(body, "stream"),
+                    render_option(body.get("render")),
+                    None if max_tokens is None else int(max_tokens),
+                    None if temperature is None else float(temperature), regenerate, edit_id)
 
 
 async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:

@@ -60,7 +60,7 @@ $("logout").addEventListener("click", async () => {
   announce("You are logged out.");
 });
 
-// ---- the drawer (narrow screens) -----------------------------------------------------------
+// ---- the drawer (narrow screens)
 
 function drawer(open) {
   app.classList.toggle("drawer-open", open);
@@ -85,7 +85,7 @@ if (vv) {
   fit();
 }
 
-// ---- boot ----------------------------------------------------------------------------------
+// ---- boot
 
 try {
   const me = await api("GET", "/api/auth/verify", undefined, { quiet: true });

@@ -24,7 +24,7 @@ const byElement = new WeakMap();
 
 export const current = () => convId;
 
-// ---- rendering ----------------------------------------------------------------------------
+// ---- rendering
 
 function button(act, label, name, text) {
   return h("button", { type: "button", class: "act", "data-act": act, "aria-label": label, title: label },
@@ -102,7 +102,7 @@ function refreshActions() {
     : button("regen", "Regenerate the last reply", "refresh", "Regenerate"));
 }
 
-// ---- scrolling ----------------------------------------------------------------------------
+// ---- scrolling
 
 function toBottom() {
   scroller.scrollTop = scroller.scrollHeight;
@@ -129,7 +129,7 @@ function focusMessage(id) {
   measure();
 }
 
-// ---- navigation ---------------------------------------------------------------------------
+// ---- navigation
 
 function attachLive() { // the running reply belongs to the conversation just shown
   if (!live) return;
@@ -201,7 +201,7 @@ export function reset() {
 document.addEventListener("conv-renamed", (e) => { if (e.detail.id === convId) title.textContent = e.detail.title; });
 document.addEventListener("conv-deleted", (e) => { if (e.detail.id === convId) location.hash = "#/"; });
 
-// ---- sending and streaming ----------------------------------------------------------------
+// ---- sending and streaming
 
 /** The server's title for a first message (server/chat.py title_from), to show it at once. */
 function titleFrom(message, limit = 60) {
@@ -441,7 +441,7 @@ list.addEventListener("click", (event) => {
   }
 });
 
-// ---- the composer -------------------------------------------------------------------------
+// ---- the composer
 
 function autosize() {
   input.style.height = "auto"; // CSSOM, not a style attribute in markup: allowed by the CSP

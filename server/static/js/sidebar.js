@@ -1,5 +1,5 @@
-// The conversation list (cursor pages of 50, one request at a time, more on scroll, rows
-// appended in fragments, one delegated listener for every row) and the search box.
+// The conversation list: cursor pages of 50, one request at a time, more on scroll, rows
+// appended in fragments, one delegated listener for every row.
 
 import { $, h, icon, announce } from "./dom.js";
 import { api } from "./api.js";
@@ -94,7 +94,8 @@ export function reset() {
   loading = false;
   failed = false;
   active = null;
-  clearSearch();
+  $("search").value = "";
+  document.dispatchEvent(new Event("search-reset"));
 }
 
 /** Mark the open conversation. */
@@ -195,75 +196,5 @@ nav.addEventListener("click", (event) => {
   else if (act === "delete") remove(id);
 });
 
-// ---- search -------------------------------------------------------------------------------
-
-const DEBOUNCE_MS = 300;
-const box = $("search");
-const results = $("results");
-const resultList = $("result-list");
-const searchStatus = $("search-status");
-let timer = 0;
-let searching = null; // AbortController of the request in flight
-
-/** Snippet text with the matches in <mark>; offsets are code points, everything is text nodes. */
-export function highlighted(snippet, spans) {
-  const chars = Array.from(snippet);
-  const out = h("span", { class: "snippet" });
-  let at = 0;
-  for (const [start, end] of spans) {
-    if (start < at || end <= start) continue;
-    out.append(chars.slice(at, start).join(""), h("mark", null, chars.slice(start, end).join("")));
-    at = end;
-  }
-  out.append(chars.slice(at).join(""));
-  return out;
-}
-
-function showResults(on) {
-  results.hidden = !on;
-  nav.hidden = on;
-}
-
-export function clearSearch() {
-  clearTimeout(timer);
-  searching?.abort();
-  searching = null;
-  box.value = "";
-  resultList.replaceChildren();
-  searchStatus.textContent = "";
-  showResults(false);
-}
-
-async function search(q) {
-  searching?.abort(); // a newer query makes the older answer useless
-  const controller = (searching = new AbortController());
-  showResults(true);
-  results.setAttribute("aria-busy", "true");
-  if (!resultList.childElementCount) searchStatus.textContent = "Searching…";
-  try {
-    const data = await api("GET", `/api/search?q=${encodeURIComponent(q)}&limit=20`, undefined,
-      { signal: controller.signal });
-    if (controller !== searching) return;
-    // Previous results stayed on screen until now; swap them in one go.
-    resultList.replaceChildren(...data.results.map((r) => h("li", null,
-      h("a", { class: "hit", href: `#/c/${r.conversation_id}/m/${r.message_id}` },
-        h("span", { class: "t" }, r.title), highlighted(r.snippet, r.highlights)))));
-    const n = data.results.length;
-    searchStatus.textContent = n ? `${n} result${n === 1 ? "" : "s"}` : `No messages match “${q}”.`;
-  } catch (err) {
-    if (err.name === "AbortError" || controller !== searching) return;
-    searchStatus.textContent = err.status === 401 ? "" : `Search failed: ${err.message}`;
-  } finally {
-    if (controller === searching) { results.removeAttribute("aria-busy"); searching = null; }
-  }
-}
-
-box.addEventListener("input", () => {
-  clearTimeout(timer);
-  const q = box.value.trim();
-  if (!q) { clearSearch(); return; }
-  timer = setTimeout(() => search(q), DEBOUNCE_MS);
-});
-box.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && box.value) { event.stopPropagation(); clearSearch(); }
-});
+// The search code loads on the first keystroke in the search box.
+$("search").addEventListener("input", () => import("./search.js"), { once: true });
