@@ -66,8 +66,10 @@ function drawer(open) {
   app.classList.toggle("drawer-open", open);
   menu.setAttribute("aria-expanded", String(open));
   $("scrim").hidden = !open;
-  if (open) $("search").focus();
+  $("chat").inert = open; // the page under the open drawer is out of reach
+  if (open) $("new-chat").focus();
 }
+matchMedia("(max-width: 800px)").addEventListener("change", () => drawer(false));
 menu.addEventListener("click", () => drawer(!app.classList.contains("drawer-open")));
 $("scrim").addEventListener("click", () => drawer(false));
 

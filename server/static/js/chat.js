@@ -24,6 +24,11 @@ const byElement = new WeakMap();
 
 export const current = () => convId;
 
+function setTitle(text) {
+  title.textContent = text;
+  document.title = `${text} · chatgate`;
+}
+
 // ---- rendering
 
 function button(act, label, name, text) {
@@ -145,7 +150,7 @@ export function openNew() {
   convId = null;
   loaded = true;
   clear();
-  title.textContent = "New chat";
+  setTitle("New chat");
   if (live && live.convId == null) attachLive();
   refreshActions();
 }
@@ -162,12 +167,12 @@ export async function open(id, mid = null, force = false) {
   loaded = false;
   clear();
   empty.hidden = true;
-  title.textContent = sidebar.titleOf(id) || "Loading…";
+  setTitle(sidebar.titleOf(id) || "Loading…");
   list.setAttribute("aria-busy", "true");
   try {
     const conv = await api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal });
     if (controller !== loading) return;
-    title.textContent = conv.title;
+    setTitle(conv.title);
     for (const m of conv.messages) add({ ...m });
     if (live && live.convId === id) attachLive();
     loaded = true;
@@ -177,7 +182,7 @@ export async function open(id, mid = null, force = false) {
   } catch (err) {
     if (err.name === "AbortError" || controller !== loading) return;
     if (err.status === 401) return; // the login form is up; the router reopens after login
-    title.textContent = err.status === 404 ? "Conversation not found" : "Could not load the conversation";
+    setTitle(err.status === 404 ? "Conversation not found" : "Could not load the conversation");
     list.replaceChildren(h("li", { class: "notice" }, err.status === 404
       ? "This conversation does not exist or was deleted." : err.message));
   } finally {
@@ -193,12 +198,12 @@ export function reset() {
   convId = null;
   loaded = false;
   clear();
-  title.textContent = "New chat";
+  setTitle("New chat");
   input.value = "";
   autosize();
 }
 
-document.addEventListener("conv-renamed", (e) => { if (e.detail.id === convId) title.textContent = e.detail.title; });
+document.addEventListener("conv-renamed", (e) => { if (e.detail.id === convId) setTitle(e.detail.title); });
 document.addEventListener("conv-deleted", (e) => { if (e.detail.id === convId) location.hash = "#/"; });
 
 // ---- sending and streaming
@@ -238,7 +243,7 @@ function adopt(id, text) { // a new chat got its conversation id from the server
     convId = id;
     loaded = true;
     history.replaceState(null, "", `#/c/${id}`);
-    title.textContent = titleFrom(text);
+    setTitle(titleFrom(text));
     sidebar.setActive(id);
   }
   sidebar.touch(id, titleFrom(text));
