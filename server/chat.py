@@ -150,6 +150,8 @@ class ChatService:
                     stored = await self._memory.append(
                         turn.conversation_id, "assistant", c.text, "complete",
                         orjson.dumps(c.usage).decode() if c.usage else None)
+                    if c.usage:
+                        stored["usage"] = c.usage
                 except StorageError as err:  # e.g. the conversation was deleted meanwhile
                     yield Error(err, None)
                     return

@@ -457,3 +457,13 @@ async def test_too_many_tokens_for_the_model_is_the_clients_400(http, register) 
     async with await chat(http, user, message="long please", max_tokens=32768) as resp:
         error = await error_of(resp, 400, "upstream_rejected")
     assert error["user_message_id"] and error["conversation_id"]
+
+
+async def test_usage_is_stored_with_the_reply(http, register) -> None:
+    user = await register()
+    async with await chat(http, user, message="count my tokens") as resp:
+        reply = await resp.json()
+    stored = await messages_of(http, user, reply["conversation_id"])
+    assert "usage" not in stored[0]
+    assert stored[1]["usage"] == reply["usage"] == reply["message"]["usage"]
+    assert stored[1]["usage"]["completion_tokens"] > 0

@@ -61,7 +61,7 @@ async def get(db: Database, user_id: int, conversation_id: int) -> tuple[Convers
         if conv is None:
             return None, []
         msgs = conn.execute(
-            "SELECT id, role, content, status, created_at FROM messages "
+            "SELECT id, role, content, status, created_at, usage FROM messages "
             "WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
         return conv, msgs
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
+
+import orjson
 
 
 class UserRow(TypedDict):
@@ -26,13 +28,14 @@ class ConversationRow(TypedDict):
 
 
 class MessageRow(TypedDict):
-    """A message as the API shows it."""
+    """A message as the API shows it (`usage`: the model's token counts, on replies)."""
 
     id: int
     role: str
     content: str
     status: str
     created_at: str
+    usage: NotRequired[dict[str, Any]]
 
 
 @lru_cache(maxsize=4)
@@ -48,6 +51,9 @@ def now_iso() -> str:
 
 
 def message_row(row: Any) -> MessageRow:
-    """(id, role, content, status, created_at) as a MessageRow."""
-    return {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
-            "created_at": row[4]}
+    """(id, role, content, status, created_at[, usage]) as a MessageRow; usage only if stored."""
+    message: MessageRow = {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
+                           "created_at": row[4]}
+    if len(row) > 5 and row[5]:
+        message["usage"] = orjson.loads(row[5])
+    return message
