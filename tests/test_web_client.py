@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -909,7 +910,9 @@ SCREENSHOT_CHAT = [
 ]
 
 
-async def test_screenshots_light_and_dark(web: Web) -> None:
+async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
+    """Renders the chat view light and dark; CHATGATE_SCREENSHOTS=1 refreshes docs/ with them."""
+    out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
     page = web.page
     user = await web.user(name="ada")
     for title in ("Trip ideas for the Alps", "Explain SQLite WAL mode", "Regex for ISO dates"):
@@ -931,6 +934,8 @@ async def test_screenshots_light_and_dark(web: Web) -> None:
     await expect(messages(page)).to_have_count(4)
     await page.locator("#input").fill("Thanks! Can it also follow the file as it grows?")
     await page.locator("#input").blur()
-    await page.screenshot(path=str(ROOT / "docs" / "screenshot-light.png"))
+    await page.screenshot(path=str(out / "screenshot-light.png"))
     await page.emulate_media(color_scheme="dark")
-    await page.screenshot(path=str(ROOT / "docs" / "screenshot-dark.png"))
+    await page.screenshot(path=str(out / "screenshot-dark.png"))
+    for name in ("screenshot-light.png", "screenshot-dark.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
