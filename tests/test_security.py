@@ -221,3 +221,30 @@ async def test_cors_headers_on_errors_too(tmp_path: Path, simulator) -> None:
                 assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
     finally:
         await running.stop()
+
+
+@pytest.mark.parametrize(("trust", "secure"), [(True, True), (False, False)])
+async def test_cookie_is_secure_behind_a_trusted_https_proxy(tmp_path: Path, simulator,
+                                                             trust: bool, secure: bool) -> None:
+    running = await start(make_config(tmp_path, simulator.url,
+                                      server={"trust_forwarded": trust}))
+    try:
+        async with aiohttp.ClientSession(running.url) as s:
+            async with s.post("/api/auth/register",
+                              json={"username": "proxied", "password": "password1"},
+                              headers={"X-Forwarded-Proto": "https"}) as resp:
+                cookie = resp.headers["Set-Cookie"]
+        assert ("; Secure" in cookie) is secure and "HttpOnly" in cookie
+    finally:
+        await running.stop()
+
+
+async def test_plain_http_on_a_network_address_warns_once(tmp_path: Path, simulator,
+                                                          caplog) -> None:
+    from server.runner import _warn_plain_http
+
+    caplog.set_level(logging.WARNING)
+    _warn_plain_http(make_config(tmp_path, simulator.url, server={"host": "0.0.0.0"}))
+    _warn_plain_http(make_config(tmp_path, simulator.url, server={"host": "127.0.0.1"}))
+    warnings = [r for r in caplog.records if "plain HTTP" in r.getMessage()]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0].getMessage()
