@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Union
 
@@ -15,10 +16,12 @@ from workers.pool import WorkerPool
 from .config import Config
 from .memory import MemoryManager
 from .ratelimit import KeyedRateLimiter, RateLimited
-from .storage import Database, NotFound, StorageError
+from .storage import Database, DatabaseBusy, StorageError
 from .storage.rows import MessageRow
 
 QUEUE_POLL_S = 0.5  # how often a waiting stream re-reads its queue position
+STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while the db is busy
+log = logging.getLogger(__name__)
 
 
 class ChatRejected(Exception):
@@ -31,13 +34,14 @@ class ChatRejected(Exception):
         self.user_message_id = user_message_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Turn:
     """One accepted chat turn: its stored user message and its queued job."""
 
     conversation_id: int
     user_message: MessageRow
     job: Job
+    settled: bool = False  # the reply, or what there is of it, went to storage (exactly once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +151,7 @@ class ChatService:
             elif isinstance(event, Finished):
                 c = event.completion
                 try:
-                    stored = await self._memory.append(
-                        turn.conversation_id, "assistant", c.text, "complete",
-                        orjson.dumps(c.usage).decode() if c.usage else None)
-                    if c.usage:
-                        stored["usage"] = c.usage
+                    stored = await self._keep_complete(turn, event)
                 except StorageError as err:  # e.g. the conversation was deleted meanwhile
                     yield Error(err, None)
                     return
@@ -162,17 +162,55 @@ class ChatService:
                 return
 
     async def abandon(self, turn: Turn) -> None:
-        """The client left: cancel the job and keep whatever was generated as incomplete."""
-        if turn.job.state == "done":
-            return
-        turn.job.cancel()
-        await self._keep_partial(turn, JobCancelled("cancelled"), "".join(turn.job.partial))
+        """The client left: stop the job and store what it produced, unless already stored.
 
-    async def _keep_partial(self, turn: Turn, error: WorkerError, partial: str) -> MessageRow | None:
+        The job may have finished (or failed) while its last events still waited for the
+        client: those are read here, so a complete reply is kept complete.
+        """
+        if turn.settled:
+            return
+        job = turn.job
+        job.cancel()  # a waiting or running job stops; a finished one is left as it is
+        outcome: Finished | Failed | None = None
+        while not job.events.empty():
+            event = job.events.get_nowait()
+            if isinstance(event, (Finished, Failed)):
+                outcome = event
+        if isinstance(outcome, Finished):
+            try:
+                await self._keep_complete(turn, outcome)
+            except StorageError:
+                log.warning("could not store the reply of conversation %d", turn.conversation_id)
+            return
+        error = outcome.error if outcome is not None else JobCancelled("cancelled")
+        await self._keep_partial(turn, error, "".join(job.partial))
+
+    async def _keep_complete(self, turn: Turn, finished: Finished) -> MessageRow:
+        c = finished.completion
+        stored = await self._store(turn, c.text, "complete",
+                                   orjson.dumps(c.usage).decode() if c.usage else None)
+        if c.usage:
+            stored["usage"] = c.usage
+        return stored
+
+    async def _keep_partial(self, turn: Turn, error: Exception, partial: str) -> MessageRow | None:
+        turn.settled = True
         if not partial:
             return None
         status = "incomplete" if isinstance(error, (JobCancelled, ShuttingDown)) else "error"
         try:
-            return await self._memory.append(turn.conversation_id, "assistant", partial, status)
-        except NotFound:
-            return None  # the conversation was deleted meanwhile: nothing to keep it in
+            return await self._store(turn, partial, status)
+        except StorageError:
+            return None  # e.g. the conversation was deleted meanwhile: nowhere to keep it
+
+    async def _store(self, turn: Turn, content: str, status: str,
+                     usage: str | None = None) -> MessageRow:
+        """Store the reply once; a busy database gets a few more tries (the user saw the text)."""
+        turn.settled = True
+        for delay in STORE_RETRY_S:
+            try:
+                return await self._memory.append(turn.conversation_id, "assistant", content,
+                                                 status, usage)
+            except DatabaseBusy:
+                await asyncio.sleep(delay)
+        return await self._memory.append(turn.conversation_id, "assistant", content, status, usage)

@@ -467,3 +467,21 @@ async def test_usage_is_stored_with_the_reply(http, register) -> None:
     assert "usage" not in stored[0]
     assert stored[1]["usage"] == reply["usage"] == reply["message"]["usage"]
     assert stored[1]["usage"]["completion_tokens"] > 0
+
+
+async def test_reply_finished_while_the_client_left_is_kept_complete(http, register,
+                                                                    server) -> None:
+    """The job finished, but its last events never reached the client before it went away."""
+    user = await register()
+    service = server.app[keys.CHAT]
+    turn = await service.start(user.id, "leave early", None)
+    async for event in service.follow(turn):
+        break  # the first piece reached the client, then the client stalls...
+    while turn.job.state != "done":
+        await asyncio.sleep(0.01)
+    await service.abandon(turn)  # ...and goes away
+    await service.abandon(turn)  # twice, even: stored once
+    stored = await messages_of(http, user, turn.conversation_id)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"),
+                                                          ("assistant", "complete")]
+    assert stored[1]["content"].startswith("Simulated") and stored[1]["usage"]
