@@ -79,7 +79,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
                                 llm.first_token_timeout_s, llm.request_timeout_s, llm.retries,
                                 llm.retry_backoff_s)
     session = create_session(config.queue.workers, settings)
-    upstream = UpstreamClient(session, settings)
+    probes = create_session(1, settings)
+    upstream = UpstreamClient(session, settings, probes)
     try:
         await upstream.resolve_model()
     except Exception as err:  # noqa: BLE001 - start anyway; /ready says why
@@ -87,6 +88,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     app[keys.UPSTREAM] = upstream
     yield
     await session.close()
+    await probes.close()
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:

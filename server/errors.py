@@ -11,6 +11,7 @@ from workers.errors import (QueueFull, ShuttingDown, UpstreamError, UpstreamReje
                             UpstreamTimeout, WorkerError)
 
 from .chat import ChatRejected
+from .passwords import PasswordsBusy
 from .ratelimit import RateLimited
 from .responses import json_response
 from .storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
@@ -74,6 +75,8 @@ def from_domain(err: BaseException) -> ApiError | None:
         return mapped
     if isinstance(err, RateLimited):
         return rate_limited(err.retry_after, str(err))
+    if isinstance(err, PasswordsBusy):
+        return ApiError(503, "busy", str(err), {"Retry-After": "1"})
     if isinstance(err, WorkerError):
         return _from_worker(err)
     if isinstance(err, NotFound):

@@ -6,11 +6,14 @@ from aiohttp import web
 
 
 def client_ip(request: web.Request, trust_forwarded: bool) -> str:
-    """The client's address (the first X-Forwarded-For hop behind a trusted proxy)."""
+    """The client's address: behind a trusted proxy, the hop that proxy added (the last one).
+
+    Earlier hops come from the client itself and could be anything, so they never count.
+    """
     if trust_forwarded:
         forwarded = request.headers.get("X-Forwarded-For")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            return forwarded.rsplit(",", 1)[-1].strip()
     return request.remote or "unknown"
 
 

@@ -262,3 +262,22 @@ async def test_disconnect_storm_leaves_pool_clean(tmp_path: Path, simulator) -> 
         assert simulator.stats.running == 0
     finally:
         await running.stop()
+
+
+async def test_ready_answers_while_every_worker_is_busy(tmp_path: Path, simulator) -> None:
+    async with aiohttp.ClientSession(simulator.root_url) as s:
+        await s.post("/sim/config", json={"tpot_ms": 50, "reply_tokens": 60})
+    running = await start(make_config(tmp_path, simulator.url, queue={"workers": 2}))
+    try:
+        user = await register_over_http(running.url, "busy")
+        async with aiohttp.ClientSession(running.url) as s:
+            chats = [asyncio.create_task(s.post("/api/chat", json={"message": "long"},
+                                                headers=user.headers)) for _ in range(2)]
+            while running.app[keys.POOL].stats.running < 2:
+                await asyncio.sleep(0.01)
+            async with s.get("/ready") as resp:
+                assert resp.status == 200, await resp.text()
+            for task in chats:
+                (await task).close()
+    finally:
+        await running.stop()

@@ -248,3 +248,45 @@ async def test_plain_http_on_a_network_address_warns_once(tmp_path: Path, simula
     _warn_plain_http(make_config(tmp_path, simulator.url, server={"host": "127.0.0.1"}))
     warnings = [r for r in caplog.records if "plain HTTP" in r.getMessage()]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0].getMessage()
+
+
+async def test_cookie_only_sign_in_hands_no_token_to_scripts(http) -> None:
+    body = {"username": "browser", "password": "password1", "cookie_only": True}
+    async with http.post("/api/auth/register", json=body) as resp:
+        assert resp.status == 201
+        answer = await resp.json()
+    assert "access_token" not in answer and answer["user"]["username"] == "browser"
+    async with http.post("/api/auth/login", json=body) as resp:
+        answer = await resp.json()
+        assert resp.status == 200 and "access_token" not in answer
+    async with http.get("/api/auth/verify") as resp:  # the cookie alone authenticates
+        assert resp.status == 200
+
+
+async def test_sign_ups_and_account_deletion_are_throttled(tmp_path: Path, simulator) -> None:
+    running = await start(make_config(tmp_path, simulator.url, server={"trust_forwarded": True},
+                                      limits={"login_per_ip_per_minute": 3}))
+    try:
+        async with aiohttp.ClientSession(running.url) as s:
+            statuses = []
+            for i in range(4):
+                # A spoofed first hop changes nothing: the proxy's own (last) hop is the client.
+                async with s.post("/api/auth/register",
+                                  json={"username": f"flood{i}", "password": "password1"},
+                                  headers={"X-Forwarded-For": f"10.0.0.{i}, 192.0.2.7"}) as r:
+                    statuses.append(r.status)
+                    body = await r.json() if r.status == 201 else None
+                    if body:
+                        token = body["access_token"]
+            assert statuses == [201, 201, 201, 429]
+            async with s.post("/api/auth/register",
+                              json={"username": "other", "password": "password1"},
+                              headers={"X-Forwarded-For": "192.0.2.8"}) as r:
+                assert r.status == 201  # another client is not affected
+            headers = {"Authorization": f"Bearer {token}"}
+            for expected in (403, 403, 403, 429):
+                async with s.delete("/api/auth/account", json={"password": "wrong-guess"},
+                                    headers=headers) as r:
+                    assert r.status == expected
+    finally:
+        await running.stop()

@@ -43,8 +43,10 @@ class _Retryable(Exception):
 
 def create_session(pool_size: int, settings: UpstreamSettings) -> aiohttp.ClientSession:
     """The one session all workers share: keep-alive, sized to the pool, with timeouts."""
+    # Idle connections are dropped before vLLM's server would (uvicorn: 5 s), so a worker never
+    # sends on a connection the other side is closing.
     connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size,
-                                     keepalive_timeout=60, enable_cleanup_closed=True)
+                                     keepalive_timeout=4, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s,
                                     sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.first_token_timeout_s)
@@ -57,8 +59,11 @@ def create_session(pool_size: int, settings: UpstreamSettings) -> aiohttp.Client
 class UpstreamClient:
     """Chat completions with retries before the first token and none after."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings,
+                 probe_session: aiohttp.ClientSession | None = None) -> None:
         self._session = session
+        # Health checks get their own connection, so a pool busy streaming never fails them.
+        self._probe_session = probe_session or session
         self._s = settings
         self._url = settings.base_url.rstrip("/")
         self.model = settings.model
@@ -73,7 +78,7 @@ class UpstreamClient:
         """Check that the model server answers GET /models; learn the model if unset."""
         timeout = aiohttp.ClientTimeout(total=self._s.connect_timeout_s + 5)
         try:
-            async with self._session.get(f"{self._url}/models", timeout=timeout) as resp:
+            async with self._probe_session.get(f"{self._url}/models", timeout=timeout) as resp:
                 if resp.status != 200:
                     raise UpstreamError(f"GET /models answered {resp.status}")
                 data = await resp.json(loads=orjson.loads)
@@ -145,7 +150,8 @@ class UpstreamClient:
                 raise _Retryable(UpstreamError("timed out connecting to the model")) from err
             raise UpstreamTimeout("the model did not answer in time") from err
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientPayloadError, aiohttp.ClientOSError) as err:
+                aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+                aiohttp.ClientConnectionResetError) as err:
             error = UpstreamError(f"the model server connection failed: {type(err).__name__}")
             if sent:
                 raise error from err

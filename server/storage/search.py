@@ -29,7 +29,8 @@ def fts_query(text: str) -> str | None:
     if not words:
         return None
     quoted = ['"' + w.replace('"', '""') + '"' for w in words]
-    quoted[-1] += "*"
+    if len(words[-1]) >= 2:  # a one-letter prefix matches nearly everything: not worth it
+        quoted[-1] += "*"
     return " ".join(quoted)
 
 

@@ -61,10 +61,9 @@ form.addEventListener("submit", async (event) => {
   submit.disabled = true;
   const path = registering ? "/api/auth/register" : "/api/auth/login";
   try {
-    // The answer also carries an access_token for API clients; the browser ignores it and
-    // relies on the HttpOnly session cookie the same response sets.
-    const { user } = await api("POST", path, { username: username.value.trim(), password: password.value },
-      { quiet: true });
+    // cookie_only: the token stays in the HttpOnly session cookie; no script ever sees it.
+    const credentials = { username: username.value.trim(), password: password.value, cookie_only: true };
+    const { user } = await api("POST", path, credentials, { quiet: true });
     password.value = "";
     dialog.close();
     signedIn(user);
