@@ -26,6 +26,23 @@ async def simulator() -> AsyncIterator[SimServer]:
     await sim.close()
 
 
+@pytest.fixture
+async def make_sim() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
+    """Start simulators with fast timings (keywords are SimSettings); close them after."""
+    servers: list[SimServer] = []
+
+    async def make(**kw: Any) -> SimServer:
+        kw.setdefault("ttft_ms", 1)
+        kw.setdefault("tpot_ms", 1)
+        server = await start_simulator(SimSettings(**kw))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
 def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Config:
     """A config on a temp database and a free port; sections override defaults."""
     raw: dict[str, dict[str, Any]] = {

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from vllm_sim import SimServer, SimSettings, start_simulator
+from vllm_sim import SimServer
 from workers.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from workers.job import Completion, CompletionRequest
 from workers.upstream import UpstreamClient, UpstreamSettings, create_session
@@ -25,22 +25,15 @@ MakeSim = Callable[..., Awaitable[SimServer]]
 MakeClient = Callable[..., UpstreamClient]
 
 
-@pytest_asyncio.fixture
-async def make_sim() -> AsyncIterator[MakeSim]:
-    """Start simulators (fast, echoing the last user message); close them all afterwards."""
-    servers: list[SimServer] = []
+@pytest.fixture
+def make_sim(make_sim: MakeSim) -> MakeSim:
+    """conftest's simulators, echoing the last user message by default here."""
 
     async def _make(**kw: Any) -> SimServer:
-        kw.setdefault("ttft_ms", 1)
-        kw.setdefault("tpot_ms", 1)
         kw.setdefault("echo", True)
-        server = await start_simulator(SimSettings(**kw))
-        servers.append(server)
-        return server
+        return await make_sim(**kw)
 
-    yield _make
-    for server in servers:
-        await server.close()
+    return _make
 
 
 @pytest_asyncio.fixture

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from vllm_sim import SimServer, SimSettings, SimStats, start_simulator
+from vllm_sim import SimServer, SimSettings, SimStats
 from vllm_sim.engine import Scheduler, split_tokens
 
 pytestmark = pytest.mark.asyncio
@@ -24,21 +24,7 @@ MakeSim = Callable[..., Awaitable[SimServer]]
 HELLO = [{"role": "user", "content": "Hello there, how are you today?"}]
 
 
-@pytest_asyncio.fixture
-async def make_sim() -> AsyncIterator[MakeSim]:
-    """Start simulators with fast timings; close them all afterwards."""
-    servers: list[SimServer] = []
-
-    async def _make(**kw: Any) -> SimServer:
-        kw.setdefault("ttft_ms", 1)
-        kw.setdefault("tpot_ms", 1)
-        server = await start_simulator(SimSettings(**kw))
-        servers.append(server)
-        return server
-
-    yield _make
-    for server in servers:
-        await server.close()
+# make_sim: the shared fixture in conftest.py (fast timings, every simulator closed after).
 
 
 @pytest_asyncio.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, cast
+from typing import cast
 
 from .db import Database
 from .errors import NotFound
