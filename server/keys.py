@@ -8,8 +8,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from workers.pool import WorkerPool
+    from workers.upstream import UpstreamClient
 
-    pass
+    from .auth import Principal, TokenService
+    from .chat import ChatService
+    from .config import Config
+    from .passwords import Passwords
+    from .ratelimit import KeyedRateLimiter
+    from .storage import Database
 
 CONFIG = web.AppKey["Config"]("config")
 DB = web.AppKey["Database"]("db")
