@@ -115,36 +115,35 @@ class UpstreamClient:
                 "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
                 "temperature": request.temperature}
         sent = False
+        # The session's sock_read timeout (first_token_timeout_s) bounds every silence: the
+        # wait for the first token and each pause after it; `total` bounds the whole reply.
         try:
-            async with asyncio.timeout(self._s.first_token_timeout_s) as first_token:
-                resp = await self._session.post(f"{self._url}/chat/completions",
-                                                data=orjson.dumps(body), headers=_JSON)
-                try:
-                    if resp.status != 200:
-                        raise await _status_error(resp)
-                    parts: list[str] = []
-                    finish, usage = "stop", cast(dict[str, Any], {})
-                    async for chunks in _events(resp):
-                        texts: list[str] = []
-                        for chunk in chunks:
-                            usage = chunk.get("usage") or usage
-                            for choice in chunk.get("choices") or ():
-                                text = (choice.get("delta") or {}).get("content")
-                                if text:
-                                    texts.append(text)
-                                finish = choice.get("finish_reason") or finish
-                        if texts:
-                            if not sent:
-                                first_token.reschedule(None)  # the clock for the rest is `total`
-                                sent = True
-                            piece = "".join(texts)  # one delta per network read, not per token
-                            parts.append(piece)
-                            on_delta(piece)
-                    resp.release()
-                    return Completion("".join(parts), finish, usage)
-                except BaseException:
-                    resp.close()  # drop the connection: vLLM aborts the generation
-                    raise
+            resp = await self._session.post(f"{self._url}/chat/completions",
+                                            data=orjson.dumps(body), headers=_JSON)
+            try:
+                if resp.status != 200:
+                    raise await _status_error(resp)
+                parts: list[str] = []
+                finish, usage = "stop", cast(dict[str, Any], {})
+                async for chunks in _events(resp):
+                    texts: list[str] = []
+                    for chunk in chunks:
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices") or ():
+                            text = (choice.get("delta") or {}).get("content")
+                            if text:
+                                texts.append(text)
+                            finish = choice.get("finish_reason") or finish
+                    if texts:
+                        sent = True
+                        piece = "".join(texts)  # one delta per network read, not per token
+                        parts.append(piece)
+                        on_delta(piece)
+                resp.release()
+                return Completion("".join(parts), finish, usage)
+            except BaseException:
+                resp.close()  # drop the connection: vLLM aborts the generation
+                raise
         except TimeoutError as err:
             if isinstance(err, aiohttp.ConnectionTimeoutError) and not sent:
                 raise _Retryable(UpstreamError("timed out connecting to the model")) from err
