@@ -43,9 +43,6 @@ async def start(config: Config) -> Running:
     except BaseException:
         await runner.cleanup()
         raise
-    # Start-up objects live for the whole process: keep them out of every later GC pass.
-    gc.collect()
-    gc.freeze()
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     return Running(app, runner, f"http://{shown}:{port}")
@@ -61,6 +58,9 @@ async def serve(config: Config, stop: asyncio.Event, demo: bool = False) -> None
         config = config.replace("llm", base_url=simulator.url, model="", api_key="")
         print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
     running = await start(config)
+    # Start-up objects live for the whole process: keep them out of every later GC pass.
+    gc.collect()
+    gc.freeze()
     _warn_plain_http(config)
     print(f"chatgate serving {running.url} (database {config.database.path}, "
           f"model server {config.llm.base_url})", flush=True)
