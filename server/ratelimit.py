@@ -37,6 +37,10 @@ class KeyedRateLimiter:
         return None
 
     def _prune(self, now: float) -> None:
-        """Forget keys whose budget has fully refilled."""
+        """Forget keys whose budget has refilled; if that is not enough (a flood of distinct
+        keys), forget the oldest tenth, so memory stays bounded whatever the traffic."""
         for key in [k for k, t in self._tat.items() if t <= now]:
             del self._tat[key]
+        if len(self._tat) >= self._max_keys:
+            for key in list(self._tat)[: max(1, self._max_keys // 10)]:
+                del self._tat[key]
