@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 import sqlite3
 import sys
 import threading
@@ -342,3 +343,54 @@ async def test_lock_released_within_busy_timeout_lets_the_write_succeed(
     names = await db.read(lambda c: [r[0] for r in c.execute(
         "SELECT username FROM users ORDER BY id")])
     assert names == ["first", "second"]
+
+
+async def test_v2_database_gains_owner_scoped_search(tmp_path: Path) -> None:
+    """A database from before the owner column is upgraded in place and searchable at once."""
+    path = tmp_path / "v2.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        migrate(conn, target=2)
+        for name in ("ann", "bob"):
+            conn.execute("INSERT INTO users (username, password_hash, created_at) "
+                         "VALUES (?, 'h', 't')", (name,))
+        for user in (1, 2):
+            conn.execute("INSERT INTO conversations (user_id, title, created_at, updated_at) "
+                         "VALUES (?, 'old', 't', 't')", (user,))
+            conn.execute("INSERT INTO messages (conversation_id, role, content, created_at) "
+                         "VALUES (?, 'user', 'the okapi of user ' || ?, 't')", (user, user))
+    db = Database(str(path))
+    await db.open(migrate)
+    try:
+        for user in (1, 2):
+            hits = await search.search(db, user, "okapi", 10)
+            assert [h["snippet"] for h in hits] == [f"the okapi of user {user}"]
+        owners = await db.read(lambda c: c.execute(
+            "SELECT conversation_id, owner FROM messages ORDER BY id").fetchall())
+        assert [tuple(r) for r in owners] == [(1, 1), (2, 2)]
+    finally:
+        await db.close()
+
+
+async def test_search_index_stays_consistent_through_every_write_path(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "fts.db"))
+    await db.open(migrate)
+    try:
+        user = await users.create(db, "fts-user", "h")
+        conv = (await conversations.create(db, user["id"], "c"))["id"]
+        await messages.add_user_message(db, user["id"], conv, "alpha beta", "t")
+        await messages.add(db, conv, "assistant", "gamma delta")
+        await db.write(lambda c: c.execute(  # plain SQL, owner left out
+            "INSERT INTO messages (conversation_id, role, content, created_at) "
+            "VALUES (?, 'user', 'epsilon', 't')", (conv,)))
+        await messages.rewind(db, user["id"], conv, None)
+        await db.write(lambda c: c.execute("UPDATE messages SET content = 'zeta' "
+                                           "WHERE content = 'alpha beta'"))
+        assert [h["snippet"] for h in await search.search(db, user["id"], "epsilon", 5)] == \
+            ["epsilon"]
+        assert await search.search(db, user["id"], "alpha", 5) == []
+        await conversations.delete(db, user["id"], conv)  # cascade
+        await db.write(lambda c: c.execute(
+            "INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')"))
+        assert await search.search(db, user["id"], "zeta", 5) == []
+    finally:
+        await db.close()

@@ -36,14 +36,14 @@ async def add_user_message(db: Database, user_id: int, conversation_id: int | No
                 "INSERT INTO conversations (user_id, title, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?)", (user_id, title, now, now)).lastrowid)
             cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, created_at) "
-                "VALUES (?, 'user', ?, ?)", (conv, content, now))
+                "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
         else:
             cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, created_at) "
-                "SELECT ?, 'user', ?, ? WHERE EXISTS "
+                "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                "SELECT ?, 'user', ?, ?, ? WHERE EXISTS "
                 "(SELECT 1 FROM conversations WHERE id = ? AND user_id = ?)",
-                (conv, content, now, conv, user_id))
+                (conv, content, now, user_id, conv, user_id))
             if cur.rowcount == 0:
                 raise NotFound("conversation not found")
         ident = cast(int, cur.lastrowid)
@@ -62,8 +62,11 @@ async def add(db: Database, conversation_id: int, role: str, content: str,
     def op(conn: sqlite3.Connection) -> MessageRow:
         try:
             cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, status, created_at, usage) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, role, content, status, now, usage))
+                "INSERT INTO messages (conversation_id, role, content, status, created_at, usage, "
+                "owner) SELECT ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
+                (conversation_id, role, content, status, now, usage, conversation_id))
+            if cur.rowcount == 0:
+                raise NotFound("conversation not found")
         except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
             raise NotFound("conversation not found") from err
         return {"id": cast(int, cur.lastrowid), "role": role, "content": content,

@@ -63,7 +63,43 @@ UPDATE conversations SET message_count =
     (SELECT count(*) FROM messages WHERE messages.conversation_id = conversations.id);
 """
 
-MIGRATIONS: list[str] = [V1, V2]
+# Search scoped inside the index: each message carries its owner, indexed in its own FTS column,
+# so a query intersects "this user" with the words instead of filtering all users' matches.
+V3 = """
+DROP TRIGGER messages_ai;
+DROP TRIGGER messages_ad;
+DROP TRIGGER messages_au;
+DROP TABLE messages_fts;
+ALTER TABLE messages ADD COLUMN owner INTEGER;
+UPDATE messages SET owner =
+    (SELECT user_id FROM conversations WHERE conversations.id = messages.conversation_id);
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    content, owner, content='messages', content_rowid='id',
+    tokenize='unicode61 remove_diacritics 2', prefix='2 3'
+);
+INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content, owner) VALUES (new.id, new.content, new.owner);
+    -- A write that did not name the owner (plain SQL) gets it here; messages_au re-indexes.
+    UPDATE messages SET owner =
+        (SELECT user_id FROM conversations WHERE conversations.id = new.conversation_id)
+        WHERE id = new.id AND new.owner IS NULL;
+    UPDATE conversations SET message_count = message_count + 1, updated_at = new.created_at
+        WHERE id = new.conversation_id;
+END;
+CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content, owner)
+        VALUES ('delete', old.id, old.content, old.owner);
+    UPDATE conversations SET message_count = message_count - 1 WHERE id = old.conversation_id;
+END;
+CREATE TRIGGER messages_au AFTER UPDATE OF content, owner ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content, owner)
+        VALUES ('delete', old.id, old.content, old.owner);
+    INSERT INTO messages_fts(rowid, content, owner) VALUES (new.id, new.content, new.owner);
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3]
 LATEST = len(MIGRATIONS)
 
 

@@ -35,11 +35,11 @@ def fts_query(text: str) -> str | None:
 
 
 async def search(db: Database, user_id: int, text: str, limit: int) -> list[SearchHit]:
-    """Best matches first among the user's messages."""
-    query = fts_query(text)
-    if query is None:
+    """Best matches first among the user's messages (the owner is matched inside the index)."""
+    words = fts_query(text)
+    if words is None:
         return []
-
+    query = f'owner : "{int(user_id)}" AND content : ({words})'
     def op(conn: sqlite3.Connection) -> list[Any]:
         return conn.execute(
             "SELECT m.conversation_id, m.id, c.title, "
