@@ -90,6 +90,15 @@ class User:
         self.headers = {"Authorization": f"Bearer {self.token}"}
 
 
+async def register_over_http(base: str, name: str) -> User:
+    """Register a user against a server by URL."""
+    async with aiohttp.ClientSession(base) as s:
+        async with s.post("/api/auth/register",
+                          json={"username": name, "password": "password1"}) as resp:
+            assert resp.status == 201, await resp.text()
+            return User(await resp.json(), "password1")
+
+
 @pytest.fixture
 def register(server: Running) -> Callable[..., Awaitable[User]]:
     """Register a fresh user (own session, so no cookie leaks between users)."""

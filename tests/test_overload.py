@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import User, make_config
+from conftest import User, make_config, register_over_http
 from sse import events
 
 from server import keys
@@ -16,13 +16,7 @@ from server.runner import start
 
 async def users_on(base: str, n: int, prefix: str) -> list[User]:
     """Register n users."""
-    out = []
-    async with aiohttp.ClientSession(base) as s:
-        for i in range(n):
-            async with s.post("/api/auth/register",
-                              json={"username": f"{prefix}{i}", "password": "password1"}) as r:
-                out.append(User(await r.json(), "password1"))
-    return out
+    return [await register_over_http(base, f"{prefix}{i}") for i in range(n)]
 
 
 async def test_five_times_capacity_gets_quick_refusals(tmp_path: Path, simulator) -> None:

@@ -14,22 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import User, error_of, make_config
+from conftest import error_of, make_config, register_over_http
 from procs import free_port, start_server_process, start_simulator_process
 from sse import collect, events
 
 from server import keys
 from server.runner import start
 from vllm_sim import SimSettings, start_simulator
-
-
-async def register_over_http(base: str, name: str) -> User:
-    """Register a user against a server by URL."""
-    async with aiohttp.ClientSession(base) as s:
-        async with s.post("/api/auth/register",
-                          json={"username": name, "password": "password1"}) as resp:
-            assert resp.status == 201, await resp.text()
-            return User(await resp.json(), "password1")
 
 
 async def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:

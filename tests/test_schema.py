@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import register_over_http
 from procs import start_server_process, start_simulator_process
-from test_reliability import register_over_http
 
 ST = Path(sys.executable).with_name("st")
 # Cursors are opaque: a random string is rightly refused, so "positive data" is not accepted.

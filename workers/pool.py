@@ -119,14 +119,6 @@ class WorkerPool:
         for job in self.queue.drain():
             job.fail(ShuttingDown(reason))
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait up to `timeout` for running jobs to finish; True if they all did."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.stats.running and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return self.stats.running == 0
-
     async def stop(self) -> None:
         """Cancel the workers (and so any job still running)."""
         self.close_intake()
