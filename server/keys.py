@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from workers.pool import WorkerPool
-    from workers.upstream import UpstreamClient
+if TYPE_CHECKING:  # the keys' types, named in strings below (linters think them unused)
+    from workers.pool import WorkerPool  # noqa: F401
+    from workers.upstream import UpstreamClient  # noqa: F401
 
-    from .auth import Principal, TokenService
-    from .chat import ChatService
-    from .config import Config
-    from .passwords import Passwords
-    from .ratelimit import KeyedRateLimiter
-    from .storage import Database
+    from .auth import Principal, TokenService  # noqa: F401
+    from .chat import ChatService  # noqa: F401
+    from .config import Config  # noqa: F401
+    from .passwords import Passwords  # noqa: F401
+    from .ratelimit import KeyedRateLimiter  # noqa: F401
+    from .storage import Database  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 DB = web.AppKey["Database"]("db")
