@@ -11,6 +11,7 @@ import sys
 from server.config import Config, ConfigError, load_config
 from server.runner import serve
 from server.storage import StorageError
+from vllm_sim import SimSettings, start_simulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +48,20 @@ async def _run(config: Config, demo: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    simulator = None
     try:
-        await serve(config, stop, demo=demo)
+        if demo:
+            simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40,
+                                                          reply_tokens=48))
+            config = config.replace("llm", base_url=simulator.url, model="", api_key="")
+            print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
+        await serve(config, stop)
     except (ConfigError, OSError, StorageError) as err:
         print(f"chatgate: cannot start: {err}", file=sys.stderr)
         return 1
+    finally:
+        if simulator is not None:
+            await simulator.close()
     return 0
 
 

@@ -8,79 +8,81 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from workers.pool import WorkerPool
-from workers.upstream import UpstreamClient, UpstreamSettings, create_session
+from workers.upstream import UpstreamClient, create_session
 
 from . import keys
-from .auth import TokenService, setup_auth
-from .chat import ChatService
+from .api.routes import setup_routes
 from .config import Config
-from .cors import setup_cors
-from .errors import setup_errors
-from .headers import setup_headers
-from .memory import MemoryManager
-from .metrics import setup_metrics
-from .passwords import Passwords
-from .ratelimit import KeyedRateLimiter
-from .routes import setup_routes
+from .middleware.auth import setup_auth
+from .middleware.cors import setup_cors
+from .middleware.csrf import setup_csrf
+from .middleware.errors import setup_errors
+from .middleware.headers import setup_headers
+from .middleware.metrics import setup_metrics
+from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
-from .sessions import setup_sessions
-from .storage import Database, migrate
+from .services.accounts import AccountService
+from .services.chat import ChatService
+from .services.conversations import ConversationService
+from .services.memory import MemoryManager
+from .services.passwords import Passwords
+from .services.ratelimit import KeyedRateLimiter
+from .services.status import StatusService
+from .services.tokens import TokenService
+from .storage import open_storage
 
 log = logging.getLogger(__name__)
+Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def create_app(config: Config) -> web.Application:
     """Build the app; resources open on start-up and close in reverse order on cleanup."""
     secret = await resolve_secret(config.auth.secret, config.database.path)
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    server = config.server
+    app = web.Application(client_max_size=server.max_body_bytes)
     app[keys.CONFIG] = config
-    setup_cors(app, config.server.cors_origins)  # outermost: error responses get it too
+    setup_cors(app, server.cors_origins)  # outermost: error responses get it too
     setup_errors(app)
     setup_metrics(app)
     setup_headers(app)
-    setup_sessions(app, secret, config.auth.token_ttl_s, config.server.trust_forwarded)
+    setup_sessions(app, secret, config.auth.token_ttl_s, server.trust_forwarded)
     setup_auth(app)
+    setup_csrf(app, server.trust_forwarded, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_database, _passwords, _tokens(secret), _upstream, _pool, _chat])
+    app.cleanup_ctx.extend([_storage, _accounts(secret), _upstream, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    c = app[keys.CONFIG].database
-    db = Database(c.path, readers=c.read_connections, busy_timeout_ms=c.busy_timeout_ms,
-                  synchronous=c.synchronous, max_batch=c.max_batch)
-    await db.open(migrate)
-    app[keys.DB] = db
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    storage = await open_storage(app[keys.CONFIG].database)
+    app[keys.STORAGE] = storage
+    app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search)
     yield
-    await db.close()
+    await storage.close()
 
 
-async def _passwords(app: web.Application) -> AsyncIterator[None]:
-    app[keys.PASSWORDS] = passwords = Passwords()
-    app[keys.LOGIN_LIMITER] = KeyedRateLimiter(app[keys.CONFIG].limits.login_per_ip_per_minute)
-    yield
-    passwords.close()
-
-
-def _tokens(secret: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _accounts(secret: str) -> Context:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        a = app[keys.CONFIG].auth
-        app[keys.TOKENS] = TokenService(app[keys.DB], secret, a.token_ttl_s, a.cache_ttl_s,
-                                        a.cache_size)
+        config, storage = app[keys.CONFIG], app[keys.STORAGE]
+        a = config.auth
+        passwords = Passwords()
+        tokens = TokenService(storage.users, storage.tokens, secret, a.token_ttl_s,
+                              a.cache_ttl_s, a.cache_size)
+        attempts = KeyedRateLimiter(config.limits.login_per_ip_per_minute)
+        app[keys.TOKENS] = tokens
+        app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, attempts,
+                                            a.register_open)
         yield
+        passwords.close()
     return ctx
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    llm = config.llm
-    settings = UpstreamSettings(llm.base_url, llm.api_key, llm.model, llm.connect_timeout_s,
-                                llm.first_token_timeout_s, llm.request_timeout_s, llm.retries,
-                                llm.retry_backoff_s)
-    session = create_session(config.queue.workers, settings)
-    probes = create_session(1, settings)
-    upstream = UpstreamClient(session, settings, probes)
+    session = create_session(config.queue.workers, config.llm)
+    probes = create_session(1, config.llm)
+    upstream = UpstreamClient(session, config.llm, probes)
     try:
         await upstream.resolve_model()
     except Exception as err:  # noqa: BLE001 - start anyway; /ready says why
@@ -93,20 +95,23 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    pool = WorkerPool(app[keys.UPSTREAM], workers=config.queue.workers,
-                      max_queue=config.queue.max_size, max_per_owner=config.queue.max_per_user,
-                      rps=config.limits.upstream_rps)
+    q = config.queue
+    pool = WorkerPool(app[keys.UPSTREAM], workers=q.workers, max_queue=q.max_size,
+                      max_per_owner=q.max_per_user, rps=config.limits.upstream_rps)
     pool.start()
     app[keys.POOL] = pool
+    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
     yield
     await pool.stop()
 
 
 async def _chat(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    memory = MemoryManager(app[keys.DB], config.memory)
-    app[keys.CHAT] = ChatService(app[keys.DB], memory, app[keys.POOL], config)
+    memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
+    limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
+    app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter)
     yield
+    await chat.close()  # every running turn stores its partial reply before the pool stops
 
 
 async def _stop_intake(app: web.Application) -> None:

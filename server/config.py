@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from workers.upstream import UpstreamSettings
+
 ENV_PREFIX = "CHATGATE_"
 
 
@@ -63,17 +65,9 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
-class LLMConfig:
-    """The vLLM (OpenAI-compatible) upstream."""
+class LLMConfig(UpstreamSettings):
+    """The vLLM (OpenAI-compatible) upstream: the workers' settings, plus request defaults."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str = ""
-    model: str = ""
-    connect_timeout_s: float = 5.0
-    first_token_timeout_s: float = 60.0
-    request_timeout_s: float = 600.0
-    retries: int = 2
-    retry_backoff_s: float = 0.25
     max_tokens: int = 1024
     temperature: float = 0.7
 

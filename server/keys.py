@@ -1,30 +1,31 @@
-"""Every typed application and request key, in one place."""
+"""Every typed application and request key, in one place (it imports no web layer)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-if TYPE_CHECKING:  # the keys' types, named in strings below (linters think them unused)
-    from workers.pool import WorkerPool  # noqa: F401
-    from workers.upstream import UpstreamClient  # noqa: F401
+from workers.pool import WorkerPool
+from workers.upstream import UpstreamClient
 
-    from .auth import Principal, TokenService  # noqa: F401
-    from .chat import ChatService  # noqa: F401
-    from .config import Config  # noqa: F401
-    from .passwords import Passwords  # noqa: F401
-    from .ratelimit import KeyedRateLimiter  # noqa: F401
-    from .storage import Database  # noqa: F401
+from .config import Config
+from .services.accounts import AccountService
+from .services.chat import ChatService
+from .services.conversations import ConversationService
+from .services.status import StatusService
+from .services.tokens import Principal, TokenService
+from .storage import Storage
 
-CONFIG = web.AppKey["Config"]("config")
-DB = web.AppKey["Database"]("db")
-TOKENS = web.AppKey["TokenService"]("tokens")
-PASSWORDS = web.AppKey["Passwords"]("passwords")
-LOGIN_LIMITER = web.AppKey["KeyedRateLimiter"]("login_limiter")
-UPSTREAM = web.AppKey["UpstreamClient"]("upstream")
-POOL = web.AppKey["WorkerPool"]("pool")
-CHAT = web.AppKey["ChatService"]("chat")
+CONFIG = web.AppKey("config", Config)
+STORAGE = web.AppKey("storage", Storage)
+TOKENS = web.AppKey("tokens", TokenService)
+ACCOUNTS = web.AppKey("accounts", AccountService)
+CONVERSATIONS = web.AppKey("conversations", ConversationService)
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
+POOL = web.AppKey("pool", WorkerPool)
+CHAT = web.AppKey("chat", ChatService)
+STATUS = web.AppKey("status", StatusService)
 REQUESTS = web.AppKey("requests", Counter)
-PRINCIPAL = web.RequestKey["Principal"]("principal")
+PRINCIPAL = web.RequestKey("principal", Principal)
+VIA_COOKIE = web.RequestKey("via_cookie", bool)

@@ -48,15 +48,8 @@ async def start(config: Config) -> Running:
     return Running(app, runner, f"http://{shown}:{port}")
 
 
-async def serve(config: Config, stop: asyncio.Event, demo: bool = False) -> None:
-    """Serve until `stop` is set; with `demo`, run the vLLM simulator alongside."""
-    simulator = None
-    if demo:
-        from vllm_sim import SimSettings, start_simulator  # only the demo needs it
-
-        simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, reply_tokens=48))
-        config = config.replace("llm", base_url=simulator.url, model="", api_key="")
-        print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then stop gracefully."""
     running = await start(config)
     # Start-up objects live for the whole process: keep them out of every later GC pass.
     gc.collect()
@@ -70,8 +63,6 @@ async def serve(config: Config, stop: asyncio.Event, demo: bool = False) -> None
         log.info("shutting down: finishing running replies for up to %.0fs",
                  config.server.shutdown_grace_s)
         await running.stop()
-        if simulator is not None:
-            await simulator.close()
 
 
 def _warn_plain_http(config: Config) -> None:

@@ -125,6 +125,11 @@ async def error_of(resp: aiohttp.ClientResponse, status: int, code: str | None =
     return body["error"]
 
 
+def storage_of(running: Running) -> Any:
+    """The running app's Storage (one store per concern)."""
+    return running.app[keys.STORAGE]
+
+
 def db_of(running: Running) -> Any:
     """The running app's Database (for counters and direct checks)."""
-    return running.app[keys.DB]
+    return running.app[keys.STORAGE].db  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ import pytest
 from server import keys
 from server.config import Config
 from server.runner import Running, start
-from server.sessions import COOKIE_NAME
+from server.middleware.sessions import COOKIE_NAME
 
 from conftest import db_of, error_of, make_config
 

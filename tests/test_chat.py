@@ -475,13 +475,19 @@ async def test_reply_finished_while_the_client_left_is_kept_complete(http, regis
     user = await register()
     service = server.app[keys.CHAT]
     turn = await service.start(user.id, "leave early", None)
-    async for event in service.follow(turn):
+    follower = turn.follow()
+    async for event in follower:
         break  # the first piece reached the client, then the client stalls...
     while turn.job.state != "done":
         await asyncio.sleep(0.01)
-    await service.abandon(turn)  # ...and goes away
-    await service.abandon(turn)  # twice, even: stored once
+    await follower.aclose()  # ...and goes away
+    await follower.aclose()  # twice, even: stored once (by the turn's owner, not the follower)
     stored = await messages_of(http, user, turn.conversation_id)
+    for _ in range(500):  # the owner stores just after the job's end; wait for it (bounded)
+        if len(stored) > 1:
+            break
+        await asyncio.sleep(0.01)
+        stored = await messages_of(http, user, turn.conversation_id)
     assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"),
                                                           ("assistant", "complete")]
     assert stored[1]["content"].startswith("Simulated") and stored[1]["usage"]

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 
 from server.config import Config
-from server.memory import MemoryManager
+from server.services.memory import MemoryManager
 from server.runner import Running, start
 
-from conftest import User, db_of, error_of, make_config
+from conftest import User, db_of, storage_of, error_of, make_config
 
 CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count"}
 MSG_KEYS = {"id", "role", "content", "status", "created_at"}
@@ -62,7 +62,7 @@ async def search_ids(http: aiohttp.ClientSession, user: User, q: str) -> set[int
 
 
 def memory(server: Running, config: Config) -> MemoryManager:
-    return MemoryManager(db_of(server), config.memory)
+    return MemoryManager(storage_of(server).messages, config.memory)
 
 
 # --- create ----------------------------------------------------------------------------------

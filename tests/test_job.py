@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from workers.errors import JobCancelled, UpstreamError
-from workers.job import Completion, CompletionRequest, Delta, Event, Failed, Finished, Job, Started
+from workers.job import (Completion, CompletionRequest, Delta, Ending, Event, Failed, Finished,
+                         Job, Started)
 from workers.queue import FairQueue
 
 REQ = CompletionRequest([{"role": "user", "content": "x"}], 8, 0.0)
@@ -134,11 +135,14 @@ async def test_cancel_after_done_does_nothing() -> None:
     await asyncio.wait({job.task})
 
 
-async def test_merge_waiting_joins_only_consecutive_deltas() -> None:
-    job = Job(owner="u", request=CompletionRequest([{"role": "user", "content": "x"}], 1, 0.0))
-    for text in ("b", "c"):
-        job.emit(Delta(text))
-    job.emit(Finished(Completion("abc", "stop", {})))
-    assert job.merge_waiting(Delta("a")) == Delta("abc")
-    assert isinstance(job.events.get_nowait(), Finished) and job.events.empty()
-    assert job.merge_waiting(Delta("z")) == Delta("z")
+async def test_finish_joins_the_deltas_once_and_ends_the_job() -> None:
+    job = Job(owner="a", request=REQ)
+    job.state = "running"
+    job.emit(Delta("a"))
+    job.emit(Delta("b"))
+    job.finish(Ending("stop", {"completion_tokens": 2}))
+    assert job.state == "done"
+    assert drain(job) == [Delta("a"), Delta("b"), Finished(DONE)]
+    job.finish(Ending("length", {}))  # a second end is ignored
+    job.fail(UpstreamError("late"))
+    assert job.events.empty()

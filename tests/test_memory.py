@@ -8,10 +8,12 @@ import aiohttp
 import pytest
 
 from server.config import MemoryConfig
-from server.memory import MemoryManager, approx_tokens
+from server.services.memory import MemoryManager, approx_tokens
+from server.storage import NotFound
+from server.storage.sqlite.messages import _history
 from server.runner import Running
 
-from conftest import User, db_of
+from conftest import User, db_of, storage_of
 
 
 async def new_conversation(http: aiohttp.ClientSession, user: User) -> int:
@@ -21,7 +23,21 @@ async def new_conversation(http: aiohttp.ClientSession, user: User) -> int:
 
 
 def manager(server: Running, **memory: Any) -> MemoryManager:
-    return MemoryManager(db_of(server), MemoryConfig(**memory))
+    return MemoryManager(storage_of(server).messages, MemoryConfig(**memory))
+
+
+async def next_turn(m: MemoryManager, user_id: int, conv: int) -> list[dict[str, str]]:
+    """The history a new turn's prompt gets: what came before its own (stored) message."""
+    _, _, history = await m.add_user_message(user_id, conv, "next", "t")
+    return history
+
+
+async def older_than(server: Running, m: MemoryManager, conv: int,
+                     before_id: int) -> list[dict[str, str]]:
+    """The budgeted history older than one message, as a rewind or a turn reads it."""
+    rows = await db_of(server).read(
+        lambda c: _history(c, conv, before_id, m._config.max_history_messages))  # noqa: SLF001
+    return m.within_budget(rows)
 
 
 async def test_append_and_history_oldest_first(server: Running, http: aiohttp.ClientSession,
@@ -35,7 +51,8 @@ async def test_append_and_history_oldest_first(server: Running, http: aiohttp.Cl
     assert [s["role"] for s in stored] == [r for r, _ in turns]
     assert stored == sorted(stored, key=lambda s: s["id"])
     assert all(s["status"] == "complete" and s["created_at"] for s in stored)
-    assert await m.history(user.id, conv) == [{"role": r, "content": c} for r, c in turns]
+    assert await older_than(server, m, conv, 2**62) == \
+        [{"role": r, "content": c} for r, c in turns]
     # What append stored is what the API shows.
     async with http.get(f"/api/conversations/{conv}", headers=user.headers) as resp:
         msgs = (await resp.json())["messages"]
@@ -60,10 +77,10 @@ async def test_max_history_messages_cuts_oldest_first(server: Running, http: aio
     m = manager(server, max_history_messages=3)
     for i in range(7):
         await m.append(conv, "user" if i % 2 == 0 else "assistant", f"message {i}")
-    assert [h["content"] for h in await m.history(user.id, conv)] == \
+    assert [h["content"] for h in await next_turn(m, user.id, conv)] == \
         ["message 4", "message 5", "message 6"]
     none = manager(server, max_history_messages=0)
-    assert await none.history(user.id, conv) == []
+    assert await next_turn(none, user.id, conv) == []
 
 
 async def test_max_history_tokens_cuts_oldest_first(server: Running, http: aiohttp.ClientSession,
@@ -76,11 +93,10 @@ async def test_max_history_tokens_cuts_oldest_first(server: Running, http: aioht
     m = manager(server, max_history_tokens=cost * 2 + cost // 2, max_history_messages=20)
     for i in range(5):
         await m.append(conv, "user", f"{i}" + text[1:])
-    history = await m.history(user.id, conv)
+    history = await older_than(server, m, conv, 2**62)
     assert [h["content"][0] for h in history] == ["3", "4"]
-    # Exactly enough for three.
     exact = manager(server, max_history_tokens=cost * 3, max_history_messages=20)
-    assert [h["content"][0] for h in await exact.history(user.id, conv)] == ["2", "3", "4"]
+    assert [h["content"][0] for h in await next_turn(exact, user.id, conv)] == ["2", "3", "4"]
 
 
 async def test_token_budget_stops_at_the_first_message_that_does_not_fit(
@@ -92,7 +108,7 @@ async def test_token_budget_stops_at_the_first_message_that_does_not_fit(
     await m.append(conv, "user", "tiny old")
     await m.append(conv, "assistant", "y" * 1000)
     await m.append(conv, "user", "tiny new")
-    assert await m.history(user.id, conv) == [{"role": "user", "content": "tiny new"}]
+    assert await next_turn(m, user.id, conv) == [{"role": "user", "content": "tiny new"}]
 
 
 async def test_before_id_excludes_the_newest(server: Running, http: aiohttp.ClientSession,
@@ -101,10 +117,11 @@ async def test_before_id_excludes_the_newest(server: Running, http: aiohttp.Clie
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=2)
     rows = [await m.append(conv, "user", f"m{i}") for i in range(4)]
-    newest = rows[-1]
-    history = await m.history(user.id, conv, before_id=newest["id"])
+    # A regenerate re-asks the last user message: its history is what came before it.
+    stored, history = await m.rewind(user.id, conv, None)
+    assert stored["id"] == rows[-1]["id"]
     assert [h["content"] for h in history] == ["m1", "m2"]  # still two, newest left out
-    assert await m.history(user.id, conv, before_id=rows[0]["id"]) == []
+    assert await older_than(server, m, conv, rows[0]["id"]) == []
 
 
 async def test_before_id_with_newer_messages_still_fills_the_count(
@@ -115,7 +132,8 @@ async def test_before_id_with_newer_messages_still_fills_the_count(
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=2)
     rows = [await m.append(conv, "user", f"m{i}") for i in range(4)]
-    history = await m.history(user.id, conv, before_id=rows[2]["id"])
+    rows_before = await db_of(server).read(lambda c: _history(c, conv, rows[2]["id"], 2))
+    history = m.within_budget(rows_before)
     assert [h["content"] for h in history] == ["m0", "m1"]
 
 
@@ -129,21 +147,24 @@ async def test_empty_content_messages_are_skipped(server: Running, http: aiohttp
     await m.append(conv, "user", "question two")
     await m.append(conv, "assistant", "", status="error")
     await m.append(conv, "assistant", "", status="incomplete")
-    history = await m.history(user.id, conv)
+    history = await next_turn(m, user.id, conv)
     assert [h["content"] for h in history] == ["answer one", "question two"]
     assert all(h["content"] for h in history)
 
 
-async def test_another_users_conversation_gives_empty_history(
+async def test_another_users_conversation_gives_no_history(
         server: Running, http: aiohttp.ClientSession, register: Any) -> None:
     owner, other = await register(), await register()
     conv = await new_conversation(http, owner)
     m = manager(server)
     await m.append(conv, "user", "owner's secret")
-    assert await m.history(other.id, conv) == []
-    assert await m.history(other.id, conv, before_id=10**9) == []
-    assert await m.history(owner.id, conv) == [{"role": "user", "content": "owner's secret"}]
-    assert await m.history(owner.id, conv + 1000) == []
+    with pytest.raises(NotFound):  # nothing is stored, nothing is read
+        await next_turn(m, other.id, conv)
+    with pytest.raises(NotFound):
+        await m.rewind(other.id, conv, None)
+    assert await next_turn(m, owner.id, conv) == [{"role": "user", "content": "owner's secret"}]
+    with pytest.raises(NotFound):
+        await next_turn(m, owner.id, conv + 1000)
 
 
 def test_prompt_puts_system_first_and_message_last() -> None:
@@ -180,6 +201,6 @@ async def test_default_prompt_from_history(server: Running, http: aiohttp.Client
     m = manager(server)
     await m.append(conv, "user", "earlier")
     await m.append(conv, "assistant", "reply")
-    prompt = m.prompt(await m.history(user.id, conv), "now")
+    prompt = m.prompt(await older_than(server, m, conv, 2**62), "now")
     assert prompt[0] == {"role": "system", "content": MemoryConfig().system_prompt}
     assert [p["content"] for p in prompt[1:]] == ["earlier", "reply", "now"]

@@ -61,7 +61,7 @@ async def test_five_times_capacity_gets_quick_refusals(tmp_path: Path, simulator
             async with s.post("/api/chat", json={"message": "after"},
                               headers=users[0].headers) as resp:
                 assert resp.status == 200
-        async with running.app[keys.DB]._writer.execute(  # noqa: SLF001 - direct check
+        async with running.app[keys.STORAGE].db._writer.execute(  # noqa: SLF001 - direct check
                 "SELECT count(*) FROM messages WHERE role='assistant' AND status='complete'") as c:
             assert (await c.fetchone())[0] == statuses.count(200) + 1
     finally:

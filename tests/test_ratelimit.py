@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.ratelimit import KeyedRateLimiter
+from server.services.ratelimit import KeyedRateLimiter
 
 
 class Clock:

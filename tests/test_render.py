@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from server.render import render, render_async
+from server.services.render import render, render_async
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",

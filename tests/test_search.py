@@ -8,10 +8,10 @@ import aiohttp
 import pytest
 
 from server.config import Config
-from server.memory import MemoryManager
+from server.services.memory import MemoryManager
 from server.runner import Running
 
-from conftest import User, db_of, error_of
+from conftest import User, db_of, storage_of, error_of
 
 HIT_KEYS = {"conversation_id", "message_id", "title", "snippet", "highlights", "created_at"}
 
@@ -38,7 +38,7 @@ async def search(http: aiohttp.ClientSession, user: User, q: str | None,
 
 
 def mem(server: Running, config: Config) -> MemoryManager:
-    return MemoryManager(db_of(server), config.memory)
+    return MemoryManager(storage_of(server).messages, config.memory)
 
 
 async def test_finds_own_messages_best_match_first_with_highlights(

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from server import keys
 from server.runner import start
 from server.secret import SECRET_FILE
-from server.storage import users
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -95,7 +94,7 @@ async def test_deleted_users_token_is_401_after_a_restart(tmp_path: Path, simula
         async with s.post("/api/auth/register",
                           json={"username": "ghost", "password": "password1"}) as resp:
             body = await resp.json()
-    await users.delete(running.app[keys.DB], body["user"]["id"])  # e.g. by an operator
+    await running.app[keys.STORAGE].users.delete(body["user"]["id"])  # e.g. by an operator
     await running.stop()
     running = await start(config)
     try:

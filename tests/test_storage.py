@@ -12,8 +12,12 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from server.storage import (LATEST, Conflict, Database, DatabaseBusy, NotFound, conversations,
-                            messages, migrate, search, users)
+from server.storage import Conflict, DatabaseBusy, NotFound
+from server.storage.sqlite import LATEST, Database, migrate
+from server.storage.sqlite.conversations import SqliteConversations
+from server.storage.sqlite.messages import SqliteMessages
+from server.storage.sqlite.search import SqliteSearch
+from server.storage.sqlite.users import SqliteUsers
 
 MakeDb = Callable[..., Awaitable[Database]]
 
@@ -91,21 +95,21 @@ async def test_version_1_database_is_upgraded_in_place(tmp_path: Path, make_db: 
 
     db = await make_db("old.db")
     assert await db.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == LATEST
-    found = await users.credentials(db, "olduser")
+    found = await SqliteUsers(db).credentials("olduser")
     assert found is not None and found[0]["id"] == 1 and found[1] == "hash"
-    rows, cursor = await conversations.page(db, 1, 10, None)
+    rows, cursor = await SqliteConversations(db).page(1, 10, None)
     assert cursor is None
     assert {r["id"]: r["message_count"] for r in rows} == {10: 3, 11: 0}
-    conv, msgs = await conversations.get(db, 1, 10)
+    conv, msgs = await SqliteConversations(db).get(1, 10)
     assert conv["title"] == "old chat" and conv["message_count"] == 3
     assert [m["content"] for m in msgs][0] == "tell me about the ancient pangolin"
-    hits = await search.search(db, 1, "pangolin", 10)
+    hits = await SqliteSearch(db).search(1, "pangolin", 10)
     assert len(hits) == 2 and {h["conversation_id"] for h in hits} == {10}
-    assert len(await search.search(db, 1, "echidna", 10)) == 1
+    assert len(await SqliteSearch(db).search(1, "echidna", 10)) == 1
     # The triggers are live on the upgraded file too.
-    await messages.add(db, 10, "assistant", "echidnas lay eggs")
-    assert len(await search.search(db, 1, "echidna", 10)) == 2
-    assert (await conversations.get(db, 1, 10))[0]["message_count"] == 4
+    await SqliteMessages(db).add(10, "assistant", "echidnas lay eggs")
+    assert len(await SqliteSearch(db).search(1, "echidna", 10)) == 2
+    assert (await SqliteConversations(db).get(1, 10))[0]["message_count"] == 4
 
 
 async def test_database_newer_than_program_refuses_to_open(tmp_path: Path) -> None:
@@ -184,13 +188,13 @@ async def test_wal_mode_and_foreign_keys_are_on(tmp_path: Path, make_db: MakeDb)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     # Foreign keys are enforced on the writer: no message without its conversation...
     with pytest.raises(NotFound):
-        await messages.add(db, 424242, "user", "orphan")
+        await SqliteMessages(db).add(424242, "user", "orphan")
     assert await db.read(lambda c: c.execute("SELECT count(*) FROM messages").fetchone()[0]) == 0
     # ...and deletes cascade.
-    user = await users.create(db, "fk", "h")
-    conv = await conversations.create(db, user["id"], "t")
-    await messages.add(db, conv["id"], "user", "hello")
-    assert await users.delete(db, user["id"])
+    user = await SqliteUsers(db).create("fk", "h")
+    conv = await SqliteConversations(db).create(user["id"], "t")
+    await SqliteMessages(db).add(conv["id"], "user", "hello")
+    assert await SqliteUsers(db).delete(user["id"])
     assert await db.read(lambda c: c.execute(
         "SELECT (SELECT count(*) FROM conversations) + (SELECT count(*) FROM messages)"
     ).fetchone()[0]) == 0
@@ -208,20 +212,20 @@ async def test_readers_are_read_only(make_db: MakeDb) -> None:
 
 async def test_failing_write_does_not_spoil_its_batch(make_db: MakeDb) -> None:
     db = await make_db()
-    await users.create(db, "bob", "hash")
+    await SqliteUsers(db).create("bob", "hash")
     batches = db.stats.batches
     dup, good, also_good = await asyncio.gather(
-        users.create(db, "BOB", "hash"), users.create(db, "carol", "hash"),
-        conversations.create(db, 1, "after the failure"), return_exceptions=True)
+        SqliteUsers(db).create("BOB", "hash"), SqliteUsers(db).create("carol", "hash"),
+        SqliteConversations(db).create(1, "after the failure"), return_exceptions=True)
     assert db.stats.batches == batches + 1, "the three writes were not batched together"
     assert isinstance(dup, Conflict)
     assert not isinstance(good, BaseException) and good["username"] == "carol"
     assert not isinstance(also_good, BaseException)
-    assert await users.credentials(db, "carol") is not None
+    assert await SqliteUsers(db).credentials("carol") is not None
     names = await db.read(lambda c: [r[0] for r in c.execute(
         "SELECT username FROM users ORDER BY id")])
     assert names == ["bob", "carol"]
-    assert (await conversations.get(db, 1, also_good["id"]))[0]["title"] == "after the failure"
+    assert (await SqliteConversations(db).get(1, also_good["id"]))[0]["title"] == "after the failure"
 
 
 async def test_op_raising_a_python_error_is_isolated(make_db: MakeDb) -> None:
@@ -232,7 +236,7 @@ async def test_op_raising_a_python_error_is_isolated(make_db: MakeDb) -> None:
                      "VALUES ('half', 'h', 'now')")
         raise ValueError("op failed after writing")
 
-    results = await asyncio.gather(db.write(bad), users.create(db, "whole", "h"),
+    results = await asyncio.gather(db.write(bad), SqliteUsers(db).create("whole", "h"),
                                    return_exceptions=True)
     assert isinstance(results[0], ValueError)
     assert not isinstance(results[1], BaseException)
@@ -242,28 +246,28 @@ async def test_op_raising_a_python_error_is_isolated(make_db: MakeDb) -> None:
 
 async def test_many_concurrent_writes_are_batched(make_db: MakeDb) -> None:
     db = await make_db()
-    user = await users.create(db, "batcher", "h")
+    user = await SqliteUsers(db).create("batcher", "h")
     writes, batches = db.stats.writes, db.stats.batches
-    created = await asyncio.gather(*(conversations.create(db, user["id"], f"c{i}")
+    created = await asyncio.gather(*(SqliteConversations(db).create(user["id"], f"c{i}")
                                      for i in range(100)))
     assert db.stats.writes - writes == 100
     assert db.stats.batches - batches < 100
     assert len({c["id"] for c in created}) == 100
-    rows, _ = await conversations.page(db, user["id"], 100, None)
+    rows, _ = await SqliteConversations(db).page(user["id"], 100, None)
     assert len(rows) == 100
 
 
 async def test_max_batch_caps_a_transaction(make_db: MakeDb) -> None:
     db = await make_db(max_batch=4)
-    user = await users.create(db, "capped", "h")
+    user = await SqliteUsers(db).create("capped", "h")
     batches = db.stats.batches
-    await asyncio.gather(*(conversations.create(db, user["id"], "t") for _ in range(20)))
+    await asyncio.gather(*(SqliteConversations(db).create(user["id"], "t") for _ in range(20)))
     assert db.stats.batches - batches >= 5
 
 
 async def test_reads_run_while_a_long_write_holds_the_writer(make_db: MakeDb) -> None:
     db = await make_db(readers=2)
-    user = await users.create(db, "reader", "h")
+    user = await SqliteUsers(db).create("reader", "h")
     started = threading.Event()
     release = threading.Event()
 
@@ -282,7 +286,7 @@ async def test_reads_run_while_a_long_write_holds_the_writer(make_db: MakeDb) ->
             timeout=5)
         assert not write.done(), "the read waited for the write"
         assert count == 0  # readers see the last committed state, not the open transaction
-        assert await users.credentials(db, "reader") is not None
+        assert await SqliteUsers(db).credentials("reader") is not None
     finally:
         release.set()
     assert await write == 1
@@ -293,7 +297,7 @@ async def test_reads_run_while_a_long_write_holds_the_writer(make_db: MakeDb) ->
 async def test_close_finishes_queued_writes(tmp_path: Path) -> None:
     db = Database(str(tmp_path / "close.db"))
     await db.open(migrate)
-    pending = [asyncio.ensure_future(users.create(db, f"u{i}", "h")) for i in range(10)]
+    pending = [asyncio.ensure_future(SqliteUsers(db).create(f"u{i}", "h")) for i in range(10)]
     await asyncio.sleep(0)
     await db.close()
     await asyncio.gather(*pending)
@@ -311,15 +315,15 @@ async def test_lock_held_past_busy_timeout_raises_database_busy(tmp_path: Path,
     try:
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(DatabaseBusy):
-            await asyncio.wait_for(users.create(db, "blocked", "h"), timeout=10)
+            await asyncio.wait_for(SqliteUsers(db).create("blocked", "h"), timeout=10)
         # Reads are not blocked by another process's write lock (WAL).
         assert await db.read(lambda c: c.execute("SELECT count(*) FROM users").fetchone()[0]) == 0
     finally:
         other.execute("ROLLBACK")
         other.close()
     # Once the lock is gone the same database works again.
-    assert (await users.create(db, "unblocked", "h"))["username"] == "unblocked"
-    assert await users.credentials(db, "blocked") is None
+    assert (await SqliteUsers(db).create("unblocked", "h"))["username"] == "unblocked"
+    assert await SqliteUsers(db).credentials("blocked") is None
 
 
 async def test_lock_released_within_busy_timeout_lets_the_write_succeed(
@@ -330,7 +334,7 @@ async def test_lock_released_within_busy_timeout_lets_the_write_succeed(
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO users (username, password_hash, created_at) "
                       "VALUES ('first', 'h', 'now')")
-        write = asyncio.create_task(users.create(db, "second", "h"))
+        write = asyncio.create_task(SqliteUsers(db).create("second", "h"))
         await asyncio.sleep(0.1)  # let the writer start waiting on the lock
         assert not write.done()
         other.execute("COMMIT")
@@ -362,7 +366,7 @@ async def test_v2_database_gains_owner_scoped_search(tmp_path: Path) -> None:
     await db.open(migrate)
     try:
         for user in (1, 2):
-            hits = await search.search(db, user, "okapi", 10)
+            hits = await SqliteSearch(db).search(user, "okapi", 10)
             assert [h["snippet"] for h in hits] == [f"the okapi of user {user}"]
         owners = await db.read(lambda c: c.execute(
             "SELECT conversation_id, owner FROM messages ORDER BY id").fetchall())
@@ -375,22 +379,22 @@ async def test_search_index_stays_consistent_through_every_write_path(tmp_path: 
     db = Database(str(tmp_path / "fts.db"))
     await db.open(migrate)
     try:
-        user = await users.create(db, "fts-user", "h")
-        conv = (await conversations.create(db, user["id"], "c"))["id"]
-        await messages.add_user_message(db, user["id"], conv, "alpha beta", "t")
-        await messages.add(db, conv, "assistant", "gamma delta")
+        user = await SqliteUsers(db).create("fts-user", "h")
+        conv = (await SqliteConversations(db).create(user["id"], "c"))["id"]
+        await SqliteMessages(db).add_user_message(user["id"], conv, "alpha beta", "t")
+        await SqliteMessages(db).add(conv, "assistant", "gamma delta")
         await db.write(lambda c: c.execute(  # plain SQL, owner left out
             "INSERT INTO messages (conversation_id, role, content, created_at) "
             "VALUES (?, 'user', 'epsilon', 't')", (conv,)))
-        await messages.rewind(db, user["id"], conv, None)
+        await SqliteMessages(db).rewind(user["id"], conv, None)
         await db.write(lambda c: c.execute("UPDATE messages SET content = 'zeta' "
                                            "WHERE content = 'alpha beta'"))
-        assert [h["snippet"] for h in await search.search(db, user["id"], "epsilon", 5)] == \
+        assert [h["snippet"] for h in await SqliteSearch(db).search(user["id"], "epsilon", 5)] == \
             ["epsilon"]
-        assert await search.search(db, user["id"], "alpha", 5) == []
-        await conversations.delete(db, user["id"], conv)  # cascade
+        assert await SqliteSearch(db).search(user["id"], "alpha", 5) == []
+        await SqliteConversations(db).delete(user["id"], conv)  # cascade
         await db.write(lambda c: c.execute(
             "INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')"))
-        assert await search.search(db, user["id"], "zeta", 5) == []
+        assert await SqliteSearch(db).search(user["id"], "zeta", 5) == []
     finally:
         await db.close()

@@ -88,8 +88,9 @@ async def run(client: UpstreamClient, request: CompletionRequest = REQ,
               **kw: Any) -> tuple[Completion, list[str]]:
     """complete() collecting the deltas."""
     deltas: list[str] = []
-    completion = await client.complete(request, deltas.append, **kw)
-    return completion, deltas
+    ending = await client.complete(request, deltas.append, **kw)
+    # The client keeps no text of its own: the reply is what it handed out, piece by piece.
+    return Completion("".join(deltas), ending.finish_reason, ending.usage), deltas
 
 
 def free_port() -> int:

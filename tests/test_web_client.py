@@ -336,7 +336,7 @@ async def test_sidebar_pages_through_5000_conversations(web: Web) -> None:
             [(uid, f"Chat {i:04d}", f"2024-01-01T00:00:00.{i:04d}Z",
               f"2024-01-01T00:00:00.{i:04d}Z") for i in range(5000)])
 
-    await web.app.app[keys.DB].write(seed)
+    await web.app.app[keys.STORAGE].db.write(seed)
     in_flight, most = 0, 0
 
     def started(request: Any) -> None:
@@ -928,7 +928,7 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
             [(conv, role, text, now) for role, text in SCREENSHOT_CHAT])
         return conv
 
-    conv = await web.app.app[keys.DB].write(seed)
+    conv = await web.app.app[keys.STORAGE].db.write(seed)
     await page.set_viewport_size({"width": 1280, "height": 860})
     await web.open(f"/#/c/{conv}")
     await expect(messages(page)).to_have_count(4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal, Union
+from typing import Any, Callable, Hashable, Literal, Protocol, Union
 
 from .errors import JobCancelled, WorkerError
 
@@ -16,6 +16,14 @@ class CompletionRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How the model ended a reply (its text is the job's to keep)."""
+
+    finish_reason: str
+    usage: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,13 @@ Event = Union[Started, Delta, Finished, Failed]
 State = Literal["queued", "running", "done"]
 
 
+class EventSink(Protocol):
+    """Where a job's events go: an asyncio.Queue by default, or the follower's own object."""
+
+    def put_nowait(self, item: Event) -> None:
+        """Take one event, synchronously."""
+
+
 @dataclass(eq=False)
 class Job:
     """One chat turn on its way through the queue; knows nothing of HTTP or storage."""
@@ -65,9 +80,9 @@ class Job:
     owner: Hashable
     request: CompletionRequest = field(repr=False)
     state: State = "queued"
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue, repr=False)
+    events: EventSink = field(default_factory=lambda: asyncio.Queue[Event](), repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
-    partial: list[str] = field(default_factory=list, repr=False)
+    partial: list[str] = field(default_factory=list, repr=False)  # the reply so far, kept once
     # Set by the queue: removes the job while it waits.
     on_cancel_queued: Callable[[Job], bool] | None = field(default=None, repr=False)
 
@@ -79,26 +94,21 @@ class Job:
             self.state = "done"
         self.events.put_nowait(event)
 
-    def merge_waiting(self, first: Delta) -> Delta:
-        """`first` joined with the Delta events already waiting behind it (a slow reader gets
-        fewer, larger pieces). Peeks at asyncio.Queue's deque, which it documents as FIFO."""
-        waiting = self.events._queue  # type: ignore[attr-defined]  # noqa: SLF001
-        if not waiting or not isinstance(waiting[0], Delta):
-            return first
-        texts = [first.text]
-        while waiting and isinstance(waiting[0], Delta):
-            texts.append(self.events.get_nowait().text)  # type: ignore[union-attr]
-        return Delta("".join(texts))
+    def finish(self, ending: Ending) -> None:
+        """End the job with its complete reply (the deltas it emitted, joined)."""
+        if self.state != "done":
+            self.emit(Finished(Completion("".join(self.partial), ending.finish_reason,
+                                          ending.usage)))
 
     def fail(self, error: WorkerError) -> None:
         """End the job with an error, keeping what was generated."""
         if self.state != "done":
             self.emit(Failed(error, "".join(self.partial)))
 
-    def cancel(self) -> None:
-        """The client is gone: leave the queue, or abort the running upstream call."""
+    def cancel(self, error: WorkerError | None = None) -> None:
+        """Stop the job: leave the queue, or abort the running upstream call."""
         if self.state == "queued" and self.on_cancel_queued is not None:
             self.on_cancel_queued(self)
         elif self.state == "running" and self.task is not None:
             self.task.cancel()
-        self.fail(JobCancelled("the request was cancelled"))
+        self.fail(error or JobCancelled("the request was cancelled"))

@@ -11,7 +11,7 @@ from typing import Hashable
 from aiolimiter import AsyncLimiter
 
 from .errors import QueueFull, ShuttingDown, UpstreamError, WorkerError
-from .job import Delta, Finished, Job, Started
+from .job import Delta, Job, Started
 from .queue import FairQueue
 from .upstream import UpstreamClient
 
@@ -148,7 +148,7 @@ class WorkerPool:
     async def _run(self, job: Job) -> None:
         job.emit(Started())
         try:
-            completion = await self._upstream.complete(
+            ending = await self._upstream.complete(
                 job.request, lambda text: job.emit(Delta(text)), self._limiter.acquire)
         except asyncio.CancelledError:
             self.stats.cancelled += 1
@@ -163,5 +163,4 @@ class WorkerPool:
             job.fail(UpstreamError(f"internal error: {type(err).__name__}"))
         else:
             self.stats.completed += 1
-            if job.state != "done":
-                job.emit(Finished(completion))
+            job.finish(ending)

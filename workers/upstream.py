@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from .errors import UpstreamError, UpstreamRejected, UpstreamTimeout
-from .job import Completion, CompletionRequest
+from .job import CompletionRequest, Ending
 
 log = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -21,9 +21,9 @@ _JSON = {"Content-Type": "application/json"}
 
 @dataclass(frozen=True)
 class UpstreamSettings:
-    """Where the model is and how long to wait for it."""
+    """Where the model is and how long to wait for it (the `llm` section of the server's config)."""
 
-    base_url: str
+    base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""
     model: str = ""
     connect_timeout_s: float = 5.0
@@ -91,7 +91,7 @@ class UpstreamClient:
         return self.model
 
     async def complete(self, request: CompletionRequest, on_delta: Callable[[str], None],
-                       before_attempt: Callable[[], Any] | None = None) -> Completion:
+                       before_attempt: Callable[[], Any] | None = None) -> Ending:
         """Stream one reply, calling on_delta per piece; retry only while nothing was sent."""
         attempt = 0
         while True:
@@ -109,7 +109,7 @@ class UpstreamClient:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, request: CompletionRequest,
-                       on_delta: Callable[[str], None]) -> Completion:
+                       on_delta: Callable[[str], None]) -> Ending:
         model = self.model or await self.resolve_model()
         body = {"model": model, "messages": request.messages, "stream": True,
                 "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
@@ -123,7 +123,6 @@ class UpstreamClient:
             try:
                 if resp.status != 200:
                     raise await _status_error(resp)
-                parts: list[str] = []
                 finish, usage = "stop", cast(dict[str, Any], {})
                 async for chunks in _events(resp):
                     texts: list[str] = []
@@ -136,11 +135,9 @@ class UpstreamClient:
                             finish = choice.get("finish_reason") or finish
                     if texts:
                         sent = True
-                        piece = "".join(texts)  # one delta per network read, not per token
-                        parts.append(piece)
-                        on_delta(piece)
+                        on_delta("".join(texts))  # one delta per network read, not per token
                 resp.release()
-                return Completion("".join(parts), finish, usage)
+                return Ending(finish, usage)
             except BaseException:
                 resp.close()  # drop the connection: vLLM aborts the generation
                 raise

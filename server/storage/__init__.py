@@ -1,12 +1,28 @@
-"""All SQL lives in this package; the rest of the server calls its plain async functions."""
+"""All SQL lives in this package, behind one store per concern (`base.py`); `sqlite/` is the
+backend today, and a second backend is a second module set beside it."""
 
-from . import conversations, messages, search, tokens, users
-from .db import Database, DbStats
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import (ConversationStore, MessageStore, SearchStore, Storage, StorageStats,
+                   TokenStore, UserStore)
 from .errors import (Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew,
                      StorageError)
-from .migrations import LATEST, migrate
+from .sqlite import open_sqlite
+
+if TYPE_CHECKING:
+    from ..config import DatabaseConfig
+
+
+async def open_storage(config: DatabaseConfig) -> Storage:
+    """Open the configured backend (SQLite: the file is created and migrated)."""
+    return await open_sqlite(config.path, readers=config.read_connections,
+                             busy_timeout_ms=config.busy_timeout_ms,
+                             synchronous=config.synchronous, max_batch=config.max_batch)
 
 __all__ = [
-    "Conflict", "Database", "DatabaseBusy", "DbStats", "InvalidCursor", "LATEST", "NotFound",
-    "SchemaTooNew", "StorageError", "conversations", "messages", "migrate", "search", "tokens", "users",
+    "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "MessageStore",
+    "NotFound", "SchemaTooNew", "SearchStore", "Storage", "StorageError", "StorageStats",
+    "TokenStore", "UserStore", "open_storage",
 ]

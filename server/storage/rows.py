@@ -38,6 +38,21 @@ class MessageRow(TypedDict):
     usage: NotRequired[dict[str, Any]]
 
 
+class SearchHit(TypedDict):
+    """One matching message."""
+
+    conversation_id: int
+    message_id: int
+    title: str
+    snippet: str
+    highlights: list[list[int]]
+    created_at: str
+
+
+# A conversation's earlier messages as (id, role, content), newest first.
+HistoryRows = list[tuple[int, str, str]]
+
+
 @lru_cache(maxsize=4)
 def _second(whole: int) -> str:
     """The formatted second, reused: now_iso runs for every row written."""

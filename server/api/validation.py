@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from .errors import ApiError, invalid
+from ..middleware.errors import ApiError, invalid
 
 
 async def read_json(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:

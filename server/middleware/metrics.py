@@ -7,7 +7,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from . import keys
+from .. import keys
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

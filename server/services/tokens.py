@@ -1,26 +1,18 @@
-"""Tokens (HS256 JWT) verified through a TTL cache, and the middleware that authenticates /api/*."""
+"""Access tokens: HS256 JWTs issued, verified through a TTL cache, and revoked."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import jwt
-from aiohttp import web
 from cachetools import TTLCache
 
-from . import keys
-from .csrf import check_origin
-from .errors import unauthorized
-from .sessions import session_token
-from .storage import Database, tokens, users
-from .storage.rows import UserRow
+from ..storage import TokenStore, UserStore
+from ..storage.rows import UserRow
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ALGORITHM = "HS256"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +40,10 @@ class TokenStats:
 class TokenService:
     """Issues tokens, verifies them (cache first) and revokes them."""
 
-    def __init__(self, db: Database, secret: str, ttl_s: int, cache_ttl_s: int,
-                 cache_size: int) -> None:
-        self._db = db
+    def __init__(self, users: UserStore, revoked: TokenStore, secret: str, ttl_s: int,
+                 cache_ttl_s: int, cache_size: int) -> None:
+        self._users = users
+        self._store = revoked
         self._key = secret
         self._ttl = ttl_s
         self._cache: TTLCache[str, Principal] = TTLCache(cache_size, cache_ttl_s)
@@ -63,15 +56,15 @@ class TokenService:
         """Lifetime of a new token."""
         return self._ttl
 
-    def issue(self, user: UserRow) -> tuple[str, int]:
-        """A new signed token for the user and its expiry (epoch seconds)."""
+    def issue(self, user: UserRow) -> str:
+        """A new signed token for the user."""
         now = int(time.time())
         exp = now + self._ttl
         jti = secrets.token_hex(16)
         claims = {"sub": str(user["id"]), "iat": now, "exp": exp, "jti": jti}
         token = jwt.encode(claims, self._key, algorithm=_ALGORITHM)
         self._cache[token] = Principal(user, token, jti, exp)  # the first verify is free
-        return token, exp
+        return token
 
     async def verify(self, token: str) -> Principal:
         """The token's principal; AuthError if invalid, expired, revoked or its user is gone."""
@@ -91,7 +84,7 @@ class TokenService:
             raise AuthError("invalid or expired token") from err
         if jti in self._revoked:
             raise AuthError("token has been revoked")
-        user = await users.principal(self._db, user_id, jti)
+        user = await self._users.principal(user_id, jti)
         if user is None:
             raise AuthError("token has been revoked or its user no longer exists")
         principal = Principal(user, token, jti, int(claims["exp"]))
@@ -103,8 +96,7 @@ class TokenService:
         """Make the token useless at once here, and everywhere once stored."""
         self._revoked[principal.jti] = True
         self._cache.pop(principal.token, None)
-        await tokens.revoke(self._db, principal.jti, principal.expires_at)
-
+        await self._store.revoke(principal.jti, principal.expires_at)
 
     def forget_user(self, user_id: int) -> None:
         """Drop every cached token of a deleted user (their next request reads the database)."""
@@ -112,52 +104,3 @@ class TokenService:
             if principal.user["id"] == user_id:
                 self._revoked[principal.jti] = True
                 self._cache.pop(token, None)
-
-
-def public(handler: Handler) -> Handler:
-    """Mark an /api/ handler as needing no authentication."""
-    handler.chatgate_public = True  # type: ignore[attr-defined]
-    return handler
-
-
-def principal_of(request: web.Request) -> Principal:
-    """The authenticated principal that the middleware attached."""
-    return request[keys.PRINCIPAL]
-
-
-async def _authenticate(request: web.Request) -> Principal:
-    service = request.app[keys.TOKENS]
-    header = request.headers.get("Authorization")
-    via_cookie = False
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("Authorization header must be 'Bearer <token>'")
-        token = token.strip()
-    else:
-        found = await session_token(request)
-        if found is None:
-            raise unauthorized()
-        token, via_cookie = found, True
-    try:
-        principal = await service.verify(token)
-    except AuthError as err:
-        raise unauthorized(str(err)) from err
-    if via_cookie and request.method not in _SAFE_METHODS:
-        check_origin(request, request.app[keys.CONFIG].server)
-    return principal
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a valid bearer token or session cookie on every non-public /api/ route."""
-    route_handler = request.match_info.handler
-    if request.path.startswith("/api/") and not getattr(route_handler, "chatgate_public", False) \
-            and request.match_info.http_exception is None:
-        request[keys.PRINCIPAL] = await _authenticate(request)
-    return await handler(request)
-
-
-def setup_auth(app: web.Application) -> None:
-    """Install the authentication middleware."""
-    app.middlewares.append(auth_middleware)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .errors import SchemaTooNew
+from ..errors import SchemaTooNew
 
 # AUTOINCREMENT: an id, once shown to a client, never names another row later.
 V1 = """

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from workers.job import Delta
-
 from .. import keys
-from ..auth import principal_of
-from ..chat import Done, Error, Queued, Turn
-from ..errors import ApiError, from_domain, invalid
-from ..render import render_async
-from ..responses import dumps, json_response
-from ..validation import boolean, ident, number, read_json, render_option, text
+from ..middleware.auth import principal_of
+from ..middleware.errors import ApiError, from_domain, invalid
+from ..services.render import render_async
+from ..services.turns import Delta, Done, Failed, Queued, Turn
+from .responses import dumps, json_response
+from .validation import boolean, ident, number, read_json, render_option, text
 
 _FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
                      "regenerate", "edit_message_id", "render"})
@@ -40,19 +38,18 @@ class ChatBody:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    """Accept a message, queue it for the model, and answer with the stored reply."""
+    """Accept a message, queue it for the model, and answer with the stored reply.
+
+    If the client leaves, the turn's follower is closed: the chat service stops the job and
+    stores what was generated; nothing here stores anything.
+    """
     body = parse(await read_json(request, _FIELDS))
-    service = request.app[keys.CHAT]
-    turn = await service.start(principal_of(request).user["id"], body.message,
-                               body.conversation_id, body.max_tokens, body.temperature,
-                               regenerate=body.regenerate, edit_message_id=body.edit_message_id)
-    try:
-        if body.stream:
-            return await _stream(request, turn, body.html)
-        return await _whole(request, turn, body.html)
-    except (asyncio.CancelledError, ConnectionResetError):
-        await service.abandon(turn)
-        raise
+    turn = await request.app[keys.CHAT].start(
+        principal_of(request).user["id"], body.message, body.conversation_id, body.max_tokens,
+        body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id)
+    if body.stream:
+        return await _stream(request, turn, body.html)
+    return await _whole(request, turn, body.html)
 
 
 def parse(body: dict[str, Any]) -> ChatBody:
@@ -78,16 +75,17 @@ def parse(body: dict[str, Any]) -> ChatBody:
 
 
 async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:
-    async for event in request.app[keys.CHAT].follow(turn):
-        if isinstance(event, Done):
-            message: dict[str, Any] = dict(event.message)
-            if html:
-                message["html"] = (await render_async([message["content"]]))[0]
-            return json_response({"conversation_id": turn.conversation_id,
-                                  "message": message, "usage": event.usage,
-                                  "finish_reason": event.finish_reason})
-        if isinstance(event, Error):
-            raise _error(event, turn)
+    async with aclosing(turn.follow()) as events:
+        async for event in events:
+            if isinstance(event, Done):
+                message: dict[str, Any] = dict(event.message)
+                if html:
+                    message["html"] = (await render_async([message["content"]]))[0]
+                return json_response({"conversation_id": turn.conversation_id,
+                                      "message": message, "usage": event.usage,
+                                      "finish_reason": event.finish_reason})
+            if isinstance(event, Failed):
+                raise _error(event, turn)
     raise ApiError(500, "internal_error", "the reply ended without a result")
 
 
@@ -97,21 +95,23 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
         # `meta` goes out with the first event that follows it: one write instead of two.
         pending = _event("meta", {"conversation_id": turn.conversation_id,
                                   "user_message_id": turn.user_message["id"]})
-        async for event in request.app[keys.CHAT].follow(turn):
-            if isinstance(event, Delta):
-                pending += _event(None, {"delta": event.text})
-            elif isinstance(event, Queued):
-                pending += _event("queued", {"position": event.position})
-            elif isinstance(event, Done):
-                done: dict[str, Any] = {"message_id": event.message["id"], "usage": event.usage,
-                                        "finish_reason": event.finish_reason}
-                if html:
-                    done["html"] = (await render_async([event.message["content"]]))[0]
-                pending += _event("done", done)
-            elif isinstance(event, Error):
-                pending += _event("error", _error(event, turn).body())
-            await sse.write(pending)
-            pending = b""
+        async with aclosing(turn.follow()) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    pending += _event(None, {"delta": event.text})
+                elif isinstance(event, Queued):
+                    pending += _event("queued", {"position": event.position})
+                elif isinstance(event, Done):
+                    done: dict[str, Any] = {"message_id": event.message["id"],
+                                            "usage": event.usage,
+                                            "finish_reason": event.finish_reason}
+                    if html:
+                        done["html"] = (await render_async([event.message["content"]]))[0]
+                    pending += _event("done", done)
+                elif isinstance(event, Failed):
+                    pending += _event("error", _error(event, turn).body())
+                await sse.write(pending)
+                pending = b""
         if pending:
             await sse.write(pending)
     return sse
@@ -123,7 +123,7 @@ def _event(name: str | None, data: Any) -> bytes:
     return head + b"data: " + dumps(data) + b"\r\n\r\n"
 
 
-def _error(event: Error, turn: Turn) -> ApiError:
+def _error(event: Failed, turn: Turn) -> ApiError:
     mapped = from_domain(event.error) or ApiError(502, "upstream_unavailable", str(event.error))
     mapped.extra["conversation_id"] = turn.conversation_id
     mapped.extra["user_message_id"] = turn.user_message["id"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import MemoryConfig
-from .storage import Database, messages
-from .storage.rows import MessageRow
+from ..config import MemoryConfig
+from ..storage import MessageStore
+from ..storage.rows import HistoryRows, MessageRow
 
 _OVERHEAD_TOKENS = 4  # per message: role and separators in the chat template
 
@@ -17,38 +17,31 @@ def approx_tokens(text: str) -> int:
 class MemoryManager:
     """Appends messages and returns a conversation's recent history, oldest first."""
 
-    def __init__(self, db: Database, config: MemoryConfig) -> None:
-        self._db = db
+    def __init__(self, messages: MessageStore, config: MemoryConfig) -> None:
+        self._messages = messages
         self._config = config
 
     async def append(self, conversation_id: int, role: str, content: str,
                      status: str = "complete", usage: str | None = None) -> MessageRow:
         """Store one message in a conversation."""
-        return await messages.add(self._db, conversation_id, role, content, status, usage)
-
-    async def history(self, user_id: int, conversation_id: int,
-                      before_id: int | None = None) -> list[dict[str, str]]:
-        """Recent messages (older than `before_id`) within the count and token budget, in one read."""
-        rows = await messages.recent(self._db, user_id, conversation_id,
-                                     self._config.max_history_messages, before_id)
-        return self.within_budget(rows)
+        return await self._messages.add(conversation_id, role, content, status, usage)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str) -> tuple[int, MessageRow, list[dict[str, str]]]:
         """Store the user's message and get the history before it, in the same transaction."""
-        conv, stored, rows = await messages.add_user_message(
-            self._db, user_id, conversation_id, content, title, self._config.max_history_messages)
+        conv, stored, rows = await self._messages.add_user_message(
+            user_id, conversation_id, content, title, self._config.max_history_messages)
         return conv, stored, self.within_budget(rows)
 
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None) -> tuple[MessageRow, list[dict[str, str]]]:
         """Drop the replies after the last user message (maybe editing it); return it and the
         history before it."""
-        stored, rows = await messages.rewind(self._db, user_id, conversation_id, edit,
-                                             self._config.max_history_messages)
+        stored, rows = await self._messages.rewind(user_id, conversation_id, edit,
+                                                   self._config.max_history_messages)
         return stored, self.within_budget(rows)
 
-    def within_budget(self, rows: messages.Rows) -> list[dict[str, str]]:
+    def within_budget(self, rows: HistoryRows) -> list[dict[str, str]]:
         """Newest-first rows cut to the token budget, returned oldest first."""
         picked: list[dict[str, str]] = []
         budget = self._config.max_history_tokens

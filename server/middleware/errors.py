@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable, Mapping
 
+import orjson
 from aiohttp import web
 
 from workers.errors import (QueueFull, ShuttingDown, UpstreamError, UpstreamRejected,
                             UpstreamTimeout, WorkerError)
 
-from .chat import ChatRejected
-from .passwords import PasswordsBusy
-from .ratelimit import RateLimited
-from .responses import json_response
-from .storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
+from ..services.accounts import RegistrationClosed, WrongCredentials, WrongPassword
+from ..services.chat import ChatRejected
+from ..services.passwords import PasswordsBusy
+from ..services.ratelimit import RateLimited
+from ..services.tokens import AuthError
+from ..storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,7 +47,8 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         """The JSON response for this error."""
-        return json_response(self.body(), status=self.status, headers=self.headers)
+        return web.Response(body=orjson.dumps(self.body()), status=self.status,
+                            headers=self.headers, content_type="application/json")
 
 
 def invalid(message: str, field: str | None = None) -> ApiError:
@@ -66,7 +69,7 @@ def rate_limited(retry_after: float, message: str = "too many requests") -> ApiE
 
 
 def from_domain(err: BaseException) -> ApiError | None:
-    """Map a storage, rate-limit or worker error to its API error, or None if unknown."""
+    """Map a domain error (storage, service, worker) to its API error, or None if unknown."""
     if isinstance(err, ChatRejected):
         mapped = from_domain(err.cause)
         if mapped is not None:
@@ -75,6 +78,12 @@ def from_domain(err: BaseException) -> ApiError | None:
         return mapped
     if isinstance(err, RateLimited):
         return rate_limited(err.retry_after, str(err))
+    if isinstance(err, (AuthError, WrongCredentials)):
+        return unauthorized(str(err))
+    if isinstance(err, WrongPassword):
+        return ApiError(403, "wrong_password", str(err))
+    if isinstance(err, RegistrationClosed):
+        return ApiError(403, "registration_closed", str(err))
     if isinstance(err, PasswordsBusy):
         return ApiError(503, "busy", str(err), {"Retry-After": "1"})
     if isinstance(err, WorkerError):

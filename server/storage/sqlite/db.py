@@ -7,26 +7,17 @@ import logging
 import sqlite3
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar, cast
 
 import aiosqlite
 
-from .errors import DatabaseBusy, StorageError
+from ..base import StorageStats
+from ..errors import DatabaseBusy, StorageError
 
 T = TypeVar("T")
 SyncOp = Callable[[sqlite3.Connection], T]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DbStats:
-    """Counters that tests and benchmarks read (a cache hit must not move them)."""
-
-    reads: int = 0
-    writes: int = 0
-    batches: int = 0
 
 
 async def _run(conn: aiosqlite.Connection, op: SyncOp[T]) -> T:
@@ -54,7 +45,7 @@ class Database:
     def __init__(self, path: str, *, readers: int = 3, busy_timeout_ms: int = 5000,
                  synchronous: str = "NORMAL", max_batch: int = 512) -> None:
         self.path = path
-        self.stats = DbStats()
+        self.stats = StorageStats()
         self._readers_n = readers
         self._busy_ms = busy_timeout_ms
         self._sync = synchronous

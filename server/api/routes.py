@@ -6,16 +6,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .handlers import auth, chat, conversations, service
+from . import auth, chat, conversations, system
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def setup_routes(app: web.Application) -> None:
     """Register the routes."""
-    app.router.add_get("/health", service.health)
-    app.router.add_get("/ready", service.ready)
-    app.router.add_get("/openapi.json", service.openapi)
+    app.router.add_get("/health", system.health)
+    app.router.add_get("/ready", system.ready)
+    app.router.add_get("/openapi.json", system.openapi)
     app.router.add_post("/api/auth/register", auth.register)
     app.router.add_post("/api/auth/login", auth.login)
     app.router.add_post("/api/auth/logout", auth.logout)
@@ -28,6 +28,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
     app.router.add_get("/api/search", conversations.search)
     app.router.add_post("/api/chat", chat.chat)
-    app.router.add_get("/", service.index)
+    app.router.add_get("/", system.index)
     # FileResponse answers If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)

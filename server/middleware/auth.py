@@ -1,0 +1,55 @@
+"""Authentication: a bearer token or the session cookie, checked by the token service."""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from .. import keys
+from ..services.tokens import Principal
+from .errors import unauthorized
+from .sessions import session_token
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def public(handler: Handler) -> Handler:
+    """Mark an /api/ handler as needing no authentication."""
+    handler.chatgate_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The authenticated principal that the middleware attached."""
+    return request[keys.PRINCIPAL]
+
+
+async def _token(request: web.Request) -> str:
+    """The bearer token, else the session cookie's (marking the request cookie-authenticated)."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("Authorization header must be 'Bearer <token>'")
+        return token.strip()
+    found = await session_token(request)
+    if found is None:
+        raise unauthorized()
+    request[keys.VIA_COOKIE] = True
+    return found
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a valid bearer token or session cookie on every non-public /api/ route."""
+    route_handler = request.match_info.handler
+    if request.path.startswith("/api/") and not getattr(route_handler, "chatgate_public", False) \
+            and request.match_info.http_exception is None:
+        request[keys.PRINCIPAL] = await request.app[keys.TOKENS].verify(await _token(request))
+    return await handler(request)
+
+
+def setup_auth(app: web.Application) -> None:
+    """Install the authentication middleware (after sessions, before the CSRF check)."""
+    app.middlewares.append(auth_middleware)

@@ -1,0 +1,81 @@
+"""Accounts: sign-up, sign-in, sign-out and deletion; where login is decided."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable
+
+from ..storage import UserStore
+from ..storage.rows import UserRow
+from .passwords import Passwords
+from .ratelimit import KeyedRateLimiter, RateLimited
+from .tokens import Principal, TokenService
+
+
+class RegistrationClosed(Exception):
+    """Sign-ups are turned off on this server."""
+
+
+class WrongCredentials(Exception):
+    """The username or password is wrong (which one is never said)."""
+
+
+class WrongPassword(Exception):
+    """A signed-in user confirmed an action with the wrong password."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """A user and the fresh token that proves it."""
+
+    user: UserRow
+    token: str
+
+
+class AccountService:
+    """Password checks (hashed off the loop), throttled per client, and tokens for who passes."""
+
+    def __init__(self, users: UserStore, passwords: Passwords, tokens: TokenService,
+                 attempts: KeyedRateLimiter, register_open: bool) -> None:
+        self._users = users
+        self._passwords = passwords
+        self._tokens = tokens
+        self._attempts = attempts
+        self._register_open = register_open
+
+    async def register(self, username: str, password: str, client: str) -> SignedIn:
+        """Create an account and sign it in; Conflict when the name is taken."""
+        if not self._register_open:
+            raise RegistrationClosed("registration is closed on this server")
+        self._throttle(client, "sign-up attempts")
+        user = await self._users.create(username, await self._passwords.hash(password))
+        return SignedIn(user, self._tokens.issue(user))
+
+    async def login(self, username: str, password: str, client: str) -> SignedIn:
+        """Check the password and issue a token; a missing user costs the same time."""
+        self._throttle(client, "login attempts")
+        found = await self._users.credentials(username)
+        ok = await self._passwords.verify(found[1] if found else None, password)
+        if not ok or found is None:
+            raise WrongCredentials("wrong username or password")
+        return SignedIn(found[0], self._tokens.issue(found[0]))
+
+    async def logout(self, principal: Principal) -> None:
+        """Revoke the token that signed this request."""
+        await self._tokens.revoke(principal)
+
+    async def delete(self, principal: Principal, password: str) -> None:
+        """Delete the account and everything it owns, once the password is confirmed."""
+        user = principal.user
+        self._throttle(("account", user["id"]), "attempts")
+        found = await self._users.credentials(user["username"])
+        if not await self._passwords.verify(found[1] if found else None, password):
+            raise WrongPassword("the password is not correct")
+        await self._users.delete(user["id"])
+        self._tokens.forget_user(user["id"])
+
+    def _throttle(self, key: Hashable, what: str) -> None:
+        """Password attempts per client (or per account): logins, sign-ups, deletions."""
+        retry = self._attempts.hit(key)
+        if retry is not None:
+            raise RateLimited(retry, f"too many {what}, try again later")

@@ -1,0 +1,136 @@
+"""The chat turn: store the user's message, queue the job, and own the turn to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+
+from workers.errors import JobCancelled, ShuttingDown, WorkerError
+from workers.job import CompletionRequest, Finished, Job
+from workers.pool import WorkerPool
+
+from ..config import LLMConfig
+from ..storage import DatabaseBusy, StorageError
+from ..storage.rows import MessageRow
+from .memory import MemoryManager
+from .ratelimit import KeyedRateLimiter, RateLimited
+from .turns import Done, Failed, Outcome, Turn, TurnEvent
+
+STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while the db is busy
+log = logging.getLogger(__name__)
+
+
+class ChatRejected(Exception):
+    """The job could not be queued; the user's message is stored and can be retried."""
+
+    def __init__(self, cause: WorkerError, conversation_id: int, user_message_id: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.conversation_id = conversation_id
+        self.user_message_id = user_message_id
+
+
+def title_from(message: str, limit: int = 60) -> str:
+    """A conversation title from its first message: the first line, cut at a word."""
+    line = " ".join(message.strip().split("\n", 1)[0].split())
+    if len(line) <= limit:
+        return line or "New chat"
+    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
+    return cut + "…"
+
+
+class ChatService:
+    """Accepts turns and owns each one: one task per turn stores its reply, exactly once."""
+
+    def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
+                 limiter: KeyedRateLimiter) -> None:
+        self._memory = memory
+        self._pool = pool
+        self._defaults = defaults
+        self._limiter = limiter
+        self._owners: dict[asyncio.Task[None], Turn] = {}
+
+    async def start(self, user_id: int, message: str | None, conversation_id: int | None,
+                    max_tokens: int | None = None, temperature: float | None = None, *,
+                    regenerate: bool = False, edit_message_id: int | None = None) -> Turn:
+        """Accept a turn: commit the user's message first, then queue the job.
+
+        `regenerate` re-asks the conversation's last user message; `edit_message_id`
+        replaces that message's text first. Both drop the replies that followed it.
+        """
+        retry_after = self._limiter.hit(user_id)
+        if retry_after is not None:
+            raise RateLimited(retry_after, "chat rate limit reached, slow down")
+        place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
+        try:
+            if conversation_id is not None and (regenerate or edit_message_id is not None):
+                edit = None if edit_message_id is None else (edit_message_id, message or "")
+                stored, history = await self._memory.rewind(user_id, conversation_id, edit)
+                conv_id = conversation_id
+            else:
+                assert message is not None
+                conv_id, stored, history = await self._memory.add_user_message(
+                    user_id, conversation_id, message, title_from(message))
+        except BaseException:
+            place.release()
+            raise
+        request = CompletionRequest(
+            self._memory.prompt(history, stored["content"]),
+            max_tokens if max_tokens is not None else self._defaults.max_tokens,
+            temperature if temperature is not None else self._defaults.temperature)
+        job = Job(owner=user_id, request=request)
+        turn = Turn(conv_id, stored, job, self._pool.queue.position)
+        try:
+            self._pool.submit(job, place)
+        except WorkerError as err:
+            raise ChatRejected(err, conv_id, stored["id"]) from err
+        owner = asyncio.create_task(self._own(turn), name=f"turn-{stored['id']}")
+        self._owners[owner] = turn
+        owner.add_done_callback(self._owners.pop)
+        return turn
+
+    async def close(self) -> None:
+        """Stop every unfinished turn and wait until each has stored what it generated."""
+        for turn in list(self._owners.values()):
+            turn.job.cancel(ShuttingDown("the server is shutting down"))
+        await asyncio.gather(*self._owners, return_exceptions=True)
+
+    async def _own(self, turn: Turn) -> None:
+        """Wait for the job's end, store the outcome once, then tell the follower."""
+        outcome = await turn.outcome
+        turn.push(await self._settle(turn, outcome))
+
+    async def _settle(self, turn: Turn, outcome: Outcome) -> TurnEvent:
+        if isinstance(outcome, Finished):
+            c = outcome.completion
+            try:
+                stored = await self._store(turn, c.text, "complete",
+                                           orjson.dumps(c.usage).decode() if c.usage else None)
+            except StorageError as err:  # e.g. the conversation was deleted meanwhile
+                return Failed(err, None)
+            if c.usage:
+                stored["usage"] = c.usage
+            return Done(stored, c.usage, c.finish_reason)
+        partial: MessageRow | None = None
+        if outcome.partial:
+            status = "incomplete" if isinstance(outcome.error, (JobCancelled, ShuttingDown)) \
+                else "error"
+            try:
+                partial = await self._store(turn, outcome.partial, status)
+            except StorageError:
+                pass  # e.g. the conversation was deleted meanwhile: nowhere to keep it
+        return Failed(outcome.error, partial)
+
+    async def _store(self, turn: Turn, content: str, status: str,
+                     usage: str | None = None) -> MessageRow:
+        """Store the reply; a busy database gets a few more tries (the user saw the text)."""
+        for delay in STORE_RETRY_S:
+            try:
+                return await self._memory.append(turn.conversation_id, "assistant", content,
+                                                 status, usage)
+            except DatabaseBusy:
+                await asyncio.sleep(delay)
+        return await self._memory.append(turn.conversation_id, "assistant", content, status,
+                                         usage)

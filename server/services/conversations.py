@@ -1,0 +1,50 @@
+"""Conversations and search: listing, opening, renaming, deleting, finding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..storage import ConversationStore, SearchStore
+from ..storage.rows import ConversationRow, SearchHit
+from .render import render_async
+
+MAX_QUERY_CHARS = 500
+
+
+class ConversationService:
+    """A user's conversations; every call is scoped to that user by the storage."""
+
+    def __init__(self, conversations: ConversationStore, search: SearchStore) -> None:
+        self._conversations = conversations
+        self._search = search
+
+    async def page(self, user_id: int, limit: int,
+                   cursor: str | None) -> tuple[list[ConversationRow], str | None]:
+        """A page of conversations, newest activity first, and the next page's cursor."""
+        return await self._conversations.page(user_id, limit, cursor)
+
+    async def create(self, user_id: int, title: str) -> ConversationRow:
+        """An empty conversation."""
+        return await self._conversations.create(user_id, title)
+
+    async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
+        """A conversation with its messages, oldest first; replies rendered when asked."""
+        conv, msgs = await self._conversations.get(user_id, conversation_id)
+        if html:
+            replies = [m for m in msgs if m["role"] == "assistant"]
+            for message, rendered in zip(replies,
+                                         await render_async([m["content"] for m in replies])):
+                message["html"] = rendered  # type: ignore[typeddict-unknown-key]
+        return {**conv, "messages": msgs}
+
+    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
+        """Change the title."""
+        return await self._conversations.rename(user_id, conversation_id, title)
+
+    async def delete(self, user_id: int, conversation_id: int) -> None:
+        """Delete a conversation and its messages."""
+        await self._conversations.delete(user_id, conversation_id)
+
+    async def search(self, user_id: int, query: str, limit: int) -> list[SearchHit]:
+        """Full-text search over the user's own messages, best match first."""
+        return await self._search.search(user_id, query[:MAX_QUERY_CHARS], limit)

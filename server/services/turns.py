@@ -1,0 +1,121 @@
+"""A chat turn: a server-side object that lives apart from any HTTP connection.
+
+Its job (in the worker pool) feeds it synchronously; one owner task in the chat service
+stores its outcome; a follower (the HTTP handler) reads its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, AsyncGenerator, Callable, Union
+
+from workers import job as jobs
+
+from ..storage.rows import MessageRow
+
+QUEUE_POLL_S = 0.5  # how often a waiting follower re-reads its queue position
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job is waiting; `position` jobs will be served before it."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The reply is complete and stored."""
+
+    message: MessageRow
+    usage: dict[str, Any]
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The turn failed; `message` is the stored partial reply, if any was generated."""
+
+    error: Exception
+    message: MessageRow | None
+
+
+TurnEvent = Union[Queued, Delta, Done, Failed]
+Outcome = Union[jobs.Finished, jobs.Failed]
+
+
+class Turn:
+    """One accepted chat turn: its stored user message, its job and what it has produced."""
+
+    def __init__(self, conversation_id: int, user_message: MessageRow, job: jobs.Job,
+                 position: Callable[[jobs.Job], int | None]) -> None:
+        self.conversation_id = conversation_id
+        self.user_message = user_message
+        self.job = job
+        self.outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._position = position
+        self._events: deque[TurnEvent] = deque()
+        self._wake = asyncio.Event()
+        job.events = self  # the worker's events come straight here: no task hop per delta
+
+    def put_nowait(self, item: jobs.Event) -> None:
+        """The job's event sink: deltas go to the follower, the end to the owner."""
+        if isinstance(item, jobs.Delta):
+            self.push(Delta(item.text))
+        elif isinstance(item, (jobs.Finished, jobs.Failed)) and not self.outcome.done():
+            self.outcome.set_result(item)
+
+    def push(self, event: TurnEvent) -> None:
+        """Hand an event to the follower."""
+        self._events.append(event)
+        self._wake.set()
+
+    async def follow(self) -> AsyncGenerator[TurnEvent, None]:
+        """Queue positions while waiting, then deltas, then Done or Failed (reply stored).
+
+        A follower that leaves early (its client went away) stops the turn's job; the
+        owner then stores what was generated.
+        """
+        last: int | None = None
+        try:
+            while True:
+                if not self._events:
+                    if self.job.state == "queued":
+                        position = self._position(self.job)
+                        if position is not None and position != last:
+                            last = position
+                            yield Queued(position)
+                            continue
+                    await self._wait(QUEUE_POLL_S if self.job.state == "queued" else None)
+                    continue
+                event = self._events.popleft()
+                if isinstance(event, Delta) and self._events and isinstance(self._events[0], Delta):
+                    event = self._merge(event)  # a slow reader gets fewer, larger pieces
+                yield event
+                if isinstance(event, (Done, Failed)):
+                    return
+        finally:
+            self.job.cancel()  # a no-op once the job is done
+
+    def _merge(self, first: Delta) -> Delta:
+        texts = [first.text]
+        while self._events and isinstance(self._events[0], Delta):
+            texts.append(self._events.popleft().text)  # type: ignore[union-attr]
+        return Delta("".join(texts))
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass

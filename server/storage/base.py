@@ -1,0 +1,103 @@
+"""What the services may ask of storage: one interface per concern, whatever the backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .rows import ConversationRow, HistoryRows, MessageRow, SearchHit, UserRow
+
+
+@dataclass
+class StorageStats:
+    """Counters that tests and benchmarks read (a token-cache hit must not move them)."""
+
+    reads: int = 0
+    writes: int = 0
+    batches: int = 0
+
+
+class UserStore(Protocol):
+    """Accounts."""
+
+    async def create(self, username: str, password_hash: str) -> UserRow:
+        """Insert a user; Conflict when the name (case-insensitive) is taken."""
+
+    async def credentials(self, username: str) -> tuple[UserRow, str] | None:
+        """The user and password hash for a login, or None."""
+
+    async def principal(self, user_id: int, jti: str) -> UserRow | None:
+        """The token's user if it still exists and the token is not revoked, in one query."""
+
+    async def delete(self, user_id: int) -> bool:
+        """Delete a user and everything they own."""
+
+
+class TokenStore(Protocol):
+    """Revoked token ids."""
+
+    async def revoke(self, jti: str, expires_at: int) -> None:
+        """Record a token id as revoked until it would have expired anyway."""
+
+
+class ConversationStore(Protocol):
+    """Conversations, every call scoped to the owning user."""
+
+    async def create(self, user_id: int, title: str) -> ConversationRow:
+        """Create an empty conversation."""
+
+    async def page(self, user_id: int, limit: int,
+                   cursor: str | None) -> tuple[list[ConversationRow], str | None]:
+        """A page, newest activity first, and the cursor of the next one (InvalidCursor)."""
+
+    async def get(self, user_id: int,
+                  conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
+        """A conversation and all its messages, oldest first (NotFound)."""
+
+    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
+        """Change the title (NotFound)."""
+
+    async def delete(self, user_id: int, conversation_id: int) -> None:
+        """Delete a conversation and its messages (NotFound)."""
+
+
+class MessageStore(Protocol):
+    """Messages: a turn's writes, each returning what the prompt needs in the same step."""
+
+    async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
+                               title: str, history: int = 0
+                               ) -> tuple[int, MessageRow, HistoryRows]:
+        """Store a user's message (creating the conversation when none is given) and return
+        its conversation, the row and up to `history` earlier messages, newest first."""
+
+    async def add(self, conversation_id: int, role: str, content: str,
+                  status: str = "complete", usage: str | None = None) -> MessageRow:
+        """Append a message to a conversation the caller has already checked (NotFound)."""
+
+    async def rewind(self, user_id: int, conversation_id: int,
+                     edit: tuple[int, str] | None = None,
+                     history: int = 0) -> tuple[MessageRow, HistoryRows]:
+        """Drop what followed the last user message (editing it if asked); return it and up
+        to `history` messages before it, newest first."""
+
+
+class SearchStore(Protocol):
+    """Full-text search over a user's own messages."""
+
+    async def search(self, user_id: int, text: str, limit: int) -> list[SearchHit]:
+        """Best matches first; any text is safe (it is never query syntax)."""
+
+
+class Storage:
+    """Everything stored: one object per concern, provided by a backend (SQLite today)."""
+
+    users: UserStore
+    tokens: TokenStore
+    conversations: ConversationStore
+    messages: MessageStore
+    search: SearchStore
+    stats: StorageStats
+
+    async def close(self) -> None:
+        """Finish queued writes and release the backend."""
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""The SQLite backend: every store over one batching writer and a few readers."""
+
+from __future__ import annotations
+
+from ..base import Storage
+from .conversations import SqliteConversations
+from .db import Database
+from .messages import SqliteMessages
+from .migrations import LATEST, migrate
+from .search import SqliteSearch
+from .tokens import SqliteTokens
+from .users import SqliteUsers
+
+
+class SqliteStorage(Storage):
+    """Storage on one SQLite file (`db` is open to tests for direct checks)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.stats = db.stats
+        self.users = SqliteUsers(db)
+        self.tokens = SqliteTokens(db)
+        self.conversations = SqliteConversations(db)
+        self.messages = SqliteMessages(db)
+        self.search = SqliteSearch(db)
+
+    async def close(self) -> None:
+        """Finish every queued write, then close the connections."""
+        await self.db.close()
+
+
+async def open_sqlite(path: str, *, readers: int, busy_timeout_ms: int, synchronous: str,
+                      max_batch: int) -> SqliteStorage:
+    """Open (creating and migrating) the database file."""
+    db = Database(path, readers=readers, busy_timeout_ms=busy_timeout_ms,
+                  synchronous=synchronous, max_batch=max_batch)
+    await db.open(migrate)
+    return SqliteStorage(db)
+
+
+__all__ = ["LATEST", "Database", "SqliteStorage", "migrate", "open_sqlite"]

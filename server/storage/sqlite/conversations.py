@@ -1,0 +1,125 @@
+"""SQL for conversations; every statement is scoped to the owning user."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from typing import Any, cast
+
+from ..errors import InvalidCursor, NotFound
+from ..rows import ConversationRow, MessageRow, message_row, now_iso
+from .db import Database
+
+_COLUMNS = "id, title, created_at, updated_at, message_count"
+
+
+class SqliteConversations:
+    """Conversations in SQLite."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, user_id: int, title: str) -> ConversationRow:
+        """Create an empty conversation."""
+        now = now_iso()
+
+        def op(conn: sqlite3.Connection) -> ConversationRow:
+            cur = conn.execute(
+                "INSERT INTO conversations (user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (user_id, title, now, now),
+            )
+            return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
+                    "updated_at": now, "message_count": 0}
+
+        return await self._db.write(op)
+
+
+    async def page(self, user_id: int, limit: int,
+                   cursor: str | None) -> tuple[list[ConversationRow], str | None]:
+        """A page of conversations, newest activity first, and the cursor for the next one."""
+        after = _decode(cursor) if cursor else None
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            if after is None:
+                return conn.execute(
+                    f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? "
+                    "ORDER BY updated_at DESC, id DESC LIMIT ?", (user_id, limit + 1)).fetchall()
+            return conn.execute(
+                f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? "
+                "AND (updated_at < ? OR (updated_at = ? AND id < ?)) "
+                "ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (user_id, after[0], after[0], after[1], limit + 1)).fetchall()
+
+        rows = [_conversation(r) for r in await self._db.read(op)]
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, _encode(rows[-1]["updated_at"], rows[-1]["id"])
+
+
+    async def get(self, user_id: int, conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
+        """A conversation and all its messages oldest first, in one read."""
+
+        def op(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
+            conv = conn.execute(f"SELECT {_COLUMNS} FROM conversations WHERE id = ? AND user_id = ?",
+                                (conversation_id, user_id)).fetchone()
+            if conv is None:
+                return None, []
+            msgs = conn.execute(
+                "SELECT id, role, content, status, created_at, usage FROM messages "
+                "WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
+            return conv, msgs
+
+        conv, msgs = await self._db.read(op)
+        if conv is None:
+            raise NotFound("conversation not found")
+        return _conversation(conv), [message_row(m) for m in msgs]
+
+
+    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
+        """Change a conversation's title."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                f"UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? RETURNING {_COLUMNS}",
+                (title, conversation_id, user_id)).fetchone()
+
+        row = await self._db.write(op)
+        if row is None:
+            raise NotFound("conversation not found")
+        return _conversation(row)
+
+
+    async def delete(self, user_id: int, conversation_id: int) -> None:
+        """Delete a conversation; its messages (and their search entries) go with it."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM conversations WHERE id = ? AND user_id = ?",
+                                (conversation_id, user_id)).rowcount
+
+        if await self._db.write(op) == 0:
+            raise NotFound("conversation not found")
+
+
+
+def _conversation(row: Any) -> ConversationRow:
+    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
+            "message_count": row[4]}
+
+
+def _encode(updated_at: str, conversation_id: int) -> str:
+    raw = f"{updated_at}|{conversation_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        updated_at, _, ident = raw.partition("|")
+        number = int(ident)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as err:
+        raise InvalidCursor("cursor is not valid") from err
+    if not 0 < number < 2**63 or len(updated_at) > 40:
+        raise InvalidCursor("cursor is not valid")
+    return updated_at, number

@@ -1,0 +1,99 @@
+"""SQL for messages: appending, and reading a conversation's recent history."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import cast
+
+from ..errors import NotFound
+from ..rows import HistoryRows, MessageRow, now_iso
+from .db import Database
+
+def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int, limit: int) -> HistoryRows:
+    """Up to `limit` newest (id, role, content) with text before `before_id`, newest first."""
+    if limit <= 0:
+        return []
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT id, role, content FROM messages WHERE conversation_id = ? AND id < ? "
+        "AND content != '' ORDER BY id DESC LIMIT ?", (conversation_id, before_id, limit))]
+
+class SqliteMessages:
+    """Messages in SQLite."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_user_message(self, user_id: int, conversation_id: int | None,
+                               content: str, title: str,
+                               history: int = 0) -> tuple[int, MessageRow, HistoryRows]:
+        """Store a user's message (creating the conversation when none is given) and return up to
+        `history` earlier messages, newest first, all in one transaction: no separate read."""
+        now = now_iso()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows]:
+            conv = conversation_id
+            if conv is None:
+                conv = cast(int, conn.execute(
+                    "INSERT INTO conversations (user_id, title, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?)", (user_id, title, now, now)).lastrowid)
+                cur = conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                    "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
+            else:
+                cur = conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                    "SELECT ?, 'user', ?, ?, ? WHERE EXISTS "
+                    "(SELECT 1 FROM conversations WHERE id = ? AND user_id = ?)",
+                    (conv, content, now, user_id, conv, user_id))
+                if cur.rowcount == 0:
+                    raise NotFound("conversation not found")
+            ident = cast(int, cur.lastrowid)
+            rows = _history(conn, conv, ident, history) if conversation_id is not None else []
+            return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
+                          "created_at": now}, rows
+
+        return await self._db.write(op)
+
+    async def add(self, conversation_id: int, role: str, content: str,
+                  status: str = "complete", usage: str | None = None) -> MessageRow:
+        """Append a message to a conversation the caller has already checked."""
+        now = now_iso()
+
+        def op(conn: sqlite3.Connection) -> MessageRow:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content, status, created_at, usage, "
+                    "owner) SELECT ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
+                    (conversation_id, role, content, status, now, usage, conversation_id))
+                if cur.rowcount == 0:
+                    raise NotFound("conversation not found")
+            except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
+                raise NotFound("conversation not found") from err
+            return {"id": cast(int, cur.lastrowid), "role": role, "content": content,
+                    "status": status, "created_at": now}
+
+        return await self._db.write(op)
+
+    async def rewind(self, user_id: int, conversation_id: int,
+                     edit: tuple[int, str] | None = None, history: int = 0) -> tuple[MessageRow, HistoryRows]:
+        """Drop everything after the conversation's last user message (editing it if asked);
+        return that message and up to `history` messages before it, newest first."""
+
+        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows]:
+            row = conn.execute(
+                "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
+                "WHERE m.conversation_id = ? AND m.role = 'user' ORDER BY m.id DESC LIMIT 1",
+                (user_id, conversation_id)).fetchone()
+            if row is None or (edit is not None and edit[0] != row[0]):
+                raise NotFound("no such user message at the end of this conversation")
+            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id > ?",
+                         (conversation_id, row[0]))
+            content = row[2]
+            if edit is not None:
+                content = edit[1]
+                conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
+            return {"id": row[0], "role": "user", "content": content, "status": row[3],
+                    "created_at": row[4]}, _history(conn, conversation_id, row[0], history)
+
+        return await self._db.write(op)
