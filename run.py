@@ -17,13 +17,15 @@ from vllm_sim import SimSettings, start_simulator
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the config, and serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(description="chatgate: a chat backend for vLLM")
-    parser.add_argument("--config", default="config.yaml", help="YAML config (default ./config.yaml)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="YAML config (default ./config.yaml)")
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port", type=int, help="override server.port")
     parser.add_argument("--demo", action="store_true",
                         help="also start the vLLM simulator and point llm.base_url at it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         config = load_config(args.config)

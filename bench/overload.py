@@ -3,7 +3,8 @@
     .venv/bin/python bench/overload.py [--factor 5] [--seconds 10]
 
 Capacity here is queue.workers running + queue.max_size waiting, with a simulator that takes
-~1 s per reply. `factor` x capacity requests are kept in flight for `seconds`, by clients that pause after a
+~1 s per reply. `factor` x capacity requests are kept in flight for `seconds`, by clients that
+pause after a
 refusal (--mode backoff) or by wrk resending at once (--mode flood); meanwhile a probe sends one
 request at a time and records its latency per status (200 accepted, 503 refused). Then it checks
 that the server answers at once, and prints the server's peak memory (VmHWM). Needs `wrk`.
@@ -26,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LUA, start_pair, wait_http  # noqa: E402
+from run import LUA, start_pair, wait_http
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -62,7 +63,7 @@ async def main() -> int:
     """Start the processes, flood, report."""
     if sys.argv[1:2] == ["--load-only"]:
         base, rest = sys.argv[2], sys.argv[3:]
-        opts = dict(zip(rest[::2], rest[1::2]))
+        opts = dict(zip(rest[::2], rest[1::2], strict=False))
         return await load_only(base, float(opts["--seconds"]), float(opts["--pause"]),
                                int(opts["--clients"]))
     parser = argparse.ArgumentParser()
@@ -98,7 +99,8 @@ async def main() -> int:
             flood = subprocess.Popen(
                 ["wrk", "-t2", f"-c{in_flight}", f"-d{args.seconds:.0f}s", "--timeout", "20s",
                  "-s", str(LUA / "chat.lua"), base + "/api/chat"],
-                env=dict(os.environ, BENCH_USERS=json.dumps(users), BENCH_CHAT="new"), stdout=subprocess.PIPE,
+                env=dict(os.environ, BENCH_USERS=json.dumps(users), BENCH_CHAT="new"),
+                stdout=subprocess.PIPE,
                 text=True)
         await asyncio.sleep(1.0)  # let the queue fill
         deadline = time.monotonic() + args.seconds - 1.5

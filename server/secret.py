@@ -19,7 +19,8 @@ def _load_or_create(db_path: str) -> str:
     except FileExistsError:
         value = path.read_text(encoding="ascii").strip()
         if len(value) < 32:
-            raise ValueError(f"{path} holds too short a secret; delete it to make a new one")
+            raise ValueError(
+                f"{path} holds too short a secret; delete it to make a new one") from None
         return value
     value = secrets.token_urlsafe(48)
     with os.fdopen(fd, "w", encoding="ascii") as handle:

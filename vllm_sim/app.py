@@ -342,12 +342,3 @@ def create_sim_app(settings: SimSettings) -> web.Application:
     r.add_route("*", "/sim/faults", sim_faults)
     r.add_route("*", "/sim/config", sim_config)
     return app
-
-
-def __getattr__(name: str) -> Any:
-    """Let `from vllm_sim.app import start_simulator, SimServer` work too."""
-    if name in ("start_simulator", "SimServer"):
-        from . import runner  # late: runner imports this module
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

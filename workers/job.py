@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal, Protocol, Union
+from typing import Any, Literal, Protocol
 
 from .errors import JobCancelled, WorkerError
 
@@ -62,7 +63,7 @@ class Failed:
     partial: str
 
 
-Event = Union[Started, Delta, Finished, Failed]
+Event = Started | Delta | Finished | Failed
 State = Literal["queued", "running", "done"]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 from aiolimiter import AsyncLimiter
 
@@ -157,7 +157,7 @@ class WorkerPool:
         except WorkerError as err:
             self.stats.failed += 1
             job.fail(err)
-        except Exception as err:  # noqa: BLE001 - one bad job must not kill a worker
+        except Exception as err:
             log.exception("job failed unexpectedly")
             self.stats.failed += 1
             job.fail(UpstreamError(f"internal error: {type(err).__name__}"))

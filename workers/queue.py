@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Hashable, Iterator
+from collections.abc import Hashable, Iterator
 
 from .job import Job
 
@@ -54,7 +54,8 @@ class _Lanes:
 
 
 class FairQueue(asyncio.Queue[Job]):
-    """asyncio.Queue with per-owner round-robin order (as PriorityQueue overrides _init/_put/_get)."""
+    """asyncio.Queue with per-owner round-robin order (overriding _init/_put/_get, as
+    PriorityQueue does)."""
 
     _queue: _Lanes
     _unfinished_tasks: int  # asyncio.Queue's own counters, kept right when a job is removed

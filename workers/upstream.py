@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -83,8 +84,8 @@ class UpstreamClient:
                     raise UpstreamError(f"GET /models answered {resp.status}")
                 data = await resp.json(loads=orjson.loads)
             served = str(data["data"][0]["id"])
-        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError,
-                TypeError, ValueError) as err:
+        except (TimeoutError, aiohttp.ClientError, KeyError, IndexError, TypeError,
+                ValueError) as err:
             raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
         if not self.model:
             self.model = served

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
 
-from workers.errors import (QueueFull, ShuttingDown, UpstreamError, UpstreamRejected,
-                            UpstreamTimeout, WorkerError)
+from workers.errors import (
+    QueueFull,
+    ShuttingDown,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    WorkerError,
+)
 
 from ..services.accounts import RegistrationClosed, WrongCredentials, WrongPassword
 from ..services.chat import ChatRejected
@@ -65,7 +71,8 @@ def unauthorized(message: str = "authentication required") -> ApiError:
 
 def rate_limited(retry_after: float, message: str = "too many requests") -> ApiError:
     """429 with Retry-After in whole seconds."""
-    return ApiError(429, "rate_limited", message, {"Retry-After": str(max(1, int(retry_after + 0.999)))})
+    seconds = max(1, int(retry_after + 0.999))
+    return ApiError(429, "rate_limited", message, {"Retry-After": str(seconds)})
 
 
 def from_domain(err: BaseException) -> ApiError | None:
@@ -129,7 +136,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = err.reason if err.status != 413 else "request body is too large"
         headers = {k: v for k, v in err.headers.items() if k in ("Allow", "Retry-After")}
         return ApiError(err.status, code, message, headers).response()
-    except Exception as err:  # noqa: BLE001 - the last line of defence
+    except Exception as err:
         mapped = from_domain(err)
         if mapped is not None:
             return mapped.response()

@@ -100,7 +100,12 @@ class ChatService:
     async def _own(self, turn: Turn) -> None:
         """Wait for the job's end, store the outcome once, then tell the follower."""
         outcome = await turn.outcome
-        turn.push(await self._settle(turn, outcome))
+        try:
+            event = await self._settle(turn, outcome)
+        except Exception:  # whatever happens, the follower gets an end
+            log.exception("storing the reply of conversation %d failed", turn.conversation_id)
+            event = Failed(StorageError("the reply could not be stored"), None)
+        turn.push(event)
 
     async def _settle(self, turn: Turn, outcome: Outcome) -> TurnEvent:
         if isinstance(outcome, Finished):

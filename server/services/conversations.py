@@ -32,8 +32,8 @@ class ConversationService:
         conv, msgs = await self._conversations.get(user_id, conversation_id)
         if html:
             replies = [m for m in msgs if m["role"] == "assistant"]
-            for message, rendered in zip(replies,
-                                         await render_async([m["content"] for m in replies])):
+            rendered_all = await render_async([m["content"] for m in replies])
+            for message, rendered in zip(replies, rendered_all, strict=True):
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from collections.abc import Iterable
 
 import nh3
 from markdown_it import MarkdownIt
@@ -21,7 +21,8 @@ _ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}}
 def render(markdown: str) -> str:
     """Sanitised HTML for one message: no raw HTML, no images, only http/https/mailto links."""
     html = _MD.render(markdown)
-    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"},
+    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES,
+                     url_schemes={"http", "https", "mailto"},
                      link_rel="noopener noreferrer", strip_comments=True,
                      set_tag_attribute_values={"a": {"target": "_blank"}})
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, Callable, Union
+from typing import Any
 
 from workers import job as jobs
 
@@ -49,8 +50,8 @@ class Failed:
     message: MessageRow | None
 
 
-TurnEvent = Union[Queued, Delta, Done, Failed]
-Outcome = Union[jobs.Finished, jobs.Failed]
+TurnEvent = Queued | Delta | Done | Failed
+Outcome = jobs.Finished | jobs.Failed
 
 
 class Turn:

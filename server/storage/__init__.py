@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import (ConversationStore, MessageStore, SearchStore, Storage, StorageStats,
-                   TokenStore, UserStore)
-from .errors import (Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew,
-                     StorageError)
+from .base import (
+    ConversationStore,
+    MessageStore,
+    SearchStore,
+    Storage,
+    StorageStats,
+    TokenStore,
+    UserStore,
+)
+from .errors import Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew, StorageError
 from .sqlite import open_sqlite
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ class SqliteConversations:
 
         def op(conn: sqlite3.Connection) -> ConversationRow:
             cur = conn.execute(
-                "INSERT INTO conversations (user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO conversations (user_id, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?)",
                 (user_id, title, now, now),
             )
             return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
@@ -58,11 +59,13 @@ class SqliteConversations:
         return rows, _encode(rows[-1]["updated_at"], rows[-1]["id"])
 
 
-    async def get(self, user_id: int, conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
+    async def get(self, user_id: int,
+                  conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
         """A conversation and all its messages oldest first, in one read."""
 
         def op(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
-            conv = conn.execute(f"SELECT {_COLUMNS} FROM conversations WHERE id = ? AND user_id = ?",
+            conv = conn.execute(f"SELECT {_COLUMNS} FROM conversations "
+                                "WHERE id = ? AND user_id = ?",
                                 (conversation_id, user_id)).fetchone()
             if conv is None:
                 return None, []
@@ -82,7 +85,8 @@ class SqliteConversations:
 
         def op(conn: sqlite3.Connection) -> Any:
             return conn.execute(
-                f"UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? RETURNING {_COLUMNS}",
+                "UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? "
+                f"RETURNING {_COLUMNS}",
                 (title, conversation_id, user_id)).fetchone()
 
         row = await self._db.write(op)

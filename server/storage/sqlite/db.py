@@ -6,9 +6,10 @@ import asyncio
 import logging
 import sqlite3
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -130,7 +131,8 @@ class Database:
             if self._closing and not self._pending:
                 return
 
-    async def _commit_batch(self, batch: list[tuple[SyncOp[object], asyncio.Future[object]]]) -> None:
+    async def _commit_batch(self,
+                            batch: list[tuple[SyncOp[object], asyncio.Future[object]]]) -> None:
         assert self._writer is not None
         self.stats.batches += 1
         ops = [op for op, _ in batch]
@@ -145,7 +147,7 @@ class Database:
                 raise
             log.warning("write batch of %d failed: %s", len(batch), err)
             return
-        for (_, fut), (ok, value) in zip(batch, outcomes):
+        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
             if fut.done():
                 continue
             if ok:

@@ -9,7 +9,9 @@ from ..errors import NotFound
 from ..rows import HistoryRows, MessageRow, now_iso
 from .db import Database
 
-def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int, limit: int) -> HistoryRows:
+
+def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int,
+             limit: int) -> HistoryRows:
     """Up to `limit` newest (id, role, content) with text before `before_id`, newest first."""
     if limit <= 0:
         return []
@@ -62,7 +64,8 @@ class SqliteMessages:
         def op(conn: sqlite3.Connection) -> MessageRow:
             try:
                 cur = conn.execute(
-                    "INSERT INTO messages (conversation_id, role, content, status, created_at, usage, "
+                    "INSERT INTO messages "
+                    "(conversation_id, role, content, status, created_at, usage, "
                     "owner) SELECT ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
                     (conversation_id, role, content, status, now, usage, conversation_id))
                 if cur.rowcount == 0:
@@ -75,7 +78,8 @@ class SqliteMessages:
         return await self._db.write(op)
 
     async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None = None, history: int = 0) -> tuple[MessageRow, HistoryRows]:
+                     edit: tuple[int, str] | None = None,
+                     history: int = 0) -> tuple[MessageRow, HistoryRows]:
         """Drop everything after the conversation's last user message (editing it if asked);
         return that message and up to `history` messages before it, newest first."""
 
