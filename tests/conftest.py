@@ -1,17 +1,21 @@
-"""Shared fixtures: the real app on a real socket, a real SQLite file, the simulator over TCP."""
+"""Shared fixtures: the real app on a real socket, a real SQLite file, the simulator over TCP.
+
+Fixtures only; the helpers they use live in tests/support/ (import them from there).
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
-from server import keys
-from server.config import Config, build_config
+from server.config import Config
 from server.runner import Running, start
+from tests.support.app import User, make_config
 from vllm_sim import SimServer, SimSettings, start_simulator
 
 _names = itertools.count(1)
@@ -43,21 +47,6 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
         await server.close()
 
 
-def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Config:
-    """A config on a temp database and a free port; sections override defaults."""
-    raw: dict[str, dict[str, Any]] = {
-        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
-        "database": {"path": str(tmp_path / "chatgate.db")},
-        "llm": {"base_url": llm_url, "retry_backoff_s": 0.01, "first_token_timeout_s": 5,
-                "request_timeout_s": 20},
-        "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000},
-        "queue": {"workers": 4, "max_size": 64},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return build_config(raw)
-
-
 @pytest.fixture
 def config(tmp_path: Path, simulator: SimServer) -> Config:
     """The default test config, pointed at the simulator."""
@@ -79,26 +68,6 @@ async def http(server: Running) -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-class User:
-    """A registered user and the headers that authenticate them."""
-
-    def __init__(self, body: dict[str, Any], password: str) -> None:
-        self.id: int = body["user"]["id"]
-        self.name: str = body["user"]["username"]
-        self.token: str = body["access_token"]
-        self.password = password
-        self.headers = {"Authorization": f"Bearer {self.token}"}
-
-
-async def register_over_http(base: str, name: str) -> User:
-    """Register a user against a server by URL."""
-    async with aiohttp.ClientSession(base) as s:
-        async with s.post("/api/auth/register",
-                          json={"username": name, "password": "password1"}) as resp:
-            assert resp.status == 201, await resp.text()
-            return User(await resp.json(), "password1")
-
-
 @pytest.fixture
 def register(server: Running) -> Callable[..., Awaitable[User]]:
     """Register a fresh user (own session, so no cookie leaks between users)."""
@@ -112,24 +81,3 @@ def register(server: Running) -> Callable[..., Awaitable[User]]:
                 return User(await resp.json(), password)
 
     return make
-
-
-async def error_of(resp: aiohttp.ClientResponse, status: int, code: str | None = None) -> dict[str, Any]:
-    """Assert a JSON error with this status (and code); return its error object."""
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]
-
-
-def storage_of(running: Running) -> Any:
-    """The running app's Storage (one store per concern)."""
-    return running.app[keys.STORAGE]
-
-
-def db_of(running: Running) -> Any:
-    """The running app's Database (for counters and direct checks)."""
-    return running.app[keys.STORAGE].db  # type: ignore[attr-defined]

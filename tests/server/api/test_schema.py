@@ -1,0 +1,48 @@
+"""schemathesis fuzzes every route from GET /openapi.json: no 5xx, every response matches it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.app import register_over_http
+from tests.support.procs import start_server_process, start_simulator_process
+
+ST = Path(sys.executable).with_name("st")
+# Cursors are opaque: a random string is rightly refused, so "positive data" is not accepted.
+EXCLUDED_CHECKS = "positive_data_acceptance"
+MAX_EXAMPLES = os.environ.get("CHATGATE_FUZZ_EXAMPLES", "25")
+
+
+@pytest.mark.skipif(not ST.exists() and not shutil.which("st"), reason="schemathesis not installed")
+async def test_fuzz_every_route_against_the_openapi_document(tmp_path: Path) -> None:
+    sim = await start_simulator_process("--ttft-ms", "1", "--tpot-ms", "1", "--reply-tokens", "4")
+    server = await start_server_process(tmp_path / "fuzz.db", sim.url + "/v1",
+                                        QUEUE__WORKERS=8)
+    try:
+        user = await register_over_http(server.url, "fuzzer")
+        proc = await asyncio.create_subprocess_exec(
+            str(ST if ST.exists() else shutil.which("st")), "run", f"{server.url}/openapi.json",
+            "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS,
+            "--max-examples", MAX_EXAMPLES, "--workers", "1",
+            "--header", f"Authorization: Bearer {user.token}",
+            # Logging out or deleting the account would end the run's own session.
+            "--exclude-path", "/api/auth/logout", "--exclude-path", "/api/auth/account",
+            "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
+            "--suppress-health-check", "all",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=dict(os.environ, NO_COLOR="1"))
+        out, _ = await asyncio.wait_for(proc.communicate(), 600)
+        report = out.decode(errors="replace")
+        assert proc.returncode == 0, report[-6000:]
+        async_alive = server.proc.returncode is None
+        assert async_alive, "the server died under fuzzing"
+    finally:
+        await server.signal(signal.SIGTERM)
+        await sim.signal(signal.SIGTERM)

@@ -1,0 +1,69 @@
+"""The app under test: configs, registered users, JSON errors and the running app's storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from server import keys
+from server.config import Config, build_config
+from server.runner import Running
+
+
+def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Config:
+    """A config on a temp database and a free port; sections override defaults."""
+    raw: dict[str, dict[str, Any]] = {
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
+        "database": {"path": str(tmp_path / "chatgate.db")},
+        "llm": {"base_url": llm_url, "retry_backoff_s": 0.01, "first_token_timeout_s": 5,
+                "request_timeout_s": 20},
+        "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000},
+        "queue": {"workers": 4, "max_size": 64},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return build_config(raw)
+
+
+class User:
+    """A registered user and the headers that authenticate them."""
+
+    def __init__(self, body: dict[str, Any], password: str) -> None:
+        self.id: int = body["user"]["id"]
+        self.name: str = body["user"]["username"]
+        self.token: str = body["access_token"]
+        self.password = password
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+
+async def register_over_http(base: str, name: str) -> User:
+    """Register a user against a server by URL."""
+    async with aiohttp.ClientSession(base) as s:
+        async with s.post("/api/auth/register",
+                          json={"username": name, "password": "password1"}) as resp:
+            assert resp.status == 201, await resp.text()
+            return User(await resp.json(), "password1")
+
+
+async def error_of(resp: aiohttp.ClientResponse, status: int,
+                   code: str | None = None) -> dict[str, Any]:
+    """Assert a JSON error with this status (and code); return its error object."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def storage_of(running: Running) -> Any:
+    """The running app's Storage (one store per concern)."""
+    return running.app[keys.STORAGE]
+
+
+def db_of(running: Running) -> Any:
+    """The running app's Database (for counters and direct checks)."""
+    return running.app[keys.STORAGE].db  # type: ignore[attr-defined]

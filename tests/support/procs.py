@@ -1,0 +1,89 @@
+"""Real processes for crash and signal tests: run.py and the simulator, each in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support.paths import ROOT
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process with its base URL."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    async def signal(self, sig: int) -> int:
+        """Send a signal and wait for the exit code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), 60)
+
+    async def stop(self) -> None:
+        """Make sure it is gone."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def wait_up(url: str, timeout: float = 30) -> None:
+    """Poll url until it answers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError(f"{url} did not come up")
+            await asyncio.sleep(0.05)
+
+
+async def start_simulator_process(*args: str, port: int | None = None) -> Proc:
+    """python -m vllm_sim on a free port."""
+    port = port or free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vllm_sim", "--port", str(port), *args, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL)
+    sim = Proc(proc, f"http://127.0.0.1:{port}")
+    await wait_up(sim.url + "/health")
+    return sim
+
+
+async def start_server_process(db: Path, llm_url: str, **env: Any) -> Proc:
+    """python run.py with CHATGATE_* overrides on a free port."""
+    port = free_port()
+    environ = dict(os.environ, CHATGATE_SERVER__PORT=str(port), CHATGATE_DATABASE__PATH=str(db),
+                   CHATGATE_LLM__BASE_URL=llm_url,
+                   CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="100000",
+                   CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="100000")
+    environ.update({f"CHATGATE_{k.upper()}": str(v) for k, v in env.items()})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", cwd=ROOT, env=environ,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    server = Proc(proc, f"http://127.0.0.1:{port}")
+    await wait_up(server.url + "/health")
+    return server
+
+
+__all__ = ["Proc", "free_port", "signal", "start_server_process", "start_simulator_process"]

@@ -1,0 +1,356 @@
+"""workers/pool.py: WorkerPool and FairQueue against the vLLM simulator over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from vllm_sim import SimServer, SimSettings, start_simulator
+from workers.errors import JobCancelled, QueueFull, ShuttingDown, UpstreamError
+from workers.job import CompletionRequest, Delta, Event, Failed, Finished, Job, Started
+from workers.pool import WorkerPool
+from workers.upstream import UpstreamClient, UpstreamSettings, create_session
+
+TEXT = "one two three four five six seven eight"
+WORDS = ["one", " two", " three", " four", " five", " six", " seven", " eight"]
+
+MakePool = Callable[..., WorkerPool]
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    """A fast simulator that echoes the last user message."""
+    server = await start_simulator(SimSettings(ttft_ms=2, tpot_ms=1, echo=True))
+    yield server
+    await server.close()
+
+
+@pytest_asyncio.fixture
+async def control() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain session for the simulator's /sim/* control endpoints."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest_asyncio.fixture
+async def make_pool(sim: SimServer) -> AsyncIterator[MakePool]:
+    """Started pools on sessions from create_session; stopped and closed afterwards."""
+    made: list[tuple[WorkerPool, aiohttp.ClientSession]] = []
+
+    def _make(workers: int = 2, max_queue: int = 64, max_per_owner: int = 0, rps: float = 100.0,
+              pool_size: int | None = None, start: bool = True, **kw: Any) -> WorkerPool:
+        kw.setdefault("model", "vllm-simulator")
+        kw.setdefault("retry_backoff_s", 0.01)
+        kw.setdefault("first_token_timeout_s", 10)
+        settings = UpstreamSettings(base_url=sim.url, **kw)
+        session = create_session(pool_size or workers, settings)
+        pool = WorkerPool(UpstreamClient(session, settings), workers=workers,
+                          max_queue=max_queue, max_per_owner=max_per_owner, rps=rps)
+        if start:
+            pool.start()
+        made.append((pool, session))
+        return pool
+
+    yield _make
+    for pool, session in made:
+        await pool.stop()
+        await session.close()
+
+
+def job(owner: str = "alice", text: str = TEXT, max_tokens: int = 64) -> Job:
+    """A job asking the echoing simulator to repeat `text`."""
+    return Job(owner=owner, request=CompletionRequest([{"role": "user", "content": text}],
+                                                      max_tokens, 0.0))
+
+
+async def collect(j: Job) -> list[Event]:
+    """Every event of a job up to and including its last (Finished or Failed)."""
+    events: list[Event] = []
+    while True:
+        event = await asyncio.wait_for(j.events.get(), 10)  # a safety net only
+        events.append(event)
+        if isinstance(event, (Finished, Failed)):
+            return events
+
+
+async def next_event(j: Job, kind: type) -> Event:
+    """Wait for the job's next event of this kind, skipping others."""
+    while True:
+        event = await asyncio.wait_for(j.events.get(), 10)
+        if isinstance(event, kind):
+            return event
+        assert not isinstance(event, (Finished, Failed)), event
+
+
+async def fault(control: aiohttp.ClientSession, sim: SimServer, mode: str, count: int = 1,
+                after_tokens: int = 0) -> None:
+    """Queue a fault for the simulator's next `count` chat requests."""
+    body = {"mode": mode, "count": count, "after_tokens": after_tokens}
+    async with control.post(f"{sim.root_url}/sim/faults", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def sim_messages(control: aiohttp.ClientSession, sim: SimServer) -> list[str]:
+    """The last user message of every chat request the simulator received."""
+    async with control.get(f"{sim.root_url}/sim/requests") as resp:
+        assert resp.status == 200
+        return [body["messages"][-1]["content"] for body in await resp.json()]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll until cond() holds (a safety net, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def assert_finished(events: list[Event], text: str = TEXT) -> None:
+    """Started, one or more Deltas, Finished, and the deltas add up to the reply."""
+    assert isinstance(events[0], Started), events
+    assert isinstance(events[-1], Finished), events
+    middle = events[1:-1]
+    assert middle and all(isinstance(e, Delta) for e in middle), events
+    reply = events[-1].completion.text  # type: ignore[union-attr]
+    assert "".join(e.text for e in middle) == reply == text  # type: ignore[union-attr]
+
+
+# --- the happy path ------------------------------------------------------------------------
+
+
+async def test_jobs_complete_with_started_deltas_finished(make_pool: MakePool,
+                                                          sim: SimServer) -> None:
+    pool = make_pool(workers=2)
+    jobs = [job(owner, f"message {i} from {owner}") for i, owner in enumerate("abcab")]
+    for j in jobs:
+        pool.submit(j)
+    results = await asyncio.gather(*(collect(j) for j in jobs))
+    for j, events in zip(jobs, results, strict=True):
+        assert_finished(events, j.request.messages[-1]["content"])
+        assert j.state == "done"
+        assert "".join(j.partial) == j.request.messages[-1]["content"]
+    assert pool.stats.submitted == 5 and pool.stats.completed == 5
+    assert pool.stats.failed == 0 and pool.stats.running == 0
+    assert sim.stats.requests_total == 5
+
+
+async def test_burst_never_exceeds_the_worker_count_upstream(make_pool: MakePool,
+                                                             sim: SimServer) -> None:
+    sim.settings.ttft_ms = 10
+    # The session could open 20 connections: only the pool's workers may limit concurrency.
+    pool = make_pool(workers=3, pool_size=20)
+    jobs = [job(f"user{i % 5}") for i in range(20)]
+    for j in jobs:
+        pool.submit(j)
+    for events in await asyncio.gather(*(collect(j) for j in jobs)):
+        assert_finished(events)
+    assert sim.stats.requests_total == 20 and sim.stats.completed == 20
+    assert sim.stats.max_running <= 3
+    assert sim.stats.max_running == 3  # and the workers do run side by side
+    assert pool.live_workers == 3
+
+
+# --- cancellation --------------------------------------------------------------------------
+
+
+async def test_job_cancelled_while_queued_never_reaches_the_model(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=1)
+    await fault(control, sim, "hang_after_first")
+    blocker = job("a", "blocker")
+    pool.submit(blocker)
+    await next_event(blocker, Delta)  # the only worker is busy
+    waiting = job("b", "never sent")
+    pool.submit(waiting)
+    assert pool.queue.qsize() == 1
+    waiting.cancel()
+    assert pool.queue.qsize() == 0
+    [failed] = await collect(waiting)
+    assert isinstance(failed, Failed) and isinstance(failed.error, JobCancelled)
+    blocker.cancel()  # frees the worker
+    after = job("c", "after")
+    pool.submit(after)
+    assert_finished(await collect(after), "after")
+    assert await sim_messages(control, sim) == ["blocker", "after"]
+    assert sim.stats.requests_total == 2
+
+
+async def test_job_cancelled_while_running_aborts_upstream(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=2)
+    await fault(control, sim, "hang_after_first")
+    running = job()
+    pool.submit(running)
+    assert isinstance(await running.events.get(), Started)
+    first = await next_event(running, Delta)
+    assert sim.stats.running == 1
+    running.cancel()
+    [failed] = await collect(running)
+    assert isinstance(failed, Failed) and isinstance(failed.error, JobCancelled)
+    assert failed.partial == first.text == WORDS[0]  # type: ignore[union-attr]
+    await wait_for(lambda: sim.stats.aborted == 1 and sim.stats.running == 0)
+    await wait_for(lambda: pool.stats.running == 0)
+    assert pool.stats.cancelled == 1 and pool.live_workers == 2
+    again = job()
+    pool.submit(again)
+    assert_finished(await collect(again))
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+async def test_upstream_failure_fails_the_job_and_the_worker_survives(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=1, retries=2)
+    await fault(control, sim, "reset", after_tokens=3)
+    broken = job()
+    pool.submit(broken)
+    events = await collect(broken)
+    assert isinstance(events[0], Started)
+    failed = events[-1]
+    assert isinstance(failed, Failed) and isinstance(failed.error, UpstreamError)
+    deltas = [e.text for e in events[1:-1] if isinstance(e, Delta)]
+    assert failed.partial == "".join(deltas) == "".join(WORDS[:3])
+    assert pool.stats.failed == 1 and pool.live_workers == 1
+    nxt = job()
+    pool.submit(nxt)
+    assert_finished(await collect(nxt))
+    assert pool.stats.completed == 1 and pool.live_workers == 1
+    assert sim.stats.requests_total == 2  # the broken stream was not retried
+
+
+async def test_failure_before_any_token_has_empty_partial(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=1, retries=1)
+    await fault(control, sim, "500")
+    broken = job()
+    pool.submit(broken)
+    events = await collect(broken)
+    assert isinstance(events[0], Started) and len(events) == 2
+    assert isinstance(events[1], Failed) and isinstance(events[1].error, UpstreamError)
+    assert events[1].partial == ""
+    assert pool.live_workers == 1
+
+
+# --- intake --------------------------------------------------------------------------------
+
+
+async def test_close_intake_fails_queued_jobs_and_refuses_new_ones(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    sim.settings.tpot_ms = 40  # the running job streams for ~0.3 s
+    pool = make_pool(workers=1)
+    running = job("a", TEXT)
+    pool.submit(running)
+    await next_event(running, Delta)
+    queued = [job("b", "queued b"), job("c", "queued c"), job("b", "queued b2")]
+    for j in queued:
+        pool.submit(j)
+    pool.close_intake("maintenance")
+    assert pool.closed == "maintenance" and pool.queue.qsize() == 0
+    for j in queued:
+        [failed] = await collect(j)
+        assert isinstance(failed, Failed) and isinstance(failed.error, ShuttingDown)
+        assert failed.partial == ""
+    with pytest.raises(ShuttingDown):
+        pool.submit(job("d"))
+    rest = await collect(running)  # the running job goes on to the end
+    assert isinstance(rest[-1], Finished) and rest[-1].completion.text == TEXT
+    assert await sim_messages(control, sim) == [TEXT]
+
+
+async def test_submit_to_a_full_queue_raises_at_once(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=1, max_queue=2)
+    await fault(control, sim, "hang_after_first")
+    busy = job("a")
+    pool.submit(busy)
+    await next_event(busy, Delta)
+    pool.submit(job("b"))
+    pool.submit(job("c"))
+    with pytest.raises(QueueFull) as info:
+        pool.submit(job("d"))  # a plain call: it cannot wait for room
+    assert info.value.per_owner is False
+    assert pool.stats.rejected == 1 and pool.stats.submitted == 3
+    assert pool.queue.qsize() == 2
+
+
+async def test_per_owner_cap_only_limits_that_owner(make_pool: MakePool) -> None:
+    pool = make_pool(workers=1, max_queue=10, max_per_owner=2, start=False)
+    pool.submit(job("a"))
+    pool.submit(job("a"))
+    with pytest.raises(QueueFull) as info:
+        pool.submit(job("a"))
+    assert info.value.per_owner is True
+    pool.submit(job("b"))
+    pool.submit(job("b"))
+    pool.submit(job("c"))
+    assert pool.queue.owner_count("a") == 2 and pool.queue.owner_count("b") == 2
+    assert pool.stats.rejected == 1 and pool.stats.submitted == 5
+
+
+async def test_per_owner_cap_counts_only_waiting_jobs(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=1, max_queue=10, max_per_owner=1)
+    await fault(control, sim, "hang_after_first")
+    busy = job("a")
+    pool.submit(busy)
+    await next_event(busy, Delta)  # running, no longer waiting
+    pool.submit(job("a"))
+    with pytest.raises(QueueFull) as info:
+        pool.submit(job("a"))
+    assert info.value.per_owner is True
+    pool.submit(job("b"))
+
+
+# --- rate limit and shutdown ---------------------------------------------------------------
+
+
+async def test_rate_limit_spreads_upstream_requests(make_pool: MakePool, sim: SimServer) -> None:
+    pool = make_pool(workers=8, rps=4)
+    jobs = [job(f"user{i}") for i in range(8)]
+    started = time.monotonic()
+    for j in jobs:
+        pool.submit(j)
+    for events in await asyncio.gather(*(collect(j) for j in jobs)):
+        assert_finished(events)
+    # A burst of 4, then one every 1/4 s: the 8th request cannot leave before 1 s.
+    assert time.monotonic() - started >= 0.95
+    assert sim.stats.requests_total == 8
+
+
+async def test_stop_cancels_running_jobs_and_ends_every_worker(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=2)
+    await fault(control, sim, "hang_after_first", count=2)
+    running = [job("a"), job("b")]
+    for j in running:
+        pool.submit(j)
+    for j in running:
+        await next_event(j, Delta)
+    queued = job("c")
+    pool.submit(queued)
+    workers = [t for t in asyncio.all_tasks() if t.get_name().startswith("worker-")]
+    assert len(workers) == 2
+    await pool.stop()
+    assert all(t.done() for t in workers)
+    assert not [t for t in asyncio.all_tasks()
+                if t.get_name().startswith("worker-") and not t.done()]
+    assert pool.live_workers == 0
+    for j in running:
+        [failed] = await collect(j)
+        assert isinstance(failed, Failed) and isinstance(failed.error, ShuttingDown)
+        assert failed.partial == WORDS[0]
+        assert j.task is not None and j.task.done()
+    [failed] = await collect(queued)
+    assert isinstance(failed, Failed) and isinstance(failed.error, ShuttingDown)
+    assert pool.stats.cancelled == 2 and pool.stats.running == 0
+    with pytest.raises(ShuttingDown):
+        pool.submit(job())
+    await wait_for(lambda: sim.stats.aborted == 2 and sim.stats.running == 0)
+    assert sim.stats.requests_total == 2
