@@ -50,7 +50,8 @@ class ChatService:
         self._pool = pool
         self._defaults = defaults
         self._limiter = limiter
-        self._owners: dict[asyncio.Task[None], Turn] = {}
+        self._open: set[Turn] = set()  # accepted, job not ended yet
+        self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
@@ -81,25 +82,30 @@ class ChatService:
             max_tokens if max_tokens is not None else self._defaults.max_tokens,
             temperature if temperature is not None else self._defaults.temperature)
         job = Job(owner=user_id, request=request)
-        turn = Turn(conv_id, stored, job, self._pool.queue.position)
+        turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended)
         try:
             self._pool.submit(job, place)
         except WorkerError as err:
             raise ChatRejected(err, conv_id, stored["id"]) from err
-        owner = asyncio.create_task(self._own(turn), name=f"turn-{stored['id']}")
-        self._owners[owner] = turn
-        owner.add_done_callback(self._owners.pop)
+        self._open.add(turn)
         return turn
 
     async def close(self) -> None:
         """Stop every unfinished turn and wait until each has stored what it generated."""
-        for turn in list(self._owners.values()):
+        for turn in list(self._open):
             turn.job.cancel(ShuttingDown("the server is shutting down"))
-        await asyncio.gather(*self._owners, return_exceptions=True)
+        await asyncio.gather(*self._storing, return_exceptions=True)
 
-    async def _own(self, turn: Turn) -> None:
-        """Wait for the job's end, store the outcome once, then tell the follower."""
-        outcome = await turn.outcome
+    def _ended(self, turn: Turn, outcome: Outcome) -> None:
+        """The job ended (called by the turn, synchronously): store its outcome in a task of
+        its own, shielded from whoever follows the turn."""
+        self._open.discard(turn)
+        task = asyncio.create_task(self._own(turn, outcome))
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+
+    async def _own(self, turn: Turn, outcome: Outcome) -> None:
+        """Store the outcome once, then tell the follower."""
         try:
             event = await self._settle(turn, outcome)
         except Exception:  # whatever happens, the follower gets an end

@@ -1,7 +1,7 @@
 """A chat turn: a server-side object that lives apart from any HTTP connection.
 
-Its job (in the worker pool) feeds it synchronously; one owner task in the chat service
-stores its outcome; a follower (the HTTP handler) reads its events.
+Its job (in the worker pool) feeds it synchronously; at the job's end the chat service (its
+owner) stores the outcome; a follower (the HTTP handler) reads its events.
 """
 
 from __future__ import annotations
@@ -58,27 +58,30 @@ class Turn:
     """One accepted chat turn: its stored user message, its job and what it has produced."""
 
     def __init__(self, conversation_id: int, user_message: MessageRow, job: jobs.Job,
-                 position: Callable[[jobs.Job], int | None]) -> None:
+                 position: Callable[[jobs.Job], int | None],
+                 on_end: Callable[[Turn, Outcome], None]) -> None:
         self.conversation_id = conversation_id
         self.user_message = user_message
         self.job = job
-        self.outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.outcome: Outcome | None = None  # how the job ended, once it has
         self._position = position
+        self._on_end = on_end
         self._events: deque[TurnEvent] = deque()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         job.events = self  # the worker's events come straight here: no task hop per delta
 
     def put_nowait(self, item: jobs.Event) -> None:
         """The job's event sink: deltas go to the follower, the end to the owner."""
         if isinstance(item, jobs.Delta):
             self.push(Delta(item.text))
-        elif isinstance(item, (jobs.Finished, jobs.Failed)) and not self.outcome.done():
-            self.outcome.set_result(item)
+        elif isinstance(item, (jobs.Finished, jobs.Failed)) and self.outcome is None:
+            self.outcome = item
+            self._on_end(self, item)
 
     def push(self, event: TurnEvent) -> None:
         """Hand an event to the follower."""
         self._events.append(event)
-        self._wake.set()
+        _wake(self._waiter)
 
     async def follow(self) -> AsyncGenerator[TurnEvent, None]:
         """Queue positions while waiting, then deltas, then Done or Failed (reply stored).
@@ -114,9 +117,18 @@ class Turn:
         return Delta("".join(texts))
 
     async def _wait(self, timeout: float | None) -> None:
-        self._wake.clear()
+        """Until the next event (or `timeout`): a bare future, the cheapest wait there is."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
         try:
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
