@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 
 from server.config import Config, ConfigError, load_config
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"chatgate: configuration error: {err}", file=sys.stderr)
         return 2
+    taken = _port_taken(config.server.host, config.server.port)
+    if taken:  # said before anything else starts (the demo's simulator included)
+        print(f"chatgate: cannot listen on {config.server.host}:{config.server.port} ({taken}); "
+              f"pick another port with --port {config.server.port + 1} "
+              "(or server.port in the config)", file=sys.stderr)
+        return 1
     try:
         import uvloop
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -43,6 +50,20 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     with runner:
         return runner.run(_run(config, args.demo))
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the listen address cannot be bound (as the server will bind it), or None."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
 
 
 async def _run(config: Config, demo: bool) -> int:

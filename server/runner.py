@@ -57,6 +57,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     _warn_plain_http(config)
     print(f"chatgate serving {running.url} (database {config.database.path}, "
           f"model server {config.llm.base_url})", flush=True)
+    print(f"Ready: open {running.url} in a browser and create an account. Ctrl-C stops.",
+          flush=True)
     try:
         await stop.wait()
     finally:
