@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -13,6 +14,7 @@ from workers.upstream import UpstreamClient, create_session
 from . import keys
 from .api.routes import setup_routes
 from .config import Config
+from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
 from .middleware.csrf import setup_csrf
@@ -22,13 +24,16 @@ from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
 from .services.accounts import AccountService
+from .services.apikeys import ApiKeyService
 from .services.chat import ChatService
+from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.memory import MemoryManager
 from .services.passwords import Passwords
 from .services.ratelimit import KeyedRateLimiter
 from .services.status import StatusService
 from .services.tokens import TokenService
+from .services.usage import UsageMeter
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -42,14 +47,15 @@ async def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=server.max_body_bytes)
     app[keys.CONFIG] = config
     setup_cors(app, server.cors_origins)  # outermost: error responses get it too
-    setup_errors(app)
+    setup_access(app, server.access_log)  # outside the error middleware: sees final statuses
     setup_metrics(app)
+    setup_errors(app)
     setup_headers(app)
     setup_sessions(app, secret, config.auth.token_ttl_s, server.trust_forwarded)
     setup_auth(app)
     setup_csrf(app, server.trust_forwarded, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_storage, _accounts(secret), _upstream, _pool, _chat])
+    app.cleanup_ctx.extend([_storage, _accounts(secret), _usage, _upstream, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -70,12 +76,34 @@ def _accounts(secret: str) -> Context:
         tokens = TokenService(storage.users, storage.tokens, secret, a.token_ttl_s,
                               a.cache_ttl_s, a.cache_size)
         attempts = KeyedRateLimiter(config.limits.login_per_ip_per_minute)
+        api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size)
         app[keys.TOKENS] = tokens
-        app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, attempts,
-                                            a.register_open)
+        app[keys.API_KEYS] = api_keys
+        app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, api_keys,
+                                            attempts, a.register_open)
+        app[keys.METRICS].watch_cache(lambda: (tokens.stats.hits, tokens.stats.misses))
         yield
         passwords.close()
     return ctx
+
+
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    config, storage = app[keys.CONFIG], app[keys.STORAGE]
+    api_keys = app[keys.API_KEYS]
+
+    async def touch_keys() -> None:
+        used = api_keys.take_used()
+        if used:
+            await storage.keys.touch(used)
+
+    meter = UsageMeter(storage.usage, config.limits.monthly_tokens_per_user,
+                       config.usage.flush_interval_s, touch_keys)
+    app[keys.USAGE] = meter
+    flusher = asyncio.create_task(meter.run(), name="usage-flush")
+    yield
+    flusher.cancel()
+    await asyncio.gather(flusher, return_exceptions=True)
+    await meter.flush()  # the last second's counting, before the database closes
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
@@ -101,6 +129,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     pool.start()
     app[keys.POOL] = pool
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
+    app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()
 
@@ -109,7 +138,11 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
     limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
-    app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter)
+    meter, metrics = app[keys.USAGE], app[keys.METRICS]
+    app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
+                                        metrics)
+    app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.UPSTREAM], meter,
+                                              config.llm.max_tokens, metrics)
     yield
     await chat.close()  # every running turn stores its partial reply before the pool stops
 

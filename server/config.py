@@ -32,6 +32,7 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     cors_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class LimitsConfig:
     login_per_ip_per_minute: int = 10
     chat_per_user_per_minute: int = 30
     upstream_rps: float = 100.0
+    monthly_tokens_per_user: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,21 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class UsageConfig:
+    """Token accounting."""
+
+    flush_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """GET /metrics (Prometheus text format)."""
+
+    enabled: bool = True
+    allow_from: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one object passed down from run.py."""
 
@@ -102,6 +119,8 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """Return a copy with some keys of one section changed (tests, CLI flags)."""
@@ -116,7 +135,7 @@ _POSITIVE = {
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
-    "queue.workers", "memory.max_history_tokens",
+    "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
 

@@ -11,16 +11,23 @@ from workers.upstream import UpstreamClient
 
 from .config import Config
 from .services.accounts import AccountService
+from .services.apikeys import ApiKeyService
 from .services.chat import ChatService
+from .services.completions import CompletionService
 from .services.conversations import ConversationService
+from .services.metrics import Metrics
 from .services.status import StatusService
 from .services.tokens import Principal, TokenService
+from .services.usage import UsageMeter
 from .storage import Storage
 
 CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
+API_KEYS = web.AppKey("api_keys", ApiKeyService)
+USAGE = web.AppKey("usage", UsageMeter)
+COMPLETIONS = web.AppKey("completions", CompletionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationService)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 POOL = web.AppKey("pool", WorkerPool)
@@ -29,3 +36,6 @@ STATUS = web.AppKey("status", StatusService)
 REQUESTS = web.AppKey("requests", Counter)
 PRINCIPAL = web.RequestKey("principal", Principal)
 VIA_COOKIE = web.RequestKey("via_cookie", bool)
+REQUEST_ID = web.RequestKey("request_id", str)
+UPSTREAM_S = web.RequestKey("upstream_s", float)  # time the request spent with the model
+METRICS = web.AppKey("metrics", Metrics)

@@ -32,6 +32,7 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamRejected(UpstreamError):
     """The model server refused the request itself (a 4xx); `status` is its answer."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail  # the model server's own words

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -17,6 +18,17 @@ class CompletionRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRequest:
+    """An OpenAI request passed on as the client sent it, but for the model's served name."""
+
+    path: str  # under the model server's /v1: "/chat/completions" or "/completions"
+    body: dict[str, Any]
+    stream: bool
+    hide_usage: bool  # usage was asked for our accounting only: the client never sees it
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,13 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes of the model server's answer, passed on untouched (forwarded requests)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The reply is complete."""
 
@@ -63,7 +82,7 @@ class Failed:
     partial: str
 
 
-Event = Started | Delta | Finished | Failed
+Event = Started | Delta | Raw | Finished | Failed
 State = Literal["queued", "running", "done"]
 
 
@@ -74,25 +93,49 @@ class EventSink(Protocol):
         """Take one event, synchronously."""
 
 
+@dataclass(slots=True)
+class Times:
+    """When the job was queued, taken by a worker, answered first, and ended (monotonic s)."""
+
+    queued: float
+    started: float | None = None
+    first: float | None = None
+    ended: float | None = None
+
+    @property
+    def upstream_s(self) -> float:
+        """Time spent with the model server (0 if it never got there)."""
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.monotonic()) - self.started
+
+
 @dataclass(eq=False)
 class Job:
-    """One chat turn on its way through the queue; knows nothing of HTTP or storage."""
+    """One request on its way through the queue; knows nothing of HTTP or storage."""
 
     owner: Hashable
-    request: CompletionRequest = field(repr=False)
+    request: CompletionRequest | ForwardRequest = field(repr=False)
     state: State = "queued"
     events: EventSink = field(default_factory=lambda: asyncio.Queue[Event](), repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     partial: list[str] = field(default_factory=list, repr=False)  # the reply so far, kept once
     # Set by the queue: removes the job while it waits.
     on_cancel_queued: Callable[[Job], bool] | None = field(default=None, repr=False)
+    times: Times = field(default_factory=lambda: Times(time.monotonic()), repr=False)
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""
         if isinstance(event, Delta):
             self.partial.append(event.text)
+            self.times.first = self.times.first or time.monotonic()
+        elif isinstance(event, Raw):
+            self.times.first = self.times.first or time.monotonic()
+        elif isinstance(event, Started):
+            self.times.started = time.monotonic()
         elif isinstance(event, (Finished, Failed)):
             self.state = "done"
+            self.times.ended = time.monotonic()
         self.events.put_nowait(event)
 
     def finish(self, ending: Ending) -> None:

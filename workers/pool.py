@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from .errors import QueueFull, ShuttingDown, UpstreamError, WorkerError
-from .job import Delta, Job, Started
+from .job import Delta, ForwardRequest, Job, Raw, Started
 from .queue import FairQueue
 from .upstream import UpstreamClient
 
@@ -148,8 +148,12 @@ class WorkerPool:
     async def _run(self, job: Job) -> None:
         job.emit(Started())
         try:
-            ending = await self._upstream.complete(
-                job.request, lambda text: job.emit(Delta(text)), self._limiter.acquire)
+            if isinstance(job.request, ForwardRequest):
+                ending = await self._upstream.forward(
+                    job.request, lambda data: job.emit(Raw(data)), self._limiter.acquire)
+            else:
+                ending = await self._upstream.complete(
+                    job.request, lambda text: job.emit(Delta(text)), self._limiter.acquire)
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             job.fail(ShuttingDown("the job was stopped"))

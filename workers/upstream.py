@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from .errors import UpstreamError, UpstreamRejected, UpstreamTimeout
-from .job import CompletionRequest, Ending
+from .job import CompletionRequest, Ending, ForwardRequest
 
 log = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -75,17 +75,25 @@ class UpstreamClient:
             return self.model
         return await self.probe()
 
-    async def probe(self) -> str:
-        """Check that the model server answers GET /models; learn the model if unset."""
+    async def list_models(self) -> dict[str, Any]:
+        """The model server's answer to GET /models, as it is."""
         timeout = aiohttp.ClientTimeout(total=self._s.connect_timeout_s + 5)
         try:
             async with self._probe_session.get(f"{self._url}/models", timeout=timeout) as resp:
                 if resp.status != 200:
                     raise UpstreamError(f"GET /models answered {resp.status}")
                 data = await resp.json(loads=orjson.loads)
-            served = str(data["data"][0]["id"])
-        except (TimeoutError, aiohttp.ClientError, KeyError, IndexError, TypeError,
-                ValueError) as err:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as err:
+            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise UpstreamError(f"cannot list models at {self._url}: not a model list")
+        return data
+
+    async def probe(self) -> str:
+        """Check that the model server answers GET /models; learn the model if unset."""
+        try:
+            served = str((await self.list_models())["data"][0]["id"])
+        except (KeyError, IndexError, TypeError) as err:
             raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
         if not self.model:
             self.model = served
@@ -94,73 +102,157 @@ class UpstreamClient:
     async def complete(self, request: CompletionRequest, on_delta: Callable[[str], None],
                        before_attempt: Callable[[], Any] | None = None) -> Ending:
         """Stream one reply, calling on_delta per piece; retry only while nothing was sent."""
-        attempt = 0
+
+        async def attempt(progress: _Progress) -> Ending:
+            model = self.model or await self.resolve_model()
+            body = {"model": model, "messages": request.messages, "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "max_tokens": request.max_tokens, "temperature": request.temperature}
+            return await self._post("/chat/completions", body, _JSON,
+                                    lambda resp: _read_chat(resp, on_delta, progress))
+
+        return await self._retrying(attempt, before_attempt)
+
+    async def forward(self, request: ForwardRequest, on_raw: Callable[[bytes], None],
+                      before_attempt: Callable[[], Any] | None = None) -> Ending:
+        """Pass an OpenAI request on and its answer back as bytes, reading only usage, finish
+        and errors; retry only while nothing was passed back."""
+        headers = {**_JSON, "X-Request-Id": request.request_id}
+
+        async def attempt(progress: _Progress) -> Ending:
+            if request.stream:
+                return await self._post(request.path, request.body, headers,
+                                        lambda resp: _read_stream(resp, request, on_raw,
+                                                                  progress))
+            return await self._post(request.path, request.body, headers,
+                                    lambda resp: _read_whole(resp, on_raw, progress))
+
+        return await self._retrying(attempt, before_attempt)
+
+    async def _retrying(self, attempt: Callable[[_Progress], Awaitable[Ending]],
+                        before_attempt: Callable[[], Any] | None) -> Ending:
+        tries = 0
         while True:
             if before_attempt is not None:
                 await before_attempt()
             try:
-                return await self._attempt(request, on_delta)
+                return await _guarded(attempt)
             except _Retryable as retry:
-                if attempt >= self._s.retries:
+                if tries >= self._s.retries:
                     raise retry.error from None
-                delay = self._s.retry_backoff_s * (2 ** attempt) * (0.5 + random.random())
+                delay = self._s.retry_backoff_s * (2 ** tries) * (0.5 + random.random())
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs",
-                         attempt + 1, retry.error, delay)
-                attempt += 1
+                         tries + 1, retry.error, delay)
+                tries += 1
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, request: CompletionRequest,
-                       on_delta: Callable[[str], None]) -> Ending:
-        model = self.model or await self.resolve_model()
-        body = {"model": model, "messages": request.messages, "stream": True,
-                "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
-                "temperature": request.temperature}
-        sent = False
+    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str],
+                    read: Callable[[aiohttp.ClientResponse], Awaitable[Ending]]) -> Ending:
         # The session's sock_read timeout (first_token_timeout_s) bounds every silence: the
         # wait for the first token and each pause after it; `total` bounds the whole reply.
+        resp = await self._session.post(f"{self._url}{path}", data=orjson.dumps(body),
+                                        headers=headers)
         try:
-            resp = await self._session.post(f"{self._url}/chat/completions",
-                                            data=orjson.dumps(body), headers=_JSON)
-            try:
-                if resp.status != 200:
-                    raise await _status_error(resp)
-                finish, usage = "stop", cast(dict[str, Any], {})
-                async for chunks in _events(resp):
-                    texts: list[str] = []
-                    for chunk in chunks:
-                        usage = chunk.get("usage") or usage
-                        for choice in chunk.get("choices") or ():
-                            text = (choice.get("delta") or {}).get("content")
-                            if text:
-                                texts.append(text)
-                            finish = choice.get("finish_reason") or finish
-                    if texts:
-                        sent = True
-                        on_delta("".join(texts))  # one delta per network read, not per token
-                resp.release()
-                return Ending(finish, usage)
-            except BaseException:
-                resp.close()  # drop the connection: vLLM aborts the generation
-                raise
-        except TimeoutError as err:
-            if isinstance(err, aiohttp.ConnectionTimeoutError) and not sent:
-                raise _Retryable(UpstreamError("timed out connecting to the model")) from err
-            raise UpstreamTimeout("the model did not answer in time") from err
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientPayloadError, aiohttp.ClientOSError,
-                aiohttp.ClientConnectionResetError) as err:
-            error = UpstreamError(f"the model server connection failed: {type(err).__name__}")
-            if sent:
-                raise error from err
-            raise _Retryable(error) from err
-        except aiohttp.ClientError as err:
-            raise UpstreamError(f"the model server failed: {type(err).__name__}") from err
+            if resp.status != 200:
+                raise await _status_error(resp)
+            ending = await read(resp)
+            resp.release()
+            return ending
+        except BaseException:
+            resp.close()  # drop the connection: vLLM aborts the generation
+            raise
 
 
-async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
-    """Parse the SSE body per network read: the `data:` chunks that arrived together, up to
-    [DONE]. The body is read to its end so the connection can be reused; a stream cut short
-    before [DONE] is an error."""
+class _Progress:
+    """Whether anything reached the caller yet: after that, a failure is never retried."""
+
+    sent = False
+
+
+async def _guarded(attempt: Callable[[_Progress], Awaitable[Ending]]) -> Ending:
+    """One attempt, its transport failures sorted into retryable (nothing sent) or final."""
+    progress = _Progress()
+    try:
+        return await attempt(progress)
+    except TimeoutError as err:
+        if isinstance(err, aiohttp.ConnectionTimeoutError) and not progress.sent:
+            raise _Retryable(UpstreamError("timed out connecting to the model")) from err
+        raise UpstreamTimeout("the model did not answer in time") from err
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+            aiohttp.ClientConnectionResetError) as err:
+        error = UpstreamError(f"the model server connection failed: {type(err).__name__}")
+        if progress.sent:
+            raise error from err
+        raise _Retryable(error) from err
+    except aiohttp.ClientError as err:
+        raise UpstreamError(f"the model server failed: {type(err).__name__}") from err
+
+
+def _note(chunk: dict[str, Any], finish: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The finish reason and usage a chunk (or a whole answer) carries, if any."""
+    usage = chunk.get("usage") or usage
+    for choice in chunk.get("choices") or ():
+        finish = choice.get("finish_reason") or finish
+    return finish, usage
+
+
+async def _read_chat(resp: aiohttp.ClientResponse, on_delta: Callable[[str], None],
+                     progress: _Progress) -> Ending:
+    finish, usage = "stop", cast(dict[str, Any], {})
+    async for events in _events(resp):
+        texts: list[str] = []
+        for _, chunk in events:
+            finish, usage = _note(chunk, finish, usage)
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    texts.append(text)
+        if texts:
+            progress.sent = True
+            on_delta("".join(texts))  # one delta per network read, not per token
+    return Ending(finish, usage)
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, request: ForwardRequest,
+                       on_raw: Callable[[bytes], None], progress: _Progress) -> Ending:
+    """Pass the events on as they came (per network read); drop only the usage chunk that
+    we asked for and the client did not."""
+    finish, usage = "stop", cast(dict[str, Any], {})
+    async for events in _events(resp, keep_done=True):
+        out: list[bytes] = []
+        for line, chunk in events:
+            finish, usage = _note(chunk, finish, usage)
+            if request.hide_usage and chunk.get("usage") and not chunk.get("choices"):
+                continue
+            out.append(line)
+        if out:
+            progress.sent = True
+            on_raw(b"\n\n".join(out) + b"\n\n")
+    return Ending(finish, usage)
+
+
+async def _read_whole(resp: aiohttp.ClientResponse, on_raw: Callable[[bytes], None],
+                      progress: _Progress) -> Ending:
+    body = await resp.read()
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UpstreamError("the model server sent a malformed answer")
+    finish, usage = _note(answer, "stop", {})
+    progress.sent = True
+    on_raw(body)
+    return Ending(finish, usage)
+
+
+async def _events(resp: aiohttp.ClientResponse, keep_done: bool = False
+                  ) -> AsyncIterator[list[tuple[bytes, dict[str, Any]]]]:
+    """Parse the SSE body per network read: each `data:` line that arrived together, with its
+    chunk, up to [DONE] (itself given with an empty chunk when `keep_done`). The body is read
+    to its end so the connection can be reused; a stream cut short before [DONE] is an
+    error, and so is an error the model server puts in the stream."""
     done = False
     buffer = b""
     async for data in resp.content.iter_any():
@@ -168,7 +260,7 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, 
         *lines, buffer = buffer.split(b"\n")
         if done:
             continue
-        chunks: list[dict[str, Any]] = []
+        events: list[tuple[bytes, dict[str, Any]]] = []
         error: UpstreamError | None = None
         for raw in lines:
             line = raw.strip()
@@ -177,6 +269,8 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, 
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 done = True
+                if keep_done:
+                    events.append((line, {}))
                 break
             try:
                 chunk = orjson.loads(payload)
@@ -188,9 +282,9 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, 
             if "error" in chunk or chunk.get("object") == "error":
                 error = UpstreamError(f"the model failed: {_message(chunk)}")
                 break
-            chunks.append(chunk)
-        if chunks:
-            yield chunks  # what arrived before a bad line still reaches the client
+            events.append((line, chunk))
+        if events:
+            yield events  # what arrived before a bad line still reaches the client
         if error is not None:
             raise error
     if not done:
@@ -207,7 +301,7 @@ async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
     if resp.status in _RETRY_STATUSES:
         return _Retryable(UpstreamError(message))
     if 400 <= resp.status < 500:
-        return UpstreamRejected(message, resp.status)
+        return UpstreamRejected(message, resp.status, detail)
     return UpstreamError(message)
 
 

@@ -44,12 +44,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
     stores what was generated; nothing here stores anything.
     """
     body = parse(await read_json(request, _FIELDS))
+    principal = principal_of(request)
     turn = await request.app[keys.CHAT].start(
-        principal_of(request).user["id"], body.message, body.conversation_id, body.max_tokens,
-        body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id)
-    if body.stream:
-        return await _stream(request, turn, body.html)
-    return await _whole(request, turn, body.html)
+        principal.user["id"], body.message, body.conversation_id, body.max_tokens,
+        body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id,
+        key_id=principal.key.id if principal.key else None)
+    try:
+        if body.stream:
+            return await _stream(request, turn, body.html)
+        return await _whole(request, turn, body.html)
+    finally:
+        request[keys.UPSTREAM_S] = turn.job.times.upstream_s
 
 
 def parse(body: dict[str, Any]) -> ChatBody:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import auth, chat, conversations, system
+from . import auth, chat, conversations, keys, openai, system, usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -28,6 +28,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
     app.router.add_get("/api/search", conversations.search)
     app.router.add_post("/api/chat", chat.chat)
+    app.router.add_post("/api/keys", keys.create_key)
+    app.router.add_get("/api/keys", keys.list_keys)
+    app.router.add_delete(r"/api/keys/{id:\d+}", keys.delete_key)
+    app.router.add_get("/api/usage", usage.usage)
+    app.router.add_get("/v1/models", openai.models)
+    app.router.add_post("/v1/chat/completions", openai.chat_completions)
+    app.router.add_post("/v1/completions", openai.completions)
+    app.router.add_get("/metrics", system.metrics)
     app.router.add_get("/", system.index)
     # FileResponse answers If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)

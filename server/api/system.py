@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import keys
 from .responses import json_response
@@ -24,6 +26,26 @@ async def ready(request: web.Request) -> web.Response:
     body = {"status": "unavailable" if ready.problems else "ok", "model": ready.model,
             "queue": ready.queue, "problems": ready.problems}
     return json_response(body, status=503 if ready.problems else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, for the addresses in `metrics.allow_from` only."""
+    config = request.app[keys.CONFIG].metrics
+    if not config.enabled or not _allowed(request.remote, config.allow_from):
+        raise web.HTTPNotFound()  # as if it were not there: nothing to probe
+    return web.Response(body=request.app[keys.METRICS].render(),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _allowed(remote: str | None, allow_from: tuple[str, ...]) -> bool:
+    """Whether the peer address is in one of the listed addresses or networks."""
+    if remote is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(entry, strict=False) for entry in allow_from)
 
 
 async def openapi(request: web.Request) -> web.FileResponse:

@@ -1,4 +1,5 @@
-"""Authentication: a bearer token or the session cookie, checked by the token service."""
+"""Authentication: a bearer token, an API key or the session cookie, each checked by its
+service; /api/* and /v1/* need one."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import keys
+from ..services.apikeys import is_api_key
 from ..services.tokens import Principal
 from .errors import unauthorized
 from .sessions import session_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_GUARDED = ("/api/", "/v1/")
 
 
 def public(handler: Handler) -> Handler:
@@ -44,9 +47,13 @@ async def _token(request: web.Request) -> str:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require a valid bearer token or session cookie on every non-public /api/ route."""
     route_handler = request.match_info.handler
-    if request.path.startswith("/api/") and not getattr(route_handler, "chatgate_public", False) \
-            and request.match_info.http_exception is None:
-        request[keys.PRINCIPAL] = await request.app[keys.TOKENS].verify(await _token(request))
+    if request.path.startswith(_GUARDED) and request.match_info.http_exception is None \
+            and not getattr(route_handler, "chatgate_public", False):
+        token = await _token(request)
+        if is_api_key(token):
+            request[keys.PRINCIPAL] = await request.app[keys.API_KEYS].verify(token)
+        else:
+            request[keys.PRINCIPAL] = await request.app[keys.TOKENS].verify(token)
     return await handler(request)
 
 

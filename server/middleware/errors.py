@@ -17,11 +17,14 @@ from workers.errors import (
     WorkerError,
 )
 
-from ..services.accounts import RegistrationClosed, WrongCredentials, WrongPassword
+from .. import keys
+from ..services.accounts import NotSignedIn, RegistrationClosed, WrongCredentials, WrongPassword
 from ..services.chat import ChatRejected
+from ..services.completions import ModelNotFound
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
 from ..services.tokens import AuthError
+from ..services.usage import QuotaExceeded
 from ..storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,14 @@ _HTTP_CODES = {
     405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
     415: "unsupported_media_type", 429: "rate_limited", 431: "headers_too_large",
     502: "upstream_unavailable", 503: "unavailable", 504: "upstream_timeout",
+}
+
+
+# OpenAI's error types, for the /v1 front door (everything else is invalid_request_error or
+# server_error by status).
+_OPENAI_TYPES = {
+    "rate_limited": "requests", "quota_exceeded": "insufficient_quota",
+    "unauthorized": "invalid_request_error", "model_not_found": "invalid_request_error",
 }
 
 
@@ -51,9 +62,17 @@ class ApiError(Exception):
         """The JSON error object, as responses and SSE error events carry it."""
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
 
-    def response(self) -> web.Response:
-        """The JSON response for this error."""
-        return web.Response(body=orjson.dumps(self.body()), status=self.status,
+    def openai_body(self) -> dict[str, object]:
+        """The same error in OpenAI's shape, for /v1: {"error": {message, type, param, code}}."""
+        kind = _OPENAI_TYPES.get(self.code) or ("server_error" if self.status >= 500
+                                                else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind,
+                          "param": self.extra.get("field"), "code": self.code}}
+
+    def response(self, openai: bool = False) -> web.Response:
+        """The JSON response for this error (OpenAI's shape when `openai`)."""
+        body = self.openai_body() if openai else self.body()
+        return web.Response(body=orjson.dumps(body), status=self.status,
                             headers=self.headers, content_type="application/json")
 
 
@@ -91,6 +110,12 @@ def from_domain(err: BaseException) -> ApiError | None:
         return ApiError(403, "wrong_password", str(err))
     if isinstance(err, RegistrationClosed):
         return ApiError(403, "registration_closed", str(err))
+    if isinstance(err, NotSignedIn):
+        return invalid(str(err))
+    if isinstance(err, ModelNotFound):
+        return ApiError(404, "model_not_found", str(err), field="model")
+    if isinstance(err, QuotaExceeded):
+        return ApiError(429, "quota_exceeded", str(err))
     if isinstance(err, PasswordsBusy):
         return ApiError(503, "busy", str(err), {"Retry-After": "1"})
     if isinstance(err, WorkerError):
@@ -116,7 +141,9 @@ def _from_worker(err: WorkerError) -> ApiError:
     if isinstance(err, UpstreamTimeout):
         return ApiError(504, "upstream_timeout", str(err))
     if isinstance(err, UpstreamRejected):  # a 400 is about the request (e.g. max_tokens)
-        return ApiError(400 if err.status == 400 else 502, "upstream_rejected", str(err))
+        if err.status == 400:
+            return ApiError(400, "upstream_rejected", err.detail or str(err))
+        return ApiError(502, "upstream_rejected", str(err))
     if isinstance(err, UpstreamError):
         return ApiError(502, "upstream_unavailable", str(err))
     return ApiError(499, "cancelled", str(err))
@@ -125,23 +152,36 @@ def _from_worker(err: WorkerError) -> ApiError:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error; never a traceback or an HTML page."""
+    openai = request.path.startswith("/v1/")
     try:
         return await handler(request)
     except ApiError as err:
-        return err.response()
+        return _refused(request, err).response(openai)
     except web.HTTPException as err:
         if err.status < 400:
             raise
         code = _HTTP_CODES.get(err.status, "error")
         message = err.reason if err.status != 413 else "request body is too large"
         headers = {k: v for k, v in err.headers.items() if k in ("Allow", "Retry-After")}
-        return ApiError(err.status, code, message, headers).response()
+        return ApiError(err.status, code, message, headers).response(openai)
     except Exception as err:
         mapped = from_domain(err)
         if mapped is not None:
-            return mapped.response()
+            return _refused(request, mapped).response(openai)
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return ApiError(500, "internal_error", "internal server error").response()
+        return ApiError(500, "internal_error", "internal server error").response(openai)
+
+
+_REFUSALS = frozenset({"rate_limited", "too_many_queued", "queue_full", "quota_exceeded",
+                       "busy", "shutting_down"})
+
+
+def _refused(request: web.Request, err: ApiError) -> ApiError:
+    """Count refusals for overload or limits (a fixed word per reason, for /metrics)."""
+    metrics = request.app.get(keys.METRICS)
+    if metrics is not None and err.code in _REFUSALS:
+        metrics.rejections.labels(err.code).inc()
+    return err
 
 
 def setup_errors(app: web.Application) -> None:

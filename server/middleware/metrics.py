@@ -1,27 +1,47 @@
-"""Request counters per route, for /metrics-style checks in tests and benchmarks."""
+"""Request metrics: a count per route (tests and benchmarks read it) and the Prometheus series
+for requests, their duration and the overhead chatgate adds to a model request."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from .. import keys
+from ..services.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each request under its route's pattern, e.g. 'GET /api/auth/verify'."""
+    """Count and time each request under its route's pattern, e.g. 'GET /api/auth/verify'."""
     resource = request.match_info.route.resource
-    name = resource.canonical if resource is not None else "unmatched"
-    request.app[keys.REQUESTS][f"{request.method} {name}"] += 1
-    return await handler(request)
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[keys.REQUESTS][f"{request.method} {route}"] += 1
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as err:
+        status = err.status
+        raise
+    finally:
+        spent = time.perf_counter() - started
+        metrics = request.app[keys.METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.duration.labels(route).observe(spent)
+        upstream = request.get(keys.UPSTREAM_S)
+        if upstream is not None:
+            metrics.overhead.labels(route).observe(max(0.0, spent - upstream))
 
 
 def setup_metrics(app: web.Application) -> None:
-    """Install the counter (cheap: one dict increment per request)."""
+    """Install the counters (a dict increment and two observations per request)."""
     app[keys.REQUESTS] = Counter()
+    app[keys.METRICS] = Metrics()
     app.middlewares.append(count_middleware)

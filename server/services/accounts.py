@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..storage import UserStore
 from ..storage.rows import UserRow
+from .apikeys import ApiKeyService
 from .passwords import Passwords
 from .ratelimit import KeyedRateLimiter, RateLimited
 from .tokens import Principal, TokenService
@@ -18,6 +19,10 @@ class RegistrationClosed(Exception):
 
 class WrongCredentials(Exception):
     """The username or password is wrong (which one is never said)."""
+
+
+class NotSignedIn(Exception):
+    """The request was not signed by a session token, so there is nothing to sign out."""
 
 
 class WrongPassword(Exception):
@@ -36,10 +41,12 @@ class AccountService:
     """Password checks (hashed off the loop), throttled per client, and tokens for who passes."""
 
     def __init__(self, users: UserStore, passwords: Passwords, tokens: TokenService,
-                 attempts: KeyedRateLimiter, register_open: bool) -> None:
+                 api_keys: ApiKeyService, attempts: KeyedRateLimiter,
+                 register_open: bool) -> None:
         self._users = users
         self._passwords = passwords
         self._tokens = tokens
+        self._api_keys = api_keys
         self._attempts = attempts
         self._register_open = register_open
 
@@ -61,7 +68,9 @@ class AccountService:
         return SignedIn(found[0], self._tokens.issue(found[0]))
 
     async def logout(self, principal: Principal) -> None:
-        """Revoke the token that signed this request."""
+        """Revoke the token that signed this request (an API key is deleted, not signed out)."""
+        if principal.key is not None:
+            raise NotSignedIn("an API key cannot sign out: delete it with DELETE /api/keys/{id}")
         await self._tokens.revoke(principal)
 
     async def delete(self, principal: Principal, password: str) -> None:
@@ -73,6 +82,7 @@ class AccountService:
             raise WrongPassword("the password is not correct")
         await self._users.delete(user["id"])
         self._tokens.forget_user(user["id"])
+        self._api_keys.forget_user(user["id"])
 
     def _throttle(self, key: Hashable, what: str) -> None:
         """Password attempts per client (or per account): logins, sign-ups, deletions."""

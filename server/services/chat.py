@@ -15,8 +15,10 @@ from ..config import LLMConfig
 from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
 from .memory import MemoryManager
+from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, RateLimited
 from .turns import Done, Failed, Outcome, Turn, TurnEvent
+from .usage import UsageMeter
 
 STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while the db is busy
 log = logging.getLogger(__name__)
@@ -45,17 +47,20 @@ class ChatService:
     """Accepts turns and owns each one: one task per turn stores its reply, exactly once."""
 
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
-                 limiter: KeyedRateLimiter) -> None:
+                 limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics) -> None:
         self._memory = memory
         self._pool = pool
         self._defaults = defaults
         self._limiter = limiter
+        self._meter = meter
+        self._metrics = metrics
         self._open: set[Turn] = set()  # accepted, job not ended yet
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
-                    regenerate: bool = False, edit_message_id: int | None = None) -> Turn:
+                    regenerate: bool = False, edit_message_id: int | None = None,
+                    key_id: int | None = None) -> Turn:
         """Accept a turn: commit the user's message first, then queue the job.
 
         `regenerate` re-asks the conversation's last user message; `edit_message_id`
@@ -64,6 +69,7 @@ class ChatService:
         retry_after = self._limiter.hit(user_id)
         if retry_after is not None:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
+        await self._meter.check_budget(user_id)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
         try:
             if conversation_id is not None and (regenerate or edit_message_id is not None):
@@ -82,7 +88,8 @@ class ChatService:
             max_tokens if max_tokens is not None else self._defaults.max_tokens,
             temperature if temperature is not None else self._defaults.temperature)
         job = Job(owner=user_id, request=request)
-        turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended)
+        turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended, user_id,
+                    key_id)
         try:
             self._pool.submit(job, place)
         except WorkerError as err:
@@ -100,6 +107,9 @@ class ChatService:
         """The job ended (called by the turn, synchronously): store its outcome in a task of
         its own, shielded from whoever follows the turn."""
         self._open.discard(turn)
+        self._metrics.job_ended(turn.job, outcome)
+        if isinstance(outcome, Finished):
+            self._meter.record(turn.user_id, turn.key_id, outcome.completion.usage)
         task = asyncio.create_task(self._own(turn, outcome))
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)

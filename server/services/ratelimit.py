@@ -44,3 +44,35 @@ class KeyedRateLimiter:
         if len(self._tat) >= self._max_keys:
             for key in list(self._tat)[: max(1, self._max_keys // 10)]:
                 del self._tat[key]
+
+
+class Allowance:
+    """A per-minute allowance (requests or tokens), refilled continuously; what is taken up
+    front can be corrected once the real cost is known, so a burst cannot overrun it."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(per_minute)
+        self._rate = per_minute / 60.0
+        self._level = float(per_minute)
+        self._clock = clock
+        self._at = clock()
+
+    def take(self, amount: int) -> float | None:
+        """Take `amount`; None if allowed, else seconds until it would be. A request larger
+        than the whole allowance passes only when the allowance is full."""
+        self._refill()
+        need = min(float(amount), self._capacity)
+        if self._level < need:
+            return (need - self._level) / self._rate
+        self._level -= amount
+        return None
+
+    def give_back(self, amount: int) -> None:
+        """Return what was taken but not used (negative: used more than was taken)."""
+        self._refill()
+        self._level = min(self._capacity, self._level + amount)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self._capacity, self._level + (now - self._at) * self._rate)
+        self._at = now

@@ -16,13 +16,25 @@ _ALGORITHM = "HS256"
 
 
 @dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What an API key allows: who it is (never the key itself) and its limits."""
+
+    id: int
+    name: str
+    rpm: int | None
+    tpm: int | None
+    expires_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated user and the token that proved it."""
+    """An authenticated user and the token (or API key) that proved it."""
 
     user: UserRow
     token: str
     jti: str
     expires_at: int
+    key: KeyGrant | None = None
 
 
 class AuthError(Exception):

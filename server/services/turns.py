@@ -6,8 +6,6 @@ owner) stores the outcome; a follower (the HTTP handler) reads its events.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from workers import job as jobs
 
 from ..storage.rows import MessageRow
+from .feed import Feed
 
 QUEUE_POLL_S = 0.5  # how often a waiting follower re-reads its queue position
 
@@ -54,20 +53,22 @@ TurnEvent = Queued | Delta | Done | Failed
 Outcome = jobs.Finished | jobs.Failed
 
 
-class Turn:
+class Turn(Feed[TurnEvent]):
     """One accepted chat turn: its stored user message, its job and what it has produced."""
 
     def __init__(self, conversation_id: int, user_message: MessageRow, job: jobs.Job,
                  position: Callable[[jobs.Job], int | None],
-                 on_end: Callable[[Turn, Outcome], None]) -> None:
+                 on_end: Callable[[Turn, Outcome], None], user_id: int = 0,
+                 key_id: int | None = None) -> None:
+        super().__init__()
+        self.user_id = user_id
+        self.key_id = key_id  # the API key that started it, if any (usage is counted per key)
         self.conversation_id = conversation_id
         self.user_message = user_message
         self.job = job
         self.outcome: Outcome | None = None  # how the job ended, once it has
         self._position = position
         self._on_end = on_end
-        self._events: deque[TurnEvent] = deque()
-        self._waiter: asyncio.Future[None] | None = None
         job.events = self  # the worker's events come straight here: no task hop per delta
 
     def put_nowait(self, item: jobs.Event) -> None:
@@ -77,11 +78,6 @@ class Turn:
         elif isinstance(item, (jobs.Finished, jobs.Failed)) and self.outcome is None:
             self.outcome = item
             self._on_end(self, item)
-
-    def push(self, event: TurnEvent) -> None:
-        """Hand an event to the follower."""
-        self._events.append(event)
-        _wake(self._waiter)
 
     async def follow(self) -> AsyncGenerator[TurnEvent, None]:
         """Queue positions while waiting, then deltas, then Done or Failed (reply stored).
@@ -99,7 +95,7 @@ class Turn:
                             last = position
                             yield Queued(position)
                             continue
-                    await self._wait(QUEUE_POLL_S if self.job.state == "queued" else None)
+                    await self.wait(QUEUE_POLL_S if self.job.state == "queued" else None)
                     continue
                 event = self._events.popleft()
                 if isinstance(event, Delta) and self._events and isinstance(self._events[0], Delta):
@@ -115,20 +111,3 @@ class Turn:
         while self._events and isinstance(self._events[0], Delta):
             texts.append(self._events.popleft().text)  # type: ignore[union-attr]
         return Delta("".join(texts))
-
-    async def _wait(self, timeout: float | None) -> None:
-        """Until the next event (or `timeout`): a bare future, the cheapest wait there is."""
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING
 
 from .base import (
     ConversationStore,
+    KeyStore,
     MessageStore,
     SearchStore,
     Storage,
     StorageStats,
     TokenStore,
+    UsageDelta,
+    UsageStore,
     UserStore,
 )
 from .errors import Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew, StorageError
@@ -27,8 +30,9 @@ async def open_storage(config: DatabaseConfig) -> Storage:
                              busy_timeout_ms=config.busy_timeout_ms,
                              synchronous=config.synchronous, max_batch=config.max_batch)
 
+
 __all__ = [
-    "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "MessageStore",
-    "NotFound", "SchemaTooNew", "SearchStore", "Storage", "StorageError", "StorageStats",
-    "TokenStore", "UserStore", "open_storage",
+    "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
+    "MessageStore", "NotFound", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
+    "StorageStats", "TokenStore", "UsageDelta", "UsageStore", "UserStore", "open_storage",
 ]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .rows import ConversationRow, HistoryRows, MessageRow, SearchHit, UserRow
+from .rows import ConversationRow, HistoryRows, KeyRow, MessageRow, SearchHit, UsageRow, UserRow
+
+# (user_id, day, key_id, requests, prompt_tokens, completion_tokens)
+UsageDelta = tuple[int, str, int, int, int, int]
 
 
 @dataclass
@@ -88,6 +91,39 @@ class SearchStore(Protocol):
         """Best matches first; any text is safe (it is never query syntax)."""
 
 
+class KeyStore(Protocol):
+    """API keys: only a keyed hash of each is stored."""
+
+    async def create(self, user_id: int, name: str, prefix: str, key_hash: str,
+                     expires_at: int | None, rpm: int | None, tpm: int | None) -> KeyRow:
+        """Store a new key's hash under its (unique) prefix."""
+
+    async def list(self, user_id: int) -> list[KeyRow]:
+        """The user's keys, newest first."""
+
+    async def delete(self, user_id: int, key_id: int) -> None:
+        """Delete one of the user's keys (NotFound for anyone else's)."""
+
+    async def by_prefix(self, prefix: str) -> tuple[KeyRow, str, UserRow] | None:
+        """A key, its hash and its user, found by the key's prefix."""
+
+    async def touch(self, used: dict[int, str]) -> None:
+        """Record when each key was last used."""
+
+
+class UsageStore(Protocol):
+    """Token usage per user, key and UTC day."""
+
+    async def add(self, deltas: list[UsageDelta]) -> None:
+        """Add many counters at once."""
+
+    async def days(self, user_id: int, first: str, last: str) -> list[UsageRow]:
+        """The user's counters between two days (inclusive), oldest first."""
+
+    async def tokens_since(self, user_id: int, first: str) -> int:
+        """Tokens the user has used from day `first` on."""
+
+
 class Storage:
     """Everything stored: one object per concern, provided by a backend (SQLite today)."""
 
@@ -96,6 +132,8 @@ class Storage:
     conversations: ConversationStore
     messages: MessageStore
     search: SearchStore
+    keys: KeyStore
+    usage: UsageStore
     stats: StorageStats
 
     async def close(self) -> None:

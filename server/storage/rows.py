@@ -38,6 +38,29 @@ class MessageRow(TypedDict):
     usage: NotRequired[dict[str, Any]]
 
 
+class KeyRow(TypedDict):
+    """An API key as its owner sees it (never the key itself, nor its hash)."""
+
+    id: int
+    name: str
+    prefix: str
+    created_at: str
+    expires_at: int | None
+    last_used_at: str | None
+    rpm: int | None
+    tpm: int | None
+
+
+class UsageRow(TypedDict):
+    """Tokens used on one UTC day (YYYY-MM-DD), by one key (0: not through a key)."""
+
+    day: str
+    key_id: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class SearchHit(TypedDict):
     """One matching message."""
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from ..base import Storage
 from .conversations import SqliteConversations
 from .db import Database
+from .keys import SqliteKeys
 from .messages import SqliteMessages
 from .migrations import LATEST, migrate
 from .search import SqliteSearch
 from .tokens import SqliteTokens
+from .usage import SqliteUsage
 from .users import SqliteUsers
 
 
@@ -23,6 +25,8 @@ class SqliteStorage(Storage):
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
         self.search = SqliteSearch(db)
+        self.keys = SqliteKeys(db)
+        self.usage = SqliteUsage(db)
 
     async def close(self) -> None:
         """Finish every queued write, then close the connections."""

@@ -99,7 +99,34 @@ CREATE TRIGGER messages_au AFTER UPDATE OF content, owner ON messages BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3]
+# API keys (only a keyed hash of each is kept, found by its indexed prefix) and token usage
+# per user, key (0: none) and UTC day, added to in batches.
+V4 = """
+CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at INTEGER,
+    last_used_at TEXT,
+    rpm INTEGER,
+    tpm INTEGER
+);
+CREATE INDEX api_keys_by_user ON api_keys(user_id, id);
+CREATE TABLE usage_daily (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    day TEXT NOT NULL,
+    key_id INTEGER NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, day, key_id)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4]
 LATEST = len(MIGRATIONS)
 
 

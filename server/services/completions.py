@@ -1,0 +1,161 @@
+"""The OpenAI-compatible front door: requests passed to the model server through the fair
+queue and the workers, answers passed back untouched, usage counted, limits applied."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers import job as jobs
+from workers.pool import WorkerPool
+from workers.upstream import UpstreamClient
+
+from .feed import Feed
+from .metrics import Metrics
+from .ratelimit import Allowance, RateLimited
+from .tokens import KeyGrant
+from .usage import UsageMeter
+
+MODELS_TTL_S = 10.0  # how long the model server's model list is trusted
+Outcome = jobs.Finished | jobs.Failed
+
+
+class ModelNotFound(Exception):
+    """The request names a model the model server does not serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The request failed; what came before it (if anything) was passed on."""
+
+    error: Exception
+
+
+class Forwarded(Feed["bytes | Outcome"]):
+    """One forwarded request: its job feeds bytes in; its follower passes them on."""
+
+    def __init__(self, job: jobs.Job, stream: bool,
+                 on_end: Callable[[Forwarded, Outcome], None]) -> None:
+        super().__init__()
+        self.job = job
+        self.stream = stream
+        self._on_end = on_end
+        self._ended = False
+        job.events = self
+
+    def put_nowait(self, item: jobs.Event) -> None:
+        """The job's event sink."""
+        if isinstance(item, jobs.Raw):
+            self.push(item.data)
+        elif isinstance(item, (jobs.Finished, jobs.Failed)) and not self._ended:
+            self._ended = True
+            self._on_end(self, item)
+            self.push(item)
+
+    async def follow(self) -> AsyncGenerator[bytes | Failure, None]:
+        """The answer's bytes as they come, then a Failure if it failed; it ends when the
+        answer does. Leaving early stops the job."""
+        try:
+            while True:
+                if not self._events:
+                    await self.wait()
+                    continue
+                item = self._events.popleft()
+                if isinstance(item, bytes):
+                    yield item
+                    continue
+                if isinstance(item, jobs.Failed):
+                    yield Failure(item.error)
+                return
+        finally:
+            self.job.cancel()  # a no-op once the job is done
+
+
+class CompletionService:
+    """Checks the model and the caller's allowances, queues the request, counts its usage."""
+
+    def __init__(self, pool: WorkerPool, upstream: UpstreamClient, meter: UsageMeter,
+                 default_max_tokens: int, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._pool = pool
+        self._upstream = upstream
+        self._meter = meter
+        self._default_max_tokens = default_max_tokens
+        self._models: tuple[float, dict[str, Any]] | None = None
+        self._rpm: dict[int, Allowance] = {}
+        self._tpm: dict[int, Allowance] = {}
+
+    async def models(self) -> dict[str, Any]:
+        """The model server's model list (cached for a few seconds)."""
+        now = time.monotonic()
+        if self._models is None or now - self._models[0] > MODELS_TTL_S:
+            self._models = (now, await self._upstream.list_models())
+        return self._models[1]
+
+    async def start(self, user_id: int, key: KeyGrant | None, path: str, body: dict[str, Any],
+                    request_id: str) -> Forwarded:
+        """Admit and queue one request; the caller follows the answer."""
+        served = {str(m.get("id")) for m in (await self.models())["data"] if isinstance(m, dict)}
+        if body["model"] not in served:
+            raise ModelNotFound(f"The model `{body['model']}` does not exist.")
+        reserved = self._admit(key, body)
+        await self._meter.check_budget(user_id)
+        place = self._pool.reserve(user_id)
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        hide_usage = stream and not (isinstance(options, dict) and options.get("include_usage"))
+        if hide_usage:  # we need the usage for accounting; the client never sees it
+            body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        job = jobs.Job(owner=user_id, request=jobs.ForwardRequest(path, body, stream,
+                                                                  hide_usage, request_id))
+
+        def ended(_: Forwarded, outcome: Outcome) -> None:
+            self._metrics.job_ended(job, outcome)
+            usage = outcome.completion.usage if isinstance(outcome, jobs.Finished) else {}
+            self._meter.record(user_id, key.id if key else None, usage)
+            if key is not None and key.id in self._tpm:
+                used = _int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
+                self._tpm[key.id].give_back(reserved - used)
+
+        forwarded = Forwarded(job, stream, ended)
+        try:
+            self._pool.submit(job, place)
+        except BaseException:
+            place.release()
+            raise
+        return forwarded
+
+    def _admit(self, key: KeyGrant | None, body: dict[str, Any]) -> int:
+        """Apply the key's requests- and tokens-per-minute; return the tokens reserved."""
+        if key is None:
+            return 0
+        if key.rpm:
+            wait = self._rpm.setdefault(key.id, Allowance(key.rpm)).take(1)
+            if wait is not None:
+                raise RateLimited(wait, "this API key's requests-per-minute limit is reached")
+        if not key.tpm:
+            return 0
+        reserve = _max_tokens(body, self._default_max_tokens) + _prompt_estimate(body)
+        wait = self._tpm.setdefault(key.id, Allowance(key.tpm)).take(reserve)
+        if wait is not None:
+            raise RateLimited(wait, "this API key's tokens-per-minute limit is reached")
+        return reserve
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    """The reply tokens a request may use: its max_tokens (times n), or the default."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    n = body.get("n")
+    per_choice = asked if isinstance(asked, int) and asked > 0 else default
+    return per_choice * (n if isinstance(n, int) and n > 0 else 1)
+
+
+def _prompt_estimate(body: dict[str, Any]) -> int:
+    """About four characters a token, from the request's own text."""
+    return len(str(body.get("messages") or body.get("prompt") or "")) // 4
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
