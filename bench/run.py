@@ -38,6 +38,13 @@ SCENARIOS = {
     "chat_turn": ("chat.lua:turn", "/api/chat", 128,
                   "chat in an existing conversation: history read + 2 rows committed"),
     "chat_stream": ("chat.lua:stream", "/api/chat", 128, "streaming chat (SSE), 16 deltas"),
+    "v1_direct": ("direct.lua:whole", "SIM/v1/chat/completions", 32,
+                  "the simulator called directly (no chatgate): the upstream's own ceiling"),
+    "v1_passthrough": ("direct.lua:whole", "PASS/v1/chat/completions", 32,
+                       "a bare aiohttp pass-through (bench/passthrough.py): the design's ceiling"),
+    "v1_chat": ("v1.lua:whole", "/v1/chat/completions", 32,
+                "/v1 chat, API key, queue, workers, usage counted: no conversation stored"),
+    "v1_stream": ("v1.lua:stream", "/v1/chat/completions", 32, "/v1 chat streamed, 16 tokens"),
 }
 
 
@@ -49,14 +56,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_http(url: str, timeout: float = 20) -> None:
-    """Poll until the URL answers."""
+async def wait_http(url: str, timeout: float = 20, expect_any: bool = False) -> None:
+    """Poll until the URL answers (with any status when `expect_any`)."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while True:
             try:
                 async with s.get(url) as resp:
-                    if resp.status < 500:
+                    if resp.status < 500 or expect_any:
                         return
             except aiohttp.ClientError:
                 pass
@@ -77,7 +84,9 @@ async def prepare(base: str, users: int) -> list[dict[str, object]]:
             async with s.post("/api/chat", json={"message": "tell me about the quokka"},
                               headers=headers) as r:
                 conv = (await r.json())["conversation_id"]
-            out.append({"token": token, "conversation_id": conv})
+            async with s.post("/api/keys", json={"name": "bench"}, headers=headers) as r:
+                key = (await r.json())["key"]
+            out.append({"token": token, "conversation_id": conv, "key": key})
     return out
 
 
@@ -118,6 +127,14 @@ def start_pair(db: Path, sim_args: list[str], **settings: object) -> tuple[
     return sim, server, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
 
 
+def start_passthrough(sim_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/passthrough.py as a process: the ceiling chatgate's /v1 is measured against."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("passthrough.py")),
+                             str(port), sim_url + "/v1"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -148,6 +165,8 @@ async def main() -> int:
         tmp / "bench.db", ["--ttft-ms", "0", "--tpot-ms", "0", "--reply-tokens", "16",
                            "--capacity", "1024"], QUEUE__WORKERS=args.workers,
         QUEUE__MAX_SIZE=4096)
+    passthrough: subprocess.Popen[bytes] | None = None
+    pass_url = ""
     try:
         await wait_http(sim_url + "/health")
         await wait_http(base + "/health")
@@ -155,10 +174,18 @@ async def main() -> int:
         rows = []
         for name in args.only or SCENARIOS:
             script, path, conns, what = SCENARIOS[name]
+            target, front = base, server
+            if path.startswith("SIM/"):
+                target, path, front = sim_url, path[3:], sim
+            elif path.startswith("PASS/"):
+                if passthrough is None:
+                    passthrough, pass_url = start_passthrough(sim_url)
+                    await wait_http(pass_url + "/health", expect_any=True)
+                target, path, front = pass_url, path[4:], passthrough
             before = count_rows(tmp / "bench.db")
-            cpu = cpu_seconds(server.pid), cpu_seconds(sim.pid)
-            result = run_wrk(base, script, path, conns, args.duration, users)
-            used = cpu_seconds(server.pid) - cpu[0], cpu_seconds(sim.pid) - cpu[1]
+            cpu = cpu_seconds(front.pid), cpu_seconds(sim.pid)
+            result = run_wrk(target, script, path, conns, args.duration, users)
+            used = cpu_seconds(front.pid) - cpu[0], cpu_seconds(sim.pid) - cpu[1]
             after = count_rows(tmp / "bench.db")
             result["stored"] = after[0] - before[0]
             n = max(1, int(result["requests"]))  # type: ignore[call-overload]
@@ -170,11 +197,13 @@ async def main() -> int:
               "| server CPU/req | simulator CPU/req |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, what, conns, r in rows:
-            stored = r["stored"] if name.startswith("chat") else "-"
+            stored = r["stored"] if name.startswith("chat") else "-"  # /v1 stores no chat
             print(f"| {name} | {what} | {conns} | {r['rps']:,.0f} | {r['p50']} | {r['p90']} | "
                   f"{r['p99']} | {r['non2xx']} | {stored} | {r['server_cpu_ms']} ms | "
                   f"{r['sim_cpu_ms']} ms |")
     finally:
+        if passthrough is not None:
+            passthrough.kill()
         for proc in (server, sim):
             proc.send_signal(signal.SIGTERM)
         for proc in (server, sim):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -35,7 +35,7 @@ def setup_access(app: web.Application, access_log: bool) -> None:
     @web.middleware
     async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("X-Request-Id", "")
-        request[keys.REQUEST_ID] = given if _SANE.fullmatch(given) else uuid.uuid4().hex
+        request[keys.REQUEST_ID] = given if _SANE.fullmatch(given) else secrets.token_hex(16)
         if not access_log:
             return await handler(request)
         started = time.perf_counter()

@@ -33,11 +33,7 @@ async def count_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         spent = time.perf_counter() - started
         metrics = request.app[keys.METRICS]
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.duration.labels(route).observe(spent)
-        upstream = request.get(keys.UPSTREAM_S)
-        if upstream is not None:
-            metrics.overhead.labels(route).observe(max(0.0, spent - upstream))
+        metrics.request_done(request.method, route, status, spent, request.get(keys.UPSTREAM_S))
 
 
 def setup_metrics(app: web.Application) -> None:

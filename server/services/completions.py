@@ -83,22 +83,26 @@ class CompletionService:
         self._upstream = upstream
         self._meter = meter
         self._default_max_tokens = default_max_tokens
-        self._models: tuple[float, dict[str, Any]] | None = None
+        self._models: tuple[float, dict[str, Any], frozenset[str]] | None = None
         self._rpm: dict[int, Allowance] = {}
         self._tpm: dict[int, Allowance] = {}
 
     async def models(self) -> dict[str, Any]:
         """The model server's model list (cached for a few seconds)."""
+        return (await self._catalog())[1]
+
+    async def _catalog(self) -> tuple[float, dict[str, Any], frozenset[str]]:
         now = time.monotonic()
         if self._models is None or now - self._models[0] > MODELS_TTL_S:
-            self._models = (now, await self._upstream.list_models())
-        return self._models[1]
+            listed = await self._upstream.list_models()
+            names = frozenset(str(m.get("id")) for m in listed["data"] if isinstance(m, dict))
+            self._models = (now, listed, names)
+        return self._models
 
     async def start(self, user_id: int, key: KeyGrant | None, path: str, body: dict[str, Any],
                     request_id: str) -> Forwarded:
         """Admit and queue one request; the caller follows the answer."""
-        served = {str(m.get("id")) for m in (await self.models())["data"] if isinstance(m, dict)}
-        if body["model"] not in served:
+        if body["model"] not in (await self._catalog())[2]:
             raise ModelNotFound(f"The model `{body['model']}` does not exist.")
         reserved = self._admit(key, body)
         await self._meter.check_budget(user_id)

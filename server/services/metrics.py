@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from workers import job as jobs
 
-disable_created_metrics()  # no *_created series: half the output, nothing lost
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the output
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -59,6 +59,20 @@ class Metrics:
         self.queue_depth = Gauge("chatgate_queue_depth", "Jobs waiting for a worker",
                                  registry=r)
         self.workers_busy = Gauge("chatgate_workers_busy", "Workers running a job", registry=r)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    def request_done(self, method: str, route: str, status: int, spent: float,
+                     upstream: float | None) -> None:
+        """One finished HTTP request (label children are cached: a dict lookup each)."""
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = self._children[(method, route, status)] = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(route), self.overhead.labels(route))
+        children[0].inc()
+        children[1].observe(spent)
+        if upstream is not None:
+            children[2].observe(max(0.0, spent - upstream))
 
     def watch_pool(self, depth: Callable[[], int], busy: Callable[[], int]) -> None:
         """Read the queue depth and busy workers at scrape time (never on the hot path)."""

@@ -20,8 +20,10 @@ from server.config import (
     LimitsConfig,
     LLMConfig,
     MemoryConfig,
+    MetricsConfig,
     QueueConfig,
     ServerConfig,
+    UsageConfig,
     build_config,
     load_config,
 )
@@ -86,7 +88,7 @@ def test_section_classes_are_the_ones_config_uses() -> None:
     hints = typing.get_type_hints(Config)
     assert hints == {"server": ServerConfig, "database": DatabaseConfig, "auth": AuthConfig,
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
-                     "memory": MemoryConfig}
+                     "memory": MemoryConfig, "usage": UsageConfig, "metrics": MetricsConfig}
 
 
 def test_empty_file_and_no_file_give_defaults(tmp_path: Path) -> None:

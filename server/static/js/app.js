@@ -1,4 +1,4 @@
-// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>).
+// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/keys).
 // No token, no storage: the HttpOnly session cookie is the only credential.
 
 import { $, announce } from "./dom.js";
@@ -11,6 +11,7 @@ const app = $("app");
 const menu = $("menu");
 let user = null;
 let started = false;
+let keys = null; // the API keys page (js/keys.js), imported on its first visit
 
 function parse() {
   const m = /^#\/c\/(\d+)(?:\/m\/(\d+))?$/.exec(location.hash);
@@ -19,11 +20,31 @@ function parse() {
 
 function route(force = false) {
   if (!user) return;
+  const onKeys = location.hash === "#/keys";
+  $("chat").hidden = onKeys;
+  if (onKeys) $("keys-link").setAttribute("aria-current", "page");
+  else $("keys-link").removeAttribute("aria-current");
+  drawer(false);
+  if (onKeys) {
+    const backTo = chat.current() == null ? "#/" : `#/c/${chat.current()}`;
+    sidebar.setActive(null);
+    (keys ??= import("./keys.js")).then((m) => { if (location.hash === "#/keys") m.show(backTo); }, () => {
+      keys = null;
+      $("chat").hidden = false;
+      announce("The API keys page could not be loaded. Reload to try again.");
+    });
+    return;
+  }
+  keys?.then((m) => m.hide());
   const r = parse();
   if (r) chat.open(r.id, r.mid, force);
   else chat.openNew();
   sidebar.setActive(r ? r.id : null);
-  drawer(false);
+}
+
+function forgetKeys() { // the keys page, if it was ever opened, shows nothing of this user
+  keys?.then((m) => m.reset());
+  $("chat").hidden = false;
 }
 
 function signedIn(who) {
@@ -34,6 +55,7 @@ function signedIn(who) {
   if (changed) { // someone else logged in over the page: show nothing of the previous user
     chat.reset();
     sidebar.reset();
+    forgetKeys();
     history.replaceState(null, "", "#/");
   }
   sidebar.resume();
@@ -53,6 +75,7 @@ $("logout").addEventListener("click", async () => {
   user = null;
   chat.reset();
   sidebar.reset();
+  forgetKeys();
   auth.clear();
   $("who").textContent = "";
   history.replaceState(null, "", "#/");
@@ -75,7 +98,7 @@ $("scrim").addEventListener("click", () => drawer(false));
 
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open) return;
-  if (chat.stop()) return;
+  if (!$("chat").hidden && chat.stop()) return;
   if (app.classList.contains("drawer-open")) { drawer(false); menu.focus(); }
 });
 
