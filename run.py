@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
+import queue
 import signal
 import socket
 import sys
@@ -25,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true",
                         help="also start the vLLM simulator and point llm.base_url at it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener = _log_off_the_loop()
     try:
         config = load_config(args.config)
         if args.host:
@@ -48,8 +48,26 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvloop is a dependency; this is a fallback
         runner = asyncio.Runner()
-    with runner:
-        return runner.run(_run(config, args.demo))
+    try:
+        with runner:
+            return runner.run(_run(config, args.demo))
+    finally:
+        listener.stop()  # writes out what is still queued
+
+
+def _log_off_the_loop() -> logging.handlers.QueueListener:
+    """Log records go through a queue to a thread that writes them: a slow or full stderr
+    (a pipe nobody reads, a blocked terminal) never blocks the event loop."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(logging.handlers.QueueHandler(records))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    return listener
 
 
 def _port_taken(host: str, port: int) -> str | None:
@@ -74,7 +92,7 @@ async def _run(config: Config, demo: bool) -> int:
     simulator = None
     try:
         if demo:
-            simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40,
+            simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, demo=True,
                                                           reply_tokens=48))
             config = config.replace("llm", base_url=simulator.url, model="", api_key="")
             print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)

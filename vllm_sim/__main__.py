@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=d.capacity, help="max running sequences")
     p.add_argument("--max-model-len", type=int, default=d.max_model_len)
     p.add_argument("--echo", action="store_true", help="reply with the last user message")
+    p.add_argument("--demo-replies", action="store_true",
+                   help="canned Markdown answers picked by the prompt")  # fmt: skip
     p.add_argument("--allow-test-headers", action="store_true",
                    help="honour X-Sim-Reply and X-Sim-Fault request headers")  # fmt: skip
     p.add_argument("--api-key", default=None, help="require this bearer token on /v1")
@@ -49,6 +51,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         capacity=args.capacity,
         max_model_len=args.max_model_len,
         echo=args.echo,
+        demo=args.demo_replies,
         allow_test_headers=args.allow_test_headers,
         api_key=args.api_key,
         fault=args.fault,

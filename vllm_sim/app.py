@@ -1,60 +1,36 @@
-"""aiohttp app that mimics vLLM's OpenAI-compatible chat server."""
+"""aiohttp app that mimics vLLM's OpenAI-compatible server: routes and streaming."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-import time
-import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .engine import BadRequest, Call, Scheduler, SimStats, parse_call
+from .calls import Call
+from .chat import parse_call
+from .completions import parse_completion
+from .control import add_control_routes
+from .engine import BadRequest
 from .settings import FAULT_MODES, SimSettings
+from .state import (
+    REQUEST_ID,
+    STATE,
+    Received,
+    SimState,
+    error_response,
+    json_response,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Parser = Callable[[Any, Mapping[str, str], SimSettings, str], Call]
 
-
-def error_response(message: str, status: int, kind: str) -> web.Response:
-    """Return vLLM's ErrorResponse body."""
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    """Return an orjson-encoded JSON response."""
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-
-
-@dataclass
-class SimState:
-    """Everything one simulator app shares between requests."""
-
-    settings: SimSettings
-    stats: SimStats = field(default_factory=SimStats)
-    history: deque[Any] = field(init=False)
-    fault_mode: str = "none"  # queued by POST /sim/faults
-    fault_count: int = 0
-    fault_after: int = 0
-    seen: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def __post_init__(self) -> None:
-        """Build the pieces that depend on settings."""
-        self.scheduler = Scheduler(self.settings, self.stats)
-        self.history = deque(maxlen=self.settings.history_size)
-        self.rng = random.Random(self.settings.seed)
-
-
-STATE = web.AppKey("vllm_sim_state", SimState)
+__all__ = ["STATE", "create_sim_app", "error_response", "json_response"]
 
 
 def pick_fault(state: SimState, request: web.Request) -> tuple[str, int]:
@@ -103,35 +79,38 @@ async def _break_stream(request: web.Request, resp: web.StreamResponse, call: Ca
 
 
 async def _stream(request: web.Request, state: SimState, call: Call) -> web.StreamResponse:
-    """Serve a streaming reply as server-sent events."""
+    """Serve a streaming reply as server-sent events, one generation step at a time."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache"})  # fmt: skip
     await resp.prepare(request)  # vLLM sends headers before the request is scheduled
     await state.scheduler.acquire()
     try:
         await _sleep_ms(state.settings.ttft_ms)
-        await _send(resp, call.chunk({"role": "assistant", "content": ""}))
-        n = len(call.tokens)
-        for i, tok in enumerate(call.tokens):
+        for chunk in call.opening():
+            await _send(resp, chunk)
+        n = call.steps()
+        for i in range(n):
             if call.fault in _BREAKS and i == call.after:
                 await _break_stream(request, resp, call)
                 return resp
             if i:
                 await _sleep_ms(state.settings.tpot_ms)
-            finish = call.finish_reason if i == n - 1 else None
-            await _send(resp, call.chunk({"content": tok}, finish))
-            state.stats.tokens_generated += 1
+            chunks, made = call.step(i)
+            for chunk in chunks:
+                await _send(resp, chunk)
+            state.stats.tokens_generated += made
             if call.fault == "hang_after_first":
                 await _forever()
-        if n == 0:  # an empty reply still needs its finish chunk
-            await _send(resp, call.chunk({"content": ""}, call.finish_reason))
+        if n == 0:  # an empty reply still needs its finish chunks
+            for chunk in call.step(0)[0]:
+                await _send(resp, chunk)
         if call.fault == "hang_after_first":
             await _forever()
         if call.fault in _BREAKS:  # reply shorter than after_tokens
             await _break_stream(request, resp, call)
             return resp
         if call.include_usage:
-            await _send(resp, {**call.envelope("chat.completion.chunk", []), "usage": call.usage()})
+            await _send(resp, call.usage_chunk())
         await resp.write(b"data: [DONE]\n\n")
         call.done = True  # the client has it all even if it hangs up now
         state.stats.completed += 1
@@ -149,8 +128,7 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
         await _sleep_ms(state.settings.ttft_ms)
         if call.fault == "hang_after_first":
             await _forever()
-        n = len(call.tokens)
-        await _sleep_ms(state.settings.tpot_ms * max(n - 1, 0))
+        await _sleep_ms(state.settings.tpot_ms * max(call.steps() - 1, 0))
         if call.fault == "reset":
             call.done = True
             if request.transport is not None:
@@ -159,7 +137,7 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
         if call.fault == "malformed":
             call.done = True
             return web.Response(body=b"{not json", content_type="application/json")
-        state.stats.tokens_generated += n
+        state.stats.tokens_generated += call.completion_tokens()
         call.done = True
         state.stats.completed += 1
         return json_response(call.completion())
@@ -167,17 +145,19 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
         state.scheduler.release()
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions."""
+async def _serve(request: web.Request, parse: Parser) -> web.StreamResponse:
+    """Record, parse, fault and answer one generation request."""
     state = request.app[STATE]
     state.stats.requests_total += 1
+    raw = await request.read()
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return error_response(f"Invalid JSON body: {exc}", 400, "BadRequestError")
-    state.history.append(body)
+    request_id = request[REQUEST_ID]
+    state.history.append(Received(request.path, request_id, body, raw.decode(errors="replace")))
     try:
-        call = parse_call(body, request.headers, state.settings)
+        call = parse(body, request.headers, state.settings, request_id)
         call.fault, call.after = pick_fault(state, request)
     except BadRequest as exc:
         return error_response(str(exc), exc.status, exc.kind)
@@ -208,6 +188,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.tasks.discard(task)
 
 
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions."""
+    return await _serve(request, parse_call)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/completions (legacy text completions)."""
+    return await _serve(request, parse_completion)
+
+
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models."""
     state = request.app[STATE]
@@ -222,101 +212,30 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def sim_stats(request: web.Request) -> web.Response:
-    """GET /sim/stats."""
-    return json_response(request.app[STATE].stats.snapshot())
-
-
-async def sim_requests(request: web.Request) -> web.Response:
-    """GET /sim/requests: recent request bodies, newest last."""
-    return json_response(list(request.app[STATE].history))
-
-
-async def sim_reset(request: web.Request) -> web.Response:
-    """POST /sim/reset: zero counters, forget history and queued faults."""
-    state = request.app[STATE]
-    state.stats.reset()
-    state.history.clear()
-    state.fault_mode, state.fault_count = "none", 0
-    state.settings.fault = "none"
-    # Re-count live keep-alive connections from their next request on.
-    state.seen = weakref.WeakSet()
-    return json_response(state.stats.snapshot())
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"Invalid JSON body: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    return data
-
-
-def _faults_view(state: SimState) -> dict[str, Any]:
-    s = state.settings
-    return {"mode": state.fault_mode, "count": state.fault_count, "after_tokens": state.fault_after,
-            "global": {"mode": s.fault, "rate": s.fault_rate}}  # fmt: skip
-
-
-async def sim_faults(request: web.Request) -> web.Response:
-    """POST /sim/faults: queue a fault for the next `count` requests, or set a global rate."""
-    state = request.app[STATE]
-    if request.method == "GET":
-        return json_response(_faults_view(state))
-    try:
-        data = await _json_object(request)
-        mode = str(data.get("mode", "none"))
-        after = data.get("after_tokens", state.settings.fault_after_tokens)
-        count, rate = data.get("count"), data.get("rate")
-        if mode not in FAULT_MODES:
-            raise BadRequest(f"mode must be one of {', '.join(FAULT_MODES)}")
-        if type(after) is not int or after < 0:
-            raise BadRequest("after_tokens must be a non-negative integer")
-        if count is not None and (type(count) is not int or count < 0):
-            raise BadRequest("count must be a non-negative integer")
-        if rate is not None and (not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
-            raise BadRequest("rate must be between 0 and 1")
-    except BadRequest as exc:
-        return error_response(str(exc), 400, "BadRequestError")
-    if mode == "none":
-        state.fault_mode, state.fault_count = "none", 0
-        state.settings.fault = "none"
-    elif rate is not None and count is None:
-        state.settings.fault, state.settings.fault_rate = mode, float(rate)
-        state.settings.fault_after_tokens = after
-    else:
-        state.fault_mode, state.fault_after = mode, after
-        state.fault_count = 1 if count is None else count
-    return json_response(_faults_view(state))
-
-
-async def sim_config(request: web.Request) -> web.Response:
-    """GET/POST /sim/config: read or change timing knobs at runtime."""
-    state = request.app[STATE]
-    if request.method == "POST":
-        try:
-            state.settings.apply(await _json_object(request))
-        except (BadRequest, ValueError) as exc:
-            return error_response(str(exc), 400, "BadRequestError")
-        state.scheduler.wake()  # a bigger capacity admits waiters now
-    return json_response(state.settings.public())
-
-
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count new TCP connections and enforce the API key on /v1 like vLLM."""
+    """Count new TCP connections, name /v1 requests and enforce the API key there like vLLM."""
     state = request.app[STATE]
     transport = request.transport
     if transport is not None and transport not in state.seen:
         state.seen.add(transport)
         state.stats.connections_opened += 1
+    if not request.path.startswith("/v1"):
+        return await handler(request)
+    # vLLM names the request after X-Request-Id (chatcmpl-<id>) and, with
+    # --enable-request-id-headers, answers with the same header.
+    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     key = state.settings.api_key
-    path_guarded = request.path.startswith("/v1")
-    if key and path_guarded and request.headers.get("Authorization") != f"Bearer {key}":
+    if key and request.headers.get("Authorization") != f"Bearer {key}":
         return json_response({"error": "Unauthorized"}, status=401)
     return await handler(request)
+
+
+async def _tag_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Echo the request id on every /v1 response, streams included (before headers go)."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
 
 
 async def _cancel_handlers(app: web.Application) -> None:
@@ -332,13 +251,11 @@ def create_sim_app(settings: SimSettings) -> web.Application:
     app = web.Application(middlewares=[_middleware])
     app[STATE] = SimState(settings)
     app.on_shutdown.append(_cancel_handlers)
+    app.on_response_prepare.append(_tag_response)
     r = app.router
     r.add_get("/v1/models", list_models)
     r.add_post("/v1/chat/completions", chat_completions)
+    r.add_post("/v1/completions", completions)
     r.add_get("/health", health)
-    r.add_get("/sim/stats", sim_stats)
-    r.add_get("/sim/requests", sim_requests)
-    r.add_post("/sim/reset", sim_reset)
-    r.add_route("*", "/sim/faults", sim_faults)
-    r.add_route("*", "/sim/config", sim_config)
+    add_control_routes(r)
     return app

@@ -1,32 +1,21 @@
-"""Simulated engine: request parsing, reply synthesis, scheduling, counters."""
+"""Simulated engine: scheduling, counters, tokens and the checks every endpoint shares."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import math
-import random
 import re
-import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
-
-import orjson
 
 from .settings import SimSettings
 
 _TOKEN_RE = re.compile(r"\s*\S+")
-_PAD_WORDS = (
-    "simulated", "tokens", "stream", "from", "a", "fake", "model", "with",
-    "no", "gpu", "the", "gateway", "sees", "steady", "words", "and", "timing",
-)  # fmt: skip
-_ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 @dataclass
@@ -103,46 +92,6 @@ class Scheduler:
             fut.set_result(None)
 
 
-@dataclass
-class Call:
-    """One chat completion request being served."""
-
-    model: str
-    stream: bool
-    include_usage: bool
-    tokens: list[str]
-    finish_reason: str
-    prompt_tokens: int
-    fault: str = "none"
-    after: int = 0
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-    done: bool = False  # finished or ended on purpose: not an abort
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        """Build one chat.completion.chunk object."""
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self.envelope("chat.completion.chunk", [choice])
-
-    def usage(self) -> dict[str, int]:
-        """Return the usage block for this call."""
-        n = len(self.tokens)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
-                "total_tokens": self.prompt_tokens + n}  # fmt: skip
-
-    def envelope(self, obj: str, choices: list[Any]) -> dict[str, Any]:
-        """Build the fields every response object shares."""
-        return {"id": self.id, "object": obj, "created": self.created,
-                "model": self.model, "choices": choices}  # fmt: skip
-
-    def completion(self) -> dict[str, Any]:
-        """Build the non-streaming chat.completion object."""
-        msg = {"role": "assistant", "content": "".join(self.tokens)}
-        choice = {"index": 0, "message": msg, "logprobs": None,
-                  "finish_reason": self.finish_reason}  # fmt: skip
-        return {**self.envelope("chat.completion", [choice]), "usage": self.usage()}
-
-
 class BadRequest(Exception):
     """A request vLLM would reject; carries the HTTP status and error type."""
 
@@ -171,22 +120,6 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def synth_reply(messages: list[dict[str, Any]], n_tokens: int) -> str:
-    """Deterministic reply derived from the conversation."""
-    users = [m for m in messages if m.get("role") == "user"]
-    last = text_of((users or messages)[-1].get("content"))
-    words = ["Simulated", "reply", str(max(len(users), 1)), "to:"]
-    words += last.split()[:8] or ["(empty)"]
-    if len(users) > 1:  # show that the history arrived: quote the conversation's first message
-        first = text_of(users[0].get("content")).split()[:8]
-        words += ["—", "you", "first", "said:", *first, "—"]
-    seed = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).digest()
-    rng = random.Random(seed)
-    while len(words) < n_tokens:
-        words.append(rng.choice(_PAD_WORDS))
-    return " ".join(words[:n_tokens])
-
-
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Rough prompt size: ~4 characters per token plus chat-template overhead."""
     total = 3  # assistant priming
@@ -195,39 +128,62 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
-def parse_call(body: Any, headers: Mapping[str, str], settings: SimSettings) -> Call:
-    """Validate a chat request like vLLM does and plan the reply."""
-    if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object")
+def check_model(body: Mapping[str, Any], settings: SimSettings) -> str:
+    """Return the served model, or raise vLLM's 404 for another name."""
     model = body.get("model") or settings.model
     if model != settings.model:
         raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string role")
-        if m["role"] not in _ROLES:
-            raise BadRequest(f"messages[{i}].role {m['role']!r} is not supported")
-        content = m.get("content")
-        if content is None and m["role"] == "assistant":
-            continue  # assistant turns that only carried tool calls
-        if not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts")
+    return str(model)
+
+
+def stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Return (stream, include_usage) after vLLM's checks."""
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be a boolean")
     opts = body.get("stream_options")
     if opts is not None and (not stream or not isinstance(opts, dict)):
         raise BadRequest("Stream options can only be defined when `stream=True`.")
-    temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, (int, float)) or temperature < 0):
+    return stream, bool(opts and opts.get("include_usage"))
+
+
+def count_of(body: Mapping[str, Any]) -> int:
+    """Return `n`, the number of choices (default 1)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or n < 1:
+        raise BadRequest(f"n must be at least 1, got {n}.")
+    return n
+
+
+def seed_of(body: Mapping[str, Any]) -> int | None:
+    """Return the sampling seed, if any."""
+    seed = body.get("seed")
+    if seed is not None and type(seed) is not int:
+        raise BadRequest("seed must be an integer")
+    return seed
+
+
+def check_temperature(body: Mapping[str, Any]) -> None:
+    """Reject a negative or non-numeric temperature."""
+    t = body.get("temperature")
+    if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t < 0):
         raise BadRequest("temperature must be a non-negative number")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}.")
-    prompt = count_prompt_tokens(messages)
+
+
+def check_top_logprobs(top: Any) -> int:
+    """Return a top-logprobs count within vLLM's limit."""
+    if type(top) is not int or top < 0:
+        raise BadRequest("`top_logprobs` must be a positive value.")
+    if top > MAX_LOGPROBS:
+        raise BadRequest(f"Requested sample logprobs of {top}, which is greater than max "
+                         f"allowed: {MAX_LOGPROBS}")  # fmt: skip
+    return top
+
+
+def room_for(settings: SimSettings, prompt: int, max_tokens: int | None) -> int:
+    """Return the tokens left in the context window, raising vLLM's error if too few."""
     room = settings.max_model_len - prompt
     if room < 1 or (max_tokens is not None and max_tokens > room):
         raise BadRequest(
@@ -236,16 +192,4 @@ def parse_call(body: Any, headers: Mapping[str, str], settings: SimSettings) -> 
             f"messages, {max_tokens or 0} in the completion). Please reduce the length "
             "of the messages or completion."
         )
-    header = headers.get("X-Sim-Reply") if settings.allow_test_headers else None
-    if header is not None:
-        text = unquote(header)
-    elif settings.echo:
-        users = [m for m in messages if m.get("role") == "user"]
-        text = text_of(users[-1].get("content")) if users else ""
-    else:
-        text = synth_reply(messages, settings.reply_tokens)
-    tokens = split_tokens(text)
-    limit = min(max_tokens or room, room)
-    finish = "length" if len(tokens) > limit else "stop"
-    return Call(model=model, stream=stream, include_usage=bool(opts and opts.get("include_usage")),
-                tokens=tokens[:limit], finish_reason=finish, prompt_tokens=prompt)  # fmt: skip
+    return room

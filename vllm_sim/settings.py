@@ -24,6 +24,7 @@ RUNTIME_KNOBS: dict[str, type] = {
     "reply_tokens": int,
     "capacity": int,
     "echo": bool,
+    "demo": bool,
     "fault_after_tokens": int,
 }
 
@@ -39,6 +40,7 @@ class SimSettings:
     capacity: int = 256  # max running sequences (vLLM's max_num_seqs)
     max_model_len: int = 8192  # context window reported and enforced
     echo: bool = False  # reply with the last user message verbatim
+    demo: bool = False  # canned Markdown answers picked by the prompt (reply_tokens unused)
     allow_test_headers: bool = False  # honour X-Sim-Reply / X-Sim-Fault
     api_key: str | None = None  # require "Authorization: Bearer <key>" on /v1
     fault: str = "none"  # global fault mode

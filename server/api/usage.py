@@ -16,7 +16,7 @@ MAX_DAYS = 366
 
 def _day(request: web.Request, name: str, default: dt.date) -> dt.date:
     raw = request.query.get(name)
-    if not raw:
+    if raw is None:
         return default
     try:
         return dt.date.fromisoformat(raw)

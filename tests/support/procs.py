@@ -78,9 +78,11 @@ async def start_server_process(db: Path, llm_url: str, **env: Any) -> Proc:
                    CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="100000",
                    CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="100000")
     environ.update({f"CHATGATE_{k.upper()}": str(v) for k, v in env.items()})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "run.py", cwd=ROOT, env=environ,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    # Its log goes to a file beside the database: a pipe nobody reads would fill up.
+    with open(db.with_suffix(".log"), "ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "run.py", cwd=ROOT, env=environ,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log)
     server = Proc(proc, f"http://127.0.0.1:{port}")
     await wait_up(server.url + "/health")
     return server

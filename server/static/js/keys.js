@@ -5,6 +5,14 @@ import { $, h, icon, announce, copyWith } from "./dom.js";
 import { api } from "./api.js";
 import { confirm } from "./sidebar.js";
 
+// The page's styles come with it, not with the first load; the import finishes once they are in.
+const sheet = h("link", { rel: "stylesheet", href: "/static/keys.css" });
+await new Promise((resolve) => {
+  sheet.addEventListener("load", resolve);
+  sheet.addEventListener("error", resolve); // unstyled is still usable
+  document.head.append(sheet);
+});
+
 const num = new Intl.NumberFormat();
 const FIELDS = { name: "the name", rpm: "the requests-per-minute limit",
   tpm: "the tokens-per-minute limit", expires_at: "the expiry date" };
@@ -137,6 +145,7 @@ function renderUsage() {
 function forgetSecret() {
   secret.hidden = true;
   secretField.value = "";
+  secretName.textContent = "";
   example.textContent = "";
   delete secret.dataset.id;
 }

@@ -250,3 +250,57 @@ async def test_a_full_queue_is_a_503_the_client_maps(full_server: Running) -> No
     assert info.value.body["code"] == "queue_full"  # type: ignore[index]
     for task in running:
         await task
+
+
+async def test_legacy_completions_stream_and_not(server: Running, make_key: MakeKey) -> None:
+    api = client(server, await make_key())
+    whole = await api.completions.create(model=MODEL, prompt="Once upon", max_tokens=3)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens == 3
+    stream = await api.completions.create(model=MODEL, prompt="Once upon", max_tokens=3,
+                                          stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert all(c.usage is None for c in chunks)  # usage was not asked for
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+async def test_tool_calls_n_and_logprobs_come_back_as_the_model_sent_them(
+        server: Running, simulator: SimServer, make_key: MakeKey) -> None:
+    api = client(server, await make_key())
+    called = await api.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required")  # type: ignore[arg-type]
+    call = called.choices[0].message.tool_calls
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert call and call[0].function.name == "get_weather"
+    stream = await api.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], tool_choice="required",
+        stream=True)  # type: ignore[arg-type]
+    deltas = [c.choices[0].delta for c in [chunk async for chunk in stream] if c.choices]
+    assert any(d.tool_calls and d.tool_calls[0].function
+               and d.tool_calls[0].function.name == "get_weather" for d in deltas)
+    many = await api.chat.completions.create(
+        model=MODEL, messages=MESSAGES, n=2, logprobs=True, top_logprobs=2,
+        max_tokens=3)  # type: ignore[arg-type]
+    assert [c.index for c in many.choices] == [0, 1]
+    assert all(c.logprobs and c.logprobs.content for c in many.choices)
+    # Byte for byte what the simulator answers the same (seeded) request directly.
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "seed": 7, "n": 2}
+    key = await make_key()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{simulator.url}/chat/completions", json=body,
+                          headers={"X-Request-Id": "same"}) as resp:
+            direct = await resp.json()
+        async with s.post(f"{server.url}/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {key}",
+                                   "X-Request-Id": "same"}) as resp:
+            through = await resp.json()
+    for answer in (direct, through):
+        answer.pop("created", None)
+    assert through == direct

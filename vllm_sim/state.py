@@ -1,0 +1,69 @@
+"""What one simulator app shares between requests, and the JSON response helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .engine import Scheduler, SimStats
+from .settings import SimSettings
+
+
+def error_response(message: str, status: int, kind: str) -> web.Response:
+    """Return vLLM's ErrorResponse body."""
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """Return an orjson-encoded JSON response."""
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+@dataclass
+class Received:
+    """One request as it reached the simulator, for GET /sim/requests."""
+
+    path: str
+    request_id: str
+    body: Any  # the parsed JSON, every field kept
+    raw: str  # the body text exactly as received
+
+    def detail(self) -> dict[str, Any]:
+        """The record as GET /sim/requests?detail=1 lists it."""
+        return {"path": self.path, "request_id": self.request_id, "body": self.body,
+                "raw": self.raw}  # fmt: skip
+
+
+@dataclass
+class SimState:
+    """Everything one simulator app shares between requests."""
+
+    settings: SimSettings
+    stats: SimStats = field(default_factory=SimStats)
+    history: deque[Received] = field(init=False)
+    fault_mode: str = "none"  # queued by POST /sim/faults
+    fault_count: int = 0
+    fault_after: int = 0
+    seen: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        """Build the pieces that depend on settings."""
+        self.scheduler = Scheduler(self.settings, self.stats)
+        self.history = deque(maxlen=self.settings.history_size)
+        self.rng = random.Random(self.settings.seed)
+
+
+STATE = web.AppKey("vllm_sim_state", SimState)
+# The request id of a /v1 request: its X-Request-Id header, or a fresh one.
+REQUEST_ID = web.RequestKey("vllm_sim_request_id", str)
