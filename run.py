@@ -55,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         listener.stop()  # writes out what is still queued
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands the record over as it is: formatting happens in the writer thread too."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.exc_info:  # a traceback cannot cross threads lazily: render it now
+            prepared: logging.LogRecord = super().prepare(record)
+            return prepared
+        return record
+
+
 def _log_off_the_loop() -> logging.handlers.QueueListener:
     """Log records go through a queue to a thread that writes them: a slow or full stderr
     (a pipe nobody reads, a blocked terminal) never blocks the event loop."""
@@ -63,7 +73,7 @@ def _log_off_the_loop() -> logging.handlers.QueueListener:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    root.addHandler(logging.handlers.QueueHandler(records))
+    root.addHandler(_Enqueue(records))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     listener = logging.handlers.QueueListener(records, handler)
     listener.start()

@@ -108,25 +108,34 @@ async def latency(rate: float, seconds: float) -> None:
         await wait_http(sim_url + "/health")
         await wait_http(base + "/health")
         token, key = await user(base)
+        streamed = {**BODY, "stream": True}
+        auth_key = {"Authorization": f"Bearer {key}"}
+        # name: (url, body, headers, the baseline it is compared with)
         runs = {
-            "direct to the simulator": (sim_url + "/v1/chat/completions", BODY, {}),
-            "chatgate /v1/chat/completions": (base + "/v1/chat/completions", BODY,
-                                              {"Authorization": f"Bearer {key}"}),
+            "direct to the simulator": (sim_url + "/v1/chat/completions", BODY, {}, None),
+            "direct to the simulator, streamed": (sim_url + "/v1/chat/completions", streamed,
+                                                  {}, None),
+            "chatgate /v1/chat/completions": (base + "/v1/chat/completions", BODY, auth_key,
+                                              "direct to the simulator"),
+            "chatgate /v1/chat/completions, streamed": (
+                base + "/v1/chat/completions", streamed, auth_key,
+                "direct to the simulator, streamed"),
+            # /api/chat always streams from the model server: its baseline is the streamed call.
             "chatgate /api/chat (2 commits + history)": (
                 base + "/api/chat", {"message": "hello", "max_tokens": 16},
-                {"Authorization": f"Bearer {token}"}),
+                {"Authorization": f"Bearer {token}"}, "direct to the simulator, streamed"),
         }
         results: dict[str, list[float]] = {}
-        for name, (url, body, headers) in runs.items():
+        for name, (url, body, headers, _) in runs.items():
             await open_loop(url, body, headers, rate, 2)  # warm up
             results[name] = await open_loop(url, body, headers, rate, seconds)
-        direct = results["direct to the simulator"]
         print(f"| path ({rate:g} req/s, {seconds:g} s) | p50 | p90 | p99 | added p50 | added p99 |")
         print("|---|---|---|---|---|---|")
         for name, values in results.items():
-            added = ("-", "-") if values is direct else (
-                f"{pct(values, 50) - pct(direct, 50):.2f} ms",
-                f"{pct(values, 99) - pct(direct, 99):.2f} ms")
+            baseline = runs[name][3]
+            added = ("-", "-") if baseline is None else (
+                f"{pct(values, 50) - pct(results[baseline], 50):.2f} ms",
+                f"{pct(values, 99) - pct(results[baseline], 99):.2f} ms")
             print(f"| {name} | {pct(values, 50):.2f} ms | {pct(values, 90):.2f} ms | "
                   f"{pct(values, 99):.2f} ms | {added[0]} | {added[1]} |")
         async with aiohttp.ClientSession() as s:
