@@ -92,9 +92,10 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
     api_keys = app[keys.API_KEYS]
 
     async def touch_keys() -> None:
-        used = api_keys.take_used()
+        used = api_keys.used()  # kept in memory until written: a listing meanwhile shows it
         if used:
             await storage.keys.touch(used)
+            api_keys.written(used)
 
     meter = UsageMeter(storage.usage, config.limits.monthly_tokens_per_user,
                        config.usage.flush_interval_s, touch_keys)

@@ -69,7 +69,7 @@ def number(body: Mapping[str, Any], key: str, *, low: float, high: float,
             (integer and not isinstance(value, int)):
         raise invalid(f"'{key}' must be {'a whole number' if integer else 'a number'}", key)
     if not low <= value <= high:
-        raise invalid(f"'{key}' must be between {low:g} and {high:g}", key)
+        raise invalid(f"'{key}' must be between {_shown(low)} and {_shown(high)}", key)
     return value
 
 
@@ -115,3 +115,8 @@ def render_option(value: Any) -> bool:
     if value == "html":
         return True
     raise invalid("'render' must be \"text\" or \"html\"", "render")
+
+
+def _shown(bound: float) -> str:
+    """A bound as people write it: 1000000, not 1e+06."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"

@@ -75,10 +75,15 @@ class ApiKeyService:
         self._used[grant.id] = now_iso()
         return principal
 
-    def take_used(self) -> dict[int, str]:
-        """When each key was last used since the previous call (for one batched write)."""
-        used, self._used = self._used, {}
-        return used
+    def used(self) -> dict[int, str]:
+        """When each key was last used, not yet written (a copy, for one batched write)."""
+        return dict(self._used)
+
+    def written(self, used: dict[int, str]) -> None:
+        """Forget what a finished write holds (a key used again meanwhile stays)."""
+        for key_id, when in used.items():
+            if self._used.get(key_id) == when:
+                del self._used[key_id]
 
     async def _lookup(self, key: str) -> Principal:
         prefix = key[len(KEY_MARK):len(KEY_MARK) + _PREFIX_LEN]

@@ -166,15 +166,18 @@ async function load() {
   const controller = (loading = new AbortController());
   const { signal } = controller;
   if (!keys.length) listStatus.textContent = "Loading…";
-  const [k, u] = await Promise.allSettled([api("GET", "/api/keys", undefined, { signal }),
-    api("GET", "/api/usage", undefined, { signal })]);
+  const get = (path) => api("GET", path, undefined, { signal }).then((value) => ({ value }), (error) => ({ error }));
+  // One after the other: reading usage writes out when keys were last used, and the list
+  // asked at the same time could miss that write.
+  const u = await get("/api/usage");
+  const k = await get("/api/keys");
   if (controller !== loading) return;
   loading = null;
   const failed = (err, what) => (err.status === 401 ? "" : `${what} ${sentence(err)}`);
-  if (k.status === "fulfilled") { keys = k.value.keys; renderList(); }
-  else listStatus.textContent = failed(k.reason, "Your keys could not be loaded.");
-  if (u.status === "fulfilled") { usage = u.value; renderUsage(); }
-  else usageStatus.textContent = failed(u.reason, "Usage could not be loaded.");
+  if (k.value) { keys = k.value.keys; renderList(); }
+  else listStatus.textContent = failed(k.error, "Your keys could not be loaded.");
+  if (u.value) { usage = u.value; renderUsage(); }
+  else usageStatus.textContent = failed(u.error, "Usage could not be loaded.");
 }
 
 // ---- actions
