@@ -7,6 +7,7 @@ batches every 0.1 s (through the `logging` module would cost ten times more per 
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import sys
@@ -76,9 +77,15 @@ class AccessLog:
                 pass
 
 
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """The formatted second, reused by every line of that second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
+
+
 def _format(entry: Entry) -> str:
     when, method, route, status, spent, user, key, rid, upstream = entry
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    stamp = _second(int(when))
     up = f"{upstream * 1000:.1f}" if upstream is not None else "-"
     return (f"{stamp},{int(when * 1000) % 1000:03d} INFO chatgate.access: method={method} "
             f"route={route} status={status} duration_ms={spent * 1000:.1f} user={user} "
