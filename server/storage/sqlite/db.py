@@ -19,6 +19,7 @@ from ..errors import DatabaseBusy, StorageError
 T = TypeVar("T")
 SyncOp = Callable[[sqlite3.Connection], T]
 log = logging.getLogger(__name__)
+CHECKPOINT_S = 1.0  # how often the WAL is copied back into the database
 
 
 async def _run(conn: aiosqlite.Connection, op: SyncOp[T]) -> T:
@@ -58,6 +59,8 @@ class Database:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     async def open(self, migrate: Callable[[sqlite3.Connection], object]) -> None:
         """Open the file, migrate the schema, start the writer task and the readers."""
@@ -66,6 +69,10 @@ class Database:
         try:
             self._writer = await _open(self.path, self._busy_ms, self._sync)
             await _run(self._writer, migrate)
+            if self.path != ":memory:":
+                # Checkpoints move off the writer: a commit never stops to copy the WAL back.
+                await self._writer.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = await _open(self.path, self._busy_ms, self._sync)
             for _ in range(self._readers_n):
                 conn = await _open(self.path, self._busy_ms, self._sync)
                 self._all_readers.append(conn)
@@ -75,6 +82,9 @@ class Database:
             await self._close_connections()  # no thread may outlive a failed start
             raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
+        if self._checkpointer is not None:
+            self._checkpoints = asyncio.create_task(self._checkpoint_loop(self._checkpointer),
+                                                    name="db-checkpoint")
 
     async def close(self) -> None:
         """Finish every queued write, then close all connections."""
@@ -82,9 +92,27 @@ class Database:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
         await self._close_connections()
 
+    async def _checkpoint_loop(self, conn: aiosqlite.Connection) -> None:
+        """Copy the WAL back into the database every second, on a connection of its own;
+        PASSIVE never waits for (or blocks) the writer or the readers."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            try:
+                await _run(conn, lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            except sqlite3.Error as err:  # busy or locked: the next round catches up
+                log.debug("checkpoint skipped: %s", err)
+
     async def _close_connections(self) -> None:
+        if self._checkpointer is not None:
+            await _run(self._checkpointer,
+                       lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            await self._checkpointer.close()
+            self._checkpointer = None
         for conn in self._all_readers:
             await conn.close()
         self._all_readers = []
