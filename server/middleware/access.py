@@ -8,6 +8,7 @@ batches every 0.1 s (through the `logging` module would cost ten times more per 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import secrets
 import sys
@@ -23,6 +24,15 @@ from .. import keys
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Ids need to be unique, not secret: a random prefix per process and a counter (cheaper than
+# 16 random bytes a request).
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts (32 hex characters at most)."""
+    return f"{_ID_PREFIX}{next(_ids):016x}"
 # (wall time, method, route, status, seconds, user id, key id, request id, upstream seconds)
 Entry = tuple[float, str, str, int, float, object, object, str, "float | None"]
 
@@ -106,7 +116,7 @@ def setup_access(app: web.Application, access_log: bool, stream: TextIO | None =
     @web.middleware
     async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("X-Request-Id", "")
-        request[keys.REQUEST_ID] = given if _SANE.fullmatch(given) else secrets.token_hex(16)
+        request[keys.REQUEST_ID] = given if given and _SANE.fullmatch(given) else new_request_id()
         if writer is None:
             return await handler(request)
         started = time.perf_counter()

@@ -71,3 +71,12 @@ async def test_the_log_can_be_turned_off(aiohttp_client) -> None:  # type: ignor
     assert resp.headers["X-Request-Id"]  # ids still work
     await asyncio.sleep(0.3)  # three of the writer's batches, had there been one
     assert stream.getvalue() == ""
+
+
+async def test_made_ids_are_all_different(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    client: TestClient = await aiohttp_client(make_app(access_log=False))
+    made = set()
+    for _ in range(50):
+        resp = await client.get("/things/1")
+        made.add(resp.headers["X-Request-Id"])
+    assert len(made) == 50
