@@ -117,8 +117,10 @@ class CompletionService:
 
         def ended(_: Forwarded, outcome: Outcome) -> None:
             self._metrics.job_ended(job, outcome)
-            usage = outcome.completion.usage if isinstance(outcome, jobs.Finished) else {}
-            self._meter.record(user_id, key.id if key else None, usage)
+            usage: dict[str, Any] = {}
+            if isinstance(outcome, jobs.Finished):  # a reply, counted as /api/chat counts one
+                usage = outcome.completion.usage
+                self._meter.record(user_id, key.id if key else None, usage)
             if key is not None and key.id in self._tpm:
                 used = _int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
                 self._tpm[key.id].give_back(reserved - used)

@@ -304,3 +304,26 @@ async def test_tool_calls_n_and_logprobs_come_back_as_the_model_sent_them(
     for answer in (direct, through):
         answer.pop("created", None)
     assert through == direct
+
+
+async def test_a_failed_request_counts_no_usage_and_is_a_502(
+        server: Running, simulator: SimServer, register: Callable[..., Awaitable[User]]) -> None:
+    user = await register()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{simulator.root_url}/sim/faults",
+                          json={"mode": "500", "count": 3}) as resp:
+            assert resp.status == 200
+    with pytest.raises(openai.InternalServerError) as info:
+        await client(server, await make_key_for(server, user)).chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+    assert info.value.status_code == 502
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.get("/api/usage", headers=user.headers) as resp:
+            assert (await resp.json())["totals"]["requests"] == 0
+
+
+async def make_key_for(server: Running, user: User) -> str:
+    """A key of the given user."""
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.post("/api/keys", json={"name": "k"}, headers=user.headers) as resp:
+            return str((await resp.json())["key"])
