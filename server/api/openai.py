@@ -6,6 +6,7 @@ the usage); answers come back as the model server sent them. Errors use OpenAI's
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -52,28 +53,31 @@ async def _forward(request: web.Request, path: str, needed: str) -> web.StreamRe
 
 async def _whole(forwarded: Forwarded) -> web.Response:
     answer = b""
-    async for item in forwarded.follow():
-        if isinstance(item, bytes):
-            answer += item
-        else:
-            raise _error(item.error)
+    async with aclosing(forwarded.follow()) as items:  # leaving early stops the job
+        async for item in items:
+            if isinstance(item, bytes):
+                answer += item
+            else:
+                raise _error(item.error)
     return web.Response(body=answer, content_type="application/json")
 
 
 async def _stream(request: web.Request, forwarded: Forwarded) -> web.StreamResponse:
     response: web.StreamResponse | None = None
-    async for item in forwarded.follow():
-        if isinstance(item, bytes):
-            if response is None:  # headers only once the model answers: errors stay HTTP
-                response = web.StreamResponse(headers=_SSE_HEADERS)
-                await response.prepare(request)
-            await response.write(item)
-        elif response is None:
-            raise _error(item.error)
-        else:  # after the first byte the status is sent: the error goes in-band, then [DONE]
-            error = orjson.dumps(_error(item.error).openai_body())
-            await response.write(b"data: " + error + b"\n\ndata: [DONE]\n\n")
-            break
+    # A client that leaves makes a write fail: closing the follower then stops the job.
+    async with aclosing(forwarded.follow()) as items:
+        async for item in items:
+            if isinstance(item, bytes):
+                if response is None:  # headers only once the model answers: errors stay HTTP
+                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    await response.prepare(request)
+                await response.write(item)
+            elif response is None:
+                raise _error(item.error)
+            else:  # after the first byte the status is sent: the error goes in-band, [DONE]
+                error = orjson.dumps(_error(item.error).openai_body())
+                await response.write(b"data: " + error + b"\n\ndata: [DONE]\n\n")
+                break
     if response is None:
         raise ApiError(502, "upstream_unavailable", "the model server sent nothing")
     await response.write_eof()

@@ -327,3 +327,31 @@ async def make_key_for(server: Running, user: User) -> str:
     async with aiohttp.ClientSession(server.url) as s:
         async with s.post("/api/keys", json={"name": "k"}, headers=user.headers) as resp:
             return str((await resp.json())["key"])
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_model(
+        server: Running, simulator: SimServer, register: Callable[..., Awaitable[User]]) -> None:
+    async with aiohttp.ClientSession() as s:
+        for path, body in (("/sim/config", {"tpot_ms": 30, "reply_tokens": 200}),
+                           ("/sim/reset", {})):
+            async with s.post(f"{simulator.root_url}{path}", json=body) as resp:
+                assert resp.status == 200
+    user = await register()
+    key = await make_key_for(server, user)
+    async with aiohttp.ClientSession(server.url) as s:
+        resp = await s.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                            json={"model": MODEL, "messages": MESSAGES, "stream": True})
+        assert resp.status == 200
+        seen = 0
+        async for line in resp.content:
+            seen += line.startswith(b"data: ")
+            if seen == 3:
+                break
+        resp.close()
+        for _ in range(200):
+            async with s.get(f"{simulator.root_url}/sim/stats") as r:
+                stats = await r.json()
+            if stats["aborted"] == 1 and stats["running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert stats["aborted"] == 1 and stats["completed"] == 0
