@@ -21,6 +21,7 @@ from typing import TextIO
 from aiohttp import web
 
 from .. import keys
+from .timing import route_of, timed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -119,24 +120,14 @@ def setup_access(app: web.Application, access_log: bool, stream: TextIO | None =
         request[keys.REQUEST_ID] = given if given and _SANE.fullmatch(given) else new_request_id()
         if writer is None:
             return await handler(request)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as err:
-            status = err.status
-            raise
-        finally:
-            resource = request.match_info.route.resource
+        def done(status: int, spent: float) -> None:
             principal = request.get(keys.PRINCIPAL)
-            writer.add((time.time(), request.method,
-                        resource.canonical if resource is not None else "unmatched", status,
-                        time.perf_counter() - started,
+            writer.add((time.time(), request.method, route_of(request), status, spent,
                         principal.user["id"] if principal else "-",
                         principal.key.id if principal and principal.key else "-",
                         request[keys.REQUEST_ID], request.get(keys.UPSTREAM_S)))
+
+        return await timed(request, handler, done)
 
     async def running(_: web.Application) -> AsyncIterator[None]:
         assert writer is not None

@@ -3,7 +3,6 @@ for requests, their duration and the overhead chatgate adds to a model request."
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from .. import keys
 from ..services.metrics import Metrics
+from .timing import route_of, timed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -18,22 +18,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time each request under its route's pattern, e.g. 'GET /api/auth/verify'."""
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     request.app[keys.REQUESTS][f"{request.method} {route}"] += 1
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as err:
-        status = err.status
-        raise
-    finally:
-        spent = time.perf_counter() - started
-        metrics = request.app[keys.METRICS]
-        metrics.request_done(request.method, route, status, spent, request.get(keys.UPSTREAM_S))
+    metrics = request.app[keys.METRICS]
+    return await timed(request, handler, lambda status, spent: metrics.request_done(
+        request.method, route, status, spent, request.get(keys.UPSTREAM_S)))
 
 
 def setup_metrics(app: web.Application) -> None:
