@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -39,3 +40,6 @@ VIA_COOKIE = web.RequestKey("via_cookie", bool)
 REQUEST_ID = web.RequestKey("request_id", str)
 UPSTREAM_S = web.RequestKey("upstream_s", float)  # time the request spent with the model
 METRICS = web.AppKey("metrics", Metrics)
+# Called after each request with (request, route pattern, status, seconds).
+RequestDone = Callable[[web.Request, str, int, float], None]
+REQUEST_DONE = web.AppKey("request_done", list[RequestDone])

@@ -21,7 +21,7 @@ from typing import TextIO
 from aiohttp import web
 
 from .. import keys
-from .timing import route_of, timed
+from .timing import listen
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -118,24 +118,24 @@ def setup_access(app: web.Application, access_log: bool, stream: TextIO | None =
     async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("X-Request-Id", "")
         request[keys.REQUEST_ID] = given if given and _SANE.fullmatch(given) else new_request_id()
-        if writer is None:
-            return await handler(request)
-        def done(status: int, spent: float) -> None:
-            principal = request.get(keys.PRINCIPAL)
-            writer.add((time.time(), request.method, route_of(request), status, spent,
-                        principal.user["id"] if principal else "-",
-                        principal.key.id if principal and principal.key else "-",
-                        request[keys.REQUEST_ID], request.get(keys.UPSTREAM_S)))
+        return await handler(request)
 
-        return await timed(request, handler, done)
+    app.on_response_prepare.append(_on_prepare)
+    app.middlewares.append(access_middleware)
+    if writer is None:
+        return
+
+    def done(request: web.Request, route: str, status: int, spent: float) -> None:
+        principal = request.get(keys.PRINCIPAL)
+        writer.add((time.time(), request.method, route, status, spent,
+                    principal.user["id"] if principal else "-",
+                    principal.key.id if principal and principal.key else "-",
+                    request[keys.REQUEST_ID], request.get(keys.UPSTREAM_S)))
 
     async def running(_: web.Application) -> AsyncIterator[None]:
-        assert writer is not None
         writer.start()
         yield
         writer.stop()
 
-    app.on_response_prepare.append(_on_prepare)
-    app.middlewares.append(access_middleware)
-    if writer is not None:
-        app.cleanup_ctx.append(running)
+    listen(app, done)
+    app.cleanup_ctx.append(running)

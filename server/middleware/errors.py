@@ -180,7 +180,7 @@ def _refused(request: web.Request, err: ApiError) -> ApiError:
     """Count refusals for overload or limits (a fixed word per reason, for /metrics)."""
     metrics = request.app.get(keys.METRICS)
     if metrics is not None and err.code in _REFUSALS:
-        metrics.rejections.labels(err.code).inc()
+        metrics.rejections.inc(err.code)
     return err
 
 

@@ -1,4 +1,5 @@
-"""How a request ended and how long it took, for the middlewares that report it."""
+"""How a request ended and how long it took, measured once and told to every reporter
+(the access log and the metrics), so each request pays for one timer, not one per reporter."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .. import keys
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Listener = keys.RequestDone
 
 
 def route_of(request: web.Request) -> str:
@@ -16,17 +20,34 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-async def timed(request: web.Request, handler: Handler,
-                done: Callable[[int, float], None]) -> web.StreamResponse:
-    """Run the handler, then call `done(status, seconds)` whether it answered or raised."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as err:
-        status = err.status
-        raise
-    finally:
-        done(status, time.perf_counter() - started)
+def listen(app: web.Application, listener: Listener) -> None:
+    """Call `listener(request, route, status, seconds)` after every request.
+
+    The first listener installs the timing middleware where the app's middlewares stand.
+    """
+    listeners = app.get(keys.REQUEST_DONE)
+    if listeners is None:
+        listeners = app[keys.REQUEST_DONE] = []
+        app.middlewares.append(_timing(listeners))
+    listeners.append(listener)
+
+
+def _timing(listeners: list[Listener]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def timing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as err:
+            status = err.status
+            raise
+        finally:
+            spent = time.perf_counter() - started
+            route = route_of(request)
+            for listener in listeners:
+                listener(request, route, status, spent)
+
+    return timing_middleware

@@ -5,18 +5,12 @@ No label ever holds a secret or a user's value: routes are patterns, reasons are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from workers import job as jobs
@@ -27,49 +21,110 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+class Buckets:
+    """One histogram series: plain counts, written by the event loop only, so no lock."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value in the first bucket whose upper bound holds it."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class Family(Collector):
+    """Counters or histograms by label values, exported at scrape time.
+
+    prometheus-client's own series take a lock and check their state on every update; a
+    turn updates eight of them, so on the hot path a dict and a list do the same for less.
+    """
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str] = (),
+                 buckets: Sequence[float] | None = None) -> None:
+        self.name, self.doc, self.labels, self.buckets = name, doc, list(labels), buckets
+        self.counts: dict[tuple[str, ...], float] = {}
+        self.series: dict[tuple[str, ...], Buckets] = {}
+
+    def inc(self, *values: str, by: float = 1) -> None:
+        """Add to the counter of these label values."""
+        self.counts[values] = self.counts.get(values, 0) + by
+
+    def of(self, *values: str) -> Buckets:
+        """The histogram series of these label values (made on first use)."""
+        series = self.series.get(values)
+        if series is None:
+            assert self.buckets is not None
+            series = self.series[values] = Buckets(self.buckets)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        if self.buckets is None:
+            counter = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+            for values, count in sorted(self.counts.items()):
+                counter.add_metric(list(values), count)
+            yield counter
+            return
+        histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, series in sorted(self.series.items()):
+            running, cumulative = 0, []
+            for bound, count in zip([*map(_le, series.bounds), "+Inf"], series.counts, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            histogram.add_metric(list(values), cumulative, series.total)
+        yield histogram
+
+
 class Metrics:
     """Every series chatgate exports, in a registry of its own (one per app)."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("chatgate_requests", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=r)
-        self.duration = Histogram("chatgate_request_duration_seconds",
-                                  "HTTP request time, first byte in to last byte out",
-                                  ["route"], buckets=_SLOW, registry=r)
-        self.overhead = Histogram(
+
+        def family(*args: Any, **kwargs: Any) -> Family:
+            made = Family(*args, **kwargs)
+            r.register(made)
+            return made
+
+        self.requests = family("chatgate_requests", "HTTP requests by route and status",
+                               ["method", "route", "status"])
+        self.duration = family("chatgate_request_duration_seconds",
+                               "HTTP request time, first byte in to last byte out", ["route"],
+                               buckets=_SLOW)
+        self.overhead = family(
             "chatgate_overhead_seconds",
             "What chatgate adds to a model request: request time minus time with the model",
-            ["route"], buckets=_FAST, registry=r)
-        self.queue_wait = Histogram("chatgate_queue_wait_seconds",
-                                    "Time a job waited for a worker", buckets=_FAST + _SLOW[7:],
-                                    registry=r)
-        self.ttft = Histogram("chatgate_upstream_first_token_seconds",
-                              "Model server: time to the first token (or answer)",
-                              buckets=_SLOW, registry=r)
-        self.upstream = Histogram("chatgate_upstream_seconds", "Model server: whole request",
-                                  buckets=_SLOW, registry=r)
-        self.upstream_errors = Counter("chatgate_upstream_errors",
-                                       "Model requests that failed, by kind", ["kind"],
-                                       registry=r)
-        self.rejections = Counter("chatgate_rejections", "Requests refused, by reason",
-                                  ["reason"], registry=r)
-        self.tokens = Counter("chatgate_tokens", "Tokens in (prompt) and out (completion)",
-                              ["direction"], registry=r)
+            ["route"], buckets=_FAST)
+        self.queue_wait = family("chatgate_queue_wait_seconds", "Time a job waited for a worker",
+                                 buckets=_FAST + _SLOW[7:]).of()
+        self.ttft = family("chatgate_upstream_first_token_seconds",
+                           "Model server: time to the first token (or answer)",
+                           buckets=_SLOW).of()
+        self.upstream = family("chatgate_upstream_seconds", "Model server: whole request",
+                               buckets=_SLOW).of()
+        self.upstream_errors = family("chatgate_upstream_errors",
+                                      "Model requests that failed, by kind", ["kind"])
+        self.rejections = family("chatgate_rejections", "Requests refused, by reason",
+                                 ["reason"])
+        self.tokens = family("chatgate_tokens", "Tokens in (prompt) and out (completion)",
+                             ["direction"])
         self.queue_depth = Gauge("chatgate_queue_depth", "Jobs waiting for a worker",
                                  registry=r)
         self.workers_busy = Gauge("chatgate_workers_busy", "Workers running a job", registry=r)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[tuple[str, ...], Buckets, Buckets]] = {}
 
     def request_done(self, method: str, route: str, status: int, spent: float,
                      upstream: float | None) -> None:
-        """One finished HTTP request (label children are cached: a dict lookup each)."""
+        """One finished HTTP request (its series are cached: a dict lookup each)."""
         children = self._children.get((method, route, status))
         if children is None:
             children = self._children[(method, route, status)] = (
-                self.requests.labels(method, route, str(status)),
-                self.duration.labels(route), self.overhead.labels(route))
-        children[0].inc()
+                (method, route, str(status)), self.duration.of(route), self.overhead.of(route))
+        self.requests.inc(*children[0])
         children[1].observe(spent)
         if upstream is not None:
             children[2].observe(max(0.0, spent - upstream))
@@ -93,10 +148,10 @@ class Metrics:
             self.upstream.observe(t.upstream_s)
         if isinstance(outcome, jobs.Finished):
             usage = outcome.completion.usage
-            self.tokens.labels("in").inc(_int(usage.get("prompt_tokens")))
-            self.tokens.labels("out").inc(_int(usage.get("completion_tokens")))
+            self.tokens.inc("in", by=_int(usage.get("prompt_tokens")))
+            self.tokens.inc("out", by=_int(usage.get("completion_tokens")))
         else:
-            self.upstream_errors.labels(_kind(outcome.error)).inc()
+            self.upstream_errors.inc(_kind(outcome.error))
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -126,3 +181,8 @@ def _kind(error: Exception) -> str:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus-client writes it (0.5 → "0.5", 1 → "1.0")."""
+    return repr(float(bound))
