@@ -151,13 +151,35 @@ async def latency(rate: float, seconds: float) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def streams(count: int, tokens: int) -> None:
-    """N slow streams at once: all must complete; report the server's peak memory."""
+async def queue_sample(s: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    """The queue depth and busy workers, as /metrics shows them now."""
+    async with s.get(base + "/metrics") as r:
+        text = await r.text()
+    values = dict(re.findall(r"^(chatgate_queue_depth|chatgate_workers_busy) (\S+)$", text, re.M))
+    return (float(values.get("chatgate_queue_depth", 0)),
+            float(values.get("chatgate_workers_busy", 0)))
+
+
+async def watch_queue(s: aiohttp.ClientSession, base: str, seen: list[tuple[float, float]],
+                      stop: asyncio.Event) -> None:
+    """Sample the queue every 0.25 s until stopped."""
+    while not stop.is_set():
+        seen.append(await queue_sample(s, base))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except TimeoutError:
+            pass
+
+
+async def streams(count: int, tokens: int, workers: int) -> None:
+    """N slow streams at once: all must complete; report the server's peak memory and the
+    queue filling and draining as /metrics showed it."""
     tmp = Path(tempfile.mkdtemp(prefix="chatgate-v1-"))
+    workers = workers or count
     sim, server, sim_url, base = start_pair(
         tmp / "bench.db", ["--ttft-ms", "100", "--tpot-ms", "100", "--reply-tokens",
                            str(tokens), "--capacity", str(count * 2)],
-        QUEUE__WORKERS=count, QUEUE__MAX_SIZE=count * 2)
+        QUEUE__WORKERS=workers, QUEUE__MAX_SIZE=count * 2, QUEUE__MAX_PER_USER=count * 2)
     try:
         await wait_http(sim_url + "/health")
         await wait_http(base + "/health")
@@ -176,15 +198,25 @@ async def streams(count: int, tokens: int) -> None:
                 if resp.status == 200 and text.rstrip().endswith("data: [DONE]"):
                     done += 1
 
+            seen: list[tuple[float, float]] = []
+            stop_watch = asyncio.Event()
+            watcher = asyncio.create_task(watch_queue(s, base, seen, stop_watch))
             started = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(count)))
             spent = time.perf_counter() - started
+            stop_watch.set()
+            await watcher
+            peak_depth = max((d for d, _ in seen), default=0.0)
+            peak_busy = max((b for _, b in seen), default=0.0)
+            after = await queue_sample(s, base)
         status = Path(f"/proc/{server.pid}/status").read_text()
         peak = re.search(r"VmHWM:\s+(\d+) kB", status)
         rss = re.search(r"VmRSS:\s+(\d+) kB", status)
         print(f"{done} of {count} streams of {tokens} tokens completed in {spent:.1f} s; "
               f"server peak RSS {int(peak.group(1)) / 1024 if peak else 0:.0f} MB, "
               f"now {int(rss.group(1)) / 1024 if rss else 0:.0f} MB")
+        print(f"/metrics during the run: queue depth up to {peak_depth:.0f}, workers busy up to "
+              f"{peak_busy:.0f} of {workers}; after it: depth {after[0]:.0f}, busy {after[1]:.0f}")
     finally:
         stop(server, sim)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,11 +243,13 @@ def main() -> int:
     st = sub.add_parser("streams")
     st.add_argument("--streams", type=int, default=1000)
     st.add_argument("--tokens", type=int, default=20)
+    st.add_argument("--workers", type=int, default=0,
+                    help="queue.workers (default: one per stream; fewer shows the queue fill)")
     args = parser.parse_args()
     if args.what == "latency":
         asyncio.run(latency(args.rate, args.seconds))
     else:
-        asyncio.run(streams(args.streams, args.tokens))
+        asyncio.run(streams(args.streams, args.tokens, args.workers))
     return 0
 
 
