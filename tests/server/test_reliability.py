@@ -258,7 +258,8 @@ async def test_disconnect_storm_leaves_pool_clean(tmp_path: Path, simulator) -> 
 async def test_ready_answers_while_every_worker_is_busy(tmp_path: Path, simulator) -> None:
     async with aiohttp.ClientSession(simulator.root_url) as s:
         await s.post("/sim/config", json={"tpot_ms": 50, "reply_tokens": 60})
-    running = await start(make_config(tmp_path, simulator.url, queue={"workers": 2}))
+    running = await start(make_config(tmp_path, simulator.url, queue={
+        "workers": 2, "max_running_per_user": 2}))  # one user holds both workers
     try:
         user = await register_over_http(running.url, "busy")
         async with aiohttp.ClientSession(running.url) as s:
