@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from server import keys
+from server.config import LimitsConfig
 from server.runner import Running, start
 from tests.support.app import User, error_of, make_config, register_over_http, storage_of
 from tests.support.sse import events
@@ -154,6 +155,21 @@ async def test_a_burst_of_creations_stops_exactly_at_the_cap(custom: Custom) -> 
     assert await stored(server, user) == (5, 5)
 
 
+async def test_the_reviews_flood_is_refused_with_the_shipped_default(custom: Custom) -> None:
+    default = LimitsConfig().conversations_per_user_per_minute  # tests otherwise lift it
+    server = await custom(limits={"conversations_per_user_per_minute": default})
+    user = await register_over_http(server.url, "flood")
+    async with aiohttp.ClientSession(server.url) as s:
+
+        async def one() -> int:
+            async with await create(s, user) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(200)))
+    assert statuses.count(201) == default and statuses.count(429) == 200 - default
+    assert await stored(server, user) == (default, default)
+
+
 # --- stored characters -----------------------------------------------------------------------
 
 
@@ -204,13 +220,29 @@ async def test_stored_text_cap_is_413_on_every_write_and_stores_nothing(custom: 
             assert resp.status == 200
 
 
-async def test_counters_follow_deleted_users(custom: Custom) -> None:
+async def test_counters_follow_every_write_and_deleted_users(custom: Custom) -> None:
     server = await custom()
     user = await register_over_http(server.url, "leaver")
     async with aiohttp.ClientSession(server.url) as s:
         async with s.post("/api/chat", json={"message": "hello"}, headers=user.headers) as resp:
             assert resp.status == 200
-        assert (await stored(server, user))[1] > 0
+            body = await resp.json()
+        conv = body["conversation_id"]
+        assert (await stored(server, user))[1] > 0  # stored() checks the counter is the truth
+        messages = (await (await s.get(f"/api/conversations/{conv}",
+                                       headers=user.headers)).json())["messages"]
+        async with s.post("/api/chat", json={"conversation_id": conv, "message": "edited " * 9,
+                                             "edit_message_id": messages[0]["id"]},
+                          headers=user.headers) as resp:
+            assert resp.status == 200
+        await stored(server, user)
+        async with s.post("/api/chat", json={"conversation_id": conv, "regenerate": True},
+                          headers=user.headers) as resp:
+            assert resp.status == 200
+        async with s.patch(f"/api/conversations/{conv}", json={"title": "a longer title"},
+                           headers=user.headers) as resp:
+            assert resp.status == 200
+        await stored(server, user)
         async with s.delete("/api/auth/account", json={"password": user.password},
                             headers=user.headers) as resp:
             assert resp.status == 204, await resp.text()
