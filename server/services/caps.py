@@ -40,6 +40,11 @@ class Caps:
         own = self.value(overrides, "max_running_per_user", self._queue.max_running_per_user)
         return own or self._queue.running_cap
 
+    def monthly_tokens(self, overrides: Overrides) -> int:
+        """The user's monthly token budget (0 = none)."""
+        return self.value(overrides, "monthly_tokens_per_user",
+                          self._limits.monthly_tokens_per_user)
+
     def quota(self, overrides: Overrides) -> Quota:
         """The user's storage caps (0 = none)."""
         return Quota(

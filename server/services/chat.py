@@ -75,7 +75,7 @@ class ChatService:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
         if conversation_id is None:
             self._caps.new_conversation(user_id, limits)
-        await self._meter.check_budget(user_id)
+        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         quota = self._caps.quota(limits)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
         try:

@@ -108,7 +108,7 @@ class CompletionService:
         if body["model"] not in (await self._catalog())[2]:
             raise ModelNotFound(f"The model `{body['model']}` does not exist.")
         reserved = self._admit(key, body)
-        await self._meter.check_budget(user_id)
+        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         place = self._pool.reserve(user_id)
         stream = body.get("stream") is True
         options = body.get("stream_options")

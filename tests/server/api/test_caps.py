@@ -13,6 +13,8 @@ import pytest
 from server import keys
 from server.config import LimitsConfig
 from server.runner import Running, start
+from server.services.usage import QuotaExceeded
+from server.storage import TooManyConversations
 from tests.support.app import User, error_of, make_config, register_over_http, storage_of
 from tests.support.sse import events
 from vllm_sim import SimServer
@@ -259,15 +261,28 @@ async def test_a_users_own_limits_override_the_config(custom: Custom) -> None:
                                   "conversations_per_user_per_minute": 1},
                           queue={"workers": 8, "max_running_per_user": 2})
     user = await register_over_http(server.url, "trusted")
+    # A budget of the user's own, on real turns (the config has none).
+    chat = server.app[keys.CHAT]
+    budget = {"monthly_tokens_per_user": 1}
+    turn = await chat.start(user.id, "spend", None, limits=budget)
+    assert turn.job.max_running == 2  # the config's cap rides on the job
+    async for _ in turn.follow():
+        pass
+    with pytest.raises(QuotaExceeded):
+        await chat.start(user.id, "more", turn.conversation_id, limits=budget)
     # The user row's `limits`, as the principal carries it (the admin API sets them).
     limits = {"max_conversations_per_user": 3, "conversations_per_user_per_minute": 10,
               "max_running_per_user": 5}
+    other = await chat.start(user.id, "no budget of my own", turn.conversation_id,
+                             limits=limits)
+    assert other.job.max_running == 5
+    async for _ in other.follow():
+        pass
     conversations = server.app[keys.CONVERSATIONS]
-    for _ in range(3):
+    for _ in range(2):
         await conversations.create(user.id, "t", limits)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(TooManyConversations):
         await conversations.create(user.id, "t", limits)
-    assert type(info.value).__name__ == "TooManyConversations"
     caps = server.app[keys.CAPS]
     assert caps.running(limits) == 5 and caps.running({}) == 2 and caps.running(None) == 2
     assert caps.quota({"max_stored_chars_per_user": 0}).chars == 0  # 0: no cap, as in config
