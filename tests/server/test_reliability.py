@@ -110,6 +110,7 @@ async def test_sigterm_finishes_streams_refuses_queued_and_exits_0(tmp_path: Pat
     sim = await start_simulator_process("--ttft-ms", "10", "--tpot-ms", "25",
                                         "--reply-tokens", "30")
     server = await start_server_process(tmp_path / "term.db", sim.url + "/v1", QUEUE__WORKERS=2,
+                                        QUEUE__MAX_RUNNING_PER_USER=2,  # one user, both workers
                                         SERVER__SHUTDOWN_GRACE_S=15)
     try:
         user = await register_over_http(server.url, "stayer")
