@@ -120,7 +120,11 @@ def start_pair(db: Path, sim_args: list[str], **settings: object) -> tuple[
                CHATGATE_LLM__BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
                CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="1000000",
                CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="1000000",
-               CHATGATE_LIMITS__UPSTREAM_RPS="1000000", CHATGATE_QUEUE__MAX_PER_USER="0")
+               CHATGATE_LIMITS__UPSTREAM_RPS="1000000", CHATGATE_QUEUE__MAX_PER_USER="0",
+               CHATGATE_QUEUE__MAX_RUNNING_PER_USER="1000000",
+               CHATGATE_LIMITS__CONVERSATIONS_PER_USER_PER_MINUTE="0",
+               CHATGATE_LIMITS__MAX_CONVERSATIONS_PER_USER="0",
+               CHATGATE_LIMITS__MAX_STORED_CHARS_PER_USER="0")
     env.update({f"CHATGATE_{key.upper()}": str(value) for key, value in settings.items()})
     server = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL)

@@ -25,6 +25,7 @@ from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
 from .services.accounts import AccountService
 from .services.apikeys import ApiKeyService
+from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
@@ -46,6 +47,7 @@ async def create_app(config: Config) -> web.Application:
     server = config.server
     app = web.Application(client_max_size=server.max_body_bytes)
     app[keys.CONFIG] = config
+    app[keys.CAPS] = Caps(config.limits, config.queue)
     setup_cors(app, server.cors_origins)  # outermost: error responses get it too
     setup_access(app, server.access_log)  # outside the error middleware: sees final statuses
     setup_metrics(app)
@@ -63,7 +65,8 @@ async def create_app(config: Config) -> web.Application:
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[keys.CONFIG].database)
     app[keys.STORAGE] = storage
-    app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search)
+    app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
+                                                  app[keys.CAPS])
     yield
     await storage.close()
 
@@ -126,7 +129,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     q = config.queue
     pool = WorkerPool(app[keys.UPSTREAM], workers=q.workers, max_queue=q.max_size,
-                      max_per_owner=q.max_per_user, rps=config.limits.upstream_rps)
+                      max_per_owner=q.max_per_user, max_running_per_owner=q.running_cap,
+                      rps=config.limits.upstream_rps)
     pool.start()
     app[keys.POOL] = pool
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
@@ -139,11 +143,11 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
     limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
-    meter, metrics = app[keys.USAGE], app[keys.METRICS]
+    meter, metrics, caps = app[keys.USAGE], app[keys.METRICS], app[keys.CAPS]
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
-                                        metrics)
+                                        metrics, caps)
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.UPSTREAM], meter,
-                                              config.llm.max_tokens, metrics)
+                                              config.llm.max_tokens, metrics, caps)
     yield
     await chat.close()  # every running turn stores its partial reply before the pool stops
 

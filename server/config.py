@@ -65,6 +65,9 @@ class LimitsConfig:
     chat_per_user_per_minute: int = 30
     upstream_rps: float = 100.0
     monthly_tokens_per_user: int = 0
+    conversations_per_user_per_minute: int = 30  # 0 = no limit
+    max_conversations_per_user: int = 10_000  # 0 = no cap
+    max_stored_chars_per_user: int = 100_000_000  # titles + message text; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,12 @@ class QueueConfig:
     max_size: int = 512
     workers: int = 64
     max_per_user: int = 32
+    max_running_per_user: int = 0  # 0 = a quarter of the workers (at least 1)
+
+    @property
+    def running_cap(self) -> int:
+        """How many workers one user's jobs may hold at once."""
+        return self.max_running_per_user or max(1, self.workers // 4)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from workers.upstream import UpstreamClient
 from .config import Config
 from .services.accounts import AccountService
 from .services.apikeys import ApiKeyService
+from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
@@ -34,6 +35,7 @@ UPSTREAM = web.AppKey("upstream", UpstreamClient)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
 STATUS = web.AppKey("status", StatusService)
+CAPS = web.AppKey("caps", Caps)
 REQUESTS = web.AppKey("requests", Counter)
 PRINCIPAL = web.RequestKey("principal", Principal)
 VIA_COOKIE = web.RequestKey("via_cookie", bool)

@@ -123,6 +123,9 @@ class Job:
     # Set by the queue: removes the job while it waits.
     on_cancel_queued: Callable[[Job], bool] | None = field(default=None, repr=False)
     times: Times = field(default_factory=lambda: Times(time.monotonic()), repr=False)
+    # Most of this owner's jobs that may run at once (the user's cap, set by whoever queues
+    # it); None = the pool's default, 0 = no cap.
+    max_running: int | None = None
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

@@ -49,8 +49,11 @@ class WorkerPool:
     """Owns the queue and the worker tasks; upstream concurrency never exceeds `workers`."""
 
     def __init__(self, upstream: UpstreamClient, *, workers: int, max_queue: int,
-                 max_per_owner: int = 0, rps: float = 100.0) -> None:
-        self.queue = FairQueue(max_queue)
+                 max_per_owner: int = 0, max_running_per_owner: int = 0,
+                 rps: float = 100.0) -> None:
+        # max_running_per_owner: how many workers one owner's jobs may hold at once, for jobs
+        # that carry no cap of their own (0 = no cap).
+        self.queue = FairQueue(max_queue, max_running_per_owner)
         self.stats = PoolStats()
         self._upstream = upstream
         self._size = workers
@@ -131,19 +134,25 @@ class WorkerPool:
         while True:
             job = await self.queue.get()
             self.queue.task_done()
-            if job.state != "queued":
-                continue  # cancelled while waiting: never reaches the upstream
-            job.state = "running"
-            job.task = asyncio.create_task(self._run(job))
-            self.stats.running += 1
             try:
-                await asyncio.wait({job.task})
-            except asyncio.CancelledError:
-                job.task.cancel()
-                await asyncio.wait({job.task})
-                raise
+                if job.state == "queued":  # else cancelled while waiting: never sent upstream
+                    await self._hold(job)
             finally:
-                self.stats.running -= 1
+                self.queue.done(job)  # its owner may run another now
+
+    async def _hold(self, job: Job) -> None:
+        """Run one job to its end on this worker."""
+        job.state = "running"
+        job.task = asyncio.create_task(self._run(job))
+        self.stats.running += 1
+        try:
+            await asyncio.wait({job.task})
+        except asyncio.CancelledError:
+            job.task.cancel()
+            await asyncio.wait({job.task})
+            raise
+        finally:
+            self.stats.running -= 1
 
     async def _run(self, job: Job) -> None:
         job.emit(Started())

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Iterator
 
 from .job import Job
 
 
 class _Lanes:
-    """Per-owner FIFO lanes; the dict's order is the rotation order."""
+    """Per-owner FIFO lanes; the dict's order is the rotation order.
 
-    def __init__(self) -> None:
+    `taken` counts each owner's jobs handed to a worker and not yet done: an owner at their
+    running cap is passed over (keeping their turn) until one of their jobs ends.
+    """
+
+    def __init__(self, max_running: int) -> None:
         self.lanes: dict[Hashable, deque[Job]] = {}
         self.size = 0
+        self.max_running = max_running  # for jobs that carry no cap of their own; 0 = none
+        self.taken: Counter[Hashable] = Counter()
 
     def __len__(self) -> int:
         return self.size
@@ -30,14 +36,41 @@ class _Lanes:
         lane.append(job)
         self.size += 1
 
+    def ready(self, owner: Hashable, lane: deque[Job]) -> bool:
+        """May a worker take this owner's next job now (are they under their running cap)?"""
+        head = lane[0].max_running
+        cap = self.max_running if head is None else head
+        return not cap or self.taken[owner] < cap
+
+    def next_owner(self) -> Hashable | None:
+        """The first owner in the rotation whose next job may run now, or None."""
+        # Owners passed over each have a job running, so this looks at most `workers` lanes.
+        for owner, lane in self.lanes.items():
+            if self.ready(owner, lane):
+                return owner
+        return None
+
     def pop(self) -> Job:
-        owner = next(iter(self.lanes))
+        owner = self.next_owner()
+        if owner is None:
+            raise asyncio.QueueEmpty
+        self.taken[owner] += 1
+        return self.take(owner)
+
+    def take(self, owner: Hashable) -> Job:
+        """The owner's next job; the owner goes to the back of the rotation (owners passed
+        over stay ahead)."""
         lane = self.lanes.pop(owner)
         job = lane.popleft()
         if lane:
-            self.lanes[owner] = lane  # to the back of the rotation
+            self.lanes[owner] = lane
         self.size -= 1
         return job
+
+    def done(self, owner: Hashable) -> None:
+        self.taken[owner] -= 1
+        if self.taken[owner] <= 0:
+            del self.taken[owner]
 
     def remove(self, job: Job) -> bool:
         lane = self.lanes.get(job.owner)
@@ -55,14 +88,24 @@ class _Lanes:
 
 class FairQueue(asyncio.Queue[Job]):
     """asyncio.Queue with per-owner round-robin order (overriding _init/_put/_get, as
-    PriorityQueue does)."""
+    PriorityQueue does) and a cap on each owner's running jobs.
+
+    `empty()` means "no job a worker may take now": `get()` waits while every waiting job's
+    owner is at their running cap; `qsize()` still counts every waiting job. Whoever takes a
+    job calls `done(job)` when it ends, which lets that owner's next job go.
+    """
 
     _queue: _Lanes
     _unfinished_tasks: int  # asyncio.Queue's own counters, kept right when a job is removed
     _finished: asyncio.Event
+    _getters: deque[asyncio.Future[None]]
+
+    def __init__(self, maxsize: int = 0, max_running: int = 0) -> None:
+        super().__init__(maxsize)
+        self._queue.max_running = max_running
 
     def _init(self, maxsize: int) -> None:
-        self._queue = _Lanes()
+        self._queue = _Lanes(0)
 
     def _put(self, item: Job) -> None:
         item.on_cancel_queued = self.remove
@@ -70,6 +113,21 @@ class FairQueue(asyncio.Queue[Job]):
 
     def _get(self) -> Job:
         return self._queue.pop()
+
+    def empty(self) -> bool:
+        """True when no waiting job may be taken now (none waits, or their owners are at
+        their running cap)."""
+        return self._queue.next_owner() is None
+
+    def running(self, owner: Hashable) -> int:
+        """How many of this owner's jobs were taken and are not done yet."""
+        return self._queue.taken[owner]
+
+    def done(self, job: Job) -> None:
+        """A job taken from the queue has ended: its owner may run another."""
+        self._queue.done(job.owner)
+        if not self.empty():
+            self._wakeup_next(self._getters)  # type: ignore[attr-defined]
 
     def remove(self, job: Job) -> bool:
         """Take a waiting job out (its client left); True if it was still queued."""
@@ -87,7 +145,11 @@ class FairQueue(asyncio.Queue[Job]):
         return len(lane) if lane else 0
 
     def position(self, job: Job) -> int | None:
-        """How many queued jobs will be served before this one; None if not queued."""
+        """How many queued jobs will be served before this one; None if not queued.
+
+        The rotation's order; an owner at their running cap also waits for one of their own
+        jobs to end, which no count of others' jobs can tell.
+        """
         lanes = self._queue.lanes
         lane = lanes.get(job.owner)
         if lane is None:
@@ -107,9 +169,11 @@ class FairQueue(asyncio.Queue[Job]):
         return ahead
 
     def drain(self) -> list[Job]:
-        """Remove and return every waiting job (at shutdown)."""
+        """Remove and return every waiting job in rotation order (at shutdown), capped
+        owners' too."""
         jobs: list[Job] = []
-        while not self.empty():
-            jobs.append(self.get_nowait())
+        while self._queue.lanes:
+            jobs.append(self._queue.take(next(iter(self._queue.lanes))))
             self.task_done()
+        self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         return jobs

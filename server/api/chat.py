@@ -48,7 +48,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     turn = await request.app[keys.CHAT].start(
         principal.user["id"], body.message, body.conversation_id, body.max_tokens,
         body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id,
-        key_id=principal.key.id if principal.key else None)
+        key_id=principal.key.id if principal.key else None,
+        limits=principal.user.get("limits"))
     try:
         if body.stream:
             return await _stream(request, turn, body.html)

@@ -20,6 +20,11 @@ def _user_id(request: web.Request) -> int:
     return principal_of(request).user["id"]
 
 
+def _limits(request: web.Request) -> dict[str, int] | None:
+    """The user's overrides of the caps, if any."""
+    return principal_of(request).user.get("limits")
+
+
 async def list_conversations(request: web.Request) -> web.Response:
     """A cursor page of the user's conversations, newest activity first."""
     limit = query_int(request, "limit", 20, 1, 100)
@@ -32,7 +37,8 @@ async def create_conversation(request: web.Request) -> web.Response:
     """Create an empty conversation."""
     body = await read_json(request, _TITLE) if request.can_read_body else {}
     title = text(body, "title", min_len=1, max_len=200, required=False) or "New chat"
-    row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title)
+    row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title,
+                                                       _limits(request))
     return json_response(row, status=201)
 
 
@@ -50,7 +56,7 @@ async def rename_conversation(request: web.Request) -> web.Response:
     title = text(body, "title", min_len=1, max_len=200)
     assert title is not None
     row = await request.app[keys.CONVERSATIONS].rename(
-        _user_id(request), _conversation_id(request), title)
+        _user_id(request), _conversation_id(request), title, _limits(request))
     return json_response(row)
 
 

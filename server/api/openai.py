@@ -42,7 +42,8 @@ async def _forward(request: web.Request, path: str, needed: str) -> web.StreamRe
     body = await _body(request, needed)
     principal = principal_of(request)
     forwarded = await request.app[keys.COMPLETIONS].start(
-        principal.user["id"], principal.key, path, body, request_id_of(request))
+        principal.user["id"], principal.key, path, body, request_id_of(request),
+        limits=principal.user.get("limits"))
     try:
         if forwarded.stream:
             return await _stream(request, forwarded)

@@ -19,13 +19,21 @@ from workers.errors import (
 
 from .. import keys
 from ..services.accounts import NotSignedIn, RegistrationClosed, WrongCredentials, WrongPassword
+from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
 from ..services.completions import ModelNotFound
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
 from ..services.tokens import AuthError
 from ..services.usage import QuotaExceeded
-from ..storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
+from ..storage import (
+    Conflict,
+    DatabaseBusy,
+    InvalidCursor,
+    NotFound,
+    StorageQuotaExceeded,
+    TooManyConversations,
+)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -102,8 +110,18 @@ def from_domain(err: BaseException) -> ApiError | None:
             mapped.extra.update(conversation_id=err.conversation_id,
                                 user_message_id=err.user_message_id)
         return mapped
+    if isinstance(err, ConversationsTooFast):
+        seconds = str(max(1, int(err.retry_after + 0.999)))
+        return ApiError(429, "too_many_conversations", str(err), {"Retry-After": seconds},
+                        limit="conversations_per_user_per_minute")
     if isinstance(err, RateLimited):
         return rate_limited(err.retry_after, str(err))
+    if isinstance(err, TooManyConversations):
+        return ApiError(429, "too_many_conversations", str(err),
+                        limit="max_conversations_per_user")
+    if isinstance(err, StorageQuotaExceeded):
+        return ApiError(413, "storage_quota_exceeded", str(err),
+                        limit="max_stored_chars_per_user")
     if isinstance(err, (AuthError, WrongCredentials)):
         return unauthorized(str(err))
     if isinstance(err, WrongPassword):
@@ -173,7 +191,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 _REFUSALS = frozenset({"rate_limited", "too_many_queued", "queue_full", "quota_exceeded",
-                       "busy", "shutting_down"})
+                       "too_many_conversations", "storage_quota_exceeded", "busy",
+                       "shutting_down"})
 
 
 def _refused(request: web.Request, err: ApiError) -> ApiError:

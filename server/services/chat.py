@@ -14,6 +14,7 @@ from workers.pool import WorkerPool
 from ..config import LLMConfig
 from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
+from .caps import Caps, Overrides
 from .memory import MemoryManager
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, RateLimited
@@ -47,8 +48,10 @@ class ChatService:
     """Accepts turns and owns each one: one task per turn stores its reply, exactly once."""
 
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
-                 limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics) -> None:
+                 limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
+                 caps: Caps) -> None:
         self._memory = memory
+        self._caps = caps
         self._pool = pool
         self._defaults = defaults
         self._limiter = limiter
@@ -60,26 +63,31 @@ class ChatService:
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
                     regenerate: bool = False, edit_message_id: int | None = None,
-                    key_id: int | None = None) -> Turn:
+                    key_id: int | None = None, limits: Overrides = None) -> Turn:
         """Accept a turn: commit the user's message first, then queue the job.
 
         `regenerate` re-asks the conversation's last user message; `edit_message_id`
         replaces that message's text first. Both drop the replies that followed it.
+        `limits` are the user's overrides of the caps.
         """
         retry_after = self._limiter.hit(user_id)
         if retry_after is not None:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
-        await self._meter.check_budget(user_id)
+        if conversation_id is None:
+            self._caps.new_conversation(user_id, limits)
+        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
+        quota = self._caps.quota(limits)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
         try:
             if conversation_id is not None and (regenerate or edit_message_id is not None):
                 edit = None if edit_message_id is None else (edit_message_id, message or "")
-                stored, history = await self._memory.rewind(user_id, conversation_id, edit)
+                stored, history = await self._memory.rewind(user_id, conversation_id, edit,
+                                                            quota)
                 conv_id = conversation_id
             else:
                 assert message is not None
                 conv_id, stored, history = await self._memory.add_user_message(
-                    user_id, conversation_id, message, title_from(message))
+                    user_id, conversation_id, message, title_from(message), quota)
         except BaseException:
             place.release()
             raise
@@ -87,7 +95,7 @@ class ChatService:
             self._memory.prompt(history, stored["content"]),
             max_tokens if max_tokens is not None else self._defaults.max_tokens,
             temperature if temperature is not None else self._defaults.temperature)
-        job = Job(owner=user_id, request=request)
+        job = Job(owner=user_id, request=request, max_running=self._caps.running(limits))
         turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended, user_id,
                     key_id)
         try:

@@ -12,6 +12,7 @@ from workers import job as jobs
 from workers.pool import WorkerPool
 from workers.upstream import UpstreamClient
 
+from .caps import Caps, Overrides
 from .feed import Feed
 from .metrics import Metrics
 from .ratelimit import Allowance, RateLimited
@@ -77,8 +78,9 @@ class CompletionService:
     """Checks the model and the caller's allowances, queues the request, counts its usage."""
 
     def __init__(self, pool: WorkerPool, upstream: UpstreamClient, meter: UsageMeter,
-                 default_max_tokens: int, metrics: Metrics) -> None:
+                 default_max_tokens: int, metrics: Metrics, caps: Caps) -> None:
         self._metrics = metrics
+        self._caps = caps
         self._pool = pool
         self._upstream = upstream
         self._meter = meter
@@ -100,12 +102,13 @@ class CompletionService:
         return self._models
 
     async def start(self, user_id: int, key: KeyGrant | None, path: str, body: dict[str, Any],
-                    request_id: str) -> Forwarded:
-        """Admit and queue one request; the caller follows the answer."""
+                    request_id: str, limits: Overrides = None) -> Forwarded:
+        """Admit and queue one request (`limits`: the user's overrides of the caps); the
+        caller follows the answer."""
         if body["model"] not in (await self._catalog())[2]:
             raise ModelNotFound(f"The model `{body['model']}` does not exist.")
         reserved = self._admit(key, body)
-        await self._meter.check_budget(user_id)
+        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         place = self._pool.reserve(user_id)
         stream = body.get("stream") is True
         options = body.get("stream_options")
@@ -113,7 +116,8 @@ class CompletionService:
         if hide_usage:  # we need the usage for accounting; the client never sees it
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         job = jobs.Job(owner=user_id, request=jobs.ForwardRequest(path, body, stream,
-                                                                  hide_usage, request_id))
+                                                                  hide_usage, request_id),
+                       max_running=self._caps.running(limits))
 
         def ended(_: Forwarded, outcome: Outcome) -> None:
             self._metrics.job_ended(job, outcome)

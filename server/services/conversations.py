@@ -6,6 +6,7 @@ from typing import Any
 
 from ..storage import ConversationStore, SearchStore
 from ..storage.rows import ConversationRow, SearchHit
+from .caps import Caps, Overrides
 from .render import render_async
 
 MAX_QUERY_CHARS = 500
@@ -14,18 +15,22 @@ MAX_QUERY_CHARS = 500
 class ConversationService:
     """A user's conversations; every call is scoped to that user by the storage."""
 
-    def __init__(self, conversations: ConversationStore, search: SearchStore) -> None:
+    def __init__(self, conversations: ConversationStore, search: SearchStore,
+                 caps: Caps) -> None:
         self._conversations = conversations
         self._search = search
+        self._caps = caps
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
         """A page of conversations, newest activity first, and the next page's cursor."""
         return await self._conversations.page(user_id, limit, cursor)
 
-    async def create(self, user_id: int, title: str) -> ConversationRow:
-        """An empty conversation."""
-        return await self._conversations.create(user_id, title)
+    async def create(self, user_id: int, title: str,
+                     limits: Overrides = None) -> ConversationRow:
+        """An empty conversation, within the user's creation rate and storage caps."""
+        self._caps.new_conversation(user_id, limits)
+        return await self._conversations.create(user_id, title, self._caps.quota(limits))
 
     async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
         """A conversation with its messages, oldest first; replies rendered when asked."""
@@ -37,9 +42,11 @@ class ConversationService:
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}
 
-    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
-        """Change the title."""
-        return await self._conversations.rename(user_id, conversation_id, title)
+    async def rename(self, user_id: int, conversation_id: int, title: str,
+                     limits: Overrides = None) -> ConversationRow:
+        """Change the title (a longer one must fit the user's stored-text cap)."""
+        return await self._conversations.rename(user_id, conversation_id, title,
+                                                self._caps.quota(limits))
 
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation and its messages."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import MemoryConfig
-from ..storage import MessageStore
+from ..storage import NO_QUOTA, MessageStore, Quota
 from ..storage.rows import HistoryRows, MessageRow
 
 _OVERHEAD_TOKENS = 4  # per message: role and separators in the chat template
@@ -27,18 +27,20 @@ class MemoryManager:
         return await self._messages.add(conversation_id, role, content, status, usage)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
-                               title: str) -> tuple[int, MessageRow, list[dict[str, str]]]:
-        """Store the user's message and get the history before it, in the same transaction."""
+                               title: str, quota: Quota = NO_QUOTA
+                               ) -> tuple[int, MessageRow, list[dict[str, str]]]:
+        """Store the user's message (within their caps) and get the history before it, in the
+        same transaction."""
         conv, stored, rows = await self._messages.add_user_message(
-            user_id, conversation_id, content, title, self._config.max_history_messages)
+            user_id, conversation_id, content, title, self._config.max_history_messages, quota)
         return conv, stored, self.within_budget(rows)
 
-    async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None) -> tuple[MessageRow, list[dict[str, str]]]:
-        """Drop the replies after the last user message (maybe editing it); return it and the
-        history before it."""
+    async def rewind(self, user_id: int, conversation_id: int, edit: tuple[int, str] | None,
+                     quota: Quota = NO_QUOTA) -> tuple[MessageRow, list[dict[str, str]]]:
+        """Drop the replies after the last user message (maybe editing it, within the user's
+        caps); return it and the history before it."""
         stored, rows = await self._messages.rewind(user_id, conversation_id, edit,
-                                                   self._config.max_history_messages)
+                                                   self._config.max_history_messages, quota)
         return stored, self.within_budget(rows)
 
     def within_budget(self, rows: HistoryRows) -> list[dict[str, str]]:

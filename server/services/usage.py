@@ -51,11 +51,13 @@ class UsageMeter:
         if month is not None and month[0] == day[:7]:
             self._months[user_id] = (month[0], month[1] + prompt + completion)
 
-    async def check_budget(self, user_id: int) -> None:
-        """QuotaExceeded when the user is over `limits.monthly_tokens_per_user` (0: none)."""
-        if self._budget and await self.month_used(user_id) >= self._budget:
+    async def check_budget(self, user_id: int, budget: int | None = None) -> None:
+        """QuotaExceeded when the user is over their budget (`budget`, the user's own, or
+        `limits.monthly_tokens_per_user`; 0: none)."""
+        budget = self._budget if budget is None else budget
+        if budget and await self.month_used(user_id) >= budget:
             raise QuotaExceeded(
-                f"you have used this month's {self._budget:,} tokens; ask an administrator "
+                f"you have used this month's {budget:,} tokens; ask an administrator "
                 "to raise the budget, or wait for next month")
 
     async def month_used(self, user_id: int) -> int:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import (
+    NO_QUOTA,
     ConversationStore,
     KeyStore,
     MessageStore,
+    Quota,
+    QuotaStore,
     SearchStore,
     Storage,
     StorageStats,
@@ -17,7 +20,17 @@ from .base import (
     UsageStore,
     UserStore,
 )
-from .errors import Conflict, DatabaseBusy, InvalidCursor, NotFound, SchemaTooNew, StorageError
+from .errors import (
+    Conflict,
+    DatabaseBusy,
+    InvalidCursor,
+    NotFound,
+    OverQuota,
+    SchemaTooNew,
+    StorageError,
+    StorageQuotaExceeded,
+    TooManyConversations,
+)
 from .sqlite import open_sqlite
 
 if TYPE_CHECKING:
@@ -32,7 +45,9 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
-    "MessageStore", "NotFound", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
-    "StorageStats", "TokenStore", "UsageDelta", "UsageStore", "UserStore", "open_storage",
+    "NO_QUOTA", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
+    "MessageStore", "NotFound", "OverQuota", "Quota", "QuotaStore", "SchemaTooNew",
+    "SearchStore", "Storage", "StorageError", "StorageQuotaExceeded", "StorageStats",
+    "TokenStore", "TooManyConversations", "UsageDelta", "UsageStore", "UserStore",
+    "open_storage",
 ]

@@ -11,6 +11,17 @@ from .rows import ConversationRow, HistoryRows, KeyRow, MessageRow, SearchHit, U
 UsageDelta = tuple[int, str, int, int, int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A user's storage caps, checked inside the write that would pass them (0 = no cap)."""
+
+    conversations: int = 0
+    chars: int = 0  # conversation titles and message texts together
+
+
+NO_QUOTA = Quota()
+
+
 @dataclass
 class StorageStats:
     """Counters that tests and benchmarks read (a token-cache hit must not move them)."""
@@ -46,8 +57,9 @@ class TokenStore(Protocol):
 class ConversationStore(Protocol):
     """Conversations, every call scoped to the owning user."""
 
-    async def create(self, user_id: int, title: str) -> ConversationRow:
-        """Create an empty conversation."""
+    async def create(self, user_id: int, title: str,
+                     quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Create an empty conversation (TooManyConversations, StorageQuotaExceeded)."""
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -57,8 +69,9 @@ class ConversationStore(Protocol):
                   conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
         """A conversation and all its messages, oldest first (NotFound)."""
 
-    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
-        """Change the title (NotFound)."""
+    async def rename(self, user_id: int, conversation_id: int, title: str,
+                     quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Change the title (NotFound; StorageQuotaExceeded if a longer title passes it)."""
 
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation and its messages (NotFound)."""
@@ -68,10 +81,11 @@ class MessageStore(Protocol):
     """Messages: a turn's writes, each returning what the prompt needs in the same step."""
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
-                               title: str, history: int = 0
+                               title: str, history: int = 0, quota: Quota = NO_QUOTA
                                ) -> tuple[int, MessageRow, HistoryRows]:
         """Store a user's message (creating the conversation when none is given) and return
-        its conversation, the row and up to `history` earlier messages, newest first."""
+        its conversation, the row and up to `history` earlier messages, newest first
+        (TooManyConversations, StorageQuotaExceeded: nothing stored)."""
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None) -> MessageRow:
@@ -79,9 +93,16 @@ class MessageStore(Protocol):
 
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None = None,
-                     history: int = 0) -> tuple[MessageRow, HistoryRows]:
+                     history: int = 0, quota: Quota = NO_QUOTA) -> tuple[MessageRow, HistoryRows]:
         """Drop what followed the last user message (editing it if asked); return it and up
-        to `history` messages before it, newest first."""
+        to `history` messages before it, newest first (StorageQuotaExceeded: no change)."""
+
+
+class QuotaStore(Protocol):
+    """What each user keeps stored, counted by the database as it changes (never a scan)."""
+
+    async def stored(self, user_id: int) -> tuple[int, int]:
+        """The user's (conversations, characters) stored now."""
 
 
 class SearchStore(Protocol):
@@ -131,6 +152,7 @@ class Storage:
     tokens: TokenStore
     conversations: ConversationStore
     messages: MessageStore
+    quotas: QuotaStore
     search: SearchStore
     keys: KeyStore
     usage: UsageStore

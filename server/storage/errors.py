@@ -23,3 +23,15 @@ class InvalidCursor(StorageError):
 
 class SchemaTooNew(StorageError):
     """The database was written by a newer version of chatgate."""
+
+
+class OverQuota(StorageError):
+    """A write would take the user past one of their storage caps; nothing was written."""
+
+
+class TooManyConversations(OverQuota):
+    """The user already keeps the most conversations they may."""
+
+
+class StorageQuotaExceeded(OverQuota):
+    """The user's stored text would pass the most they may keep."""

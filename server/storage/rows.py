@@ -15,6 +15,7 @@ class UserRow(TypedDict):
     id: int
     username: str
     created_at: str
+    limits: NotRequired[dict[str, int]]  # per-user overrides of the caps ({}: the defaults)
 
 
 class ConversationRow(TypedDict):

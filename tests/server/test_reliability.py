@@ -110,6 +110,7 @@ async def test_sigterm_finishes_streams_refuses_queued_and_exits_0(tmp_path: Pat
     sim = await start_simulator_process("--ttft-ms", "10", "--tpot-ms", "25",
                                         "--reply-tokens", "30")
     server = await start_server_process(tmp_path / "term.db", sim.url + "/v1", QUEUE__WORKERS=2,
+                                        QUEUE__MAX_RUNNING_PER_USER=2,  # one user, both workers
                                         SERVER__SHUTDOWN_GRACE_S=15)
     try:
         user = await register_over_http(server.url, "stayer")
@@ -258,7 +259,8 @@ async def test_disconnect_storm_leaves_pool_clean(tmp_path: Path, simulator) -> 
 async def test_ready_answers_while_every_worker_is_busy(tmp_path: Path, simulator) -> None:
     async with aiohttp.ClientSession(simulator.root_url) as s:
         await s.post("/sim/config", json={"tpot_ms": 50, "reply_tokens": 60})
-    running = await start(make_config(tmp_path, simulator.url, queue={"workers": 2}))
+    running = await start(make_config(tmp_path, simulator.url, queue={
+        "workers": 2, "max_running_per_user": 2}))  # one user holds both workers
     try:
         user = await register_over_http(running.url, "busy")
         async with aiohttp.ClientSession(running.url) as s:

@@ -19,7 +19,8 @@ def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Con
         "database": {"path": str(tmp_path / "chatgate.db")},
         "llm": {"base_url": llm_url, "retry_backoff_s": 0.01, "first_token_timeout_s": 5,
                 "request_timeout_s": 20},
-        "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000},
+        "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000,
+                   "conversations_per_user_per_minute": 1000},
         "queue": {"workers": 4, "max_size": 64},
     }
     for name, values in sections.items():

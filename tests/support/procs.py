@@ -76,7 +76,8 @@ async def start_server_process(db: Path, llm_url: str, **env: Any) -> Proc:
     environ = dict(os.environ, CHATGATE_SERVER__PORT=str(port), CHATGATE_DATABASE__PATH=str(db),
                    CHATGATE_LLM__BASE_URL=llm_url,
                    CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="100000",
-                   CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="100000")
+                   CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="100000",
+                   CHATGATE_LIMITS__CONVERSATIONS_PER_USER_PER_MINUTE="100000")
     environ.update({f"CHATGATE_{k.upper()}": str(v) for k, v in env.items()})
     # Its log goes to a file beside the database: a pipe nobody reads would fill up.
     with open(db.with_suffix(".log"), "ab") as log:

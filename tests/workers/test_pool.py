@@ -44,14 +44,16 @@ async def make_pool(sim: SimServer) -> AsyncIterator[MakePool]:
     made: list[tuple[WorkerPool, aiohttp.ClientSession]] = []
 
     def _make(workers: int = 2, max_queue: int = 64, max_per_owner: int = 0, rps: float = 100.0,
-              pool_size: int | None = None, start: bool = True, **kw: Any) -> WorkerPool:
+              pool_size: int | None = None, start: bool = True, max_running: int = 0,
+              **kw: Any) -> WorkerPool:
         kw.setdefault("model", "vllm-simulator")
         kw.setdefault("retry_backoff_s", 0.01)
         kw.setdefault("first_token_timeout_s", 10)
         settings = UpstreamSettings(base_url=sim.url, **kw)
         session = create_session(pool_size or workers, settings)
         pool = WorkerPool(UpstreamClient(session, settings), workers=workers,
-                          max_queue=max_queue, max_per_owner=max_per_owner, rps=rps)
+                          max_queue=max_queue, max_per_owner=max_per_owner,
+                          max_running_per_owner=max_running, rps=rps)
         if start:
             pool.start()
         made.append((pool, session))
@@ -306,6 +308,44 @@ async def test_per_owner_cap_counts_only_waiting_jobs(
         pool.submit(job("a"))
     assert info.value.per_owner is True
     pool.submit(job("b"))
+
+
+async def test_a_user_at_the_running_cap_leaves_workers_to_others(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=3, max_running=2)
+    await fault(control, sim, "hang_after_first", count=2)  # a's first two hold their workers
+    held = [job("a", "held 1"), job("a", "held 2")]
+    for j in held:
+        pool.submit(j)
+    for j in held:
+        await next_event(j, Delta)
+    third = job("a", "third")
+    pool.submit(third)  # a worker is free, but a is at the cap: the job waits
+    other = job("b", "other")
+    pool.submit(other)  # queued after a's third job, served first
+    assert_finished(await collect(other), "other")
+    assert third.state == "queued" and pool.queue.position(third) == 0
+    assert pool.queue.running("a") == 2 and pool.stats.running == 2
+    held[0].cancel()  # one of a's jobs ends: their waiting job runs at once
+    assert_finished(await collect(third), "third")
+    assert await sim_messages(control, sim) == ["held 1", "held 2", "other", "third"]
+    held[1].cancel()
+    await wait_for(lambda: pool.stats.running == 0 and pool.queue.running("a") == 0)
+
+
+async def test_a_jobs_own_running_cap_overrides_the_pools(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=3, max_running=1)
+    await fault(control, sim, "hang_after_first", count=3)
+    jobs = [job("a", f"held {i}") for i in range(3)]
+    for j in jobs:
+        j.max_running = 3  # this user's own cap (an admin's override), above the default
+        pool.submit(j)
+    for j in jobs:
+        await next_event(j, Delta)
+    assert pool.queue.running("a") == 3
+    for j in jobs:
+        j.cancel()
 
 
 # --- rate limit and shutdown ---------------------------------------------------------------

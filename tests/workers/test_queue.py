@@ -79,3 +79,43 @@ async def test_getter_waits_for_a_put() -> None:
     j = job("a")
     q.put_nowait(j)
     assert await asyncio.wait_for(getter, 1) is j
+
+
+async def test_owner_at_running_cap_is_passed_over_and_keeps_their_turn() -> None:
+    q = FairQueue(100, max_running=1)
+    a1, a2, b1, c1 = job("a"), job("a"), job("b"), job("c")
+    for j in (a1, a2, b1, c1):
+        q.put_nowait(j)
+    assert q.get_nowait() is a1  # a now runs one: at the cap
+    assert q.get_nowait() is b1 and q.get_nowait() is c1
+    assert q.qsize() == 1 and q.empty()  # a2 waits, but no worker may take it yet
+    with pytest.raises(asyncio.QueueEmpty):
+        q.get_nowait()
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    q.done(a1)  # a's job ended: a waiting worker takes a2 at once
+    assert await asyncio.wait_for(waiter, 1) is a2
+    assert q.running("a") == 1 and q.running("b") == 1
+
+
+async def test_passed_over_owner_goes_first_once_under_the_cap() -> None:
+    q = FairQueue(100, max_running=1)
+    q.put_nowait(job("a"))
+    first = q.get_nowait()
+    q.put_nowait(job("a"))
+    q.put_nowait(job("b"))
+    q.put_nowait(job("b"))
+    assert q.get_nowait().owner == "b"  # a is passed over...
+    q.done(first)
+    assert q.get_nowait().owner == "a"  # ...but stays ahead in the rotation
+
+
+async def test_a_jobs_own_cap_wins_over_the_queue_default() -> None:
+    q = FairQueue(100, max_running=1)
+    for _ in range(3):
+        j = job("a")
+        j.max_running = 0  # no cap for this user
+        q.put_nowait(j)
+    assert [q.get_nowait().owner for _ in range(3)] == ["a", "a", "a"]
+    assert q.running("a") == 3

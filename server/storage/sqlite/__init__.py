@@ -8,6 +8,7 @@ from .db import Database
 from .keys import SqliteKeys
 from .messages import SqliteMessages
 from .migrations import LATEST, migrate
+from .quotas import SqliteQuotas
 from .search import SqliteSearch
 from .tokens import SqliteTokens
 from .usage import SqliteUsage
@@ -24,6 +25,7 @@ class SqliteStorage(Storage):
         self.tokens = SqliteTokens(db)
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
+        self.quotas = SqliteQuotas(db)
         self.search = SqliteSearch(db)
         self.keys = SqliteKeys(db)
         self.usage = SqliteUsage(db)

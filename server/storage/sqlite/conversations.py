@@ -7,9 +7,11 @@ import binascii
 import sqlite3
 from typing import Any, cast
 
+from ..base import NO_QUOTA, Quota
 from ..errors import InvalidCursor, NotFound
 from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
+from .quotas import check
 
 _COLUMNS = "id, title, created_at, updated_at, message_count"
 
@@ -20,11 +22,13 @@ class SqliteConversations:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, user_id: int, title: str) -> ConversationRow:
-        """Create an empty conversation."""
+    async def create(self, user_id: int, title: str,
+                     quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Create an empty conversation, within the user's caps."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> ConversationRow:
+            check(conn, user_id, quota, conversations=1, chars=len(title))
             cur = conn.execute(
                 "INSERT INTO conversations (user_id, title, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -80,10 +84,17 @@ class SqliteConversations:
         return _conversation(conv), [message_row(m) for m in msgs]
 
 
-    async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationRow:
-        """Change a conversation's title."""
+    async def rename(self, user_id: int, conversation_id: int, title: str,
+                     quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Change a conversation's title (a longer one within the user's caps)."""
 
         def op(conn: sqlite3.Connection) -> Any:
+            if quota.chars:
+                old = conn.execute("SELECT length(title) FROM conversations "
+                                   "WHERE id = ? AND user_id = ?",
+                                   (conversation_id, user_id)).fetchone()
+                if old is not None:
+                    check(conn, user_id, quota, chars=len(title) - old[0])
             return conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? "
                 f"RETURNING {_COLUMNS}",

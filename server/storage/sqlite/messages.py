@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from typing import cast
 
+from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
 from ..rows import HistoryRows, MessageRow, now_iso
 from .db import Database
+from .quotas import check
 
 
 def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int,
@@ -26,14 +28,18 @@ class SqliteMessages:
         self._db = db
 
     async def add_user_message(self, user_id: int, conversation_id: int | None,
-                               content: str, title: str,
-                               history: int = 0) -> tuple[int, MessageRow, HistoryRows]:
+                               content: str, title: str, history: int = 0,
+                               quota: Quota = NO_QUOTA) -> tuple[int, MessageRow, HistoryRows]:
         """Store a user's message (creating the conversation when none is given) and return up to
-        `history` earlier messages, newest first, all in one transaction: no separate read."""
+        `history` earlier messages, newest first, all in one transaction: no separate read.
+        The user's caps are checked in the same transaction: over one, nothing is stored."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows]:
             conv = conversation_id
+            new = int(conv is None)
+            check(conn, user_id, quota, conversations=new,
+                  chars=len(content) + (len(title) if new else 0))
             if conv is None:
                 conv = cast(int, conn.execute(
                     "INSERT INTO conversations (user_id, title, created_at, updated_at) "
@@ -78,8 +84,8 @@ class SqliteMessages:
         return await self._db.write(op)
 
     async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None = None,
-                     history: int = 0) -> tuple[MessageRow, HistoryRows]:
+                     edit: tuple[int, str] | None = None, history: int = 0,
+                     quota: Quota = NO_QUOTA) -> tuple[MessageRow, HistoryRows]:
         """Drop everything after the conversation's last user message (editing it if asked);
         return that message and up to `history` messages before it, newest first."""
 
@@ -96,6 +102,8 @@ class SqliteMessages:
             content = row[2]
             if edit is not None:
                 content = edit[1]
+                # After the replies went: an edit is refused only if it passes the cap anyway.
+                check(conn, user_id, quota, chars=len(content) - len(row[2]))
                 conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
             return {"id": row[0], "role": "user", "content": content, "status": row[3],
                     "created_at": row[4]}, _history(conn, conversation_id, row[0], history)

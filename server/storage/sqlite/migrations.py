@@ -126,7 +126,49 @@ CREATE TABLE usage_daily (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4]
+# What each user keeps stored (conversations; characters of titles and messages), kept by
+# triggers on every write path, cascades included, so a storage cap costs one row read.
+V5 = """
+CREATE TABLE user_storage (
+    user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    conversations INTEGER NOT NULL DEFAULT 0,
+    chars INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO user_storage (user_id, conversations, chars)
+    SELECT u.id,
+        (SELECT count(*) FROM conversations c WHERE c.user_id = u.id),
+        (SELECT coalesce(sum(length(c.title)), 0) FROM conversations c WHERE c.user_id = u.id)
+        + (SELECT coalesce(sum(length(m.content)), 0) FROM messages m WHERE m.owner = u.id)
+    FROM users u;
+CREATE TRIGGER user_storage_new AFTER INSERT ON users BEGIN
+    INSERT INTO user_storage (user_id) VALUES (new.id);
+END;
+CREATE TRIGGER user_storage_conv_ai AFTER INSERT ON conversations BEGIN
+    UPDATE user_storage SET conversations = conversations + 1, chars = chars + length(new.title)
+        WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_conv_ad AFTER DELETE ON conversations BEGIN
+    UPDATE user_storage SET conversations = conversations - 1, chars = chars - length(old.title)
+        WHERE user_id = old.user_id;
+END;
+CREATE TRIGGER user_storage_conv_au AFTER UPDATE OF title ON conversations BEGIN
+    UPDATE user_storage SET chars = chars - length(old.title) + length(new.title)
+        WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_msg_ai AFTER INSERT ON messages BEGIN
+    UPDATE user_storage SET chars = chars + length(new.content) WHERE user_id = coalesce(
+        new.owner, (SELECT user_id FROM conversations WHERE id = new.conversation_id));
+END;
+CREATE TRIGGER user_storage_msg_ad AFTER DELETE ON messages BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) WHERE user_id = old.owner;
+END;
+CREATE TRIGGER user_storage_msg_au AFTER UPDATE OF content ON messages BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) + length(new.content)
+        WHERE user_id = new.owner;
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5]
 LATEST = len(MIGRATIONS)
 
 

@@ -73,8 +73,8 @@ async def busy_server(tmp_path: Path, make_sim: Callable[..., Awaitable[SimServe
                       ) -> AsyncIterator[Running]:
     """Two workers in front of a model that takes a moment per reply."""
     sim = await make_sim(ttft_ms=150, reply_tokens=2)
-    running = await start(make_config(tmp_path, sim.url, queue={"workers": 2, "max_size": 64,
-                                                                "max_per_user": 0}))
+    running = await start(make_config(tmp_path, sim.url, queue={
+        "workers": 2, "max_size": 64, "max_per_user": 0, "max_running_per_user": 2}))
     yield running
     await running.stop()
 

@@ -13,6 +13,7 @@ import pytest
 from server.storage.sqlite import LATEST, Database, migrate
 from server.storage.sqlite.conversations import SqliteConversations
 from server.storage.sqlite.messages import SqliteMessages
+from server.storage.sqlite.quotas import SqliteQuotas
 from server.storage.sqlite.search import SqliteSearch
 from server.storage.sqlite.users import SqliteUsers
 from tests.support.paths import ROOT
@@ -84,10 +85,15 @@ async def test_version_1_database_is_upgraded_in_place(tmp_path: Path, make_db: 
     hits = await SqliteSearch(db).search(1, "pangolin", 10)
     assert len(hits) == 2 and {h["conversation_id"] for h in hits} == {10}
     assert len(await SqliteSearch(db).search(1, "echidna", 10)) == 1
+    # Each user's stored counts start from what the old file holds.
+    texts = ["old chat", "empty chat", "tell me about the ancient pangolin",
+             "the pangolin has scales", "and the echidna?"]
+    assert await SqliteQuotas(db).stored(1) == (2, sum(map(len, texts)))
     # The triggers are live on the upgraded file too.
     await SqliteMessages(db).add(10, "assistant", "echidnas lay eggs")
     assert len(await SqliteSearch(db).search(1, "echidna", 10)) == 2
     assert (await SqliteConversations(db).get(1, 10))[0]["message_count"] == 4
+    assert await SqliteQuotas(db).stored(1) == (2, sum(map(len, texts)) + 17)
 
 
 async def test_database_newer_than_program_refuses_to_open(tmp_path: Path) -> None:
