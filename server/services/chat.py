@@ -17,6 +17,7 @@ from ..storage.rows import MessageRow
 from .memory import MemoryManager
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, RateLimited
+from .text import visible
 from .turns import Done, Failed, Outcome, Turn, TurnEvent
 from .usage import UsageMeter
 
@@ -36,7 +37,7 @@ class ChatRejected(Exception):
 
 def title_from(message: str, limit: int = 60) -> str:
     """A conversation title from its first message: the first line, cut at a word."""
-    line = " ".join(message.strip().split("\n", 1)[0].split())
+    line = " ".join(visible(message.strip().split("\n", 1)[0]).split())
     if len(line) <= limit:
         return line or "New chat"
     cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
