@@ -89,7 +89,7 @@ async def main() -> int:
         async with aiohttp.ClientSession(base) as s:
             for i in range(20):
                 async with s.post("/api/auth/register",
-                                  json={"username": f"over{i}", "password": "password1"}) as r:
+                                  json={"username": f"over{i}", "password": "load-test-pass"}) as r:
                     headers.append({"Authorization": f"Bearer {(await r.json())['access_token']}"})
         if args.mode == "flood":
             # wrk keeps `in_flight` requests open and resends the moment one is refused (C, so

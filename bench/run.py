@@ -78,7 +78,7 @@ async def prepare(base: str, users: int) -> list[dict[str, object]]:
     async with aiohttp.ClientSession(base) as s:
         for i in range(users):
             async with s.post("/api/auth/register",
-                              json={"username": f"bench{i}", "password": "benchmark-pw"}) as r:
+                              json={"username": f"bench{i}", "password": "load-test-pass"}) as r:
                 token = (await r.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
             async with s.post("/api/chat", json={"message": "tell me about the quokka"},

@@ -91,7 +91,7 @@ async def user(base: str) -> tuple[str, str]:
     """A registered user's token and a new API key."""
     async with aiohttp.ClientSession(base) as s:
         async with s.post("/api/auth/register",
-                          json={"username": "bench", "password": "benchmark-pw"}) as r:
+                          json={"username": "bench", "password": "load-test-pass"}) as r:
             token = (await r.json())["access_token"]
         async with s.post("/api/keys", json={"name": "bench"},
                           headers={"Authorization": f"Bearer {token}"}) as r:

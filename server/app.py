@@ -30,8 +30,9 @@ from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.memory import MemoryManager
+from .services.password_policy import PasswordPolicy, load_common
 from .services.passwords import Passwords
-from .services.ratelimit import KeyedRateLimiter
+from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.status import StatusService
 from .services.tokens import TokenService
 from .services.usage import UsageMeter
@@ -79,11 +80,14 @@ def _accounts(secret: str) -> Context:
         tokens = TokenService(storage.users, storage.tokens, secret, a.token_ttl_s,
                               a.cache_ttl_s, a.cache_size)
         attempts = KeyedRateLimiter(config.limits.login_per_ip_per_minute)
+        failures = FailureBackoff(config.limits.login_failures_per_account,
+                                  config.limits.login_backoff_max_s)
+        policy = PasswordPolicy(await asyncio.to_thread(load_common))  # a file read: off the loop
         api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size)
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
         app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, api_keys,
-                                            attempts, a.register_open)
+                                            attempts, a.register_open, failures, policy)
         app[keys.METRICS].watch_cache(lambda: (tokens.stats.hits, tokens.stats.misses))
         yield
         passwords.close()

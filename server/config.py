@@ -62,6 +62,8 @@ class LimitsConfig:
     """Rate limits: per client, per user, and towards the model."""
 
     login_per_ip_per_minute: int = 10
+    login_failures_per_account: int = 5
+    login_backoff_max_s: int = 300
     chat_per_user_per_minute: int = 30
     upstream_rps: float = 100.0
     monthly_tokens_per_user: int = 0
@@ -142,6 +144,7 @@ class Config:
 _POSITIVE = {
     "server.max_body_bytes", "database.read_connections", "database.max_batch",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
+    "limits.login_failures_per_account", "limits.login_backoff_max_s",
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
     "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",

@@ -12,7 +12,7 @@ SECRET_FILE = "chatgate.secret"
 
 def _load_or_create(db_path: str) -> str:
     folder = Path(db_path).resolve().parent if db_path != ":memory:" else Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # beside the database: owner only
     path = folder / SECRET_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -11,6 +11,7 @@ from ..middleware.auth import principal_of, public
 from ..middleware.forwarded import client_ip
 from ..middleware.sessions import end_session, start_session
 from ..services.accounts import SignedIn
+from ..services.password_policy import MAX_LENGTH, MIN_LENGTH
 from .responses import json_response
 from .validation import boolean, read_json, text
 
@@ -22,7 +23,7 @@ async def _credentials(request: web.Request) -> tuple[str, str, bool]:
     body = await read_json(request, _FIELDS)
     username = text(body, "username", min_len=3, max_len=64, pattern=_USERNAME,
                     hint="may contain only letters, digits, '_', '.' and '-'")
-    password = text(body, "password", min_len=8, max_len=256)
+    password = text(body, "password", min_len=MIN_LENGTH, max_len=MAX_LENGTH)
     assert username is not None and password is not None
     return username, password, boolean(body, "cookie_only")
 
@@ -74,7 +75,7 @@ async def verify(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     """Delete the account and everything it owns, after checking the password again."""
     body = await read_json(request, frozenset({"password"}))
-    password = text(body, "password", min_len=1, max_len=256)
+    password = text(body, "password", min_len=1, max_len=MAX_LENGTH)
     assert password is not None
     await request.app[keys.ACCOUNTS].delete(principal_of(request), password)
     await end_session(request)

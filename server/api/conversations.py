@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .. import keys
 from ..middleware.auth import principal_of
+from ..services.text import visible
 from .responses import json_response
 from .validation import ident, query_int, read_json, render_option, text
 
@@ -14,6 +15,15 @@ _TITLE = frozenset({"title"})
 
 def _conversation_id(request: web.Request) -> int:
     return ident(request.match_info["id"], "id", from_path=True)
+
+
+def _title(body: dict[str, object], required: bool) -> str | None:
+    """The title without bidi controls or other invisible characters (they spoof labels);
+    one with nothing visible left is "New chat", as if none had been given."""
+    raw = text(body, "title", min_len=1, max_len=200, required=required)
+    if raw is None:
+        return None
+    return visible(raw) or "New chat"
 
 
 def _user_id(request: web.Request) -> int:
@@ -36,7 +46,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def create_conversation(request: web.Request) -> web.Response:
     """Create an empty conversation."""
     body = await read_json(request, _TITLE) if request.can_read_body else {}
-    title = text(body, "title", min_len=1, max_len=200, required=False) or "New chat"
+    title = _title(body, required=False) or "New chat"
     row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title,
                                                        _limits(request))
     return json_response(row, status=201)
@@ -53,7 +63,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def rename_conversation(request: web.Request) -> web.Response:
     """Change the title."""
     body = await read_json(request, _TITLE)
-    title = text(body, "title", min_len=1, max_len=200)
+    title = _title(body, required=True)
     assert title is not None
     row = await request.app[keys.CONVERSATIONS].rename(
         _user_id(request), _conversation_id(request), title, _limits(request))

@@ -22,6 +22,7 @@ from ..services.accounts import NotSignedIn, RegistrationClosed, WrongCredential
 from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
 from ..services.completions import ModelNotFound
+from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
 from ..services.tokens import AuthError
@@ -126,6 +127,8 @@ def from_domain(err: BaseException) -> ApiError | None:
         return unauthorized(str(err))
     if isinstance(err, WrongPassword):
         return ApiError(403, "wrong_password", str(err))
+    if isinstance(err, WeakPassword):
+        return ApiError(400, "weak_password", str(err), field="password")
     if isinstance(err, RegistrationClosed):
         return ApiError(403, "registration_closed", str(err))
     if isinstance(err, NotSignedIn):

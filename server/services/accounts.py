@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from ..storage import UserStore
 from ..storage.rows import UserRow
 from .apikeys import ApiKeyService
+from .password_policy import PasswordPolicy
 from .passwords import Passwords
-from .ratelimit import KeyedRateLimiter, RateLimited
+from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
 from .tokens import Principal, TokenService
 
 
@@ -38,34 +39,64 @@ class SignedIn:
 
 
 class AccountService:
-    """Password checks (hashed off the loop), throttled per client, and tokens for who passes."""
+    """Password checks (hashed off the loop), throttled per client and per account, the
+    password policy for new ones, and tokens for who passes."""
 
     def __init__(self, users: UserStore, passwords: Passwords, tokens: TokenService,
                  api_keys: ApiKeyService, attempts: KeyedRateLimiter,
-                 register_open: bool) -> None:
+                 register_open: bool, failures: FailureBackoff,
+                 policy: PasswordPolicy) -> None:
         self._users = users
         self._passwords = passwords
         self._tokens = tokens
         self._api_keys = api_keys
         self._attempts = attempts
         self._register_open = register_open
+        self._failures = failures
+        self._policy = policy
 
     async def register(self, username: str, password: str, client: str) -> SignedIn:
         """Create an account and sign it in; Conflict when the name is taken."""
         if not self._register_open:
             raise RegistrationClosed("registration is closed on this server")
         self._throttle(client, "sign-up attempts")
-        user = await self._users.create(username, await self._passwords.hash(password))
+        user = await self._users.create(username, await self.new_password_hash(username,
+                                                                               password))
         return SignedIn(user, self._tokens.issue(user))
+
+    async def new_password_hash(self, username: str, password: str) -> str:
+        """The hash of an acceptable new password; WeakPassword says why one is not."""
+        self._policy.check(password, username)
+        return await self._passwords.hash(password)
 
     async def login(self, username: str, password: str, client: str) -> SignedIn:
         """Check the password and issue a token; a missing user costs the same time."""
         self._throttle(client, "login attempts")
+        found = await self._checked(username, password, "failed logins for this account")
+        if found is None:
+            raise WrongCredentials("wrong username or password")
+        return SignedIn(found, self._tokens.issue(found))
+
+    async def confirm_password(self, principal: Principal, password: str) -> None:
+        """A signed-in user's password, before a sensitive action (WrongPassword if not)."""
+        user = principal.user
+        self._throttle(("account", user["id"]), "attempts")
+        if await self._checked(user["username"], password, "wrong passwords") is None:
+            raise WrongPassword("the password is not correct")
+
+    async def _checked(self, username: str, password: str, what: str) -> UserRow | None:
+        """The user if the password is theirs; tries per username back off once they fail.
+        Unknown names are counted too, so the limit does not tell which names exist."""
+        key = username.lower()  # usernames are ASCII and unique case-insensitively
+        wait = self._failures.attempt(key)
+        if wait is not None:
+            raise RateLimited(wait, f"too many {what}, try again later")
         found = await self._users.credentials(username)
         ok = await self._passwords.verify(found[1] if found else None, password)
         if not ok or found is None:
-            raise WrongCredentials("wrong username or password")
-        return SignedIn(found[0], self._tokens.issue(found[0]))
+            return None
+        self._failures.succeeded(key)
+        return found[0]
 
     async def logout(self, principal: Principal) -> None:
         """Revoke the token that signed this request (an API key is deleted, not signed out)."""
@@ -76,10 +107,7 @@ class AccountService:
     async def delete(self, principal: Principal, password: str) -> None:
         """Delete the account and everything it owns, once the password is confirmed."""
         user = principal.user
-        self._throttle(("account", user["id"]), "attempts")
-        found = await self._users.credentials(user["username"])
-        if not await self._passwords.verify(found[1] if found else None, password):
-            raise WrongPassword("the password is not correct")
+        await self.confirm_password(principal, password)
         await self._users.delete(user["id"])
         self._tokens.forget_user(user["id"])
         self._api_keys.forget_user(user["id"])

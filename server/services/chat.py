@@ -18,6 +18,7 @@ from .caps import Caps, Overrides
 from .memory import MemoryManager
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, RateLimited
+from .text import visible
 from .turns import Done, Failed, Outcome, Turn, TurnEvent
 from .usage import UsageMeter
 
@@ -37,7 +38,7 @@ class ChatRejected(Exception):
 
 def title_from(message: str, limit: int = 60) -> str:
     """A conversation title from its first message: the first line, cut at a word."""
-    line = " ".join(message.strip().split("\n", 1)[0].split())
+    line = " ".join(visible(message.strip().split("\n", 1)[0]).split())
     if len(line) <= limit:
         return line or "New chat"
     cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]

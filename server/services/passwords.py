@@ -1,4 +1,4 @@
-"""Argon2id password hashing, always off the event loop."""
+"""Argon2id password hashing, always off the event loop; passwords hashed NFKC-normalised."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from .password_policy import normalise
 
 T = TypeVar("T")
 # OWASP's Argon2id baseline: 19 MiB, 2 passes, 1 lane.
@@ -30,11 +32,12 @@ class Passwords:
         self._pending = 0
 
     async def hash(self, password: str) -> str:
-        """A new Argon2id hash."""
-        return await self._run(_HASHER.hash, password)
+        """A new Argon2id hash of the NFKC form (the same text from any keyboard matches)."""
+        return await self._run(_HASHER.hash, normalise(password))
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        """Whether the password matches; a missing user costs the same time."""
+        """Whether the password matches; a missing user costs the same time. A hash made
+        before passwords were normalised is of the text as typed: tried second."""
         return await self._run(_check, stored or _DUMMY, password, stored is not None)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -52,7 +55,12 @@ class Passwords:
 
 
 def _check(stored: str, password: str, real: bool) -> bool:
+    forms = dict.fromkeys((normalise(password), password))  # one form for most passwords
+    return any(_matches(stored, form) for form in forms) and real
+
+
+def _matches(stored: str, password: str) -> bool:
     try:
-        return _HASHER.verify(stored, password) and real
+        return _HASHER.verify(stored, password)
     except (VerificationError, InvalidHashError):
         return False

@@ -76,3 +76,64 @@ class Allowance:
         now = self._clock()
         self._level = min(self._capacity, self._level + (now - self._at) * self._rate)
         self._at = now
+
+
+class FailureBackoff:
+    """Failed password checks per account: after `free` of them, each further try must wait
+    2^k seconds (capped at `max_delay_s`, so the real user is never locked out for longer).
+
+    A try is charged when it starts (so a burst of parallel guesses gains nothing) and the
+    count is cleared by a success or after `window_s` without a try. At most `max_keys`
+    accounts are tracked: when full, idle entries go first, then those still within their
+    free tries, then the oldest; memory stays bounded whatever names an attacker sends.
+    """
+
+    def __init__(self, free: int, max_delay_s: float, window_s: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+        self._free = free
+        self._max_delay = max_delay_s
+        self._window = max(window_s, max_delay_s)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._seen: dict[Hashable, tuple[int, float]] = {}  # key -> (tries, last try), oldest first
+
+    def delay(self, tries: int) -> float:
+        """Seconds a key must wait after `tries` charged tries (0 while within the free ones)."""
+        if tries < self._free:
+            return 0.0
+        return float(min(self._max_delay, 2.0 ** min(tries - self._free, 62)))
+
+    def attempt(self, key: Hashable) -> float | None:
+        """Charge one try; None if it may go ahead, else seconds until one may (not charged)."""
+        now = self._clock()
+        tries, last = self._seen.get(key, (0, now))
+        if now - last >= self._window:
+            tries = 0
+        wait = last + self.delay(tries) - now
+        if wait > 0:
+            return wait
+        self._seen.pop(key, None)  # re-inserted last: dict order is least recently tried first
+        if len(self._seen) >= self._max_keys:
+            self._prune(now)
+        self._seen[key] = (tries + 1, now)
+        return None
+
+    def succeeded(self, key: Hashable) -> None:
+        """The password was right: forget the failures."""
+        self._seen.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _prune(self, now: float) -> None:
+        """Drop idle keys, then keys still within their free tries, then the oldest, until a
+        tenth of the room is free (so pruning is rare: amortised O(1) per try)."""
+        target = self._max_keys - max(1, self._max_keys // 10)
+        for key in [k for k, (_, t) in self._seen.items() if now - t >= self._window]:
+            del self._seen[key]
+        if len(self._seen) > target:
+            for key in [k for k, (n, _) in self._seen.items() if n < self._free]:
+                del self._seen[key]
+        if len(self._seen) > target:
+            for key in list(self._seen)[: len(self._seen) - target]:
+                del self._seen[key]

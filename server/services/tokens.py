@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from ..storage import TokenStore, UserStore
 from ..storage.rows import UserRow
 
 _ALGORITHM = "HS256"
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,8 @@ class TokenService:
 
     async def verify(self, token: str) -> Principal:
         """The token's principal; AuthError if invalid, expired, revoked or its user is gone."""
+        if not _canonical(token):  # else `T=` would be a second cache entry of token `T`
+            raise AuthError("invalid or expired token")
         principal = self._cache.get(token)
         if principal is not None:
             if principal.expires_at > time.time() and principal.jti not in self._revoked:
@@ -116,3 +122,18 @@ class TokenService:
             if principal.user["id"] == user_id:
                 self._revoked[principal.jti] = True
                 self._cache.pop(token, None)
+
+
+def _canonical(token: str) -> bool:
+    """Whether the token is spelled as we issue it: three unpadded base64url segments, the
+    signature's unused last bits zero. The decoder accepts padding, stray characters and
+    other last letters for the same signature; the cache is keyed by the exact text."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        return False
+    signature = parts[2]
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == signature

@@ -94,7 +94,7 @@ async def test_deleted_users_token_is_401_after_a_restart(tmp_path: Path, simula
     running = await start(config)
     async with aiohttp.ClientSession(running.url) as s:
         async with s.post("/api/auth/register",
-                          json={"username": "ghost", "password": "password1"}) as resp:
+                          json={"username": "ghost", "password": "quiet-lantern-42"}) as resp:
             body = await resp.json()
     await running.app[keys.STORAGE].users.delete(body["user"]["id"])  # e.g. by an operator
     await running.stop()
@@ -206,7 +206,7 @@ async def test_secrets_never_in_responses_or_logs(http, server, register, caplog
 async def test_json_bodies_need_json_content_type(http) -> None:
     """A cross-site HTML form (text/plain) cannot log a browser into someone's account."""
     for path in ("/api/auth/register", "/api/auth/login"):
-        async with http.post(path, data=b'{"username": "csrfuser", "password": "password1"}',
+        async with http.post(path, data=b'{"username": "csrfuser", "password": "quiet-lantern-42"}',
                              headers={"Content-Type": "text/plain"}) as resp:
             await error_of(resp, 415, "unsupported_media_type")
             assert "Set-Cookie" not in resp.headers
@@ -232,7 +232,7 @@ async def test_cookie_is_secure_behind_a_trusted_https_proxy(tmp_path: Path, sim
     try:
         async with aiohttp.ClientSession(running.url) as s:
             async with s.post("/api/auth/register",
-                              json={"username": "proxied", "password": "password1"},
+                              json={"username": "proxied", "password": "quiet-lantern-42"},
                               headers={"X-Forwarded-Proto": "https"}) as resp:
                 cookie = resp.headers["Set-Cookie"]
         assert ("; Secure" in cookie) is secure and "HttpOnly" in cookie
@@ -252,7 +252,7 @@ async def test_plain_http_on_a_network_address_warns_once(tmp_path: Path, simula
 
 
 async def test_cookie_only_sign_in_hands_no_token_to_scripts(http) -> None:
-    body = {"username": "browser", "password": "password1", "cookie_only": True}
+    body = {"username": "browser", "password": "quiet-lantern-42", "cookie_only": True}
     async with http.post("/api/auth/register", json=body) as resp:
         assert resp.status == 201
         answer = await resp.json()
@@ -273,7 +273,7 @@ async def test_sign_ups_and_account_deletion_are_throttled(tmp_path: Path, simul
             for i in range(4):
                 # A spoofed first hop changes nothing: the proxy's own (last) hop is the client.
                 async with s.post("/api/auth/register",
-                                  json={"username": f"flood{i}", "password": "password1"},
+                                  json={"username": f"flood{i}", "password": "quiet-lantern-42"},
                                   headers={"X-Forwarded-For": f"10.0.0.{i}, 192.0.2.7"}) as r:
                     statuses.append(r.status)
                     body = await r.json() if r.status == 201 else None
@@ -281,7 +281,7 @@ async def test_sign_ups_and_account_deletion_are_throttled(tmp_path: Path, simul
                         token = body["access_token"]
             assert statuses == [201, 201, 201, 429]
             async with s.post("/api/auth/register",
-                              json={"username": "other", "password": "password1"},
+                              json={"username": "other", "password": "quiet-lantern-42"},
                               headers={"X-Forwarded-For": "192.0.2.8"}) as r:
                 assert r.status == 201  # another client is not affected
             headers = {"Authorization": f"Bearer {token}"}

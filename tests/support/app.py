@@ -43,9 +43,9 @@ async def register_over_http(base: str, name: str) -> User:
     """Register a user against a server by URL."""
     async with aiohttp.ClientSession(base) as s:
         async with s.post("/api/auth/register",
-                          json={"username": name, "password": "password1"}) as resp:
+                          json={"username": name, "password": "quiet-lantern-42"}) as resp:
             assert resp.status == 201, await resp.text()
-            return User(await resp.json(), "password1")
+            return User(await resp.json(), "quiet-lantern-42")
 
 
 async def error_of(resp: aiohttp.ClientResponse, status: int,

@@ -14,6 +14,7 @@ const switchText = $("auth-switch-text");
 const switchBtn = $("auth-switch");
 const username = $("username");
 const password = $("password");
+const hint = $("password-hint");
 
 let registering = false;
 let signedIn = () => {};
@@ -31,6 +32,9 @@ function setMode(register) {
   switchText.textContent = register ? "Have an account?" : "New here?";
   switchBtn.textContent = register ? "Log in instead" : "Create an account";
   password.autocomplete = register ? "new-password" : "current-password";
+  hint.hidden = !register; // the server's rules for a new password, said before it refuses one
+  if (register) password.setAttribute("aria-describedby", "password-hint");
+  else password.removeAttribute("aria-describedby");
   error.textContent = "";
 }
 

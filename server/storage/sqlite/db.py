@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,22 @@ T = TypeVar("T")
 SyncOp = Callable[[sqlite3.Connection], T]
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 1.0  # how often the WAL is copied back into the database
+# Files SQLite keeps beside the database; it creates them with the database file's mode.
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def make_private(path: str) -> None:
+    """Owner-only access to what holds password hashes and every chat: a new folder 0700,
+    the database 0600 before SQLite first opens it, and existing files chmod 0600."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # an existing one is kept
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in _COMPANIONS:
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # e.g. owned by another user: say so, start anyway
+            log.warning("cannot make %s private (mode 0600): %s", path + suffix, err)
 
 
 async def _run(conn: aiosqlite.Connection, op: SyncOp[T]) -> T:
@@ -64,8 +81,8 @@ class Database:
 
     async def open(self, migrate: Callable[[sqlite3.Connection], object]) -> None:
         """Open the file, migrate the schema, start the writer task and the readers."""
-        if self.path != ":memory:":
-            await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
+        if self.path not in (":memory:", ""):
+            await asyncio.to_thread(make_private, self.path)
         try:
             self._writer = await _open(self.path, self._busy_ms, self._sync)
             await _run(self._writer, migrate)

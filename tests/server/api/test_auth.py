@@ -79,7 +79,7 @@ async def test_register_accepts_good_usernames(http: aiohttp.ClientSession, user
         assert (await resp.json())["user"]["username"] == username
 
 
-@pytest.mark.parametrize("password", ["", "short", "1234567", "x" * 257])
+@pytest.mark.parametrize("password", ["", "short", "1234567", "x" * 1025])
 async def test_register_rejects_bad_passwords(http: aiohttp.ClientSession, password: str) -> None:
     async with http.post("/api/auth/register",
                          json={"username": "bob", "password": password}) as resp:
@@ -90,7 +90,7 @@ async def test_register_rejects_bad_passwords(http: aiohttp.ClientSession, passw
         assert password not in text
 
 
-@pytest.mark.parametrize("password", ["x" * 8, "y" * 256])
+@pytest.mark.parametrize("password", ["xyz.2468", "wxyz" * 256])
 async def test_register_accepts_password_bounds(http: aiohttp.ClientSession, password: str) -> None:
     async with http.post("/api/auth/register",
                          json={"username": f"pw{len(password):03d}", "password": password}) as resp:

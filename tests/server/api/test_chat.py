@@ -324,8 +324,8 @@ async def test_upstream_down_is_a_quick_502(tmp_path: Path, register) -> None:
     try:
         async with aiohttp.ClientSession(running.url) as s:
             async with s.post("/api/auth/register",
-                              json={"username": "lonely", "password": "password1"}) as resp:
-                user = User(await resp.json(), "password1")
+                              json={"username": "lonely", "password": "quiet-lantern-42"}) as resp:
+                user = User(await resp.json(), "quiet-lantern-42")
             async with await chat(s, user, message="anyone there?") as resp:
                 error = await error_of(resp, 502, "upstream_unavailable")
             stored = await messages_of(s, user, error["conversation_id"])

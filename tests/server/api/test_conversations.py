@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,36 @@ async def test_bad_cursor_is_400(http: aiohttp.ClientSession, register: Any, cur
                         headers=user.headers) as resp:
         err = await error_of(resp, 400, "invalid_request")
     assert err["field"] == "cursor"
+
+
+def _schema_cursor_pattern() -> re.Pattern[str]:
+    doc = json.loads((Path(__file__).parents[3] / "server" / "openapi.json").read_text())
+    params = doc["paths"]["/api/conversations"]["get"]["parameters"]
+    return re.compile(next(p for p in params if p["name"] == "cursor")["schema"]["pattern"])
+
+
+@pytest.mark.parametrize("cursor", [
+    "0_1", "9999-99-99T99:99:99.999Z_999999999999999999", "2026-11-25T03:35:00.583Z_42",
+    "1-:.TZ_7",
+])
+async def test_every_cursor_the_schema_allows_is_accepted(http: aiohttp.ClientSession,
+                                                          register: Any, cursor: str) -> None:
+    """The OpenAPI pattern is the cursor's whole format: a value matching it is a place to
+    start from, never a 400 (schemathesis checks the same with random ones)."""
+    assert _schema_cursor_pattern().fullmatch(cursor)
+    user = await register()
+    await create(http, user)
+    page = await list_page(http, user, cursor=cursor)
+    assert set(page) == {"conversations", "next_cursor"}
+
+
+async def test_next_cursor_matches_the_schema(http: aiohttp.ClientSession,
+                                              register: Any) -> None:
+    user = await register()
+    await asyncio.gather(*(create(http, user) for _ in range(2)))
+    cursor = (await list_page(http, user, limit=1))["next_cursor"]
+    assert _schema_cursor_pattern().fullmatch(cursor)
+    assert len((await list_page(http, user, limit=1, cursor=cursor))["conversations"]) == 1
 
 
 @pytest.mark.parametrize("limit", ["0", "101", "-1", "abc", "1.5", "99999999999999999999"])

@@ -226,3 +226,35 @@ async def test_configured_secret_creates_no_secret_file(tmp_path: Path, simulato
     finally:
         await running.stop()
     assert not (tmp_path / "chatgate.secret").exists()
+
+
+# --- one token, one spelling -----------------------------------------------------------------
+
+
+def _variants(token: str) -> list[str]:
+    """Other spellings a lenient base64url decoder reads as the same signed token."""
+    head, _, signature = token.rpartition(".")
+    raw = unb64url(signature)
+    padded = base64.urlsafe_b64encode(raw).decode()
+    last = signature[-1]
+    spare = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 32 bytes leave 2 spare bits in the last letter: 3 other letters decode to the same bytes.
+    others = [c for c in spare if c != last and unb64url(signature[:-1] + c) == raw]
+    return [f"{token}=", f"{head}.{padded}", f"{token}==",
+            *(f"{head}.{signature[:-1]}{c}" for c in others)]
+
+
+async def test_non_canonical_spellings_are_refused_and_never_cached(server: Running,
+                                                                  register: Any) -> None:
+    user = await register("speller")
+    tokens = server.app[keys.TOKENS]
+    assert await verify_status(server, user.headers) == 200
+    cached = len(tokens._cache)  # the cache is what this is about
+    for variant in _variants(user.token):
+        assert await verify_status(server, {"Authorization": f"Bearer {variant}"}) == 401
+    assert len(tokens._cache) == cached  # no second entry, same token
+    async with bare_session(server) as s:
+        async with s.post("/api/auth/logout", headers=user.headers) as resp:
+            assert resp.status == 204
+    for variant in [user.token, *_variants(user.token)]:
+        assert await verify_status(server, {"Authorization": f"Bearer {variant}"}) == 401

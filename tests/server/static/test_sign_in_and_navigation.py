@@ -303,3 +303,23 @@ async def test_cross_site_post_with_the_cookie_is_refused(web: Web) -> None:
     allowed = await request.post(f"{web.url}/api/conversations", data={"title": "mine"},
                                  headers={"Origin": web.url})
     assert allowed.status == 201
+
+
+async def test_sign_up_says_the_password_rules_and_why_one_is_refused(web: Web) -> None:
+    page = web.page
+    await page.goto("/")
+    await expect(page.locator("#password-hint")).to_be_hidden()  # logging in: no rules shown
+    await page.locator("#auth-switch").click()
+    hint = page.locator("#password-hint")
+    await expect(hint).to_be_visible()
+    await expect(page.locator("#password")).to_have_attribute("aria-describedby", "password-hint")
+    web.watched.allow(400, "/api/auth/register")
+    await page.locator("#username").fill("picky")
+    await page.locator("#password").fill("12345678")
+    await page.locator("#password").press("Enter")
+    await expect(page.locator("#auth-error")).to_contain_text("too common")
+    await expect(page.locator("#auth")).to_be_visible()
+    await page.locator("#password").fill("a longer phrase of mine")
+    await page.locator("#password").press("Enter")
+    await expect(page.locator("#auth")).to_be_hidden()
+    await expect(page.locator("#who")).to_have_text("picky")
