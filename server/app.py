@@ -24,6 +24,7 @@ from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
 from .services.accounts import AccountService
+from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
 from .services.chat import ChatService
 from .services.completions import CompletionService
@@ -79,8 +80,14 @@ def _accounts(secret: str) -> Context:
         api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size)
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
-        app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, api_keys,
-                                            attempts, a.register_open)
+        app[keys.ACCOUNTS] = accounts = AccountService(
+            storage.users, passwords, tokens, api_keys, attempts, a.registration_mode, a.admins)
+        app[keys.PASSWORDS] = passwords
+        promoted = await accounts.bootstrap()
+        if promoted:
+            log.warning("made admin at start-up: %s", ", ".join(promoted))
+            await storage.audit.add(None, "(config)", "user.promote", None,
+                                    ", ".join(promoted), {"names": promoted})
         app[keys.METRICS].watch_cache(lambda: (tokens.stats.hits, tokens.stats.misses))
         yield
         passwords.close()
@@ -97,8 +104,12 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
             await storage.keys.touch(used)
             api_keys.written(used)
 
+    async def own_budget(user_id: int) -> int | None:
+        user = await storage.users.get(user_id)
+        return None if user is None else user.get("limits", {}).get("monthly_tokens_per_user")
+
     meter = UsageMeter(storage.usage, config.limits.monthly_tokens_per_user,
-                       config.usage.flush_interval_s, touch_keys)
+                       config.usage.flush_interval_s, touch_keys, own_budget)
     app[keys.USAGE] = meter
     flusher = asyncio.create_task(meter.run(), name="usage-flush")
     yield
@@ -129,6 +140,10 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                       max_per_owner=q.max_per_user, rps=config.limits.upstream_rps)
     pool.start()
     app[keys.POOL] = pool
+    storage = app[keys.STORAGE]
+    app[keys.ADMIN] = AdminService(storage.users, storage.keys, storage.audit,
+                                   app[keys.PASSWORDS], app[keys.TOKENS], app[keys.API_KEYS],
+                                   app[keys.USAGE], pool.cancel_owner)
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield

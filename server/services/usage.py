@@ -29,9 +29,12 @@ class UsageMeter:
     every `flush_s` seconds in one transaction (a crash loses at most that much counting)."""
 
     def __init__(self, store: UsageStore, monthly_budget: int, flush_s: float,
-                 on_flush: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_flush: Callable[[], Awaitable[None]] | None = None,
+                 override: Callable[[int], Awaitable[int | None]] | None = None) -> None:
         self._store = store
         self._budget = monthly_budget
+        self._override = override  # reads a user's own budget (an admin's limits), if any
+        self._budgets: dict[int, int] = {}  # user -> budget, read once, set by the admin
         self._flush_s = flush_s
         self._on_flush = on_flush
         self._pending: defaultdict[tuple[int, str, int], list[int]] = defaultdict(
@@ -52,11 +55,25 @@ class UsageMeter:
             self._months[user_id] = (month[0], month[1] + prompt + completion)
 
     async def check_budget(self, user_id: int) -> None:
-        """QuotaExceeded when the user is over `limits.monthly_tokens_per_user` (0: none)."""
-        if self._budget and await self.month_used(user_id) >= self._budget:
+        """QuotaExceeded when the user is over their budget: an admin's override of
+        `limits.monthly_tokens_per_user`, else that (0: none)."""
+        budget = await self.budget(user_id)
+        if budget and await self.month_used(user_id) >= budget:
             raise QuotaExceeded(
-                f"you have used this month's {self._budget:,} tokens; ask an administrator "
+                f"you have used this month's {budget:,} tokens; ask an administrator "
                 "to raise the budget, or wait for next month")
+
+    async def budget(self, user_id: int) -> int:
+        """The user's monthly token budget (0: none), their override read once."""
+        known = self._budgets.get(user_id)
+        if known is None:
+            own = await self._override(user_id) if self._override is not None else None
+            known = self._budgets[user_id] = self._budget if own is None else own
+        return known
+
+    def set_budget(self, user_id: int, budget: int | None) -> None:
+        """An admin set (an int) or removed (None) the user's own monthly budget."""
+        self._budgets[user_id] = self._budget if budget is None else budget
 
     async def month_used(self, user_id: int) -> int:
         """Tokens the user has used this calendar month (UTC), read once then kept counted."""
@@ -100,8 +117,9 @@ class UsageMeter:
                 log.exception("usage flush failed")
 
     def forget_user(self, user_id: int) -> None:
-        """Drop the cached month of a deleted user."""
+        """Drop the cached month and budget of a deleted user."""
         self._months.pop(user_id, None)
+        self._budgets.pop(user_id, None)
 
 
 def _int(value: Any) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import (
+    AuditStore,
     ConversationStore,
     KeyStore,
     MessageStore,
@@ -32,7 +33,7 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
+    "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
     "MessageStore", "NotFound", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
     "StorageStats", "TokenStore", "UsageDelta", "UsageStore", "UserStore", "open_storage",
 ]
