@@ -6,7 +6,6 @@ import { api, onUnauthorized } from "./api.js";
 import * as auth from "./auth.js";
 import * as sidebar from "./sidebar.js";
 import * as chat from "./chat.js";
-import * as gate from "./gate.js";
 
 const app = $("app");
 const menu = $("menu");
@@ -77,14 +76,17 @@ function signedIn(who) {
   route(returning); // back to where the user was
 }
 
-// An account that waits for approval or must change its password stops at the gate first.
+// An account that waits for approval or must change its password stops at the gate first
+// (js/gate.js, loaded only then).
+let gate = null;
+
 function admitted(who) {
-  if (gate.blocks(who)) {
-    if (user != null && user.id !== who.id) forgetAll();
-    gate.show(who);
-    return;
-  }
-  signedIn(who);
+  if (who.status !== "pending" && !who.must_change_password) { signedIn(who); return; }
+  if (user != null && user.id !== who.id) forgetAll();
+  (gate ??= import("./gate.js")).then((m) => { m.setup(signedIn, logOut); m.show(who); }, () => {
+    gate = null;
+    announce("The page could not be loaded. Reload to try again.");
+  });
 }
 
 function forgetAll() {
@@ -97,9 +99,8 @@ function forgetAll() {
   history.replaceState(null, "", "#/");
 }
 
-onUnauthorized(() => { gate.close(); auth.show({ expired: user != null }); });
+onUnauthorized(() => { gate?.then((m) => m.close()); auth.show({ expired: user != null }); });
 auth.onSignedIn(admitted);
-gate.setup(signedIn, logOut);
 
 $("logout").addEventListener("click", logOut);
 
@@ -126,7 +127,7 @@ menu.addEventListener("click", () => drawer(!app.classList.contains("drawer-open
 $("scrim").addEventListener("click", () => drawer(false));
 
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open || $("gate").open) return;
+  if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open || $("gate")?.open) return;
   if (!$("chat").hidden && chat.stop()) return;
   if (app.classList.contains("drawer-open")) { drawer(false); menu.focus(); }
 });

@@ -1,18 +1,28 @@
-// The account gate, shown instead of the app while an account may not use it yet: waiting for
-// an administrator's approval, or obliged to change a password an administrator reset.
+// The account gate, loaded only when needed and shown instead of the app while an account may
+// not use it yet: waiting for an administrator's approval, or obliged to change a password an
+// administrator reset.
 
-import { $, announce } from "./dom.js";
+import { $, h, announce } from "./dom.js";
 import { api } from "./api.js";
 
-const dialog = $("gate");
-const form = $("gate-form");
-const error = $("gate-error");
+const blocks = (user) => user.status === "pending" || user.must_change_password === true;
+const current = h("input", { id: "gate-current", type: "password", autocomplete: "current-password", required: true, minlength: "1", maxlength: "256" });
+const fresh = h("input", { id: "gate-new", type: "password", autocomplete: "new-password", required: true, minlength: "8", maxlength: "256" });
+const fields = h("div", null, h("label", { for: "gate-current" }, "Temporary password"), current,
+  h("label", { for: "gate-new" }, "New password"), fresh);
+const heading = h("h2", { id: "gate-title" });
+const note = h("p", { class: "note" });
+const error = h("p", { class: "form-error", role: "alert" });
+const submit = h("button", { type: "submit", class: "btn primary wide" });
+const leave = h("button", { type: "button", class: "link" }, "Log out");
+const form = h("form", { class: "auth-form" }, h("span", { class: "logo big", "aria-hidden": "true" }),
+  heading, note, fields, error, submit, h("p", { class: "switch" }, leave));
+const dialog = h("dialog", { class: "auth", id: "gate", "aria-labelledby": "gate-title" }, form);
+$("confirm").before(dialog);
+
 let passed = () => {};
 let logout = () => {};
 let waiting = false;
-
-/** Whether this user must stop at the gate. */
-export const blocks = (user) => user.status === "pending" || user.must_change_password === true;
 
 /** Set what happens when the gate is passed (gets the user) and on "Log out". */
 export function setup(onPassed, onLogout) { passed = onPassed; logout = onLogout; }
@@ -20,35 +30,35 @@ export function setup(onPassed, onLogout) { passed = onPassed; logout = onLogout
 /** Show the gate for this user. */
 export function show(user) {
   waiting = user.status === "pending";
-  $("gate-title").textContent = waiting ? "Waiting for approval" : "Choose a new password";
-  $("gate-note").textContent = waiting
+  heading.textContent = waiting ? "Waiting for approval" : "Choose a new password";
+  note.textContent = waiting
     ? `Your account ${user.username} is waiting for an administrator's approval. Come back later, or check again.`
     : "An administrator reset your password. Choose a new one to carry on.";
-  $("gate-fields").hidden = waiting;
-  for (const input of form.querySelectorAll("input")) input.disabled = waiting;
-  $("gate-submit").textContent = waiting ? "Check again" : "Change password";
+  fields.hidden = waiting;
+  current.disabled = fresh.disabled = waiting;
+  submit.textContent = waiting ? "Check again" : "Change password";
   error.textContent = "";
   if (!dialog.open) dialog.showModal();
-  (waiting ? $("gate-submit") : $("gate-current")).focus();
+  (waiting ? submit : current).focus();
 }
 
-/** Close the gate (logout). */
+/** Close the gate (logout, or the session ended). */
 export function close() {
   form.reset();
   if (dialog.open) dialog.close();
 }
 
 dialog.addEventListener("cancel", (event) => event.preventDefault());
-$("gate-logout").addEventListener("click", () => { close(); logout(); });
+leave.addEventListener("click", () => { close(); logout(); });
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   if (!form.reportValidity()) return;
   error.textContent = "";
-  $("gate-submit").disabled = true;
+  submit.disabled = true;
   try {
     if (!waiting) {
-      await api("POST", "/api/auth/password", { current_password: $("gate-current").value, new_password: $("gate-new").value });
+      await api("POST", "/api/auth/password", { current_password: current.value, new_password: fresh.value });
       announce("Your password was changed.");
     }
     const { user } = await api("GET", "/api/auth/verify");
@@ -58,6 +68,6 @@ form.addEventListener("submit", async (event) => {
   } catch (err) {
     if (err.status !== 401) error.textContent = err.message;
   } finally {
-    $("gate-submit").disabled = false;
+    submit.disabled = false;
   }
 });

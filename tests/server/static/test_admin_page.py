@@ -134,8 +134,9 @@ async def test_admin_manages_users_and_reads_the_audit_log(web: Web, boss: dict[
     # The audit log names every action, newest first, and no password.
     audit = page.locator("#admin-audit > li")
     await expect(audit.first).to_contain_text(f"deleted {made}")
-    for words in (f"approved {name}", f"changed the caps of {name}", f"reset the password of {name}",
-                  f"disabled {name}", f"enabled {name}", f"created {made}"):
+    for words in (f"approved {name}", f"changed the caps of {name}",
+                  f"reset the password of {name}", f"disabled {name}", f"enabled {name}",
+                  f"created {made}"):
         await expect(page.locator("#admin-audit")).to_contain_text(words)
     assert temp not in await page.content() and temp2 not in await page.content()
     await web.axe()
