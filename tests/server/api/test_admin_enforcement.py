@@ -174,3 +174,24 @@ async def test_admin_cannot_read_other_users_conversations(server, register) -> 
         assert status == 200 and "secret" not in str(body), path
     status, body = await call(server, user, "GET", f"/api/conversations/{conv}")
     assert body == before  # untouched
+
+
+async def test_a_verify_in_flight_during_an_admin_change_is_not_cached(server, register) -> None:
+    """A token or key read from the database just before an admin's change must not be cached
+    with what it read (the old status or limits would hold for auth.cache_ttl_s)."""
+    user = await register()
+    key = await new_key(server, user)
+    tokens, api_keys, db = server.app[keys.TOKENS], server.app[keys.API_KEYS], db_of(server)
+    status, body = await sign_in(server, user.name, user.password)
+    token = body["access_token"]
+    tokens.refresh_user(user.id)  # the login cached it: start from a miss
+    for verify, forget in ((tokens.verify, tokens.refresh_user),
+                           (api_keys.verify, api_keys.forget_user)):
+        credential = token if verify == tokens.verify else key
+        reading = asyncio.create_task(verify(credential))
+        await asyncio.sleep(0)  # the task now waits for its database read
+        forget(user.id)  # what approve, enable or a limits change does meanwhile
+        await reading
+        reads = db.stats.reads
+        await verify(credential)
+        assert db.stats.reads == reads + 1, verify  # read anew: the stale read was not cached
