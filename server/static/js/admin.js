@@ -23,6 +23,7 @@ let users = []; // the users shown so far, by id
 let usersNext = null; // cursor of the next page of users
 let auditNext = null;
 let generation = 0; // bumped on reset so late answers for a previous user are dropped
+let me = null; // the signed-in admin's id: their own row offers no disable, reset or delete
 
 function sentence(err) {
   if (!err.status) return "The server could not be reached. Check the connection and try again.";
@@ -103,10 +104,10 @@ function userRow(u) {
       fact("Created", when(u.created_at))),
     h("div", { class: "row actions" },
       u.status === "pending" && act("approve", "Approve", "Approve"),
-      u.status === "disabled" ? act("enable", "Enable", "Enable") : act("disable", "Disable", "Disable"),
-      act("password", "Reset password", "Reset the password of"),
+      u.id !== me && (u.status === "disabled" ? act("enable", "Enable", "Enable") : act("disable", "Disable", "Disable")),
+      u.id !== me && act("password", "Reset password", "Reset the password of"),
       act("budget", "Budget", "Set the budget of"),
-      act("delete", "Delete", "Delete")));
+      u.id !== me && act("delete", "Delete", "Delete")));
 }
 
 function renderUsers() {
@@ -269,8 +270,9 @@ moreAudit.addEventListener("click", () => loadAudit(true));
 
 // ---- shown and hidden by the router (js/app.js)
 
-/** Show the page; `backTo` is the chat view "Back to chat" returns to. */
-export function show(backTo) {
+/** Show the page to the signed-in admin `who`; `backTo` is the view "Back to chat" returns to. */
+export function show(backTo, who) {
+  me = who.id;
   back.href = backTo;
   page.hidden = false;
   document.title = "Administration · chatgate";

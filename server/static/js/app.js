@@ -38,7 +38,7 @@ function route(force = false) {
     const p = PAGES[here];
     const backTo = chat.current() == null ? "#/" : `#/c/${chat.current()}`;
     sidebar.setActive(null);
-    (p.module ??= import(p.file)).then((m) => { if (location.hash === here) m.show(backTo); }, () => {
+    (p.module ??= import(p.file)).then((m) => { if (location.hash === here) m.show(backTo, user); }, () => {
       p.module = null;
       $("chat").hidden = false;
       announce(`The ${p.what} page could not be loaded. Reload to try again.`);

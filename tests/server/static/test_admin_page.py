@@ -72,6 +72,7 @@ async def test_admin_manages_users_and_reads_the_audit_log(web: Web, boss: dict[
     mine = page.locator("#admin-users > li").filter(
         has=page.get_by_role("heading", name=boss["user"]["username"]))
     await expect(mine).to_contain_text("Administrator")
+    await expect(mine.get_by_role("button")).to_have_text(["Budget"])  # nothing refused
 
     # Approve.
     await row.get_by_role("button", name=f"Approve {name}").click()
