@@ -24,6 +24,7 @@ from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
 from .services.accounts import AccountService
+from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
 from .services.caps import Caps
 from .services.chat import ChatService
@@ -86,8 +87,15 @@ def _accounts(secret: str) -> Context:
         api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size)
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
-        app[keys.ACCOUNTS] = AccountService(storage.users, passwords, tokens, api_keys,
-                                            attempts, a.register_open, failures, policy)
+        app[keys.ACCOUNTS] = accounts = AccountService(
+            storage.users, passwords, tokens, api_keys, attempts, failures, policy,
+            a.registration_mode, a.admins)
+        app[keys.PASSWORDS] = passwords
+        promoted = await accounts.bootstrap()
+        if promoted:
+            log.warning("made admin at start-up: %s", ", ".join(promoted))
+            await storage.audit.add(None, "(config)", "user.promote", None,
+                                    ", ".join(promoted), {"names": promoted})
         app[keys.METRICS].watch_cache(lambda: (tokens.stats.hits, tokens.stats.misses))
         yield
         passwords.close()
@@ -137,6 +145,10 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                       rps=config.limits.upstream_rps)
     pool.start()
     app[keys.POOL] = pool
+    storage = app[keys.STORAGE]
+    app[keys.ADMIN] = AdminService(storage.users, storage.keys, storage.audit,
+                                   app[keys.PASSWORDS], app[keys.TOKENS], app[keys.API_KEYS],
+                                   app[keys.USAGE], pool.cancel_owner)
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield

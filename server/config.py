@@ -54,7 +54,17 @@ class AuthConfig:
     token_ttl_s: int = 3600
     cache_ttl_s: int = 300
     cache_size: int = 10000
-    register_open: bool = True
+    registration: str = "open"  # open | closed | approval
+    register_open: bool = True  # older switch, kept working: false = closed (if left open)
+    admins: tuple[str, ...] = ()
+
+    @property
+    def registration_mode(self) -> str:
+        """How sign-ups work: `registration`, but an older config's `register_open: false`
+        still closes them when `registration` was left at open."""
+        if self.registration == "open" and not self.register_open:
+            return "closed"
+        return self.registration
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,8 @@ _POSITIVE = {
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
     "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",
 }
-_CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
+_CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
+            "auth.registration": ("open", "closed", "approval")}
 
 
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:

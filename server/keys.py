@@ -12,12 +12,14 @@ from workers.upstream import UpstreamClient
 
 from .config import Config
 from .services.accounts import AccountService
+from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
 from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.metrics import Metrics
+from .services.passwords import Passwords
 from .services.status import StatusService
 from .services.tokens import Principal, TokenService
 from .services.usage import UsageMeter
@@ -27,6 +29,8 @@ CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
+ADMIN = web.AppKey("admin", AdminService)
+PASSWORDS = web.AppKey("passwords", Passwords)
 API_KEYS = web.AppKey("api_keys", ApiKeyService)
 USAGE = web.AppKey("usage", UsageMeter)
 COMPLETIONS = web.AppKey("completions", CompletionService)

@@ -62,6 +62,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed: str | None = None
         self._reserved: Counter[Hashable] = Counter()
+        self._active: set[Job] = set()  # running now (to stop an owner's jobs at once)
 
     @property
     def closed(self) -> str | None:
@@ -116,6 +117,14 @@ class WorkerPool:
         if self._reserved[owner] <= 0:
             del self._reserved[owner]
 
+    def cancel_owner(self, owner: Hashable, error: WorkerError) -> int:
+        """Stop every queued and running job of one owner (an account disabled or deleted);
+        how many were stopped."""
+        jobs = self.queue.jobs_of(owner) + [j for j in self._active if j.owner == owner]
+        for job in jobs:
+            job.cancel(error)
+        return len(jobs)
+
     def close_intake(self, reason: str = "the server is shutting down") -> None:
         """Refuse new jobs and fail every queued one; running jobs go on."""
         self._closed = reason
@@ -145,6 +154,7 @@ class WorkerPool:
         job.state = "running"
         job.task = asyncio.create_task(self._run(job))
         self.stats.running += 1
+        self._active.add(job)
         try:
             await asyncio.wait({job.task})
         except asyncio.CancelledError:
@@ -153,6 +163,7 @@ class WorkerPool:
             raise
         finally:
             self.stats.running -= 1
+            self._active.discard(job)
 
     async def _run(self, job: Job) -> None:
         job.emit(Started())

@@ -144,6 +144,10 @@ class FairQueue(asyncio.Queue[Job]):
         lane = self._queue.lanes.get(owner)
         return len(lane) if lane else 0
 
+    def jobs_of(self, owner: Hashable) -> list[Job]:
+        """This owner's waiting jobs, in order (a copy: cancelling one removes it)."""
+        return list(self._queue.lanes.get(owner, ()))
+
     def position(self, job: Job) -> int | None:
         """How many queued jobs will be served before this one; None if not queued.
 

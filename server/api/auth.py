@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 
 from .. import keys
-from ..middleware.auth import principal_of, public
+from ..middleware.auth import principal_of, public, ungated
 from ..middleware.forwarded import client_ip
 from ..middleware.sessions import end_session, start_session
 from ..services.accounts import SignedIn
@@ -15,13 +15,13 @@ from ..services.password_policy import MAX_LENGTH, MIN_LENGTH
 from .responses import json_response
 from .validation import boolean, read_json, text
 
-_USERNAME = re.compile(r"[A-Za-z0-9_.\-]+")
+USERNAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _FIELDS = frozenset({"username", "password", "cookie_only"})
 
 
 async def _credentials(request: web.Request) -> tuple[str, str, bool]:
     body = await read_json(request, _FIELDS)
-    username = text(body, "username", min_len=3, max_len=64, pattern=_USERNAME,
+    username = text(body, "username", min_len=3, max_len=64, pattern=USERNAME,
                     hint="may contain only letters, digits, '_', '.' and '-'")
     password = text(body, "password", min_len=MIN_LENGTH, max_len=MAX_LENGTH)
     assert username is not None and password is not None
@@ -59,6 +59,7 @@ async def login(request: web.Request) -> web.Response:
     return await _signed_in(request, signed, cookie_only)
 
 
+@ungated
 async def logout(request: web.Request) -> web.Response:
     """Revoke the presented token (bearer or cookie) and clear the session."""
     await request.app[keys.ACCOUNTS].logout(principal_of(request))
@@ -66,6 +67,7 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@ungated
 async def verify(request: web.Request) -> web.Response:
     """Who am I; answered from the token cache on a hit."""
     principal = principal_of(request)
@@ -79,4 +81,15 @@ async def delete_account(request: web.Request) -> web.Response:
     assert password is not None
     await request.app[keys.ACCOUNTS].delete(principal_of(request), password)
     await end_session(request)
+    return web.Response(status=204)
+
+
+@ungated
+async def change_password(request: web.Request) -> web.Response:
+    """Change the password (required after an administrator reset it)."""
+    body = await read_json(request, frozenset({"current_password", "new_password"}))
+    current = text(body, "current_password", min_len=1, max_len=256)
+    new = text(body, "new_password", min_len=8, max_len=256)
+    assert current is not None and new is not None
+    await request.app[keys.ACCOUNTS].change_password(principal_of(request), current, new)
     return web.Response(status=204)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import auth, chat, conversations, keys, openai, system, usage
+from . import admin, auth, chat, conversations, keys, openai, system, usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -21,6 +21,16 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/logout", auth.logout)
     app.router.add_get("/api/auth/verify", auth.verify)
     app.router.add_delete("/api/auth/account", auth.delete_account)
+    app.router.add_post("/api/auth/password", auth.change_password)
+    app.router.add_get("/api/admin/users", admin.list_users)
+    app.router.add_post("/api/admin/users", admin.create_user)
+    app.router.add_delete(r"/api/admin/users/{id:\d+}", admin.delete_user)
+    app.router.add_post(r"/api/admin/users/{id:\d+}/approve", admin.approve)
+    app.router.add_post(r"/api/admin/users/{id:\d+}/disable", admin.disable)
+    app.router.add_post(r"/api/admin/users/{id:\d+}/enable", admin.enable)
+    app.router.add_put(r"/api/admin/users/{id:\d+}/limits", admin.set_limits)
+    app.router.add_post(r"/api/admin/users/{id:\d+}/password", admin.reset_password)
+    app.router.add_get("/api/admin/audit", admin.audit)
     app.router.add_get("/api/conversations", conversations.list_conversations)
     app.router.add_post("/api/conversations", conversations.create_conversation)
     app.router.add_get(r"/api/conversations/{id:\d+}", conversations.get_conversation)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .. import keys
 from ..services.apikeys import is_api_key
+from ..services.gate import admit
 from ..services.tokens import Principal
 from .errors import unauthorized
 from .sessions import session_token
@@ -20,6 +21,12 @@ _GUARDED = ("/api/", "/v1/")
 def public(handler: Handler) -> Handler:
     """Mark an /api/ handler as needing no authentication."""
     handler.chatgate_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def ungated(handler: Handler) -> Handler:
+    """Mark a handler that a pending account, or one that must change its password, may use."""
+    handler.chatgate_ungated = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -51,9 +58,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             and not getattr(route_handler, "chatgate_public", False):
         token = await _token(request)
         if is_api_key(token):
-            request[keys.PRINCIPAL] = await request.app[keys.API_KEYS].verify(token)
+            principal = await request.app[keys.API_KEYS].verify(token)
         else:
-            request[keys.PRINCIPAL] = await request.app[keys.TOKENS].verify(token)
+            principal = await request.app[keys.TOKENS].verify(token)
+        admit(principal.user, getattr(route_handler, "chatgate_ungated", False))
+        request[keys.PRINCIPAL] = principal
     return await handler(request)
 
 

@@ -18,10 +18,18 @@ from workers.errors import (
 )
 
 from .. import keys
-from ..services.accounts import NotSignedIn, RegistrationClosed, WrongCredentials, WrongPassword
+from ..services.accounts import (
+    NotSignedIn,
+    RegistrationClosed,
+    SamePassword,
+    WrongCredentials,
+    WrongPassword,
+)
+from ..services.admin import InvalidAdminRequest
 from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
 from ..services.completions import ModelNotFound
+from ..services.gate import AccountDisabled, AccountPending, Forbidden, PasswordChangeRequired
 from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
@@ -131,6 +139,9 @@ def from_domain(err: BaseException) -> ApiError | None:
         return ApiError(400, "weak_password", str(err), field="password")
     if isinstance(err, RegistrationClosed):
         return ApiError(403, "registration_closed", str(err))
+    mapped = _from_gate(err)
+    if mapped is not None:
+        return mapped
     if isinstance(err, NotSignedIn):
         return invalid(str(err))
     if isinstance(err, ModelNotFound):
@@ -149,6 +160,23 @@ def from_domain(err: BaseException) -> ApiError | None:
         return invalid(str(err), "cursor")
     if isinstance(err, DatabaseBusy):
         return ApiError(503, "database_busy", str(err), {"Retry-After": "1"})
+    return None
+
+
+def _from_gate(err: BaseException) -> ApiError | None:
+    """Account status, the admin role and admin requests."""
+    if isinstance(err, AccountDisabled):
+        return ApiError(403, "account_disabled", str(err))
+    if isinstance(err, AccountPending):
+        return ApiError(403, "account_pending", str(err))
+    if isinstance(err, PasswordChangeRequired):
+        return ApiError(403, "password_change_required", str(err))
+    if isinstance(err, Forbidden):
+        return ApiError(403, "forbidden", str(err))
+    if isinstance(err, InvalidAdminRequest):
+        return invalid(str(err), err.field)
+    if isinstance(err, SamePassword):
+        return invalid(str(err), "new_password")
     return None
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..storage import UserStore
 from ..storage.rows import UserRow
 from .apikeys import ApiKeyService
+from .gate import AccountDisabled
 from .password_policy import PasswordPolicy
 from .passwords import Passwords
 from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
@@ -30,6 +31,10 @@ class WrongPassword(Exception):
     """A signed-in user confirmed an action with the wrong password."""
 
 
+class SamePassword(ValueError):
+    """A password change that keeps the same password."""
+
+
 @dataclass(frozen=True, slots=True)
 class SignedIn:
     """A user and the fresh token that proves it."""
@@ -40,28 +45,39 @@ class SignedIn:
 
 class AccountService:
     """Password checks (hashed off the loop), throttled per client and per account, the
-    password policy for new ones, and tokens for who passes."""
+    password policy for new ones, and tokens for who passes.
+
+    Sign-ups follow `registration`: "open", "approval" (new accounts wait, pending, until an
+    admin approves them) or "closed" (only an admin creates accounts). A name in `admins`
+    may always register and is an active admin at once; with no `admins` listed, the first
+    account of an empty database is the admin.
+    """
 
     def __init__(self, users: UserStore, passwords: Passwords, tokens: TokenService,
-                 api_keys: ApiKeyService, attempts: KeyedRateLimiter,
-                 register_open: bool, failures: FailureBackoff,
-                 policy: PasswordPolicy) -> None:
+                 api_keys: ApiKeyService, attempts: KeyedRateLimiter, failures: FailureBackoff,
+                 policy: PasswordPolicy, registration: str,
+                 admins: tuple[str, ...] = ()) -> None:
         self._users = users
         self._passwords = passwords
         self._tokens = tokens
         self._api_keys = api_keys
         self._attempts = attempts
-        self._register_open = register_open
         self._failures = failures
         self._policy = policy
+        self._registration = registration
+        self._admins = frozenset(name.casefold() for name in admins)
 
     async def register(self, username: str, password: str, client: str) -> SignedIn:
         """Create an account and sign it in; Conflict when the name is taken."""
-        if not self._register_open:
-            raise RegistrationClosed("registration is closed on this server")
+        listed = username.casefold() in self._admins
+        if self._registration == "closed" and not listed:
+            raise RegistrationClosed("registration is closed on this server: "
+                                     "ask an administrator for an account")
         self._throttle(client, "sign-up attempts")
-        user = await self._users.create(username, await self.new_password_hash(username,
-                                                                               password))
+        status = "pending" if self._registration == "approval" and not listed else "active"
+        user = await self._users.create(
+            username, await self.new_password_hash(username, password),
+            role="admin" if listed else "user", status=status, first_is_admin=not self._admins)
         return SignedIn(user, self._tokens.issue(user))
 
     async def new_password_hash(self, username: str, password: str) -> str:
@@ -70,12 +86,15 @@ class AccountService:
         return await self._passwords.hash(password)
 
     async def login(self, username: str, password: str, client: str) -> SignedIn:
-        """Check the password and issue a token; a missing user costs the same time."""
+        """Check the password and issue a token; a missing user costs the same time. A
+        pending account may sign in (only to see that it waits); a disabled one may not."""
         self._throttle(client, "login attempts")
-        found = await self._checked(username, password, "failed logins for this account")
-        if found is None:
+        user = await self._checked(username, password, "failed logins for this account")
+        if user is None:
             raise WrongCredentials("wrong username or password")
-        return SignedIn(found, self._tokens.issue(found))
+        if user.get("status") == "disabled":
+            raise AccountDisabled("this account has been disabled by an administrator")
+        return SignedIn(user, self._tokens.issue(user, await self._users.epoch(user["id"])))
 
     async def confirm_password(self, principal: Principal, password: str) -> None:
         """A signed-in user's password, before a sensitive action (WrongPassword if not)."""
@@ -97,6 +116,27 @@ class AccountService:
             return None
         self._failures.succeeded(key)
         return found[0]
+
+    async def change_password(self, principal: Principal, current: str, new: str) -> None:
+        """Set a new password once the current one is confirmed (ends a forced change)."""
+        user = principal.user
+        self._throttle(("account", user["id"]), "attempts")
+        if await self._checked(user["username"], current, "wrong passwords") is None:
+            raise WrongPassword("the current password is not correct")
+        if new == current:
+            raise SamePassword("the new password must differ from the current one")
+        await self._users.update(user["id"], password_hash=await self.new_password_hash(
+            user["username"], new), must_change_password=False)
+        self._tokens.refresh_user(user["id"])  # cached principals still say "must change"
+        self._api_keys.forget_user(user["id"])
+
+    async def bootstrap(self) -> list[str]:
+        """At start-up: make the listed admins active admins; with none listed, make the
+        oldest account admin when there is no admin. The names promoted."""
+        if self._admins:
+            return await self._users.promote(sorted(self._admins))
+        promoted = await self._users.ensure_admin()
+        return [promoted] if promoted else []
 
     async def logout(self, principal: Principal) -> None:
         """Revoke the token that signed this request (an API key is deleted, not signed out)."""

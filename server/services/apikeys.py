@@ -33,6 +33,7 @@ class ApiKeyService:
         self._cache: TTLCache[str, Principal] = TTLCache(cache_size, cache_ttl_s)
         self._deleted: TTLCache[int, bool] = TTLCache(max(cache_size, 1024), cache_ttl_s * 2)
         self._used: dict[int, str] = {}  # key id -> when last used, written in batches
+        self._generation = 0  # bumped when a user's cache is dropped (rare: admin actions)
 
     async def create(self, user_id: int, name: str, expires_at: int | None, rpm: int | None,
                      tpm: int | None) -> tuple[KeyRow, str]:
@@ -56,9 +57,13 @@ class ApiKeyService:
         self._forget(lambda p: p.key is not None and p.key.id == key_id)
         self._deleted[key_id] = True
 
-    def forget_user(self, user_id: int) -> None:
-        """Drop every cached key of a deleted or disabled user."""
+    def forget_user(self, user_id: int, key_ids: tuple[int, ...] = ()) -> None:
+        """Drop every cached key of a user (deleted, disabled or changed), and mark these
+        deleted keys dead at once; the next request reads the user anew."""
+        self._generation += 1
         self._forget(lambda p: p.user["id"] == user_id)
+        for key_id in key_ids:
+            self._deleted[key_id] = True
 
     async def verify(self, key: str) -> Principal:
         """The key's principal; AuthError if unknown, wrong, expired or deleted."""
@@ -87,12 +92,14 @@ class ApiKeyService:
 
     async def _lookup(self, key: str) -> Principal:
         prefix = key[len(KEY_MARK):len(KEY_MARK) + _PREFIX_LEN]
+        generation = self._generation
         found = await self._store.by_prefix(prefix) if len(prefix) == _PREFIX_LEN else None
         if found is None or not hmac.compare_digest(found[1], self._hash(key)):
             raise AuthError("invalid API key")
         row, _, user = found
         principal = _principal(user, key, row)
-        if row["id"] not in self._deleted:  # a delete may have landed while we read
+        # A delete, or an admin's change to the user, may have landed while we read.
+        if row["id"] not in self._deleted and self._generation == generation:
             self._cache[key] = principal
         return principal
 

@@ -65,6 +65,9 @@ class TokenService:
         self._cache: TTLCache[str, Principal] = TTLCache(cache_size, cache_ttl_s)
         # Revoked here since start-up; guards against a verify that raced a logout.
         self._revoked: TTLCache[str, bool] = TTLCache(max(cache_size, 1024), ttl_s)
+        # Bumped when a user's cached tokens are dropped: a verify that read the user before
+        # the change (an admin's disable, a new status or limits) must not cache what it read.
+        self._generation: dict[int, int] = {}
         self.stats = TokenStats()
 
     @property
@@ -72,12 +75,12 @@ class TokenService:
         """Lifetime of a new token."""
         return self._ttl
 
-    def issue(self, user: UserRow) -> str:
-        """A new signed token for the user."""
+    def issue(self, user: UserRow, epoch: int = 0) -> str:
+        """A new signed token for the user, valid while their token epoch stays `epoch`."""
         now = int(time.time())
         exp = now + self._ttl
         jti = secrets.token_hex(16)
-        claims = {"sub": str(user["id"]), "iat": now, "exp": exp, "jti": jti}
+        claims = {"sub": str(user["id"]), "iat": now, "exp": exp, "jti": jti, "ep": epoch}
         token = jwt.encode(claims, self._key, algorithm=_ALGORITHM)
         self._cache[token] = Principal(user, token, jti, exp)  # the first verify is free
         return token
@@ -98,15 +101,18 @@ class TokenService:
                                 options={"require": ["sub", "iat", "exp", "jti"]})
             user_id = int(claims["sub"])
             jti = str(claims["jti"])
+            epoch = int(claims.get("ep", 0))  # tokens from before epochs were epoch 0
         except (jwt.PyJWTError, ValueError, TypeError) as err:
             raise AuthError("invalid or expired token") from err
         if jti in self._revoked:
             raise AuthError("token has been revoked")
-        user = await self._users.principal(user_id, jti)
+        generation = self._generation.get(user_id, 0)
+        user = await self._users.principal(user_id, jti, epoch)
         if user is None:
             raise AuthError("token has been revoked or its user no longer exists")
         principal = Principal(user, token, jti, int(claims["exp"]))
-        if jti not in self._revoked:  # a logout may have landed while we read
+        # A logout or an admin's change may have landed while we read: then do not cache.
+        if jti not in self._revoked and self._generation.get(user_id, 0) == generation:
             self._cache[token] = principal
         return principal
 
@@ -117,10 +123,21 @@ class TokenService:
         await self._store.revoke(principal.jti, principal.expires_at)
 
     def forget_user(self, user_id: int) -> None:
-        """Drop every cached token of a deleted user (their next request reads the database)."""
+        """Kill every cached token of a deleted or disabled user (the database's new epoch
+        or missing row refuses the rest)."""
+        self._drop(user_id, revoke=True)
+
+    def refresh_user(self, user_id: int) -> None:
+        """Drop the user's cached tokens, still valid, so the next request reads the user anew
+        (their status, password flag or limits changed)."""
+        self._drop(user_id, revoke=False)
+
+    def _drop(self, user_id: int, revoke: bool) -> None:
+        self._generation[user_id] = self._generation.get(user_id, 0) + 1
         for token, principal in list(self._cache.items()):
             if principal.user["id"] == user_id:
-                self._revoked[principal.jti] = True
+                if revoke:
+                    self._revoked[principal.jti] = True
                 self._cache.pop(token, None)
 
 

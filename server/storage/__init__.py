@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .base import (
     NO_QUOTA,
+    AuditStore,
     ConversationStore,
     KeyStore,
     MessageStore,
@@ -45,8 +46,8 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore",
-    "MessageStore", "NotFound", "OverQuota", "Quota", "QuotaStore", "SchemaTooNew",
+    "NO_QUOTA", "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor",
+    "KeyStore", "MessageStore", "NotFound", "OverQuota", "Quota", "QuotaStore", "SchemaTooNew",
     "SearchStore", "Storage", "StorageError", "StorageQuotaExceeded", "StorageStats",
     "TokenStore", "TooManyConversations", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",

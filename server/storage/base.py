@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from .rows import ConversationRow, HistoryRows, KeyRow, MessageRow, SearchHit, UsageRow, UserRow
+from .rows import (
+    AdminUserRow,
+    AuditRow,
+    ConversationRow,
+    HistoryRows,
+    KeyRow,
+    MessageRow,
+    SearchHit,
+    UsageRow,
+    UserRow,
+)
 
 # (user_id, day, key_id, requests, prompt_tokens, completion_tokens)
 UsageDelta = tuple[int, str, int, int, int, int]
@@ -34,14 +44,41 @@ class StorageStats:
 class UserStore(Protocol):
     """Accounts."""
 
-    async def create(self, username: str, password_hash: str) -> UserRow:
-        """Insert a user; Conflict when the name (case-insensitive) is taken."""
+    async def create(self, username: str, password_hash: str, *, role: str = "user",
+                     status: str = "active", must_change_password: bool = False,
+                     first_is_admin: bool = False) -> UserRow:
+        """Insert a user; Conflict when the name (case-insensitive) is taken. With
+        `first_is_admin`, the first account of an empty database is an active admin."""
 
     async def credentials(self, username: str) -> tuple[UserRow, str] | None:
         """The user and password hash for a login, or None."""
 
-    async def principal(self, user_id: int, jti: str) -> UserRow | None:
-        """The token's user if it still exists and the token is not revoked, in one query."""
+    async def principal(self, user_id: int, jti: str, epoch: int = 0) -> UserRow | None:
+        """The token's user if it still exists, the token is not revoked and was issued in the
+        user's current token epoch, in one query."""
+
+    async def epoch(self, user_id: int) -> int:
+        """The user's token epoch (a new one kills every earlier token and session)."""
+
+    async def get(self, user_id: int) -> UserRow | None:
+        """One user, or None."""
+
+    async def update(self, user_id: int, *, status: str | None = None,
+                     must_change_password: bool | None = None,
+                     limits: dict[str, int] | None = None, password_hash: str | None = None,
+                     new_epoch: bool = False) -> UserRow:
+        """Change what is given (a new epoch kills every token of the user); NotFound."""
+
+    async def page(self, limit: int, cursor: str | None,
+                   month_start: str) -> tuple[list[AdminUserRow], str | None]:
+        """Users by id, with usage since `month_start` and last activity, and the next cursor
+        (InvalidCursor)."""
+
+    async def promote(self, usernames: list[str]) -> list[str]:
+        """Make these accounts active admins; the names that changed."""
+
+    async def ensure_admin(self) -> str | None:
+        """With no admin at all, make the oldest account one; its name, or None."""
 
     async def delete(self, user_id: int) -> bool:
         """Delete a user and everything they own."""
@@ -131,6 +168,9 @@ class KeyStore(Protocol):
     async def touch(self, used: dict[int, str]) -> None:
         """Record when each key was last used."""
 
+    async def delete_all(self, user_id: int) -> tuple[int, ...]:
+        """Delete every key of the user; the ids deleted."""
+
 
 class UsageStore(Protocol):
     """Token usage per user, key and UTC day."""
@@ -145,6 +185,17 @@ class UsageStore(Protocol):
         """Tokens the user has used from day `first` on."""
 
 
+class AuditStore(Protocol):
+    """The audit log of admin actions, append-only."""
+
+    async def add(self, actor_id: int | None, actor: str, action: str, target_id: int | None,
+                  target: str | None, detail: dict[str, Any]) -> AuditRow:
+        """Append one row (`detail`: a small JSON object, never a secret)."""
+
+    async def page(self, limit: int, cursor: str | None) -> tuple[list[AuditRow], str | None]:
+        """Newest first, and the cursor of the next page (InvalidCursor)."""
+
+
 class Storage:
     """Everything stored: one object per concern, provided by a backend (SQLite today)."""
 
@@ -156,6 +207,7 @@ class Storage:
     search: SearchStore
     keys: KeyStore
     usage: UsageStore
+    audit: AuditStore
     stats: StorageStats
 
     async def close(self) -> None:

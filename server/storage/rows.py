@@ -10,12 +10,36 @@ import orjson
 
 
 class UserRow(TypedDict):
-    """A user as the API shows it."""
+    """A user as the API shows it (role, status, must_change_password and limits: from V5 on)."""
 
     id: int
     username: str
     created_at: str
-    limits: NotRequired[dict[str, int]]  # per-user overrides of the caps ({}: the defaults)
+    role: NotRequired[str]  # "admin" | "user"
+    status: NotRequired[str]  # "active" | "disabled" | "pending"
+    must_change_password: NotRequired[bool]
+    limits: NotRequired[dict[str, int]]  # per-user cap overrides; {} = the config's defaults
+
+
+class AdminUserRow(UserRow):
+    """A user as an administrator sees it: with this month's usage and last activity."""
+
+    month_tokens: int
+    month_requests: int
+    last_active_at: str | None
+
+
+class AuditRow(TypedDict):
+    """One admin action: who did what to whom, when, with a small detail (never a secret)."""
+
+    id: int
+    at: str
+    actor_id: int | None
+    actor: str
+    action: str
+    target_id: int | None
+    target: str | None
+    detail: dict[str, Any]
 
 
 class ConversationRow(TypedDict):
@@ -71,6 +95,18 @@ class SearchHit(TypedDict):
     snippet: str
     highlights: list[list[int]]
     created_at: str
+
+
+# The columns of a UserRow, in user_row's order (prefixed by a table alias where needed).
+USER_COLUMNS = ("id", "username", "created_at", "role", "status", "must_change_password",
+                "limits")
+
+
+def user_row(row: Any, at: int = 0) -> UserRow:
+    """The UserRow in row[at:at + 7] (USER_COLUMNS' order)."""
+    return {"id": row[at], "username": row[at + 1], "created_at": row[at + 2],
+            "role": row[at + 3], "status": row[at + 4],
+            "must_change_password": bool(row[at + 5]), "limits": orjson.loads(row[at + 6])}
 
 
 # A conversation's earlier messages as (id, role, content), newest first.

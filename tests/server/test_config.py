@@ -353,3 +353,13 @@ async def test_run_py_with_bad_env_value_exits_2_naming_the_variable() -> None:
     text = err.decode()
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1
     assert "CHATGATE_SERVER__PORT" in text
+
+
+def test_registration_modes_and_the_older_register_open_switch() -> None:
+    assert build_config({}).auth.registration_mode == "open"
+    assert build_config({"auth": {"register_open": False}}).auth.registration_mode == "closed"
+    assert build_config({"auth": {"registration": "approval", "register_open": False}}) \
+        .auth.registration_mode == "approval"
+    assert build_config({"auth": {"admins": ["root", "ops"]}}).auth.admins == ("root", "ops")
+    with pytest.raises(ConfigError, match="auth.registration: must be one of open, closed"):
+        build_config({"auth": {"registration": "invite"}})

@@ -1,4 +1,4 @@
-// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/keys).
+// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/keys, #/admin).
 // No token, no storage: the HttpOnly session cookie is the only credential.
 
 import { $, announce } from "./dom.js";
@@ -11,39 +11,48 @@ const app = $("app");
 const menu = $("menu");
 let user = null;
 let started = false;
-let keys = null; // the API keys page (js/keys.js), imported on its first visit
 
 function parse() {
   const m = /^#\/c\/(\d+)(?:\/m\/(\d+))?$/.exec(location.hash);
   return m ? { id: Number(m[1]), mid: m[2] ? Number(m[2]) : null } : null;
 }
 
+// The pages beside the chat, each its own module imported on its first visit.
+const PAGES = {
+  "#/keys": { link: "keys-link", file: "./keys.js", what: "API keys" },
+  "#/admin": { link: "admin-link", file: "./admin.js", what: "admin" },
+};
+
 function route(force = false) {
   if (!user) return;
-  const onKeys = location.hash === "#/keys";
-  $("chat").hidden = onKeys;
-  if (onKeys) $("keys-link").setAttribute("aria-current", "page");
-  else $("keys-link").removeAttribute("aria-current");
+  const here = PAGES[location.hash] && !(location.hash === "#/admin" && user.role !== "admin")
+    ? location.hash : null;
+  $("chat").hidden = here != null;
+  for (const [hash, p] of Object.entries(PAGES)) {
+    if (hash === here) $(p.link).setAttribute("aria-current", "page");
+    else $(p.link).removeAttribute("aria-current");
+    if (hash !== here) p.module?.then((m) => m.hide());
+  }
   drawer(false);
-  if (onKeys) {
+  if (here) {
+    const p = PAGES[here];
     const backTo = chat.current() == null ? "#/" : `#/c/${chat.current()}`;
     sidebar.setActive(null);
-    (keys ??= import("./keys.js")).then((m) => { if (location.hash === "#/keys") m.show(backTo); }, () => {
-      keys = null;
+    (p.module ??= import(p.file)).then((m) => { if (location.hash === here) m.show(backTo, user); }, () => {
+      p.module = null;
       $("chat").hidden = false;
-      announce("The API keys page could not be loaded. Reload to try again.");
+      announce(`The ${p.what} page could not be loaded. Reload to try again.`);
     });
     return;
   }
-  keys?.then((m) => m.hide());
   const r = parse();
   if (r) chat.open(r.id, r.mid, force);
   else chat.openNew();
   sidebar.setActive(r ? r.id : null);
 }
 
-function forgetKeys() { // the keys page, if it was ever opened, shows nothing of this user
-  keys?.then((m) => m.reset());
+function forgetKeys() { // the pages, if ever opened, show nothing of this user
+  for (const p of Object.values(PAGES)) p.module?.then((m) => m.reset());
   $("chat").hidden = false;
 }
 
@@ -52,6 +61,7 @@ function signedIn(who) {
   const returning = user != null || started;
   user = who;
   $("who").textContent = who.username;
+  $("admin-link").hidden = who.role !== "admin";
   if (changed) { // someone else logged in over the page: show nothing of the previous user
     chat.reset();
     sidebar.reset();
@@ -66,22 +76,42 @@ function signedIn(who) {
   route(returning); // back to where the user was
 }
 
-onUnauthorized(() => auth.show({ expired: user != null }));
-auth.onSignedIn(signedIn);
+// An account that waits for approval or must change its password stops at the gate first
+// (js/gate.js, loaded only then).
+let gate = null;
 
-$("logout").addEventListener("click", async () => {
-  chat.stop();
-  try { await api("POST", "/api/auth/logout", undefined, { quiet: true }); } catch { /* ends locally anyway */ }
+function admitted(who) {
+  if (who.status !== "pending" && !who.must_change_password) { signedIn(who); return; }
+  if (user != null && user.id !== who.id) forgetAll();
+  (gate ??= import("./gate.js")).then((m) => { m.setup(signedIn, logOut); m.show(who); }, () => {
+    gate = null;
+    announce("The page could not be loaded. Reload to try again.");
+  });
+}
+
+function forgetAll() {
   user = null;
   chat.reset();
   sidebar.reset();
   forgetKeys();
-  auth.clear();
   $("who").textContent = "";
+  $("admin-link").hidden = true;
   history.replaceState(null, "", "#/");
+}
+
+onUnauthorized(() => { gate?.then((m) => m.close()); auth.show({ expired: user != null }); });
+auth.onSignedIn(admitted);
+
+$("logout").addEventListener("click", logOut);
+
+async function logOut() {
+  chat.stop();
+  try { await api("POST", "/api/auth/logout", undefined, { quiet: true }); } catch { /* ends locally anyway */ }
+  forgetAll();
+  auth.clear();
   auth.show();
   announce("You are logged out.");
-});
+}
 
 // ---- the drawer (narrow screens)
 
@@ -97,7 +127,7 @@ menu.addEventListener("click", () => drawer(!app.classList.contains("drawer-open
 $("scrim").addEventListener("click", () => drawer(false));
 
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open) return;
+  if (event.key !== "Escape" || event.defaultPrevented || auth.isOpen() || $("confirm").open || $("gate")?.open) return;
   if (!$("chat").hidden && chat.stop()) return;
   if (app.classList.contains("drawer-open")) { drawer(false); menu.focus(); }
 });
@@ -114,7 +144,7 @@ if (vv) {
 
 try {
   const me = await api("GET", "/api/auth/verify", undefined, { quiet: true });
-  signedIn(me.user);
+  admitted(me.user);
 } catch (err) {
   auth.show();
   if (err.status !== 401) $("auth-error").textContent = `The server could not be reached: ${err.message}`;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..base import Storage
+from .audit import SqliteAudit
 from .conversations import SqliteConversations
 from .db import Database
 from .keys import SqliteKeys
@@ -29,6 +30,7 @@ class SqliteStorage(Storage):
         self.search = SqliteSearch(db)
         self.keys = SqliteKeys(db)
         self.usage = SqliteUsage(db)
+        self.audit = SqliteAudit(db)
 
     async def close(self) -> None:
         """Finish every queued write, then close the connections."""

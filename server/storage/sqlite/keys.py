@@ -6,9 +6,10 @@ import sqlite3
 from typing import Any, cast
 
 from ..errors import NotFound
-from ..rows import KeyRow, UserRow, now_iso
+from ..rows import USER_COLUMNS, KeyRow, UserRow, now_iso, user_row
 from .db import Database
 
+_USER = ", ".join(f"u.{c}" for c in USER_COLUMNS)
 _COLUMNS = "id, name, prefix, created_at, expires_at, last_used_at, rpm, tpm"
 
 
@@ -64,13 +65,22 @@ class SqliteKeys:
         def op(conn: sqlite3.Connection) -> Any:
             return conn.execute(
                 "SELECT k.id, k.name, k.prefix, k.created_at, k.expires_at, k.last_used_at, "
-                "k.rpm, k.tpm, k.hash, u.id, u.username, u.created_at FROM api_keys k "
+                f"k.rpm, k.tpm, k.hash, {_USER} FROM api_keys k "
                 "JOIN users u ON u.id = k.user_id WHERE k.prefix = ?", (prefix,)).fetchone()
 
         row = await self._db.read(op)
         if row is None:
             return None
-        return _key(row), row[8], {"id": row[9], "username": row[10], "created_at": row[11]}
+        return _key(row), row[8], user_row(row, 9)
+
+    async def delete_all(self, user_id: int) -> tuple[int, ...]:
+        """Delete every key of the user; the ids deleted."""
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("DELETE FROM api_keys WHERE user_id = ? RETURNING id",
+                                (user_id,)).fetchall()
+
+        return tuple(r[0] for r in await self._db.write(op))
 
     async def touch(self, used: dict[int, str]) -> None:
         """Record when each key was last used (one write for many keys)."""

@@ -168,7 +168,30 @@ CREATE TRIGGER user_storage_msg_au AFTER UPDATE OF content ON messages BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5]
+# Roles, account status, forced password change, per-user cap overrides (JSON, {} = the
+# config's defaults), a token epoch (bumped to kill every token and session of a user) and the
+# audit log of admin actions (names copied in, so a row outlives the accounts it names).
+V6 = """
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'user'
+    CHECK (role IN ('admin', 'user'));
+ALTER TABLE users ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
+    CHECK (status IN ('active', 'disabled', 'pending'));
+ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE users ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor_id INTEGER,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_id INTEGER,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6]
 LATEST = len(MIGRATIONS)
 
 

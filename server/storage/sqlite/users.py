@@ -1,13 +1,23 @@
-"""SQL for users."""
+"""SQL for users: accounts, their role and status, and what an administrator lists."""
 
 from __future__ import annotations
 
 import sqlite3
-from typing import cast
+from typing import Any
 
-from ..errors import Conflict
-from ..rows import UserRow, now_iso
+import orjson
+
+from ..errors import Conflict, InvalidCursor, NotFound
+from ..rows import USER_COLUMNS, AdminUserRow, UserRow, now_iso, user_row
 from .db import Database
+
+_COLUMNS = ", ".join(USER_COLUMNS)
+_U_COLUMNS = ", ".join(f"u.{c}" for c in USER_COLUMNS)
+# A user's last activity: their latest message, API key use or day with usage.
+_LAST_ACTIVE = (
+    "(SELECT max(t) FROM (SELECT max(updated_at) AS t FROM conversations WHERE user_id = u.id "
+    "UNION ALL SELECT max(last_used_at) FROM api_keys WHERE user_id = u.id "
+    "UNION ALL SELECT max(day) FROM usage_daily WHERE user_id = u.id))")
 
 
 class SqliteUsers:
@@ -16,49 +26,154 @@ class SqliteUsers:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, username: str, password_hash: str) -> UserRow:
-        """Insert a user; Conflict when the name (case-insensitive) is taken."""
+    async def create(self, username: str, password_hash: str, *, role: str = "user",
+                     status: str = "active", must_change_password: bool = False,
+                     first_is_admin: bool = False) -> UserRow:
+        """Insert a user; Conflict when the name (case-insensitive) is taken. With
+        `first_is_admin`, the first account of an empty database is an active admin."""
         created = now_iso()
 
         def op(conn: sqlite3.Connection) -> UserRow:
+            first = first_is_admin and conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() \
+                is None  # decided inside the write transaction: no two firsts
             try:
-                cur = conn.execute(
-                    "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)",
-                    (username, password_hash, created),
-                )
+                conn.execute(
+                    "INSERT INTO users (username, password_hash, created_at, role, status, "
+                    "must_change_password) VALUES (?, ?, ?, ?, ?, ?)",
+                    (username, password_hash, created, "admin" if first else role,
+                     "active" if first else status, int(must_change_password)))
             except sqlite3.IntegrityError as err:
                 raise Conflict("username is taken") from err
-            return {"id": cast(int, cur.lastrowid), "username": username, "created_at": created}
+            return user_row(conn.execute(f"SELECT {_COLUMNS} FROM users WHERE rowid = "
+                                         "last_insert_rowid()").fetchone())
 
         return await self._db.write(op)
 
     async def credentials(self, username: str) -> tuple[UserRow, str] | None:
         """The user and password hash for a login, or None."""
 
-        def op(conn: sqlite3.Connection) -> tuple[UserRow, str] | None:
-            row = conn.execute(
-                "SELECT id, username, created_at, password_hash FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
-            if row is None:
-                return None
-            return {"id": row[0], "username": row[1], "created_at": row[2]}, row[3]
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(f"SELECT {_COLUMNS}, password_hash FROM users WHERE username = ?",
+                                (username,)).fetchone()
 
-        return await self._db.read(op)
+        row = await self._db.read(op)
+        return None if row is None else (user_row(row), row[len(USER_COLUMNS)])
 
-    async def principal(self, user_id: int, jti: str) -> UserRow | None:
-        """The token's user if it still exists and the token is not revoked, in one query."""
+    async def principal(self, user_id: int, jti: str, epoch: int = 0) -> UserRow | None:
+        """The token's user if it still exists, the token is not revoked and was issued in the
+        user's current token epoch, in one query."""
 
-        def op(conn: sqlite3.Connection) -> UserRow | None:
-            row = conn.execute(
-                "SELECT id, username, created_at FROM users WHERE id = ? "
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                f"SELECT {_COLUMNS} FROM users WHERE id = ? AND token_epoch = ? "
                 "AND NOT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?)",
-                (user_id, jti),
-            ).fetchone()
-            return None if row is None else {"id": row[0], "username": row[1],
-                                             "created_at": row[2]}
+                (user_id, epoch, jti)).fetchone()
 
-        return await self._db.read(op)
+        row = await self._db.read(op)
+        return None if row is None else user_row(row)
+
+    async def epoch(self, user_id: int) -> int:
+        """The user's token epoch (0 for a user that does not exist)."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute("SELECT token_epoch FROM users WHERE id = ?",
+                                (user_id,)).fetchone()
+
+        row = await self._db.read(op)
+        return 0 if row is None else int(row[0])
+
+    async def get(self, user_id: int) -> UserRow | None:
+        """One user, or None."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(f"SELECT {_COLUMNS} FROM users WHERE id = ?",
+                                (user_id,)).fetchone()
+
+        row = await self._db.read(op)
+        return None if row is None else user_row(row)
+
+    async def update(self, user_id: int, *, status: str | None = None,
+                     must_change_password: bool | None = None,
+                     limits: dict[str, int] | None = None, password_hash: str | None = None,
+                     new_epoch: bool = False) -> UserRow:
+        """Change what is given (a new epoch kills every token of the user); NotFound."""
+        sets: list[str] = []
+        args: list[Any] = []
+        for column, value in (("status", status), ("password_hash", password_hash),
+                              ("must_change_password", None if must_change_password is None
+                               else int(must_change_password)),
+                              ("limits", None if limits is None
+                               else orjson.dumps(limits).decode())):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if new_epoch:
+            sets.append("token_epoch = token_epoch + 1")
+
+        def op(conn: sqlite3.Connection) -> Any:
+            if sets:
+                conn.execute(f"UPDATE users SET {', '.join(sets)} WHERE id = ?",
+                             (*args, user_id))
+            return conn.execute(f"SELECT {_COLUMNS} FROM users WHERE id = ?",
+                                (user_id,)).fetchone()
+
+        row = await self._db.write(op)
+        if row is None:
+            raise NotFound("user not found")
+        return user_row(row)
+
+    async def page(self, limit: int, cursor: str | None,
+                   month_start: str) -> tuple[list[AdminUserRow], str | None]:
+        """Users by id, with usage since `month_start` and last activity, and the next cursor."""
+        after = _after(cursor)
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                f"SELECT {_U_COLUMNS}, "
+                "(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage_daily "
+                " WHERE user_id = u.id AND day >= ?1), "
+                "(SELECT coalesce(sum(requests), 0) FROM usage_daily "
+                " WHERE user_id = u.id AND day >= ?1), "
+                f"{_LAST_ACTIVE} FROM users u WHERE u.id > ?2 ORDER BY u.id LIMIT ?3",
+                (month_start, after, limit + 1)).fetchall()
+
+        rows: list[AdminUserRow] = []
+        for r in await self._db.read(op):
+            n = len(USER_COLUMNS)
+            rows.append({**user_row(r), "month_tokens": r[n], "month_requests": r[n + 1],
+                         "last_active_at": r[n + 2]})
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, str(rows[-1]["id"])
+
+    async def promote(self, usernames: list[str]) -> list[str]:
+        """Make these accounts active admins; the names that changed."""
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            changed: list[str] = []
+            for name in usernames:
+                row = conn.execute(
+                    "UPDATE users SET role = 'admin', status = 'active' WHERE username = ? "
+                    "AND (role != 'admin' OR status != 'active') RETURNING username",
+                    (name,)).fetchone()
+                if row is not None:
+                    changed.append(row[0])
+            return changed
+
+        return await self._db.write(op)
+
+    async def ensure_admin(self) -> str | None:
+        """With no admin at all, make the oldest account one; its name, or None."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "UPDATE users SET role = 'admin', status = 'active' WHERE id = "
+                "(SELECT min(id) FROM users) AND NOT EXISTS "
+                "(SELECT 1 FROM users WHERE role = 'admin') RETURNING username").fetchone()
+
+        row = await self._db.write(op)
+        return None if row is None else str(row[0])
 
     async def delete(self, user_id: int) -> bool:
         """Delete a user and, by cascade, everything they own."""
@@ -67,3 +182,12 @@ class SqliteUsers:
             return conn.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
 
         return await self._db.write(op)
+
+
+def _after(cursor: str | None) -> int:
+    """A users page's cursor: the last id shown, as text."""
+    if not cursor:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidCursor("invalid cursor")
+    return int(cursor)

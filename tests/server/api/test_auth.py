@@ -29,7 +29,8 @@ from tests.support.auth import (
 
 def assert_token_body(body: dict[str, Any], username: str, config: Config) -> None:
     assert set(body) == {"user", "access_token", "token_type", "expires_in"}
-    assert set(body["user"]) == {"id", "username", "created_at"}
+    assert set(body["user"]) == {"id", "username", "created_at", "role", "status",
+                                 "must_change_password", "limits"}
     assert isinstance(body["user"]["id"], int) and body["user"]["id"] > 0
     assert body["user"]["username"] == username
     assert isinstance(body["user"]["created_at"], str) and body["user"]["created_at"]
@@ -191,7 +192,8 @@ async def test_verify_returns_user_and_expiry(server: Running, register: Any) ->
     body = json.loads(text)
     assert set(body) == {"user", "expires_at"}
     assert body["user"] == {"id": user.id, "username": "verif",
-                            "created_at": body["user"]["created_at"]}
+                            "created_at": body["user"]["created_at"], "role": "admin",
+                            "status": "active", "must_change_password": False, "limits": {}}
     claims = jwt.decode(user.token, options={"verify_signature": False})
     assert body["expires_at"] == claims["exp"]
     assert body["expires_at"] > time.time()
