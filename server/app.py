@@ -31,6 +31,7 @@ from .services.conversations import ConversationService
 from .services.memory import MemoryManager
 from .services.passwords import Passwords
 from .services.ratelimit import KeyedRateLimiter
+from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import TokenService
 from .services.usage import UsageMeter
@@ -55,15 +56,22 @@ async def create_app(config: Config) -> web.Application:
     setup_auth(app)
     setup_csrf(app, server.trust_forwarded, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_storage, _accounts(secret), _usage, _upstream, _pool, _chat])
+    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _upstream, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
+
+
+async def _render(app: web.Application) -> AsyncIterator[None]:
+    app[keys.RENDERER] = renderer = Renderer(app[keys.CONFIG].render)
+    yield
+    renderer.close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[keys.CONFIG].database)
     app[keys.STORAGE] = storage
-    app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search)
+    app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
+                                                  app[keys.RENDERER])
     yield
     await storage.close()
 

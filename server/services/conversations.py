@@ -6,7 +6,7 @@ from typing import Any
 
 from ..storage import ConversationStore, SearchStore
 from ..storage.rows import ConversationRow, SearchHit
-from .render import render_async
+from .render import Renderer
 
 MAX_QUERY_CHARS = 500
 
@@ -14,9 +14,11 @@ MAX_QUERY_CHARS = 500
 class ConversationService:
     """A user's conversations; every call is scoped to that user by the storage."""
 
-    def __init__(self, conversations: ConversationStore, search: SearchStore) -> None:
+    def __init__(self, conversations: ConversationStore, search: SearchStore,
+                 renderer: Renderer) -> None:
         self._conversations = conversations
         self._search = search
+        self._renderer = renderer
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -28,11 +30,15 @@ class ConversationService:
         return await self._conversations.create(user_id, title)
 
     async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
-        """A conversation with its messages, oldest first; replies rendered when asked."""
+        """A conversation with its messages, oldest first; replies rendered when asked.
+
+        A reply the renderer declined (too long, over the request's budget, busy) has
+        `html: null`: the caller shows its Markdown source as text.
+        """
         conv, msgs = await self._conversations.get(user_id, conversation_id)
         if html:
             replies = [m for m in msgs if m["role"] == "assistant"]
-            rendered_all = await render_async([m["content"] for m in replies])
+            rendered_all = await self._renderer.html([(m["id"], m["content"]) for m in replies])
             for message, rendered in zip(replies, rendered_all, strict=True):
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}
