@@ -64,7 +64,7 @@ async def create_app(config: Config) -> web.Application:
 async def _render(app: web.Application) -> AsyncIterator[None]:
     app[keys.RENDERER] = renderer = Renderer(app[keys.CONFIG].render)
     yield
-    renderer.close()
+    await renderer.close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

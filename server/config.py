@@ -113,6 +113,7 @@ class RenderConfig:
     """Markdown to HTML for render=html: where it runs and how much work one request may ask."""
 
     processes: int = 1
+    max_render_cpu_s: float = 2.0
     max_reply_chars: int = 100_000
     max_chars_per_request: int = 100_000
     max_pending_chars: int = 200_000
@@ -149,7 +150,8 @@ _POSITIVE = {
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
     "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",
-    "render.max_pending_chars", "render.wait_s", "render.cache_mb",
+    "render.processes", "render.max_render_cpu_s", "render.max_pending_chars", "render.wait_s",
+    "render.cache_mb",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
 

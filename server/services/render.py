@@ -1,22 +1,24 @@
 """Markdown to safe HTML: markdown-it-py with raw HTML off, then nh3 sanitising the result.
 
 `render` is the one renderer (the chat stream and conversation reads both use it). `Renderer`
-decides when it runs: each stored reply at most once while it stays in a bounded cache, in a
-separate process (Markdown parsing is pure-Python CPU work: in a thread it would share the
-GIL with the event loop), and never more than a bounded amount of work for one request.
+decides when it runs: each stored reply at most once while it stays in a bounded cache, in
+child processes (`python -m server.services.render`: Markdown parsing is pure-Python CPU work
+that in a thread would share the GIL with the event loop), which give up on a reply after
+`max_render_cpu_s` of CPU time, and never more than a bounded amount of work for one request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
+import os
+import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nh3
@@ -35,8 +37,11 @@ _TAGS = {
 }
 # No style attributes: the Content-Security-Policy forbids inline styles anyway.
 _ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}}
-# A cache entry's bookkeeping, beyond its HTML's characters.
-_ENTRY_OVERHEAD = 200
+_ENTRY_OVERHEAD = 200  # a cache entry's bookkeeping, beyond its HTML's characters
+_FAILED = 0xFFFFFFFF  # the length the render process answers when `render` gave up or raised
+_ROOT = Path(__file__).resolve().parents[2]  # where `server` is importable from
+_READY = b"R"  # the render process's first byte: imported, ready for work
+START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start Python
 
 
 def render(markdown: str) -> str:
@@ -50,7 +55,7 @@ def render(markdown: str) -> str:
 
 @dataclass
 class RenderStats:
-    """What the renderer did: replies rendered, served from cache, or left unrendered."""
+    """What the renderer did: replies rendered, served from cache, declined or abandoned."""
 
     rendered: int = 0
     rendered_chars: int = 0
@@ -60,64 +65,78 @@ class RenderStats:
 
 
 class _HtmlCache:
-    """Least-recently-used HTML by message id, bounded by characters held."""
+    """Least-recently-used HTML by message id (None: abandoned), bounded by characters held."""
 
     def __init__(self, max_chars: int) -> None:
         self._max = max_chars
         self._size = 0
-        self._items: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[int, str | None]] = OrderedDict()
 
-    def get(self, message_id: int, digest: int) -> str | None:
-        """The HTML of this message if cached for this very content."""
+    def get(self, message_id: int, digest: int) -> tuple[bool, str | None]:
+        """(known, HTML) of this message if cached for this very content."""
         item = self._items.get(message_id)
         if item is None or item[0] != digest:
-            return None
+            return False, None
         self._items.move_to_end(message_id)
-        return item[1]
+        return True, item[1]
 
-    def put(self, message_id: int, digest: int, html: str) -> None:
+    def put(self, message_id: int, digest: int, html: str | None) -> None:
         """Keep one message's HTML, dropping the least recently used beyond the bound."""
         old = self._items.pop(message_id, None)
         if old is not None:
-            self._size -= len(old[1]) + _ENTRY_OVERHEAD
-        cost = len(html) + _ENTRY_OVERHEAD
+            self._size -= len(old[1] or "") + _ENTRY_OVERHEAD
+        cost = len(html or "") + _ENTRY_OVERHEAD
         if cost > self._max:
             return
         self._items[message_id] = (digest, html)
         self._size += cost
         while self._size > self._max:
             _, (_, dropped) = self._items.popitem(last=False)
-            self._size -= len(dropped) + _ENTRY_OVERHEAD
+            self._size -= len(dropped or "") + _ENTRY_OVERHEAD
+
+
+@dataclass
+class _Job:
+    """One reply waiting for a render process."""
+
+    message_id: int
+    digest: int
+    text: str
+    future: asyncio.Future[str | None]
 
 
 class Renderer:
-    """Renders stored replies once, off the event loop, within per-reply and per-request caps.
+    """Renders stored replies once, in child processes, within per-reply and per-request caps.
 
     A reply that is not rendered gets None (the client shows its Markdown source as text):
     longer than `max_reply_chars`, beyond this request's `max_chars_per_request`, more than
-    `max_pending_chars` already waiting to render, or still rendering after `wait_s`. A render the
-    request stopped waiting for goes on and is cached, so a later request gets it.
+    `max_pending_chars` already waiting, still rendering after `wait_s`, or given up after
+    `max_render_cpu_s` (remembered, so it is not tried again). A render the request stopped
+    waiting for goes on and is cached, so a later request gets it.
     """
 
     def __init__(self, config: RenderConfig) -> None:
         self._config = config
         self._cache = _HtmlCache(config.cache_mb * 1_000_000)
-        self._running: dict[int, asyncio.Future[str]] = {}
+        self._running: dict[int, asyncio.Future[str | None]] = {}
         self._pending_chars = 0
-        self._executor: Executor | None = None
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        # The process limits itself by CPU time; this wall-clock bound only catches a stuck one.
+        self._wall_s = 10 * config.max_render_cpu_s + 10
         self.stats = RenderStats()
 
     async def html(self, replies: Sequence[tuple[int, str]]) -> list[str | None]:
         """HTML for each (message id, Markdown) reply, or None where it was not rendered."""
         results: list[str | None] = [None] * len(replies)
-        waits: dict[int, asyncio.Future[str]] = {}
+        waits: dict[int, asyncio.Future[str | None]] = {}
         budget = self._config.max_chars_per_request
         # Newest first: a capped request still renders the end of the conversation, read first.
         for index in reversed(range(len(replies))):
             message_id, text = replies[index]
             digest = hash(text)
-            cached = self._cache.get(message_id, digest)
-            if cached is not None:
+            known, cached = self._cache.get(message_id, digest)
+            if known:
                 self.stats.cache_hits += 1
                 results[index] = cached
                 continue
@@ -132,7 +151,7 @@ class Renderer:
         if waits:
             done, _ = await asyncio.wait(waits.values(), timeout=self._config.wait_s)
             for index, future in waits.items():
-                if future in done and not future.cancelled() and future.exception() is None:
+                if future in done:
                     results[index] = future.result()
         return results
 
@@ -140,50 +159,141 @@ class Renderer:
         """HTML for one reply (see `html`)."""
         return (await self.html([(message_id, text)]))[0]
 
-    def close(self) -> None:
-        """Stop the render process; renders still waiting are dropped."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+    async def close(self) -> None:
+        """Stop the render processes; renders still waiting are dropped."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
 
     def _affordable(self, chars: int, budget: int) -> bool:
         config = self._config
         return (chars <= config.max_reply_chars and chars <= budget
                 and self._pending_chars + chars <= config.max_pending_chars)
 
-    def _submit(self, message_id: int, digest: int, text: str) -> asyncio.Future[str]:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool(), render, text)
+    def _submit(self, message_id: int, digest: int, text: str) -> asyncio.Future[str | None]:
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._work(), name=f"render-{n}")
+                             for n in range(self._config.processes)]
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._running[message_id] = future
         self._pending_chars += len(text)
-        future.add_done_callback(partial(self._finished, message_id, digest, len(text)))
+        self._jobs.put_nowait(_Job(message_id, digest, text, future))
         return future
 
-    def _finished(self, message_id: int, digest: int, chars: int,
-                  future: asyncio.Future[str]) -> None:
-        self._running.pop(message_id, None)
-        self._pending_chars -= chars
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is None:
-            self.stats.rendered += 1
-            self.stats.rendered_chars += chars
-            self._cache.put(message_id, digest, future.result())
-            return
-        self.stats.failed += 1
-        if isinstance(error, BrokenProcessPool):
-            self._executor = None  # the process died: the next render starts a new one
-        log.warning("rendering message %d failed: %r", message_id, error)
+    async def _work(self) -> None:
+        """One render process: start it when needed, feed it one reply at a time."""
+        process: asyncio.subprocess.Process | None = None
+        try:
+            while True:
+                job = await self._jobs.get()
+                if process is None:
+                    try:
+                        process = await _start_process(self._config.max_render_cpu_s)
+                    except OSError as err:
+                        log.error("cannot start a render process: %r", err)
+                        self._finish(job, None, remember=False)
+                        continue
+                html: str | None = None
+                try:
+                    html = await asyncio.wait_for(_exchange(process, job.text), self._wall_s)
+                except ValueError:
+                    # Over its CPU time (pathological Markdown) or the renderer raised.
+                    log.warning("rendering message %d gave up", job.message_id)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError) as err:
+                    # Stuck or dead: a new process for the next reply; this one is not retried.
+                    log.warning("rendering message %d abandoned: %r", job.message_id, err)
+                    await _stop_process(process)
+                    process = None
+                self._finish(job, html)
+        finally:
+            if process is not None:
+                await _stop_process(process)
 
-    def _pool(self) -> Executor:
-        if self._executor is None:
-            processes = self._config.processes
-            if processes:
-                # spawn, not fork: the server process has threads (SQLite, password hashing).
-                # The child imports the main module, so it must guard `if __name__ == ...`.
-                self._executor = ProcessPoolExecutor(
-                    processes, mp_context=multiprocessing.get_context("spawn"))
-            else:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="render")
-        return self._executor
+    def _finish(self, job: _Job, html: str | None, remember: bool = True) -> None:
+        self._running.pop(job.message_id, None)
+        self._pending_chars -= len(job.text)
+        if remember:
+            self._cache.put(job.message_id, job.digest, html)
+        if html is None:
+            self.stats.failed += 1
+        else:
+            self.stats.rendered += 1
+            self.stats.rendered_chars += len(job.text)
+        if not job.future.done():
+            job.future.set_result(html)
+
+
+async def _start_process(cpu_s: float) -> asyncio.subprocess.Process:
+    """A render process giving up on a reply after `cpu_s`; its stdin and stdout the channel."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.services.render", str(cpu_s), cwd=_ROOT, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert process.stdout is not None
+    try:  # start-up is not counted in any reply's time
+        ready = await asyncio.wait_for(process.stdout.readexactly(1), START_TIMEOUT_S)
+    except (TimeoutError, asyncio.IncompleteReadError) as err:
+        await _stop_process(process)
+        raise OSError(f"the render process did not start: {err!r}") from err
+    if ready != _READY:
+        await _stop_process(process)
+        raise OSError(f"the render process said {ready!r} instead of ready")
+    return process
+
+
+async def _exchange(process: asyncio.subprocess.Process, text: str) -> str:
+    """Send one reply's Markdown (length-prefixed UTF-8); read back its HTML."""
+    assert process.stdin is not None and process.stdout is not None
+    data = text.encode("utf-8", "surrogatepass")
+    process.stdin.write(len(data).to_bytes(4, "big") + data)
+    await process.stdin.drain()
+    size = int.from_bytes(await process.stdout.readexactly(4), "big")
+    if size == _FAILED:
+        raise ValueError("the renderer gave up")
+    return (await process.stdout.readexactly(size)).decode("utf-8", "surrogatepass")
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    """Kill a render process and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+class _OverTime(BaseException):
+    """A reply used up its CPU time (not an Exception: no library handler swallows it)."""
+
+
+def _over_time(signum: int, frame: object) -> None:
+    raise _OverTime
+
+
+def _serve(cpu_s: float) -> None:
+    """The render process: read length-prefixed Markdown, answer length-prefixed HTML."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the server's event loop goes first when the cores are busy
+    # CPU time, not wall time: a busy machine slows a render down but does not fail it.
+    signal.signal(signal.SIGPROF, _over_time)
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    sink.write(_READY)
+    sink.flush()
+    while len(head := source.read(4)) == 4:
+        text = source.read(int.from_bytes(head, "big")).decode("utf-8", "surrogatepass")
+        try:
+            signal.setitimer(signal.ITIMER_PROF, cpu_s)
+            try:
+                html = render(text)
+            finally:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+            data = html.encode("utf-8", "surrogatepass")
+        except (_OverTime, Exception):  # noqa: BLE001 - answered as a failure; the server logs it
+            sink.write(_FAILED.to_bytes(4, "big"))
+        else:
+            sink.write(len(data).to_bytes(4, "big") + data)
+        sink.flush()
+
+
+if __name__ == "__main__":
+    _serve(float(sys.argv[1]))

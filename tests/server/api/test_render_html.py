@@ -19,15 +19,27 @@ from vllm_sim import SimServer
 HOSTILE = "![" * 10000  # 20,000 characters whose parse costs ~40 µs each (nested link labels)
 
 
-@pytest.fixture
-async def capped(tmp_path: Path, simulator: SimServer) -> AsyncIterator[Running]:
-    """A server echoing the user's message as the reply, with small render caps."""
+async def echoing(tmp_path: Path, simulator: SimServer, **render: Any) -> Running:
+    """A server whose replies echo the user's message, with these render settings."""
     async with aiohttp.ClientSession() as s:
         async with s.post(simulator.root_url + "/sim/config", json={"echo": True}) as resp:
             assert resp.status == 200
-    config = make_config(tmp_path, simulator.url,
-                         render={"max_reply_chars": 5000, "max_chars_per_request": 6000})
-    running = await start(config)
+    return await start(make_config(tmp_path, simulator.url, render=render))
+
+
+@pytest.fixture
+async def capped(tmp_path: Path, simulator: SimServer) -> AsyncIterator[Running]:
+    """Small size caps: replies over 5,000 characters, requests over 6,000."""
+    running = await echoing(tmp_path, simulator, max_reply_chars=5000,
+                            max_chars_per_request=6000)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def timed(tmp_path: Path, simulator: SimServer) -> AsyncIterator[Running]:
+    """A small CPU-time cap per reply, and no size cap the hostile reply would hit."""
+    running = await echoing(tmp_path, simulator, max_render_cpu_s=0.2)
     yield running
     await running.stop()
 
@@ -99,3 +111,16 @@ async def test_one_request_renders_at_most_its_budget_newest_first(capped: Runni
         assert await replies_html(http, user, conv) == [None, render(texts[1]), render(texts[2])]
         assert await replies_html(http, user, conv) == [render(t) for t in texts]
     assert stats(capped).rendered == 3
+
+
+async def test_reply_over_its_cpu_time_is_given_up_once(timed: Running) -> None:
+    user = await register_over_http(timed.url, "slow")
+    async with aiohttp.ClientSession(timed.url) as http:
+        whole = await say(http, user, HOSTILE, render="html")  # ~0.5-1 s of CPU to parse
+        assert whole["message"]["html"] is None
+        conv = whole["conversation_id"]
+        await say(http, user, "**fine**", conversation_id=conv)
+        for _ in range(3):
+            assert await replies_html(http, user, conv) == [None, render("**fine**")]
+    # Given up once and remembered: not handed to the renderer again.
+    assert stats(timed).failed == 1 and stats(timed).rendered == 1
