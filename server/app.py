@@ -63,6 +63,7 @@ async def create_app(config: Config) -> web.Application:
 
 async def _render(app: web.Application) -> AsyncIterator[None]:
     app[keys.RENDERER] = renderer = Renderer(app[keys.CONFIG].render)
+    app[keys.METRICS].watch_render(renderer.stats.counts)
     yield
     await renderer.close()
 

@@ -63,6 +63,11 @@ class RenderStats:
     skipped: int = 0
     failed: int = 0
 
+    def counts(self) -> dict[str, int]:
+        """The /metrics view: each reply asked for, by what happened to it."""
+        return {"rendered": self.rendered, "cached": self.cache_hits,
+                "declined": self.skipped, "gave_up": self.failed}
+
 
 class _HtmlCache:
     """Least-recently-used HTML by message id (None: abandoned), bounded by characters held."""

@@ -82,6 +82,11 @@ async def test_each_reply_is_rendered_once_across_requests(capped: Running) -> N
     # Three replies, five reads: three renders in all, every other answer from the cache.
     assert stats(capped).rendered == 3
     assert stats(capped).cache_hits == 1 + 4 * 3
+    async with aiohttp.ClientSession(capped.url) as http:
+        async with http.get("/metrics") as resp:
+            exposed = await resp.text()
+    assert 'chatgate_render_total{result="rendered"} 3.0' in exposed
+    assert 'chatgate_render_total{result="cached"} 13.0' in exposed
 
 
 async def test_hostile_reply_is_answered_without_rendering_it(capped: Running) -> None:
