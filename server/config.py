@@ -116,7 +116,7 @@ class RenderConfig:
     max_render_cpu_s: float = 2.0
     max_reply_chars: int = 100_000
     max_chars_per_request: int = 100_000
-    max_pending_chars: int = 200_000
+    max_pending_chars: int = 500_000
     wait_s: float = 2.0
     cache_mb: int = 64
 

@@ -123,7 +123,8 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
 
 async def _html(request: web.Request, done: Done) -> str | None:
     """The reply's HTML, rendered once and cached for later reads (None if declined)."""
-    return await request.app[keys.RENDERER].one(done.message["id"], done.message["content"])
+    return await request.app[keys.RENDERER].one(principal_of(request).user["id"],
+                                                done.message["id"], done.message["content"])
 
 
 def _event(name: str | None, data: Any) -> bytes:

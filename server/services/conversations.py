@@ -38,7 +38,8 @@ class ConversationService:
         conv, msgs = await self._conversations.get(user_id, conversation_id)
         if html:
             replies = [m for m in msgs if m["role"] == "assistant"]
-            rendered_all = await self._renderer.html([(m["id"], m["content"]) for m in replies])
+            rendered_all = await self._renderer.html(
+                user_id, [(m["id"], m["content"]) for m in replies])
             for message, rendered in zip(replies, rendered_all, strict=True):
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,20 +104,46 @@ class _HtmlCache:
 class _Job:
     """One reply waiting for a render process."""
 
+    owner: int
     message_id: int
     digest: int
     text: str
     future: asyncio.Future[str | None]
 
 
+class _FairJobs:
+    """Jobs by owner, served round-robin: one account's backlog does not delay another's."""
+
+    def __init__(self) -> None:
+        self._ready: asyncio.Queue[None] = asyncio.Queue()  # one item per job waiting
+        self._owners: OrderedDict[int, deque[_Job]] = OrderedDict()
+
+    def put(self, job: _Job) -> None:
+        """Queue a job behind its owner's earlier ones."""
+        self._owners.setdefault(job.owner, deque()).append(job)
+        self._ready.put_nowait(None)
+
+    async def get(self) -> _Job:
+        """The next owner's oldest job."""
+        await self._ready.get()
+        owner, jobs = next(iter(self._owners.items()))
+        job = jobs.popleft()
+        if jobs:
+            self._owners.move_to_end(owner)
+        else:
+            del self._owners[owner]
+        return job
+
+
 class Renderer:
     """Renders stored replies once, in child processes, within per-reply and per-request caps.
 
     A reply that is not rendered gets None (the client shows its Markdown source as text):
-    longer than `max_reply_chars`, beyond this request's `max_chars_per_request`, more than
-    `max_pending_chars` already waiting, still rendering after `wait_s`, or given up after
-    `max_render_cpu_s` (remembered, so it is not tried again). A render the request stopped
-    waiting for goes on and is cached, so a later request gets it.
+    longer than `max_reply_chars`; beyond this request's `max_chars_per_request`; its owner
+    already has `max_chars_per_request` waiting, or everyone `max_pending_chars`; still
+    rendering after `wait_s`; or given up after `max_render_cpu_s` (remembered, so it is not
+    tried again). A render the request stopped waiting for goes on and is cached, so a later
+    request gets it.
     """
 
     def __init__(self, config: RenderConfig) -> None:
@@ -125,14 +151,15 @@ class Renderer:
         self._cache = _HtmlCache(config.cache_mb * 1_000_000)
         self._running: dict[int, asyncio.Future[str | None]] = {}
         self._pending_chars = 0
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending_by_owner: dict[int, int] = {}
+        self._jobs = _FairJobs()
         self._workers: list[asyncio.Task[None]] = []
         # The process limits itself by CPU time; this wall-clock bound only catches a stuck one.
         self._wall_s = 10 * config.max_render_cpu_s + 10
         self.stats = RenderStats()
 
-    async def html(self, replies: Sequence[tuple[int, str]]) -> list[str | None]:
-        """HTML for each (message id, Markdown) reply, or None where it was not rendered."""
+    async def html(self, owner: int, replies: Sequence[tuple[int, str]]) -> list[str | None]:
+        """HTML for each (message id, Markdown) reply of user `owner`; None where not rendered."""
         results: list[str | None] = [None] * len(replies)
         waits: dict[int, asyncio.Future[str | None]] = {}
         budget = self._config.max_chars_per_request
@@ -147,11 +174,12 @@ class Renderer:
                 continue
             future = self._running.get(message_id)
             if future is None:
-                if not self._affordable(len(text), budget):
+                if not self._affordable(owner, len(text), budget):
                     self.stats.skipped += 1
                     continue
                 budget -= len(text)
-                future = self._submit(message_id, digest, text)
+                future = self._submit(_Job(owner, message_id, digest, text,
+                                           asyncio.get_running_loop().create_future()))
             waits[index] = future
         if waits:
             done, _ = await asyncio.wait(waits.values(), timeout=self._config.wait_s)
@@ -160,9 +188,9 @@ class Renderer:
                     results[index] = future.result()
         return results
 
-    async def one(self, message_id: int, text: str) -> str | None:
+    async def one(self, owner: int, message_id: int, text: str) -> str | None:
         """HTML for one reply (see `html`)."""
-        return (await self.html([(message_id, text)]))[0]
+        return (await self.html(owner, [(message_id, text)]))[0]
 
     async def close(self) -> None:
         """Stop the render processes; renders still waiting are dropped."""
@@ -171,20 +199,24 @@ class Renderer:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
 
-    def _affordable(self, chars: int, budget: int) -> bool:
+    def _affordable(self, owner: int, chars: int, budget: int) -> bool:
         config = self._config
+        # A user's own backlog is capped at one request's worth: parallel requests add nothing.
+        mine = self._pending_by_owner.get(owner, 0) + chars
         return (chars <= config.max_reply_chars and chars <= budget
+                and mine <= config.max_chars_per_request
                 and self._pending_chars + chars <= config.max_pending_chars)
 
-    def _submit(self, message_id: int, digest: int, text: str) -> asyncio.Future[str | None]:
+    def _submit(self, job: _Job) -> asyncio.Future[str | None]:
         if not self._workers:
             self._workers = [asyncio.create_task(self._work(), name=f"render-{n}")
                              for n in range(self._config.processes)]
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._running[message_id] = future
-        self._pending_chars += len(text)
-        self._jobs.put_nowait(_Job(message_id, digest, text, future))
-        return future
+        self._running[job.message_id] = job.future
+        self._pending_chars += len(job.text)
+        owed = self._pending_by_owner
+        owed[job.owner] = owed.get(job.owner, 0) + len(job.text)
+        self._jobs.put(job)
+        return job.future
 
     async def _work(self) -> None:
         """One render process: start it when needed, feed it one reply at a time."""
@@ -218,6 +250,9 @@ class Renderer:
     def _finish(self, job: _Job, html: str | None, remember: bool = True) -> None:
         self._running.pop(job.message_id, None)
         self._pending_chars -= len(job.text)
+        left = self._pending_by_owner.pop(job.owner) - len(job.text)
+        if left:
+            self._pending_by_owner[job.owner] = left
         if remember:
             self._cache.put(job.message_id, job.digest, html)
         if html is None:
@@ -231,8 +266,9 @@ class Renderer:
 
 async def _start_process(cpu_s: float) -> asyncio.subprocess.Process:
     """A render process giving up on a reply after `cpu_s`; its stdin and stdout the channel."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    # Only what Python needs: the server's environment may hold secrets (CHATGATE_AUTH__SECRET).
+    env = {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server.services.render", str(cpu_s), cwd=_ROOT, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)

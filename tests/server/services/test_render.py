@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from html.parser import HTMLParser
 
 import pytest
 
 from server.config import RenderConfig
-from server.services.render import _ENTRY_OVERHEAD, Renderer, _HtmlCache, render
+from server.services.render import _ENTRY_OVERHEAD, Renderer, _FairJobs, _HtmlCache, _Job, render
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
@@ -78,9 +79,9 @@ async def test_renderer_renders_once_and_again_only_when_the_text_changes() -> N
     try:
         replies = [(1, "**a**"), (2, "`b`")]
         for _ in range(3):
-            assert await renderer.html(replies) == [render("**a**"), render("`b`")]
+            assert await renderer.html(9, replies) == [render("**a**"), render("`b`")]
         assert renderer.stats.rendered == 2 and renderer.stats.cache_hits == 4
-        assert await renderer.one(2, "*changed*") == render("*changed*")
+        assert await renderer.one(9, 2, "*changed*") == render("*changed*")
         assert renderer.stats.rendered == 3
     finally:
         await renderer.close()
@@ -91,7 +92,7 @@ async def test_renderer_declines_what_is_over_its_caps() -> None:
                                      max_chars_per_request=15, max_pending_chars=100))
     try:
         replies = [(1, "x" * 11), (2, "y" * 8), (3, "z" * 8)]
-        assert await renderer.html(replies) == [None, None, render("z" * 8)]
+        assert await renderer.html(9, replies) == [None, None, render("z" * 8)]
         assert renderer.stats.skipped == 2 and renderer.stats.rendered == 1
     finally:
         await renderer.close()
@@ -102,8 +103,29 @@ async def test_a_reply_too_slow_to_render_is_given_up_once() -> None:
     try:
         slow = "![" * 50000  # seconds of CPU to parse on any machine
         for _ in range(3):
-            assert await renderer.one(1, slow) is None
+            assert await renderer.one(9, 1, slow) is None
         assert renderer.stats.failed == 1 and renderer.stats.cache_hits == 2
-        assert await renderer.one(2, "**fine**") == render("**fine**")
+        assert await renderer.one(9, 2, "**fine**") == render("**fine**")
+    finally:
+        await renderer.close()
+
+
+async def test_waiting_replies_are_served_round_robin_across_users() -> None:
+    jobs = _FairJobs()
+    loop = asyncio.get_running_loop()
+    for owner, message_id in [(1, 1), (1, 2), (1, 3), (2, 4), (3, 5), (2, 6)]:
+        jobs.put(_Job(owner, message_id, 0, "", loop.create_future()))
+    assert [(await jobs.get()).message_id for _ in range(6)] == [1, 4, 5, 2, 6, 3]
+
+
+async def test_one_user_may_have_only_one_requests_worth_waiting() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60, max_chars_per_request=10))
+    try:
+        # Started together: the second request of user 1 finds 8 characters of theirs waiting.
+        first, second, other = await asyncio.gather(
+            renderer.html(1, [(1, "a" * 8)]), renderer.html(1, [(2, "b" * 8)]),
+            renderer.html(2, [(3, "c" * 8)]))
+        assert (first, second, other) == ([render("a" * 8)], [None], [render("c" * 8)])
+        assert await renderer.html(1, [(2, "b" * 8)]) == [render("b" * 8)]  # the backlog left
     finally:
         await renderer.close()
