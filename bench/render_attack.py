@@ -9,7 +9,9 @@ replies of `"![" * 10000` each, then `--clients` clients (in a process of their 
 with `GET /api/conversations/{id}?render=html` in a loop for `--seconds`. A probe sends one
 `GET /health` at a time, first with the server idle, then during the attack, and prints the
 latency percentiles of both, the attack's own request latencies and how many replies came back
-with `html` (rendered) or `html: null` (declined by the render caps).
+with `html` (rendered) or `html: null` (declined by the render caps). Meanwhile another user
+(the victim) sends an ordinary Markdown message with `render: "html"` twice a second: its
+latency and whether its reply came back rendered show what the attack costs everyone else.
 """
 
 from __future__ import annotations
@@ -123,6 +125,25 @@ async def probe(base: str, until: float) -> list[float]:
     return times
 
 
+async def victim(base: str, until: float) -> tuple[list[float], int]:
+    """Another user chatting with render=html; (latencies, replies that came back rendered)."""
+    times, rendered = [], 0
+    async with aiohttp.ClientSession(base) as s:
+        async with s.post("/api/auth/register",
+                          json={"username": "victim", "password": "render-victim"}) as r:
+            headers = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+        while time.monotonic() < until:
+            started = time.monotonic()
+            body = {"message": f"**hello** `{len(times)}` [link](https://example.org)",
+                    "render": "html"}
+            async with s.post("/api/chat", json=body, headers=headers) as resp:
+                reply = await resp.json()
+            times.append(time.monotonic() - started)
+            rendered += reply["message"]["html"] is not None
+            await asyncio.sleep(0.5)
+    return times, rendered
+
+
 async def main() -> int:
     """Start the processes, store the replies, probe idle, then probe under the attack."""
     parser = argparse.ArgumentParser()
@@ -147,7 +168,9 @@ async def main() -> int:
         load = subprocess.Popen([sys.executable, __file__, "--clients", str(args.clients),
                                  "--attack-only", base, str(args.seconds)],
                                 env=env, stdout=subprocess.PIPE, text=True)
-        busy = await probe(base, time.monotonic() + args.seconds)
+        until = time.monotonic() + args.seconds
+        busy, (chats, chats_rendered) = await asyncio.gather(probe(base, until),
+                                                             victim(base, until))
         out, _ = await asyncio.to_thread(load.communicate)
         used = cpu_seconds(server.pid) - cpu[0]
         helpers = sum(cpu_seconds(c) - cpu[1].get(c, 0.0) for c in children(server.pid))
@@ -163,6 +186,8 @@ async def main() -> int:
               f"ms, max {seen['max_ms']} ms; replies with html {seen['rendered']}, html null "
               f"{seen['declined']}; CPU: server process {used:.1f} s, its render process(es) "
               f"{helpers:.1f} s")
+        print(f"victim: {len(chats)} chats with render=html, p50 {percentile(chats, 50):.0f} ms, "
+              f"max {max(chats, default=0) * 1000:.0f} ms; rendered {chats_rendered}/{len(chats)}")
         return 0
     finally:
         for proc in (server, sim):

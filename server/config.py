@@ -113,7 +113,7 @@ class RenderConfig:
     """Markdown to HTML for render=html: where it runs and how much work one request may ask."""
 
     processes: int = 1
-    max_render_cpu_s: float = 2.0
+    max_render_cpu_s: float = 1.0
     max_reply_chars: int = 100_000
     max_chars_per_request: int = 100_000
     max_pending_chars: int = 500_000

@@ -3,8 +3,9 @@
 `render` is the one renderer (the chat stream and conversation reads both use it). `Renderer`
 decides when it runs: each stored reply at most once while it stays in a bounded cache, in
 child processes (`python -m server.services.render`: Markdown parsing is pure-Python CPU work
-that in a thread would share the GIL with the event loop), which give up on a reply after
-`max_render_cpu_s` of CPU time, and never more than a bounded amount of work for one request.
+that in a thread would share the GIL with the event loop), which give up on a reply that takes
+more CPU time than its length allows (pathological Markdown costs ~10x ordinary Markdown per
+character), and never more than a bounded amount of work for one request.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _ENTRY_OVERHEAD = 200  # a cache entry's bookkeeping, beyond its HTML's characte
 _FAILED = 0xFFFFFFFF  # the length the render process answers when `render` gave up or raised
 _ROOT = Path(__file__).resolve().parents[2]  # where `server` is importable from
 _READY = b"R"  # the render process's first byte: imported, ready for work
+MIN_CPU_S = 0.1  # CPU time any reply may take, however short
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start Python
 
 
@@ -141,8 +143,8 @@ class Renderer:
     A reply that is not rendered gets None (the client shows its Markdown source as text):
     longer than `max_reply_chars`; beyond this request's `max_chars_per_request`; its owner
     already has `max_chars_per_request` waiting, or everyone `max_pending_chars`; still
-    rendering after `wait_s`; or given up after `max_render_cpu_s` (remembered, so it is not
-    tried again). A render the request stopped waiting for goes on and is cached, so a later
+    rendering after `wait_s`; or given up over its CPU time (remembered, so it is not tried
+    again). A render the request stopped waiting for goes on and is cached, so a later
     request gets it.
     """
 
@@ -226,14 +228,15 @@ class Renderer:
                 job = await self._jobs.get()
                 if process is None:
                     try:
-                        process = await _start_process(self._config.max_render_cpu_s)
+                        process = await _start_process()
                     except OSError as err:
                         log.error("cannot start a render process: %r", err)
                         self._finish(job, None, remember=False)
                         continue
                 html: str | None = None
                 try:
-                    html = await asyncio.wait_for(_exchange(process, job.text), self._wall_s)
+                    html = await asyncio.wait_for(
+                        _exchange(process, job.text, self._cpu_s(len(job.text))), self._wall_s)
                 except ValueError:
                     # Over its CPU time (pathological Markdown) or the renderer raised.
                     log.warning("rendering message %d gave up", job.message_id)
@@ -246,6 +249,11 @@ class Renderer:
         finally:
             if process is not None:
                 await _stop_process(process)
+
+    def _cpu_s(self, chars: int) -> float:
+        """CPU time a reply may take: its length's share of max_render_cpu_s, at least 0.1 s."""
+        config = self._config
+        return max(MIN_CPU_S, config.max_render_cpu_s * chars / max(1, config.max_reply_chars))
 
     def _finish(self, job: _Job, html: str | None, remember: bool = True) -> None:
         self._running.pop(job.message_id, None)
@@ -264,13 +272,13 @@ class Renderer:
             job.future.set_result(html)
 
 
-async def _start_process(cpu_s: float) -> asyncio.subprocess.Process:
-    """A render process giving up on a reply after `cpu_s`; its stdin and stdout the channel."""
+async def _start_process() -> asyncio.subprocess.Process:
+    """A render process: this module run as a program, its stdin and stdout the channel."""
     # Only what Python needs: the server's environment may hold secrets (CHATGATE_AUTH__SECRET).
     env = {"PYTHONPATH": os.pathsep.join(
         p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.services.render", str(cpu_s), cwd=_ROOT, env=env,
+        sys.executable, "-m", "server.services.render", cwd=_ROOT, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert process.stdout is not None
     try:  # start-up is not counted in any reply's time
@@ -284,11 +292,12 @@ async def _start_process(cpu_s: float) -> asyncio.subprocess.Process:
     return process
 
 
-async def _exchange(process: asyncio.subprocess.Process, text: str) -> str:
-    """Send one reply's Markdown (length-prefixed UTF-8); read back its HTML."""
+async def _exchange(process: asyncio.subprocess.Process, text: str, cpu_s: float) -> str:
+    """Send one reply's Markdown (its CPU milliseconds, length, UTF-8); read back its HTML."""
     assert process.stdin is not None and process.stdout is not None
     data = text.encode("utf-8", "surrogatepass")
-    process.stdin.write(len(data).to_bytes(4, "big") + data)
+    head = int(cpu_s * 1000).to_bytes(4, "big") + len(data).to_bytes(4, "big")
+    process.stdin.write(head + data)
     await process.stdin.drain()
     size = int.from_bytes(await process.stdout.readexactly(4), "big")
     if size == _FAILED:
@@ -311,7 +320,7 @@ def _over_time(signum: int, frame: object) -> None:
     raise _OverTime
 
 
-def _serve(cpu_s: float) -> None:
+def _serve() -> None:
     """The render process: read length-prefixed Markdown, answer length-prefixed HTML."""
     with contextlib.suppress(OSError):
         os.nice(10)  # the server's event loop goes first when the cores are busy
@@ -320,8 +329,9 @@ def _serve(cpu_s: float) -> None:
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     sink.write(_READY)
     sink.flush()
-    while len(head := source.read(4)) == 4:
-        text = source.read(int.from_bytes(head, "big")).decode("utf-8", "surrogatepass")
+    while len(head := source.read(8)) == 8:
+        cpu_s = int.from_bytes(head[:4], "big") / 1000
+        text = source.read(int.from_bytes(head[4:], "big")).decode("utf-8", "surrogatepass")
         try:
             signal.setitimer(signal.ITIMER_PROF, cpu_s)
             try:
@@ -337,4 +347,4 @@ def _serve(cpu_s: float) -> None:
 
 
 if __name__ == "__main__":
-    _serve(float(sys.argv[1]))
+    _serve()

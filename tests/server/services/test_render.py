@@ -129,3 +129,9 @@ async def test_one_user_may_have_only_one_requests_worth_waiting() -> None:
         assert await renderer.html(1, [(2, "b" * 8)]) == [render("b" * 8)]  # the backlog left
     finally:
         await renderer.close()
+
+
+def test_a_replys_cpu_time_is_its_lengths_share_with_a_floor() -> None:
+    renderer = Renderer(RenderConfig(max_render_cpu_s=1, max_reply_chars=100_000))
+    assert renderer._cpu_s(100_000) == 1 and renderer._cpu_s(50_000) == 0.5
+    assert renderer._cpu_s(10) == 0.1  # however short
