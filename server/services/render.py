@@ -114,7 +114,11 @@ class _Job:
 
 
 class _FairJobs:
-    """Jobs by owner, served round-robin: one account's backlog does not delay another's."""
+    """Jobs by owner, served round-robin: one account's backlog does not delay another's.
+
+    An owner with nothing waiting goes to the front: someone reading one conversation waits
+    for the reply being rendered at most, not for a round of everyone with a backlog.
+    """
 
     def __init__(self) -> None:
         self._ready: asyncio.Queue[None] = asyncio.Queue()  # one item per job waiting
@@ -122,7 +126,11 @@ class _FairJobs:
 
     def put(self, job: _Job) -> None:
         """Queue a job behind its owner's earlier ones."""
-        self._owners.setdefault(job.owner, deque()).append(job)
+        jobs = self._owners.get(job.owner)
+        if jobs is None:
+            jobs = self._owners[job.owner] = deque()
+            self._owners.move_to_end(job.owner, last=False)
+        jobs.append(job)
         self._ready.put_nowait(None)
 
     async def get(self) -> _Job:
@@ -323,7 +331,7 @@ def _over_time(signum: int, frame: object) -> None:
 def _serve() -> None:
     """The render process: read length-prefixed Markdown, answer length-prefixed HTML."""
     with contextlib.suppress(OSError):
-        os.nice(10)  # the server's event loop goes first when the cores are busy
+        os.nice(5)  # the server's event loop goes first when the cores are busy
     # CPU time, not wall time: a busy machine slows a render down but does not fail it.
     signal.signal(signal.SIGPROF, _over_time)
     source, sink = sys.stdin.buffer, sys.stdout.buffer

@@ -113,9 +113,18 @@ async def test_a_reply_too_slow_to_render_is_given_up_once() -> None:
 async def test_waiting_replies_are_served_round_robin_across_users() -> None:
     jobs = _FairJobs()
     loop = asyncio.get_running_loop()
-    for owner, message_id in [(1, 1), (1, 2), (1, 3), (2, 4), (3, 5), (2, 6)]:
+
+    def put(owner: int, message_id: int) -> None:
         jobs.put(_Job(owner, message_id, 0, "", loop.create_future()))
-    assert [(await jobs.get()).message_id for _ in range(6)] == [1, 4, 5, 2, 6, 3]
+
+    for message_id in (1, 2, 3, 4):
+        put(1, message_id)  # one user's backlog
+    assert (await jobs.get()).message_id == 1
+    put(2, 5)
+    put(2, 6)
+    assert (await jobs.get()).message_id == 5  # a newcomer goes first, then turns alternate
+    put(3, 7)
+    assert [(await jobs.get()).message_id for _ in range(5)] == [7, 2, 6, 3, 4]
 
 
 async def test_one_user_may_have_only_one_requests_worth_waiting() -> None:
