@@ -234,6 +234,8 @@ class Renderer:
         try:
             while True:
                 job = await self._jobs.get()
+                if process is not None and process.returncode is not None:
+                    process = None  # it died between replies (killed, out of memory): replace
                 if process is None:
                     try:
                         process = await _start_process()

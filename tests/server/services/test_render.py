@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +147,26 @@ def test_a_replys_cpu_time_is_its_lengths_share_with_a_floor() -> None:
     renderer = Renderer(RenderConfig(max_render_cpu_s=1, max_reply_chars=100_000))
     assert renderer._cpu_s(100_000) == 1 and renderer._cpu_s(50_000) == 0.5
     assert renderer._cpu_s(10) == 0.1  # however short
+
+
+def render_processes() -> list[int]:
+    """This process's render children."""
+    me = os.getpid()
+    found = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+    return [int(pid) for pid in found
+            if b"server.services.render" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+async def test_a_render_process_that_died_is_replaced_for_the_next_reply() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60))
+    try:
+        assert await renderer.one(9, 1, "**a**") == render("**a**")
+        [pid] = render_processes()
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists():  # until the event loop has reaped it
+            await asyncio.sleep(0.01)
+        assert await renderer.one(9, 2, "**b**") == render("**b**")
+        assert render_processes() != [pid] and renderer.stats.failed == 0
+    finally:
+        await renderer.close()
+    assert render_processes() == []
