@@ -34,6 +34,7 @@ from .services.memory import MemoryManager
 from .services.password_policy import PasswordPolicy, load_common
 from .services.passwords import Passwords
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
+from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import TokenService
 from .services.usage import UsageMeter
@@ -59,16 +60,23 @@ async def create_app(config: Config) -> web.Application:
     setup_auth(app)
     setup_csrf(app, server.trust_forwarded, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_storage, _accounts(secret), _usage, _upstream, _pool, _chat])
+    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _upstream, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
+
+
+async def _render(app: web.Application) -> AsyncIterator[None]:
+    app[keys.RENDERER] = renderer = Renderer(app[keys.CONFIG].render)
+    app[keys.METRICS].watch_render(renderer.stats.counts)
+    yield
+    await renderer.close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[keys.CONFIG].database)
     app[keys.STORAGE] = storage
     app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
-                                                  app[keys.CAPS])
+                                                  app[keys.CAPS], app[keys.RENDERER])
     yield
     await storage.close()
 

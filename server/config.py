@@ -130,6 +130,19 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    """Markdown to HTML for render=html: where it runs and how much work one request may ask."""
+
+    processes: int = 1
+    max_render_cpu_s: float = 1.0
+    max_reply_chars: int = 100_000
+    max_chars_per_request: int = 100_000
+    max_pending_chars: int = 500_000
+    wait_s: float = 2.0
+    cache_mb: int = 64
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one object passed down from run.py."""
 
@@ -142,6 +155,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """Return a copy with some keys of one section changed (tests, CLI flags)."""
@@ -158,6 +172,8 @@ _POSITIVE = {
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
     "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",
+    "render.processes", "render.max_render_cpu_s", "render.max_pending_chars", "render.wait_s",
+    "render.cache_mb",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}

@@ -20,6 +20,7 @@ from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.metrics import Metrics
 from .services.passwords import Passwords
+from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import Principal, TokenService
 from .services.usage import UsageMeter
@@ -35,6 +36,7 @@ API_KEYS = web.AppKey("api_keys", ApiKeyService)
 USAGE = web.AppKey("usage", UsageMeter)
 COMPLETIONS = web.AppKey("completions", CompletionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationService)
+RENDERER = web.AppKey("renderer", Renderer)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)

@@ -12,7 +12,6 @@ from aiohttp_sse import sse_response
 from .. import keys
 from ..middleware.auth import principal_of
 from ..middleware.errors import ApiError, from_domain, invalid
-from ..services.render import render_async
 from ..services.turns import Delta, Done, Failed, Queued, Turn
 from .responses import dumps, json_response
 from .validation import boolean, ident, number, read_json, render_option, text
@@ -86,7 +85,7 @@ async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:
             if isinstance(event, Done):
                 message: dict[str, Any] = dict(event.message)
                 if html:
-                    message["html"] = (await render_async([message["content"]]))[0]
+                    message["html"] = await _html(request, event)
                 return json_response({"conversation_id": turn.conversation_id,
                                       "message": message, "usage": event.usage,
                                       "finish_reason": event.finish_reason})
@@ -112,7 +111,7 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
                                             "usage": event.usage,
                                             "finish_reason": event.finish_reason}
                     if html:
-                        done["html"] = (await render_async([event.message["content"]]))[0]
+                        done["html"] = await _html(request, event)
                     pending += _event("done", done)
                 elif isinstance(event, Failed):
                     pending += _event("error", _error(event, turn).body())
@@ -121,6 +120,12 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
         if pending:
             await sse.write(pending)
     return sse
+
+
+async def _html(request: web.Request, done: Done) -> str | None:
+    """The reply's HTML, rendered once and cached for later reads (None if declined)."""
+    return await request.app[keys.RENDERER].one(principal_of(request).user["id"],
+                                                done.message["id"], done.message["content"])
 
 
 def _event(name: str | None, data: Any) -> bytes:

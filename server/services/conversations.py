@@ -7,7 +7,7 @@ from typing import Any
 from ..storage import ConversationStore, SearchStore
 from ..storage.rows import ConversationRow, SearchHit
 from .caps import Caps, Overrides
-from .render import render_async
+from .render import Renderer
 
 MAX_QUERY_CHARS = 500
 
@@ -16,10 +16,11 @@ class ConversationService:
     """A user's conversations; every call is scoped to that user by the storage."""
 
     def __init__(self, conversations: ConversationStore, search: SearchStore,
-                 caps: Caps) -> None:
+                 caps: Caps, renderer: Renderer) -> None:
         self._conversations = conversations
         self._search = search
         self._caps = caps
+        self._renderer = renderer
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -33,11 +34,16 @@ class ConversationService:
         return await self._conversations.create(user_id, title, self._caps.quota(limits))
 
     async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
-        """A conversation with its messages, oldest first; replies rendered when asked."""
+        """A conversation with its messages, oldest first; replies rendered when asked.
+
+        A reply the renderer declined (too long, over the request's budget, busy) has
+        `html: null`: the caller shows its Markdown source as text.
+        """
         conv, msgs = await self._conversations.get(user_id, conversation_id)
         if html:
             replies = [m for m in msgs if m["role"] == "assistant"]
-            rendered_all = await render_async([m["content"] for m in replies])
+            rendered_all = await self._renderer.html(
+                user_id, [(m["id"], m["content"]) for m in replies])
             for message, rendered in zip(replies, rendered_all, strict=True):
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}

@@ -138,6 +138,10 @@ class Metrics:
         """Token-cache hits and misses, read at scrape time."""
         self.registry.register(_CacheCollector(counts))
 
+    def watch_render(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Replies rendered, served from the render cache, declined or given up, at scrape time."""
+        self.registry.register(_RenderCollector(counts))
+
     def job_ended(self, job: jobs.Job, outcome: jobs.Finished | jobs.Failed) -> None:
         """Queue wait, time to first token, model time, errors and tokens of one job."""
         t = job.times
@@ -168,6 +172,18 @@ class _CacheCollector(Collector):
                                      labels=["result"])
         family.add_metric(["hit"], hits)
         family.add_metric(["miss"], misses)
+        yield family
+
+
+class _RenderCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("chatgate_render", "Assistant replies asked for as HTML, "
+                                     "by result", labels=["result"])
+        for result, count in self._counts().items():
+            family.add_metric([result], count)
         yield family
 
 

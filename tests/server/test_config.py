@@ -22,6 +22,7 @@ from server.config import (
     MemoryConfig,
     MetricsConfig,
     QueueConfig,
+    RenderConfig,
     ServerConfig,
     UsageConfig,
     build_config,
@@ -88,7 +89,8 @@ def test_section_classes_are_the_ones_config_uses() -> None:
     hints = typing.get_type_hints(Config)
     assert hints == {"server": ServerConfig, "database": DatabaseConfig, "auth": AuthConfig,
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
-                     "memory": MemoryConfig, "usage": UsageConfig, "metrics": MetricsConfig}
+                     "memory": MemoryConfig, "usage": UsageConfig, "metrics": MetricsConfig,
+                     "render": RenderConfig}
 
 
 def test_empty_file_and_no_file_give_defaults(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Con
         "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000,
                    "conversations_per_user_per_minute": 1000},
         "queue": {"workers": 4, "max_size": 64},
+        # The render process starts on first use: a loaded test machine may take seconds.
+        "render": {"wait_s": 60, "max_render_cpu_s": 60},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
-from server.services.render import render, render_async
+from server.config import RenderConfig
+from server.services.render import _ENTRY_OVERHEAD, Renderer, _FairJobs, _HtmlCache, _Job, render
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
@@ -58,6 +63,110 @@ def test_markdown_renders_and_links_are_safe() -> None:
     assert '<pre><code class="language-python">print(1)' in html and "<table>" in html
 
 
-async def test_long_conversations_render_off_the_loop() -> None:
-    texts = ["# title\n\n" + "word " * 2000] * 3
-    assert await render_async(texts) == [render(t) for t in texts]
+def test_cache_drops_the_least_recently_used_beyond_its_bound() -> None:
+    cache = _HtmlCache(max_chars=3 * (100 + _ENTRY_OVERHEAD))
+    for message_id in (1, 2, 3):
+        cache.put(message_id, 7, "x" * 100)
+    assert cache.get(1, 7) == (True, "x" * 100)  # 1 is now the most recently used
+    cache.put(4, 7, "y" * 100)
+    assert [cache.get(n, 7)[0] for n in (1, 2, 3, 4)] == [True, False, True, True]
+    cache.put(5, 7, "z" * 10_000)  # larger than the whole cache: not kept, nothing dropped
+    assert cache.get(5, 7) == (False, None) and cache.get(1, 7)[0]
+    assert cache.get(1, 8) == (False, None)  # same id, other content: not this entry
+    cache.put(6, 7, None)  # an abandoned render is remembered as such
+    assert cache.get(6, 7) == (True, None)
+
+
+async def test_renderer_renders_once_and_again_only_when_the_text_changes() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60))
+    try:
+        replies = [(1, "**a**"), (2, "`b`")]
+        for _ in range(3):
+            assert await renderer.html(9, replies) == [render("**a**"), render("`b`")]
+        assert renderer.stats.rendered == 2 and renderer.stats.cache_hits == 4
+        assert await renderer.one(9, 2, "*changed*") == render("*changed*")
+        assert renderer.stats.rendered == 3
+    finally:
+        await renderer.close()
+
+
+async def test_renderer_declines_what_is_over_its_caps() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60, max_reply_chars=10,
+                                     max_chars_per_request=15, max_pending_chars=100))
+    try:
+        replies = [(1, "x" * 11), (2, "y" * 8), (3, "z" * 8)]
+        assert await renderer.html(9, replies) == [None, None, render("z" * 8)]
+        assert renderer.stats.skipped == 2 and renderer.stats.rendered == 1
+    finally:
+        await renderer.close()
+
+
+async def test_a_reply_too_slow_to_render_is_given_up_once() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=0.2))
+    try:
+        slow = "![" * 50000  # seconds of CPU to parse on any machine
+        for _ in range(3):
+            assert await renderer.one(9, 1, slow) is None
+        assert renderer.stats.failed == 1 and renderer.stats.cache_hits == 2
+        assert await renderer.one(9, 2, "**fine**") == render("**fine**")
+    finally:
+        await renderer.close()
+
+
+async def test_waiting_replies_are_served_round_robin_across_users() -> None:
+    jobs = _FairJobs()
+    loop = asyncio.get_running_loop()
+
+    def put(owner: int, message_id: int) -> None:
+        jobs.put(_Job(owner, message_id, 0, "", loop.create_future()))
+
+    for message_id in (1, 2, 3, 4):
+        put(1, message_id)  # one user's backlog
+    assert (await jobs.get()).message_id == 1
+    put(2, 5)
+    put(2, 6)
+    assert (await jobs.get()).message_id == 5  # a newcomer goes first, then turns alternate
+    put(3, 7)
+    assert [(await jobs.get()).message_id for _ in range(5)] == [7, 2, 6, 3, 4]
+
+
+async def test_one_user_may_have_only_one_requests_worth_waiting() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60, max_chars_per_request=10))
+    try:
+        # Started together: the second request of user 1 finds 8 characters of theirs waiting.
+        first, second, other = await asyncio.gather(
+            renderer.html(1, [(1, "a" * 8)]), renderer.html(1, [(2, "b" * 8)]),
+            renderer.html(2, [(3, "c" * 8)]))
+        assert (first, second, other) == ([render("a" * 8)], [None], [render("c" * 8)])
+        assert await renderer.html(1, [(2, "b" * 8)]) == [render("b" * 8)]  # the backlog left
+    finally:
+        await renderer.close()
+
+
+def test_a_replys_cpu_time_is_its_lengths_share_with_a_floor() -> None:
+    renderer = Renderer(RenderConfig(max_render_cpu_s=1, max_reply_chars=100_000))
+    assert renderer._cpu_s(100_000) == 1 and renderer._cpu_s(50_000) == 0.5
+    assert renderer._cpu_s(10) == 0.1  # however short
+
+
+def render_processes() -> list[int]:
+    """This process's render children."""
+    me = os.getpid()
+    found = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+    return [int(pid) for pid in found
+            if b"server.services.render" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+async def test_a_render_process_that_died_is_replaced_for_the_next_reply() -> None:
+    renderer = Renderer(RenderConfig(wait_s=60, max_render_cpu_s=60))
+    try:
+        assert await renderer.one(9, 1, "**a**") == render("**a**")
+        [pid] = render_processes()
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists():  # until the event loop has reaped it
+            await asyncio.sleep(0.01)
+        assert await renderer.one(9, 2, "**b**") == render("**b**")
+        assert render_processes() != [pid] and renderer.stats.failed == 0
+    finally:
+        await renderer.close()
+    assert render_processes() == []
