@@ -99,6 +99,7 @@ def _accounts(secret: str) -> Context:
             storage.users, passwords, tokens, api_keys, attempts, failures, policy,
             a.registration_mode, a.admins)
         app[keys.PASSWORDS] = passwords
+        app[keys.POLICY] = policy
         promoted = await accounts.bootstrap()
         if promoted:
             log.warning("made admin at start-up: %s", ", ".join(promoted))
@@ -155,7 +156,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     app[keys.POOL] = pool
     storage = app[keys.STORAGE]
     app[keys.ADMIN] = AdminService(storage.users, storage.keys, storage.audit,
-                                   app[keys.PASSWORDS], app[keys.TOKENS], app[keys.API_KEYS],
+                                   app[keys.PASSWORDS], app[keys.POLICY], app[keys.TOKENS],
+                                   app[keys.API_KEYS],
                                    app[keys.USAGE], pool.cancel_owner)
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)

@@ -19,6 +19,7 @@ from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.metrics import Metrics
+from .services.password_policy import PasswordPolicy
 from .services.passwords import Passwords
 from .services.render import Renderer
 from .services.status import StatusService
@@ -31,6 +32,7 @@ STORAGE = web.AppKey("storage", Storage)
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 ADMIN = web.AppKey("admin", AdminService)
+POLICY = web.AppKey("policy", PasswordPolicy)
 PASSWORDS = web.AppKey("passwords", Passwords)
 API_KEYS = web.AppKey("api_keys", ApiKeyService)
 USAGE = web.AppKey("usage", UsageMeter)

@@ -36,7 +36,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json(request, _CREATE)
     username = text(body, "username", min_len=3, max_len=64, pattern=USERNAME,
                     hint="may contain only letters, digits, '_', '.' and '-'")
-    password = text(body, "password", min_len=8, max_len=256, required=False)
+    password = text(body, "password", min_len=8, max_len=1024, required=False)
     role = body.get("role", "user")
     if role not in ("user", "admin"):
         raise invalid("'role' must be \"user\" or \"admin\"", "role")

@@ -88,8 +88,8 @@ async def delete_account(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     """Change the password (required after an administrator reset it)."""
     body = await read_json(request, frozenset({"current_password", "new_password"}))
-    current = text(body, "current_password", min_len=1, max_len=256)
-    new = text(body, "new_password", min_len=8, max_len=256)
+    current = text(body, "current_password", min_len=1, max_len=1024)
+    new = text(body, "new_password", min_len=8, max_len=1024)
     assert current is not None and new is not None
     await request.app[keys.ACCOUNTS].change_password(principal_of(request), current, new)
     return web.Response(status=204)

@@ -25,7 +25,7 @@ from ..services.accounts import (
     WrongCredentials,
     WrongPassword,
 )
-from ..services.admin import InvalidAdminRequest
+from ..services.admin import AdminConflict, InvalidAdminRequest
 from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
 from ..services.completions import ModelNotFound
@@ -175,6 +175,8 @@ def _from_gate(err: BaseException) -> ApiError | None:
         return ApiError(403, "forbidden", str(err))
     if isinstance(err, InvalidAdminRequest):
         return invalid(str(err), err.field)
+    if isinstance(err, AdminConflict):
+        return ApiError(409, "conflict", str(err))
     if isinstance(err, SamePassword):
         return invalid(str(err), "new_password")
     return None

@@ -13,6 +13,7 @@ from ..storage import AuditStore, KeyStore, NotFound, UserStore
 from ..storage.rows import AdminUserRow, AuditRow, UserRow
 from .apikeys import ApiKeyService
 from .gate import require_admin
+from .password_policy import PasswordPolicy
 from .passwords import Passwords
 from .tokens import Principal, TokenService
 from .usage import UsageMeter, today
@@ -33,6 +34,10 @@ class InvalidAdminRequest(ValueError):
         self.field = field
 
 
+class AdminConflict(Exception):
+    """The account is not in a state the action applies to (or is the admin's own)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     """A user made by an admin, and the temporary password if one was generated (shown once)."""
@@ -50,12 +55,14 @@ class AdminService:
     """Account administration: each method checks the actor is an admin, then audits."""
 
     def __init__(self, users: UserStore, keys: KeyStore, audit: AuditStore,
-                 passwords: Passwords, tokens: TokenService, api_keys: ApiKeyService,
+                 passwords: Passwords, policy: PasswordPolicy, tokens: TokenService,
+                 api_keys: ApiKeyService,
                  meter: UsageMeter, cancel_jobs: Callable[[int, WorkerError], int]) -> None:
         self._users = users
         self._keys = keys
         self._audit = audit
         self._passwords = passwords
+        self._policy = policy
         self._tokens = tokens
         self._api_keys = api_keys
         self._meter = meter
@@ -72,6 +79,8 @@ class AdminService:
         """Create an active account; it must change its password at first login."""
         require_admin(actor.user)
         generated = temporary_password() if password is None else None
+        if password is not None:
+            self._policy.check(password, username)  # an admin's choice follows the same rules
         user = await self._users.create(username, await self._passwords.hash(
             password or generated or ""), role=role, must_change_password=True)
         await self._record(actor, "user.create", user, {"role": role,
@@ -82,7 +91,7 @@ class AdminService:
         """Let a pending account in."""
         require_admin(actor.user)
         if (await self._get(user_id)).get("status") != "pending":
-            raise InvalidAdminRequest("only a pending account can be approved")
+            raise AdminConflict("only a pending account can be approved")
         user = await self._users.update(user_id, status="active")
         self._refresh(user_id)
         await self._record(actor, "user.approve", user, {})
@@ -106,7 +115,7 @@ class AdminService:
         """Enable a disabled account again (it signs in anew; its old tokens stay dead)."""
         require_admin(actor.user)
         if (await self._get(user_id)).get("status") != "disabled":
-            raise InvalidAdminRequest("only a disabled account can be enabled")
+            raise AdminConflict("only a disabled account can be enabled")
         user = await self._users.update(user_id, status="active")
         self._refresh(user_id)
         await self._record(actor, "user.enable", user, {})
@@ -164,7 +173,7 @@ class AdminService:
     def _not_self(self, actor: Principal, user_id: int, what: str) -> None:
         require_admin(actor.user)
         if actor.user["id"] == user_id:
-            raise InvalidAdminRequest(f"an administrator cannot {what} their own account here")
+            raise AdminConflict(f"an administrator cannot {what} their own account here")
 
     def _refresh(self, user_id: int) -> None:
         """The user's cached credentials carry the old status or limits: read anew."""

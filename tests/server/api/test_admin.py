@@ -128,7 +128,7 @@ async def test_approval_mode_pending_until_approved(custom) -> None:
     # The same (cached) token now passes.
     assert (await call(running, waiting, "GET", "/api/conversations"))[0] == 200
     status, body = await call(running, chief, "POST", f"/api/admin/users/{waiting.id}/approve")
-    assert status == 400
+    assert (status, code(body)) == (409, "conflict")
 
 
 async def test_list_users_paginates_with_usage_and_activity(server, register) -> None:
@@ -211,7 +211,7 @@ async def test_password_reset_forces_a_change_and_ends_sessions(server, register
     assert (await call(server, fresh, "GET", "/api/conversations"))[0] == 200
     assert (await sign_in(server, user.name, "brand new pass"))[0] == 200
     status, body = await call(server, admin, "POST", f"/api/admin/users/{admin.id}/password")
-    assert status == 400  # not on oneself: use the password change
+    assert (status, code(body)) == (409, "conflict")  # not on oneself: use the password change
 
 
 async def test_every_admin_action_is_audited_without_secrets(server, register) -> None:
@@ -251,8 +251,8 @@ async def test_admin_cannot_act_on_self_or_missing_users(server, register) -> No
     admin = await register()
     for action in ("disable", "password"):
         status, body = await call(server, admin, "POST", f"/api/admin/users/{admin.id}/{action}")
-        assert (status, code(body)) == (400, "invalid_request")
-    assert (await call(server, admin, "DELETE", f"/api/admin/users/{admin.id}"))[0] == 400
+        assert (status, code(body)) == (409, "conflict")
+    assert (await call(server, admin, "DELETE", f"/api/admin/users/{admin.id}"))[0] == 409
     for method, path in [("POST", "/api/admin/users/4242/disable"),
                          ("POST", "/api/admin/users/4242/enable"),
                          ("POST", "/api/admin/users/4242/approve"),
@@ -266,3 +266,13 @@ async def test_admin_cannot_act_on_self_or_missing_users(server, register) -> No
     status, body = await call(server, admin, "POST", "/api/admin/users",
                               {"username": "helper", "role": "admin"})
     assert status == 201 and body["user"]["role"] == "admin"
+
+
+async def test_a_password_an_admin_chooses_follows_the_password_rules(server, register) -> None:
+    admin = await register()
+    status, body = await call(server, admin, "POST", "/api/admin/users",
+                              {"username": "newcomer", "password": "password123"})
+    assert (status, code(body)) == (400, "weak_password")
+    status, body = await call(server, admin, "POST", "/api/admin/users",
+                              {"username": "newcomer", "password": "quiet-lantern-42"})
+    assert status == 201 and "password" not in body

@@ -19,14 +19,24 @@ ST = Path(sys.executable).with_name("st")
 MAX_EXAMPLES = os.environ.get("CHATGATE_FUZZ_EXAMPLES", "25")
 PHASES = "examples,coverage,fuzzing,stateful"
 # Every check is on. A few rules depend on data or state that no JSON Schema can say, and
-# are documented as 400 instead: a common password or one holding the username (register),
+# are documented as 400 instead: a common password or one holding the username (register,
+# adminCreateUser, changePassword; and changePassword's new one equal to the current one),
 # a prompt + max_tokens beyond the model's context (chat, decided by the model server), an
 # `expires_at` in the past (createKey), a `from` more than 366 days before today (getUsage).
 # The stateful phase links UsageDay.key_id (0: "not an API key") to deleteKey's id, which the
 # schema says must be at least 1.
+# The admin's actions on an account answer 409 when its state does not fit (approve a
+# non-pending account, enable an enabled one) or it is the admin's own (disable, delete,
+# reset oneself): the fuzzer cannot know which account is which.
 CONFIG = """
 [[operations]]
-include-operation-id = ["register", "chat", "createKey", "deleteKey", "getUsage"]
+include-operation-id = ["adminApproveUser", "adminEnableUser", "adminDisableUser",
+                        "adminDeleteUser", "adminResetPassword"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409"]
+
+[[operations]]
+include-operation-id = ["register", "adminCreateUser", "changePassword", "chat", "createKey",
+                        "deleteKey", "getUsage"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409",
                                                      "429"]
 """
