@@ -32,7 +32,16 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     cors_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    trusted_proxy_hops: int = 0
     access_log: bool = True
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 4096
+
+    @property
+    def proxy_hops(self) -> int:
+        """How many proxies of ours stand in front: `trusted_proxy_hops`, else 1 if trusted."""
+        return self.trusted_proxy_hops or (1 if self.trust_forwarded else 0)
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ class Config:
 
 # Keys whose value may be zero but not negative are the default; these must be > 0.
 _POSITIVE = {
-    "server.max_body_bytes", "database.read_connections", "database.max_batch",
+    "server.max_body_bytes", "server.header_timeout_s", "server.body_timeout_s",
+    "server.max_connections", "database.read_connections", "database.max_batch",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",

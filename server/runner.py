@@ -73,6 +73,6 @@ def _warn_plain_http(config: Config) -> None:
         loopback = ipaddress.ip_address(config.server.host).is_loopback
     except ValueError:
         loopback = config.server.host == "localhost"
-    if not loopback and not config.server.trust_forwarded:
+    if not loopback and not config.server.proxy_hops:
         log.warning("serving plain HTTP on %s: put TLS in front (and set server.trust_forwarded) "
                     "so session cookies are Secure", config.server.host)

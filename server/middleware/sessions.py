@@ -17,22 +17,22 @@ _TOKEN = "t"
 class _CookieStorage(EncryptedCookieStorage):
     """Sets `Secure` per request: only when the client came over HTTPS."""
 
-    def __init__(self, key: bytes, max_age: int, trust_forwarded: bool) -> None:
+    def __init__(self, key: bytes, max_age: int, proxy_hops: int) -> None:
         super().__init__(key, cookie_name=COOKIE_NAME, httponly=True, samesite="Lax",
                          max_age=max_age, path="/")
-        self._trust = trust_forwarded
+        self._hops = proxy_hops
 
     async def save_session(self, request: web.Request, response: web.StreamResponse,
                            session: Session) -> None:
         # save_cookie reads the params synchronously, so this per-request change is safe.
-        self._cookie_params["secure"] = True if is_https(request, self._trust) else None
+        self._cookie_params["secure"] = True if is_https(request, self._hops) else None
         await super().save_session(request, response, session)
 
 
-def setup_sessions(app: web.Application, secret: str, max_age: int, trust_forwarded: bool) -> None:
+def setup_sessions(app: web.Application, secret: str, max_age: int, proxy_hops: int) -> None:
     """Install the session middleware with a key derived from the auth secret."""
     key = hashlib.sha256(b"chatgate-session:" + secret.encode()).digest()
-    app.middlewares.append(session_middleware(_CookieStorage(key, max_age, trust_forwarded)))
+    app.middlewares.append(session_middleware(_CookieStorage(key, max_age, proxy_hops)))
 
 
 async def session_token(request: web.Request) -> str | None:

@@ -353,3 +353,12 @@ async def test_run_py_with_bad_env_value_exits_2_naming_the_variable() -> None:
     text = err.decode()
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1
     assert "CHATGATE_SERVER__PORT" in text
+
+
+@pytest.mark.parametrize(("trust", "hops", "expected"), [
+    (False, 0, 0), (True, 0, 1), (True, 2, 2), (False, 3, 3),
+])
+def test_proxy_hops_from_trust_forwarded_or_the_hop_count(trust: bool, hops: int,
+                                                           expected: int) -> None:
+    loaded = build_config({"server": {"trust_forwarded": trust, "trusted_proxy_hops": hops}})
+    assert loaded.server.proxy_hops == expected
