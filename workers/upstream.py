@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -32,6 +33,19 @@ class UpstreamSettings:
     request_timeout_s: float = 600.0
     retries: int = 2
     retry_backoff_s: float = 0.25
+
+
+def redact_url(url: str) -> str:
+    """The URL fit to show: credentials (`user:pass@`) and the query string become ***."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "***"
+    host = f"[{host}]" if ":" in host else host
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 class _Retryable(Exception):

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp_session import Session, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
+from ..logthrottle import quieten_library_logs
 from .forwarded import is_https
 
 COOKIE_NAME = "chatgate_session"
@@ -32,6 +33,7 @@ class _CookieStorage(EncryptedCookieStorage):
 def setup_sessions(app: web.Application, secret: str, max_age: int, proxy_hops: int) -> None:
     """Install the session middleware with a key derived from the auth secret."""
     key = hashlib.sha256(b"chatgate-session:" + secret.encode()).digest()
+    quieten_library_logs()  # a forged cookie per request must not mean a log line per request
     app.middlewares.append(session_middleware(_CookieStorage(key, max_age, proxy_hops)))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict
 
-from server.runner import start
+from server.runner import Running, start
 from tests.support.app import make_config, register_over_http
 
 
@@ -71,3 +74,49 @@ async def test_streamed_chat_carries_cors_headers(tmp_path: Path, simulator) -> 
                 assert "Origin" in r.headers["Vary"]
     finally:
         await running.stop()
+
+
+async def _raw(url: str, data: bytes) -> bytes:
+    """Send bytes on a fresh connection; everything the server answers before closing."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+async def test_server_header_names_no_versions(server: Running) -> None:
+    async with aiohttp.ClientSession(server.url) as s:
+        for path in ("/health", "/api/conversations", "/nowhere"):
+            async with s.get(path) as r:
+                assert r.headers["Server"] == "chatgate"
+
+
+async def test_malformed_requests_get_json_and_few_log_lines(server: Running, caplog) -> None:
+    """Anyone can send garbage: each gets our JSON error; the log gets one line a minute at
+    most and never a traceback."""
+    caplog.set_level(logging.DEBUG)
+    for i in range(20):
+        answer = await _raw(server.url, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header %d\r\n\r\n" % i)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+        assert b"Server: chatgate" in head and b"aiohttp" not in head
+        assert orjson.loads(body) == {"error": {"code": "bad_request",
+                                                "message": "malformed HTTP request"}}
+    answer = await _raw(server.url, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+    assert b" 431 " in answer.split(b"\r\n")[0] and b'"headers_too_large"' in answer
+    noisy = [r for r in caplog.records if r.name.startswith(("aiohttp", "server.listener"))
+             and r.levelno >= logging.INFO]
+    assert len(noisy) <= 1 and not any(r.exc_info for r in noisy)
+
+
+async def test_undecryptable_cookies_log_at_most_a_line(server: Running, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession(server.url) as s:
+        for i in range(20):
+            async with s.get("/api/conversations",
+                             headers={"Cookie": f"chatgate_session=forged{i}"}) as r:
+                assert r.status == 401
+    assert len([r for r in caplog.records if r.name == "aiohttp_session"]) <= 1
