@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -56,18 +56,25 @@ class _Handler(RequestHandler):
         return response
 
 
+def _refusal() -> bytes:
+    body, head = error_bytes("too_many_connections",
+                             "the server has too many open connections; try again",
+                             {"Retry-After": "1"})
+    lines = "".join(f"{name}: {value}\r\n" for name, value in head.items())
+    return (f"HTTP/1.1 503 Service Unavailable\r\n{lines}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+_REFUSAL = _refusal()
+
+
 class _Refusal(asyncio.Protocol):
     """Answers a connection over the cap with 503 and closes it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Send the refusal at once; the request itself is never read."""
-        body, head = error_bytes("too_many_connections",
-                                 "the server has too many open connections; try again",
-                                 {"Retry-After": "1"})
-        lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(f"HTTP/1.1 503 Service Unavailable\r\n{lines}Content-Length: "
-                        f"{len(body)}\r\n\r\n".encode() + body)
+        # A TCP transport (uvloop's does not subclass asyncio.Transport, so no isinstance).
+        cast(asyncio.WriteTransport, transport).write(_REFUSAL)
         transport.close()
 
 
