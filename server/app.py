@@ -117,7 +117,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     try:
         await upstream.resolve_model()
     except Exception as err:  # noqa: BLE001 - start anyway; /ready says why
-        log.warning("model server not reachable at start-up (%s); will retry per request", err)
+        log.warning("model server %s not reachable at start-up (%s); will retry per request",
+                    upstream.shown_url, err)
     app[keys.UPSTREAM] = upstream
     yield
     await session.close()
@@ -131,7 +132,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                       max_per_owner=q.max_per_user, rps=config.limits.upstream_rps)
     pool.start()
     app[keys.POOL] = pool
-    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
+    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers, app[keys.METRICS])
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()

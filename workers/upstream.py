@@ -81,6 +81,8 @@ class UpstreamClient:
         self._probe_session = probe_session or session
         self._s = settings
         self._url = settings.base_url.rstrip("/")
+        # Errors never carry the URL (it may hold user:pass@); operators see this one.
+        self.shown_url = redact_url(self._url)
         self.model = settings.model
 
     async def resolve_model(self) -> str:
@@ -98,9 +100,9 @@ class UpstreamClient:
                     raise UpstreamError(f"GET /models answered {resp.status}")
                 data = await resp.json(loads=orjson.loads)
         except (TimeoutError, aiohttp.ClientError, ValueError) as err:
-            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+            raise UpstreamError(f"cannot list models: {type(err).__name__}") from err
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise UpstreamError(f"cannot list models at {self._url}: not a model list")
+            raise UpstreamError("cannot list models: not a model list")
         return data
 
     async def probe(self) -> str:
@@ -108,7 +110,7 @@ class UpstreamClient:
         try:
             served = str((await self.list_models())["data"][0]["id"])
         except (KeyError, IndexError, TypeError) as err:
-            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+            raise UpstreamError(f"cannot list models: {type(err).__name__}") from err
         if not self.model:
             self.model = served
         return self.model
