@@ -72,10 +72,20 @@ class _Refusal(asyncio.Protocol):
     """Answers a connection over the cap with 503 and closes it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Send the refusal at once; the request itself is never read."""
+        """Send the refusal at once; the request itself is read only to be dropped."""
         # A TCP transport (uvloop's does not subclass asyncio.Transport, so no isinstance).
-        cast(asyncio.WriteTransport, transport).write(_REFUSAL)
-        transport.close()
+        tcp = cast(asyncio.WriteTransport, transport)
+        tcp.write(_REFUSAL)
+        # Closing with the request unread would reset the connection, and the client could
+        # miss the 503: drop what arrives for a moment, then close.
+        asyncio.get_running_loop().call_later(1.0, tcp.close)
+
+    def data_received(self, data: bytes) -> None:
+        """Dropped: the answer is the same whatever was asked."""
+
+    def eof_received(self) -> bool:
+        """The client is done: close now (False tells asyncio to close the transport)."""
+        return False
 
 
 class CappedSite(web.BaseSite):

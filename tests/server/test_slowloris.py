@@ -126,6 +126,10 @@ async def test_connections_over_the_cap_are_refused(tmp_path: Path, simulator) -
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.split(b"\r\n")[0].split(b" ")[1] == b"503" and b"Retry-After: 1" in head
         assert orjson.loads(body)["error"]["code"] == "too_many_connections"
+        async with aiohttp.ClientSession(proc.url) as s:  # a client that sends its request
+            async with s.get("/health") as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "1"
+                assert (await r.json())["error"]["code"] == "too_many_connections"
         for writer in held:
             writer.close()
         held.clear()
