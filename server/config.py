@@ -35,6 +35,7 @@ class ServerConfig:
     trusted_proxy_hops: int = 0
     access_log: bool = True
     header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
     body_timeout_s: float = 30.0
     max_connections: int = 4096
 
@@ -141,6 +142,7 @@ class Config:
 # Keys whose value may be zero but not negative are the default; these must be > 0.
 _POSITIVE = {
     "server.max_body_bytes", "server.header_timeout_s", "server.body_timeout_s",
+    "server.keepalive_timeout_s",
     "server.max_connections", "database.read_connections", "database.max_batch",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",

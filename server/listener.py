@@ -1,5 +1,6 @@
-"""The listening socket's own rules: a cap on open connections, a quiet JSON answer to
-malformed requests, and our own Server header (aiohttp's names its and Python's versions)."""
+"""The listening socket's own rules: a deadline for request headers, a cap on open
+connections, a quiet JSON answer to malformed requests, and our own Server header (aiohttp's
+names its and Python's versions)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,54 @@ def error_bytes(code: str, message: str,
 
 
 class _Handler(RequestHandler):
-    """aiohttp's connection handler, answering requests it cannot parse in our JSON shape
-    and logging them at most once a minute, without the traceback anyone could trigger."""
+    """aiohttp's connection handler, with a deadline for each request's headers, answering
+    requests it cannot parse in our JSON shape and logging them at most once a minute,
+    without the traceback anyone could trigger."""
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A new connection: its first request's headers are due within the deadline."""
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes of a next request start its header deadline (aiohttp's keep-alive timer
+        only covers silence, and a byte now and then would keep a connection forever)."""
+        if not self._in_request:
+            self._arm()
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Gone: no deadline to enforce."""
+        self._disarm()
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        """The app got a request (its headers are complete): the deadline is met."""
+        self._in_request = True
+        self._disarm()
+
+    def log_access(self, request: Any, response: web.StreamResponse,
+                   time: float | None) -> None:
+        """Called once each answer is sent: the next request's headers are not due yet."""
+        self._in_request = False
+        self._disarm()  # answered before the app saw it (a preflight): its headers came too
+        super().log_access(request, response, time)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = asyncio.get_running_loop().call_later(
+                self._header_timeout, self.force_close)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -92,10 +139,12 @@ class CappedSite(web.BaseSite):
     """A TCP site whose connections are `_Handler`s, at most `max_connections` at once."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, backlog: int,
-                 max_connections: int, handler_args: dict[str, Any]) -> None:
+                 max_connections: int, header_timeout: float,
+                 handler_args: dict[str, Any]) -> None:
         super().__init__(runner, backlog=backlog)
         self._where = (host, port)
         self._max = max_connections
+        self._header_timeout = header_timeout
         self._args = handler_args
 
     @property
@@ -113,7 +162,8 @@ class CappedSite(web.BaseSite):
                             "(server.max_connections)%s", self._max,
                             f"; {held} more refused since the last warning" if held else "")
             return _Refusal()
-        return _Handler(server, loop=asyncio.get_running_loop(), **self._args)
+        return _Handler(server, header_timeout=self._header_timeout,
+                        loop=asyncio.get_running_loop(), **self._args)
 
     async def start(self) -> None:
         """Listen; each accepted connection is handled or refused by `_protocol`."""

@@ -37,17 +37,16 @@ async def start(config: Config) -> Running:
     """Start serving `config` (port 0 picks a free port) and return once it listens."""
     app = await create_app(config)
     server = config.server
-    # Long search queries travel in the URL: allow request lines up to 64 KiB. aiohttp's
-    # keep-alive timer runs from a connection's start (or its last answer) until a request's
-    # headers are complete, so it is also the header deadline against slowloris.
+    # Long search queries travel in the URL: allow request lines up to 64 KiB.
     handler_args: dict[str, Any] = {"access_log": None, "max_line_size": 65536,
                                     "max_field_size": 16384,
-                                    "keepalive_timeout": server.header_timeout_s}
+                                    "keepalive_timeout": server.keepalive_timeout_s}
     runner = web.AppRunner(app, handler_cancellation=True,
                            shutdown_timeout=server.shutdown_grace_s, **handler_args)
     await runner.setup()
     site = CappedSite(runner, server.host, server.port, backlog=1024,
-                      max_connections=server.max_connections, handler_args=handler_args)
+                      max_connections=server.max_connections,
+                      header_timeout=server.header_timeout_s, handler_args=handler_args)
     try:
         await site.start()
     except BaseException:

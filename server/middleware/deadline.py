@@ -1,4 +1,6 @@
-"""A deadline for each request body: a client dripping one byte at a time is cut off."""
+"""A deadline for each request body: a client dripping one byte at a time is cut off.
+
+Its request's header deadline (server/listener.py) ends here, as the app gets the request."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ def setup_body_deadline(app: web.Application, timeout_s: float) -> None:
 
     @web.middleware
     async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = getattr(request.protocol, "request_started", None)
+        if started is not None:  # the listener's connections: their header deadline is met
+            started()
         if request.body_exists:
             try:
                 async with asyncio.timeout(timeout_s):

@@ -20,7 +20,8 @@ GENEROUS = 60.0  # long enough for a loaded machine; the deadlines under test ar
 async def edge(tmp_path: Path, simulator) -> AsyncIterator[Proc]:
     """run.py with short header and body deadlines."""
     proc = await start_server_process(tmp_path / "edge.db", simulator.url,
-                                      server__header_timeout_s=2, server__body_timeout_s=2)
+                                      server__header_timeout_s=2, server__body_timeout_s=2,
+                                      server__keepalive_timeout_s=30)
     yield proc
     await proc.stop()
 
@@ -62,6 +63,44 @@ async def test_dripping_headers_are_cut_off(edge: Proc) -> None:
     drip = asyncio.create_task(_drip(writer, b"X-Slow: aaaa\r\n", 0.2))
     try:
         await _closed_by_server(reader)
+    finally:
+        drip.cancel()
+        writer.close()
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole answer to a GET /health (its headers and its short JSON body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GENEROUS)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await asyncio.wait_for(reader.readexactly(length), GENEROUS)
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_idle_keepalive_outlives_the_header_deadline(edge: Proc) -> None:
+    """Between requests a connection may idle (server.keepalive_timeout_s, here 30 s): the
+    header deadline (2 s) starts only with the next request's first byte."""
+    reader, writer = await _connect(edge.url)
+    try:
+        writer.write(HEALTH)
+        assert b" 200 " in await _answer(reader)
+        await asyncio.sleep(3)
+        writer.write(HEALTH)
+        assert b" 200 " in await _answer(reader)
+    finally:
+        writer.close()
+
+
+async def test_dripping_the_next_request_is_cut_off(edge: Proc) -> None:
+    """A kept-alive connection dripping its second request's headers loses the connection."""
+    reader, writer = await _connect(edge.url)
+    writer.write(HEALTH)
+    assert b" 200 " in await _answer(reader)
+    writer.write(b"GET /health HTTP/1.1\r\n")
+    drip = asyncio.create_task(_drip(writer, b"X-Slow: aaaa\r\n", 0.2))
+    try:
+        assert await _closed_by_server(reader) == b""
     finally:
         drip.cancel()
         writer.close()
