@@ -18,6 +18,7 @@ from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
 from .middleware.csrf import setup_csrf
+from .middleware.deadline import setup_body_deadline
 from .middleware.errors import setup_errors
 from .middleware.headers import setup_headers
 from .middleware.metrics import setup_metrics
@@ -55,10 +56,11 @@ async def create_app(config: Config) -> web.Application:
     setup_access(app, server.access_log)  # outside the error middleware: sees final statuses
     setup_metrics(app)
     setup_errors(app)
+    setup_body_deadline(app, server.body_timeout_s)  # inside errors: a 413 is JSON too
     setup_headers(app)
-    setup_sessions(app, secret, config.auth.token_ttl_s, server.trust_forwarded)
+    setup_sessions(app, secret, config.auth.token_ttl_s, server.proxy_hops)
     setup_auth(app)
-    setup_csrf(app, server.trust_forwarded, server.cors_origins)
+    setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
     app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _upstream, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
@@ -139,7 +141,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     try:
         await upstream.resolve_model()
     except Exception as err:  # noqa: BLE001 - start anyway; /ready says why
-        log.warning("model server not reachable at start-up (%s); will retry per request", err)
+        log.warning("model server %s not reachable at start-up (%s); will retry per request",
+                    upstream.shown_url, err)
     app[keys.UPSTREAM] = upstream
     yield
     await session.close()
@@ -159,7 +162,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                                    app[keys.PASSWORDS], app[keys.POLICY], app[keys.TOKENS],
                                    app[keys.API_KEYS],
                                    app[keys.USAGE], pool.cancel_owner)
-    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers)
+    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers, app[keys.METRICS])
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()

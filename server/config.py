@@ -32,7 +32,17 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     cors_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    trusted_proxy_hops: int = 0
     access_log: bool = True
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 4096
+
+    @property
+    def proxy_hops(self) -> int:
+        """How many proxies of ours stand in front: `trusted_proxy_hops`, else 1 if trusted."""
+        return self.trusted_proxy_hops or (1 if self.trust_forwarded else 0)
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,9 @@ class Config:
 
 # Keys whose value may be zero but not negative are the default; these must be > 0.
 _POSITIVE = {
-    "server.max_body_bytes", "database.read_connections", "database.max_batch",
+    "server.max_body_bytes", "server.header_timeout_s", "server.body_timeout_s",
+    "server.keepalive_timeout_s",
+    "server.max_connections", "database.read_connections", "database.max_batch",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.login_failures_per_account", "limits.login_backoff_max_s",
     "limits.chat_per_user_per_minute", "limits.upstream_rps", "llm.connect_timeout_s",

@@ -7,11 +7,15 @@ import gc
 import ipaddress
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from workers.upstream import redact_url
+
 from .app import create_app
 from .config import Config
+from .listener import CappedSite
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +36,17 @@ class Running:
 async def start(config: Config) -> Running:
     """Start serving `config` (port 0 picks a free port) and return once it listens."""
     app = await create_app(config)
+    server = config.server
     # Long search queries travel in the URL: allow request lines up to 64 KiB.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=config.server.shutdown_grace_s,
-                           max_line_size=65536, max_field_size=16384)
+    handler_args: dict[str, Any] = {"access_log": None, "max_line_size": 65536,
+                                    "max_field_size": 16384,
+                                    "keepalive_timeout": server.keepalive_timeout_s}
+    runner = web.AppRunner(app, handler_cancellation=True,
+                           shutdown_timeout=server.shutdown_grace_s, **handler_args)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    site = CappedSite(runner, server.host, server.port, backlog=1024,
+                      max_connections=server.max_connections,
+                      header_timeout=server.header_timeout_s, handler_args=handler_args)
     try:
         await site.start()
     except BaseException:
@@ -56,7 +65,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     gc.freeze()
     _warn_plain_http(config)
     print(f"chatgate serving {running.url} (database {config.database.path}, "
-          f"model server {config.llm.base_url})", flush=True)
+          f"model server {redact_url(config.llm.base_url)})", flush=True)
     print(f"Ready: open {running.url} in a browser and create an account. Ctrl-C stops.",
           flush=True)
     try:
@@ -73,6 +82,6 @@ def _warn_plain_http(config: Config) -> None:
         loopback = ipaddress.ip_address(config.server.host).is_loopback
     except ValueError:
         loopback = config.server.host == "localhost"
-    if not loopback and not config.server.trust_forwarded:
+    if not loopback and not config.server.proxy_hops:
         log.warning("serving plain HTTP on %s: put TLS in front (and set server.trust_forwarded) "
                     "so session cookies are Secure", config.server.host)

@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -32,6 +33,19 @@ class UpstreamSettings:
     request_timeout_s: float = 600.0
     retries: int = 2
     retry_backoff_s: float = 0.25
+
+
+def redact_url(url: str) -> str:
+    """The URL fit to show: credentials (`user:pass@`) and the query string become ***."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "***"
+    host = f"[{host}]" if ":" in host else host
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 class _Retryable(Exception):
@@ -67,6 +81,8 @@ class UpstreamClient:
         self._probe_session = probe_session or session
         self._s = settings
         self._url = settings.base_url.rstrip("/")
+        # Errors never carry the URL (it may hold user:pass@); operators see this one.
+        self.shown_url = redact_url(self._url)
         self.model = settings.model
 
     async def resolve_model(self) -> str:
@@ -84,9 +100,9 @@ class UpstreamClient:
                     raise UpstreamError(f"GET /models answered {resp.status}")
                 data = await resp.json(loads=orjson.loads)
         except (TimeoutError, aiohttp.ClientError, ValueError) as err:
-            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+            raise UpstreamError(f"cannot list models: {type(err).__name__}") from err
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise UpstreamError(f"cannot list models at {self._url}: not a model list")
+            raise UpstreamError("cannot list models: not a model list")
         return data
 
     async def probe(self) -> str:
@@ -94,7 +110,7 @@ class UpstreamClient:
         try:
             served = str((await self.list_models())["data"][0]["id"])
         except (KeyError, IndexError, TypeError) as err:
-            raise UpstreamError(f"cannot list models at {self._url}: {type(err).__name__}") from err
+            raise UpstreamError(f"cannot list models: {type(err).__name__}") from err
         if not self.model:
             self.model = served
         return self.model

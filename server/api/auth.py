@@ -40,7 +40,7 @@ async def _signed_in(request: web.Request, signed: SignedIn, cookie_only: bool,
 
 
 def _client(request: web.Request) -> str:
-    return client_ip(request, request.app[keys.CONFIG].server.trust_forwarded)
+    return client_ip(request, request.app[keys.CONFIG].server.proxy_hops)
 
 
 @public

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import keys
+from ..middleware.auth import optional_principal
 from .responses import json_response
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
@@ -21,10 +24,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when the model server answers and the pool is taking work, else 503 with why."""
+    """200 when the model server answers and the pool is taking work, else 503. Everyone
+    learns only that; an admin's request also gets why, the model and the queue."""
     ready = await request.app[keys.STATUS].ready()
-    body = {"status": "unavailable" if ready.problems else "ok", "model": ready.model,
-            "queue": ready.queue, "problems": ready.problems}
+    body: dict[str, Any] = {"status": "unavailable" if ready.problems else "ok"}
+    principal = await optional_principal(request)
+    if principal is not None and cast(Mapping[str, Any], principal.user).get("role") == "admin":
+        body.update(model=ready.model, model_server=ready.model_server, queue=ready.queue,
+                    problems=[{"kind": p.kind, "detail": p.detail} for p in ready.problems])
     return json_response(body, status=503 if ready.problems else 200)
 
 

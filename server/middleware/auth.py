@@ -10,8 +10,8 @@ from aiohttp import web
 from .. import keys
 from ..services.apikeys import is_api_key
 from ..services.gate import admit
-from ..services.tokens import Principal
-from .errors import unauthorized
+from ..services.tokens import AuthError, Principal
+from .errors import ApiError, unauthorized
 from .sessions import session_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,6 +35,21 @@ def principal_of(request: web.Request) -> Principal:
     return request[keys.PRINCIPAL]
 
 
+async def optional_principal(request: web.Request) -> Principal | None:
+    """Who sent this request, if its credentials are valid; None otherwise (for routes that
+    answer everyone but tell more to some)."""
+    try:
+        return await _verify(request, await _token(request))
+    except (ApiError, AuthError):
+        return None
+
+
+async def _verify(request: web.Request, token: str) -> Principal:
+    if is_api_key(token):
+        return await request.app[keys.API_KEYS].verify(token)
+    return await request.app[keys.TOKENS].verify(token)
+
+
 async def _token(request: web.Request) -> str:
     """The bearer token, else the session cookie's (marking the request cookie-authenticated)."""
     header = request.headers.get("Authorization")
@@ -56,11 +71,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route_handler = request.match_info.handler
     if request.path.startswith(_GUARDED) and request.match_info.http_exception is None \
             and not getattr(route_handler, "chatgate_public", False):
-        token = await _token(request)
-        if is_api_key(token):
-            principal = await request.app[keys.API_KEYS].verify(token)
-        else:
-            principal = await request.app[keys.TOKENS].verify(token)
+        principal = await _verify(request, await _token(request))
         admit(principal.user, getattr(route_handler, "chatgate_ungated", False))
         request[keys.PRINCIPAL] = principal
     return await handler(request)

@@ -15,7 +15,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def check_origin(request: web.Request, trust_forwarded: bool, allowed: tuple[str, ...]) -> None:
+def check_origin(request: web.Request, proxy_hops: int, allowed: tuple[str, ...]) -> None:
     """Refuse (403) a request from any origin but ours or a listed one."""
     origin = request.headers.get("Origin")
     if not origin or origin == "null":
@@ -27,19 +27,19 @@ def check_origin(request: web.Request, trust_forwarded: bool, allowed: tuple[str
             origin = None
     if origin is None:
         raise ApiError(403, "csrf_rejected", "cookie-authenticated requests must carry an Origin")
-    if origin == own_origin(request, trust_forwarded) or origin in allowed:
+    if origin == own_origin(request, proxy_hops) or origin in allowed:
         return
     raise ApiError(403, "csrf_rejected", "cross-site request refused")
 
 
-def setup_csrf(app: web.Application, trust_forwarded: bool, allowed: tuple[str, ...]) -> None:
+def setup_csrf(app: web.Application, proxy_hops: int, allowed: tuple[str, ...]) -> None:
     """Check the origin of every write that a session cookie authenticated (bearer tokens
     cannot be sent by another site, so they need no check)."""
 
     @web.middleware
     async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in _SAFE_METHODS and request.get(keys.VIA_COOKIE):
-            check_origin(request, trust_forwarded, allowed)
+            check_origin(request, proxy_hops, allowed)
         return await handler(request)
 
     app.middlewares.append(csrf_middleware)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
@@ -106,8 +107,8 @@ def unauthorized(message: str = "authentication required") -> ApiError:
 
 
 def rate_limited(retry_after: float, message: str = "too many requests") -> ApiError:
-    """429 with Retry-After in whole seconds."""
-    seconds = max(1, int(retry_after + 0.999))
+    """429 with Retry-After in whole seconds, rounded up: never 0 (or early) while limited."""
+    seconds = max(1, math.ceil(retry_after))
     return ApiError(429, "rate_limited", message, {"Retry-After": str(seconds)})
 
 

@@ -8,6 +8,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
        "frame-ancestors 'none'; form-action 'self'")
 
+SERVER_NAME = "chatgate"  # aiohttp's default names its and Python's exact versions
 _ALWAYS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": CSP,
@@ -18,6 +19,7 @@ _ALWAYS = {
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME  # replaces aiohttp's, set just before this
     for name, value in _ALWAYS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith("/api/"):

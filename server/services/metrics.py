@@ -115,6 +115,10 @@ class Metrics:
         self.queue_depth = Gauge("chatgate_queue_depth", "Jobs waiting for a worker",
                                  registry=r)
         self.workers_busy = Gauge("chatgate_workers_busy", "Workers running a job", registry=r)
+        self.ready = Gauge("chatgate_ready", "1 if the last readiness check passed, else 0",
+                           registry=r)
+        self.not_ready = family("chatgate_ready_failures",
+                                "Readiness checks that found a problem, by kind", ["kind"])
         self._children: dict[tuple[str, str, int], tuple[tuple[str, ...], Buckets, Buckets]] = {}
 
     def request_done(self, method: str, route: str, status: int, spent: float,
@@ -141,6 +145,12 @@ class Metrics:
     def watch_render(self, counts: Callable[[], dict[str, int]]) -> None:
         """Replies rendered, served from the render cache, declined or given up, at scrape time."""
         self.registry.register(_RenderCollector(counts))
+
+    def readiness(self, problems: list[str]) -> None:
+        """One readiness check's outcome: the kinds (fixed words) of its problems."""
+        self.ready.set(0 if problems else 1)
+        for kind in problems:
+            self.not_ready.inc(kind)
 
     def job_ended(self, job: jobs.Job, outcome: jobs.Finished | jobs.Failed) -> None:
         """Queue wait, time to first token, model time, errors and tokens of one job."""

@@ -365,3 +365,12 @@ def test_registration_modes_and_the_older_register_open_switch() -> None:
     assert build_config({"auth": {"admins": ["root", "ops"]}}).auth.admins == ("root", "ops")
     with pytest.raises(ConfigError, match="auth.registration: must be one of open, closed"):
         build_config({"auth": {"registration": "invite"}})
+
+
+@pytest.mark.parametrize(("trust", "hops", "expected"), [
+    (False, 0, 0), (True, 0, 1), (True, 2, 2), (False, 3, 3),
+])
+def test_proxy_hops_from_trust_forwarded_or_the_hop_count(trust: bool, hops: int,
+                                                           expected: int) -> None:
+    loaded = build_config({"server": {"trust_forwarded": trust, "trusted_proxy_hops": hops}})
+    assert loaded.server.proxy_hops == expected

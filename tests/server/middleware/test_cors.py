@@ -25,6 +25,15 @@ async def thing(request: web.Request) -> web.Response:
     return web.json_response({"method": request.method})
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Vary": "Accept-Encoding"})
+    await response.prepare(request)
+    await response.write(b"data: one\n\n")
+    await response.write_eof()
+    return response
+
+
 async def conflict(request: web.Request) -> web.Response:
     raise ApiError(409, "conflict", "taken")
 
@@ -37,6 +46,7 @@ def make_app(origins: tuple[str, ...]) -> web.Application:
     app.router.add_get("/api/thing", thing)
     app.router.add_post("/api/thing", thing)
     app.router.add_get("/api/conflict", conflict)
+    app.router.add_get("/api/stream", stream)
     return app
 
 
@@ -84,7 +94,7 @@ async def test_preflight_from_other_origin_is_not_answered(client: Client, origi
     assert resp.status == 405
     assert (await resp.json())["error"]["code"] == "method_not_allowed"
     assert_no_cors(resp.headers)
-    assert "Vary" not in resp.headers
+    assert resp.headers["Vary"] == "Origin"  # a cache must not give this answer to a listed one
 
 
 async def test_options_without_request_method_is_not_a_preflight(client: Client) -> None:
@@ -113,12 +123,30 @@ async def test_actual_request_from_foreign_origin_is_served_untagged(client: Cli
     resp = await client.get("/api/thing", headers={"Origin": FOREIGN})
     assert resp.status == 200
     assert_no_cors(resp.headers)
+    assert resp.headers["Vary"] == "Origin"
 
 
 async def test_request_without_origin_is_untagged(client: Client) -> None:
     resp = await client.get("/api/thing")
     assert resp.status == 200
     assert_no_cors(resp.headers)
+    assert resp.headers["Vary"] == "Origin"
+
+
+async def test_streamed_response_carries_cors_headers(client: Client) -> None:
+    """A stream's headers leave at prepare(), before the handler returns: tagged anyway."""
+    resp = await client.get("/api/stream", headers={"Origin": LISTED})
+    assert resp.status == 200
+    assert await resp.text() == "data: one\n\n"
+    assert resp.headers["Access-Control-Allow-Origin"] == LISTED
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert resp.headers["Vary"] == "Accept-Encoding, Origin"
+
+
+async def test_listed_origin_may_read_request_id_and_retry_after(client: Client) -> None:
+    resp = await client.get("/api/thing", headers={"Origin": LISTED})
+    exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"X-Request-Id", "Retry-After"} <= exposed
 
 
 async def test_api_error_responses_carry_cors_headers(client: Client) -> None:

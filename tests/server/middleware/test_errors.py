@@ -44,6 +44,9 @@ DOMAIN: dict[str, tuple[Callable[[], Exception], int, str, str, dict[str, str]]]
                       {"Retry-After": "1"}),
     "limited-whole": (lambda: RateLimited(4.0, "slow down"), 429, "rate_limited", "slow down",
                       {"Retry-After": "4"}),
+    # Just past a whole second: rounded up, so a client that waits as told is not early.
+    "limited-just-over": (lambda: RateLimited(4.0001, "slow down"), 429, "rate_limited",
+                          "slow down", {"Retry-After": "5"}),
     "auth": (lambda: AuthError("invalid or expired token"), 401, "unauthorized",
              "invalid or expired token", {"WWW-Authenticate": "Bearer"}),
     "credentials": (lambda: WrongCredentials("wrong username or password"), 401, "unauthorized",

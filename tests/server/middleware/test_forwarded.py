@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from server.middleware.forwarded import client_ip, is_https, own_origin
@@ -16,10 +17,10 @@ Client = TestClient[Any, Any]  # over an app or over a TLS TestServer
 
 
 async def who(request: web.Request) -> web.Response:
-    """What each helper says, trusting proxy headers when ?trust=1."""
-    trust = request.query.get("trust") == "1"
-    return web.json_response({"ip": client_ip(request, trust), "https": is_https(request, trust),
-                              "origin": own_origin(request, trust)})
+    """What each helper says, trusting proxy headers when ?trust=1 (from ?hops= proxies)."""
+    hops = int(request.query.get("hops", "1")) if request.query.get("trust") == "1" else 0
+    return web.json_response({"ip": client_ip(request, hops), "https": is_https(request, hops),
+                              "origin": own_origin(request, hops)})
 
 
 def make_app() -> web.Application:
@@ -33,10 +34,13 @@ async def client(aiohttp_client: AiohttpClient) -> Client:
     return await aiohttp_client(make_app())
 
 
-async def ask(client: Client, trust: bool, headers: dict[str, str] | None = None,
-              verify: bool = True) -> dict[str, Any]:
-    resp = await client.get("/who", params={"trust": "1" if trust else "0"},
-                            headers=headers or {}, ssl=verify)
+Headers = dict[str, str] | list[tuple[str, str]]
+
+
+async def ask(client: Client, trust: bool, headers: Headers | None = None,
+              verify: bool = True, hops: int = 1) -> dict[str, Any]:
+    resp = await client.get("/who", params={"trust": "1" if trust else "0", "hops": str(hops)},
+                            headers=CIMultiDict(headers or {}), ssl=verify)
     assert resp.status == 200
     body: dict[str, Any] = await resp.json()
     return body
@@ -75,6 +79,39 @@ async def test_proxy_headers_honoured_with_trust(client: Client) -> None:
 async def test_client_ip_is_the_last_hop(client: Client, forwarded_for: str, ip: str) -> None:
     """Only the hop the trusted proxy appended counts; earlier ones are client-supplied."""
     assert (await ask(client, True, {"X-Forwarded-For": forwarded_for}))["ip"] == ip
+
+
+async def test_every_forwarded_for_line_counts(client: Client) -> None:
+    """A proxy that adds its own header line (not appending to the client's) still wins:
+    a client-supplied first line must not pick the address the rate limits key on."""
+    lines = [("X-Forwarded-For", "203.0.113.66"), ("X-Forwarded-For", "198.51.100.2")]
+    assert (await ask(client, True, lines))["ip"] == "198.51.100.2"
+    lines = [("X-Forwarded-For", "203.0.113.66, 10.9.9.9"), ("X-Forwarded-For", "198.51.100.2")]
+    assert (await ask(client, True, lines))["ip"] == "198.51.100.2"
+
+
+@pytest.mark.parametrize(("forwarded_for", "hops", "ip"), [
+    ("spoofed, 203.0.113.7, 10.0.0.2", 2, "203.0.113.7"),   # CDN then our proxy
+    ("a, b, 203.0.113.7, 10.0.0.3, 10.0.0.2", 3, "203.0.113.7"),
+    ("203.0.113.7", 2, "203.0.113.7"),                      # fewer entries than proxies
+])
+async def test_client_ip_behind_several_proxies(client: Client, forwarded_for: str, hops: int,
+                                                ip: str) -> None:
+    body = await ask(client, True, {"X-Forwarded-For": forwarded_for}, hops=hops)
+    assert body["ip"] == ip
+
+
+async def test_forwarded_proto_and_host_take_the_trusted_hop(client: Client) -> None:
+    """A client's own X-Forwarded-Proto/Host line or list entry is not the proxy's."""
+    spoof = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Proto", "http"),
+             ("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Host", "chat.example")]
+    body = await ask(client, True, spoof)
+    assert body["https"] is False and body["origin"] == "http://chat.example"
+    listed = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "chat.example, inner"}
+    body = await ask(client, True, listed)
+    assert body["https"] is False and body["origin"] == "http://inner"
+    body = await ask(client, True, listed, hops=2)
+    assert body["https"] is True and body["origin"] == "https://chat.example"
 
 
 @pytest.mark.parametrize(("proto", "https"), [
