@@ -45,7 +45,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 async def create_conversation(request: web.Request) -> web.Response:
     """Create an empty conversation."""
-    body = await read_json(request, _TITLE) if request.can_read_body else {}
+    body = await read_json(request, _TITLE) if request.body_exists else {}
     title = _title(body, required=False) or "New chat"
     row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title,
                                                        _limits(request))
