@@ -161,7 +161,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     app[keys.ADMIN] = AdminService(storage.users, storage.keys, storage.audit,
                                    app[keys.PASSWORDS], app[keys.POLICY], app[keys.TOKENS],
                                    app[keys.API_KEYS],
-                                   app[keys.USAGE], pool.cancel_owner)
+                                   app[keys.USAGE], pool.cancel_owner, pool.unblock_owner)
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers, app[keys.METRICS])
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield

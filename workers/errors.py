@@ -17,6 +17,10 @@ class ShuttingDown(WorkerError):
     """The pool is stopping and takes no more work."""
 
 
+class OwnerBlocked(WorkerError):
+    """This owner's jobs are refused until unblocked (their account was disabled)."""
+
+
 class JobCancelled(WorkerError):
     """The waiting client went away or stopped the job."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from .errors import QueueFull, ShuttingDown, UpstreamError, WorkerError
+from .errors import OwnerBlocked, QueueFull, ShuttingDown, UpstreamError, WorkerError
 from .job import Delta, ForwardRequest, Job, Raw, Started
 from .queue import FairQueue
 from .upstream import UpstreamClient
@@ -63,6 +63,9 @@ class WorkerPool:
         self._closed: str | None = None
         self._reserved: Counter[Hashable] = Counter()
         self._active: set[Job] = set()  # running now (to stop an owner's jobs at once)
+        # Owners whose new jobs are refused: a request that passed authentication just before
+        # its account was disabled must not queue a job after the disabling cancelled theirs.
+        self._blocked: dict[Hashable, str] = {}
 
     @property
     def closed(self) -> str | None:
@@ -95,6 +98,8 @@ class WorkerPool:
             place.release()
         if self._closed:
             raise ShuttingDown(self._closed)
+        if job.owner in self._blocked:
+            raise OwnerBlocked(self._blocked[job.owner])
         if place is None:
             self._check_room(job.owner)
         self.queue.put_nowait(job)  # room is guaranteed: reservations count as taken
@@ -103,6 +108,8 @@ class WorkerPool:
     def _check_room(self, owner: Hashable) -> None:
         if self._closed:
             raise ShuttingDown(self._closed)
+        if owner in self._blocked:
+            raise OwnerBlocked(self._blocked[owner])
         if self._max_per_owner and \
                 self.queue.owner_count(owner) + self._reserved[owner] >= self._max_per_owner:
             self.stats.rejected += 1
@@ -117,13 +124,19 @@ class WorkerPool:
         if self._reserved[owner] <= 0:
             del self._reserved[owner]
 
-    def cancel_owner(self, owner: Hashable, error: WorkerError) -> int:
+    def cancel_owner(self, owner: Hashable, error: WorkerError, block: bool = False) -> int:
         """Stop every queued and running job of one owner (an account disabled or deleted);
-        how many were stopped."""
+        with `block`, refuse their new jobs until `unblock_owner`. How many were stopped."""
+        if block:
+            self._blocked[owner] = str(error)
         jobs = self.queue.jobs_of(owner) + [j for j in self._active if j.owner == owner]
         for job in jobs:
             job.cancel(error)
         return len(jobs)
+
+    def unblock_owner(self, owner: Hashable) -> None:
+        """Take an owner's jobs again (their account was enabled)."""
+        self._blocked.pop(owner, None)
 
     def close_intake(self, reason: str = "the server is shutting down") -> None:
         """Refuse new jobs and fail every queued one; running jobs go on."""

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from workers.errors import (
+    OwnerBlocked,
     QueueFull,
     ShuttingDown,
     UpstreamError,
@@ -190,6 +191,8 @@ def _from_worker(err: WorkerError) -> ApiError:
         return ApiError(503, "queue_full", str(err), {"Retry-After": "2"})
     if isinstance(err, ShuttingDown):
         return ApiError(503, "shutting_down", str(err), {"Retry-After": "5"})
+    if isinstance(err, OwnerBlocked):
+        return ApiError(403, "account_disabled", str(err))
     if isinstance(err, UpstreamTimeout):
         return ApiError(504, "upstream_timeout", str(err))
     if isinstance(err, UpstreamRejected):  # a 400 is about the request (e.g. max_tokens)

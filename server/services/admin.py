@@ -57,7 +57,8 @@ class AdminService:
     def __init__(self, users: UserStore, keys: KeyStore, audit: AuditStore,
                  passwords: Passwords, policy: PasswordPolicy, tokens: TokenService,
                  api_keys: ApiKeyService,
-                 meter: UsageMeter, cancel_jobs: Callable[[int, WorkerError], int]) -> None:
+                 meter: UsageMeter, cancel_jobs: Callable[[int, WorkerError, bool], int],
+                 unblock_jobs: Callable[[int], None]) -> None:
         self._users = users
         self._keys = keys
         self._audit = audit
@@ -66,7 +67,8 @@ class AdminService:
         self._tokens = tokens
         self._api_keys = api_keys
         self._meter = meter
-        self._cancel_jobs = cancel_jobs
+        self._cancel_jobs = cancel_jobs  # (user id, error, block the user's new jobs too)
+        self._unblock_jobs = unblock_jobs
 
     async def list_users(self, actor: Principal, limit: int,
                          cursor: str | None) -> tuple[list[AdminUserRow], str | None]:
@@ -93,6 +95,7 @@ class AdminService:
         if (await self._get(user_id)).get("status") != "pending":
             raise AdminConflict("only a pending account can be approved")
         user = await self._users.update(user_id, status="active")
+        self._unblock_jobs(user_id)
         self._refresh(user_id)
         await self._record(actor, "user.approve", user, {})
         return user
@@ -106,7 +109,7 @@ class AdminService:
         self._tokens.forget_user(user_id)
         self._api_keys.forget_user(user_id, deleted)
         stopped = self._cancel_jobs(user_id, JobCancelled(
-            "the account was disabled by an administrator"))
+            "the account was disabled by an administrator"), True)
         await self._record(actor, "user.disable", user, {"api_keys_deleted": len(deleted),
                                                          "jobs_stopped": stopped})
         return user
@@ -117,6 +120,7 @@ class AdminService:
         if (await self._get(user_id)).get("status") != "disabled":
             raise AdminConflict("only a disabled account can be enabled")
         user = await self._users.update(user_id, status="active")
+        self._unblock_jobs(user_id)
         self._refresh(user_id)
         await self._record(actor, "user.enable", user, {})
         return user
@@ -126,7 +130,7 @@ class AdminService:
         self._not_self(actor, user_id, "delete")
         user = await self._get(user_id)
         stopped = self._cancel_jobs(user_id, JobCancelled(
-            "the account was deleted by an administrator"))
+            "the account was deleted by an administrator"), False)
         if not await self._users.delete(user_id):
             raise NotFound("user not found")
         self._tokens.forget_user(user_id)

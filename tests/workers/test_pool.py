@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from vllm_sim import SimServer, SimSettings, start_simulator
-from workers.errors import JobCancelled, QueueFull, ShuttingDown, UpstreamError
+from workers.errors import JobCancelled, OwnerBlocked, QueueFull, ShuttingDown, UpstreamError
 from workers.job import CompletionRequest, Delta, Event, Failed, Finished, Job, Started
 from workers.pool import WorkerPool
 from workers.upstream import UpstreamClient, UpstreamSettings, create_session
@@ -394,3 +394,28 @@ async def test_stop_cancels_running_jobs_and_ends_every_worker(
         pool.submit(job())
     await wait_for(lambda: sim.stats.aborted == 2 and sim.stats.running == 0)
     assert sim.stats.requests_total == 2
+
+
+async def test_a_blocked_owner_cannot_queue_a_job_after_their_jobs_were_cancelled(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    """Disabling an account cancels its jobs and refuses any it sends afterwards (a request
+    already past authentication), until it is unblocked; other owners are untouched."""
+    pool = make_pool(workers=2)
+    await fault(control, sim, "hang_after_first")
+    running = job("mallory")
+    pool.submit(running)
+    await next_event(running, Delta)
+    assert pool.cancel_owner("mallory", JobCancelled("disabled"), True) == 1
+    [failed] = await collect(running)
+    assert isinstance(failed, Failed) and isinstance(failed.error, JobCancelled)
+    with pytest.raises(OwnerBlocked):
+        pool.submit(job("mallory"))
+    with pytest.raises(OwnerBlocked):
+        pool.reserve("mallory")
+    other = job("alice")
+    pool.submit(other)
+    assert_finished(await collect(other))
+    pool.unblock_owner("mallory")
+    again = job("mallory")
+    pool.submit(again)
+    assert_finished(await collect(again))
