@@ -38,47 +38,36 @@ class _Handler(RequestHandler):
     def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._since: float | None = None  # when the awaited request's headers began
         self._in_request = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A new connection: its first request's headers are due within the deadline."""
         super().connection_made(transport)
-        self._arm()
+        self._since = self._loop.time()
 
     def data_received(self, data: bytes) -> None:
         """Bytes of a next request start its header deadline (aiohttp's keep-alive timer
         only covers silence, and a byte now and then would keep a connection forever)."""
-        if not self._in_request:
-            self._arm()
+        if self._since is None and not self._in_request:
+            self._since = self._loop.time()
         super().data_received(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """Gone: no deadline to enforce."""
-        self._disarm()
-        super().connection_lost(exc)
 
     def request_started(self) -> None:
         """The app got a request (its headers are complete): the deadline is met."""
         self._in_request = True
-        self._disarm()
+        self._since = None
 
     def log_access(self, request: Any, response: web.StreamResponse,
                    time: float | None) -> None:
         """Called once each answer is sent: the next request's headers are not due yet."""
         self._in_request = False
-        self._disarm()  # answered before the app saw it (a preflight): its headers came too
+        self._since = None  # answered before the app saw it (a preflight): its headers came too
         super().log_access(request, response, time)
 
-    def _arm(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = asyncio.get_running_loop().call_later(
-                self._header_timeout, self.force_close)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def overdue(self, now: float) -> bool:
+        """Whether the awaited request's headers are later than the deadline."""
+        return self._since is not None and now - self._since > self._header_timeout
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -146,6 +135,7 @@ class CappedSite(web.BaseSite):
         self._max = max_connections
         self._header_timeout = header_timeout
         self._args = handler_args
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -165,9 +155,31 @@ class CappedSite(web.BaseSite):
         return _Handler(server, header_timeout=self._header_timeout,
                         loop=asyncio.get_running_loop(), **self._args)
 
+    async def _sweep(self) -> None:
+        """Close the connections whose request headers are overdue. One pass a tick for all
+        connections costs less than a timer armed and cancelled for every request."""
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        tick = min(1.0, self._header_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for handler in server.connections:
+                if isinstance(handler, _Handler) and handler.overdue(now):
+                    handler.force_close()
+
+    async def stop(self) -> None:
+        """Stop listening and sweeping."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await super().stop()
+
     async def start(self) -> None:
         """Listen; each accepted connection is handled or refused by `_protocol`."""
         await super().start()
         loop = asyncio.get_running_loop()
+        self._sweeper = asyncio.create_task(self._sweep(), name="header-deadlines")
         self._server = await loop.create_server(self._protocol, *self._where,
                                                 backlog=self._backlog, reuse_address=True)

@@ -23,7 +23,8 @@ def setup_body_deadline(app: web.Application, timeout_s: float) -> None:
         started = getattr(request.protocol, "request_started", None)
         if started is not None:  # the listener's connections: their header deadline is met
             started()
-        if request.body_exists:
+        # A body that came whole with the headers (most JSON bodies) needs no deadline.
+        if request.body_exists and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # kept by the request: handlers read it from memory

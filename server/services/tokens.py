@@ -87,14 +87,14 @@ class TokenService:
 
     async def verify(self, token: str) -> Principal:
         """The token's principal; AuthError if invalid, expired, revoked or its user is gone."""
-        if not _canonical(token):  # else `T=` would be a second cache entry of token `T`
-            raise AuthError("invalid or expired token")
-        principal = self._cache.get(token)
+        principal = self._cache.get(token)  # only canonical spellings are ever cached
         if principal is not None:
             if principal.expires_at > time.time() and principal.jti not in self._revoked:
                 self.stats.hits += 1
                 return principal
             self._cache.pop(token, None)
+        if not _canonical(token):  # else `T=` would be a second cache entry of token `T`
+            raise AuthError("invalid or expired token")
         self.stats.misses += 1
         try:
             claims = jwt.decode(token, self._key, algorithms=[_ALGORITHM],
