@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from workers.errors import JobCancelled
 from workers.pool import WorkerPool
 from workers.upstream import UpstreamClient, create_session
 
@@ -162,6 +163,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                                    app[keys.PASSWORDS], app[keys.POLICY], app[keys.TOKENS],
                                    app[keys.API_KEYS],
                                    app[keys.USAGE], pool.cancel_owner, pool.unblock_owner)
+    app[keys.ACCOUNTS].stop_jobs_with(lambda user_id: pool.cancel_owner(
+        user_id, JobCancelled("the account was deleted"), True))  # user ids are never reused
     app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers, app[keys.METRICS])
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield

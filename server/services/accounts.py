@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from ..storage import UserStore
@@ -66,6 +66,7 @@ class AccountService:
         self._policy = policy
         self._registration = registration
         self._admins = frozenset(name.casefold() for name in admins)
+        self._stop_jobs: Callable[[int], int] | None = None
 
     async def register(self, username: str, password: str, client: str) -> SignedIn:
         """Create an account and sign it in; Conflict when the name is taken."""
@@ -131,12 +132,15 @@ class AccountService:
         self._api_keys.forget_user(user["id"])
 
     async def bootstrap(self) -> list[str]:
-        """At start-up: make the listed admins active admins; with none listed, make the
-        oldest account admin when there is no admin. The names promoted."""
-        if self._admins:
-            return await self._users.promote(sorted(self._admins))
-        promoted = await self._users.ensure_admin()
-        return [promoted] if promoted else []
+        """At start-up: make the accounts listed in `auth.admins` active admins (the config
+        file wins). Nobody else is ever promoted here: an empty database's first account
+        is made admin when it registers, and a database from before roles had its oldest
+        account made admin once, by the migration. The names promoted."""
+        return await self._users.promote(sorted(self._admins)) if self._admins else []
+
+    def stop_jobs_with(self, stop: Callable[[int], int]) -> None:
+        """How to stop (and refuse) a deleted account's jobs: the worker pool's, once it runs."""
+        self._stop_jobs = stop
 
     async def logout(self, principal: Principal) -> None:
         """Revoke the token that signed this request (an API key is deleted, not signed out)."""
@@ -148,9 +152,11 @@ class AccountService:
         """Delete the account and everything it owns, once the password is confirmed."""
         user = principal.user
         await self.confirm_password(principal, password)
-        await self._users.delete(user["id"])
+        await self._users.delete(user["id"], keep_last_admin=True)
         self._tokens.forget_user(user["id"])
         self._api_keys.forget_user(user["id"])
+        if self._stop_jobs is not None:  # a stream started before the deletion stops now
+            self._stop_jobs(user["id"])
 
     def _throttle(self, key: Hashable, what: str) -> None:
         """Password attempts per client (or per account): logins, sign-ups, deletions."""

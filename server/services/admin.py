@@ -130,7 +130,7 @@ class AdminService:
         self._not_self(actor, user_id, "delete")
         user = await self._get(user_id)
         stopped = self._cancel_jobs(user_id, JobCancelled(
-            "the account was deleted by an administrator"), False)
+            "the account was deleted by an administrator"), True)  # ids are never reused
         if not await self._users.delete(user_id):
             raise NotFound("user not found")
         self._tokens.forget_user(user_id)

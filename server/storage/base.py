@@ -77,11 +77,9 @@ class UserStore(Protocol):
     async def promote(self, usernames: list[str]) -> list[str]:
         """Make these accounts active admins; the names that changed."""
 
-    async def ensure_admin(self) -> str | None:
-        """With no admin at all, make the oldest account one; its name, or None."""
-
-    async def delete(self, user_id: int) -> bool:
-        """Delete a user and everything they own."""
+    async def delete(self, user_id: int, keep_last_admin: bool = False) -> bool:
+        """Delete a user and everything they own; with `keep_last_admin`, Conflict when they
+        are the last active admin."""
 
 
 class TokenStore(Protocol):

@@ -189,6 +189,8 @@ CREATE TABLE audit_log (
     target TEXT,
     detail TEXT NOT NULL DEFAULT '{}'
 );
+-- A database from before roles: its oldest account (whoever set it up) administers it.
+UPDATE users SET role = 'admin' WHERE id = (SELECT min(id) FROM users);
 """
 
 MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6]

@@ -163,22 +163,17 @@ class SqliteUsers:
 
         return await self._db.write(op)
 
-    async def ensure_admin(self) -> str | None:
-        """With no admin at all, make the oldest account one; its name, or None."""
-
-        def op(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                "UPDATE users SET role = 'admin', status = 'active' WHERE id = "
-                "(SELECT min(id) FROM users) AND NOT EXISTS "
-                "(SELECT 1 FROM users WHERE role = 'admin') RETURNING username").fetchone()
-
-        row = await self._db.write(op)
-        return None if row is None else str(row[0])
-
-    async def delete(self, user_id: int) -> bool:
-        """Delete a user and, by cascade, everything they own."""
+    async def delete(self, user_id: int, keep_last_admin: bool = False) -> bool:
+        """Delete a user and, by cascade, everything they own; with `keep_last_admin`,
+        Conflict when they are the last active admin (nobody could administer then)."""
 
         def op(conn: sqlite3.Connection) -> bool:
+            if keep_last_admin and conn.execute(
+                    "SELECT 1 FROM users WHERE id = ? AND role = 'admin' AND status = 'active' "
+                    "AND (SELECT count(*) FROM users WHERE role = 'admin' "
+                    "AND status = 'active') = 1", (user_id,)).fetchone():
+                raise Conflict("the last administrator cannot delete their account: "
+                               "make another account admin first")
             return conn.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
 
         return await self._db.write(op)

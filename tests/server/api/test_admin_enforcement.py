@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from server import keys
 from server.runner import Running, start
@@ -18,6 +19,7 @@ from tests.support.app import User, db_of, make_config
 from tests.support.auth import cookie_session
 from tests.support.sse import events
 from vllm_sim import SimServer
+from workers.errors import OwnerBlocked
 
 
 async def sim(simulator: SimServer, path: str, body: dict[str, Any]) -> None:
@@ -195,3 +197,72 @@ async def test_a_verify_in_flight_during_an_admin_change_is_not_cached(server, r
         reads = db.stats.reads
         await verify(credential)
         assert db.stats.reads == reads + 1, verify  # read anew: the stale read was not cached
+
+
+async def test_deleting_ones_own_account_stops_its_streams_and_refuses_its_late_jobs(
+        tmp_path: Path, simulator: SimServer) -> None:
+    await sim(simulator, "/sim/config", {"tpot_ms": 30, "reply_tokens": 400})
+    running = await start(make_config(tmp_path, simulator.url, queue={"workers": 2}))
+    try:
+        async with aiohttp.ClientSession(running.url) as s:
+            async def sign_up(name: str) -> User:
+                async with s.post("/api/auth/register",
+                                  json={"username": name, "password": "correct horse"}) as r:
+                    return User(await r.json(), "correct horse")
+            await sign_up("boss")
+            user = await sign_up("leaver")
+            stream = await s.post("/api/chat", json={"message": "long", "stream": True},
+                                  headers=user.headers)
+            async for name, _ in events(stream):
+                if name == "message":
+                    break
+            async with s.delete("/api/auth/account", json={"password": "correct horse"},
+                                headers=user.headers) as r:
+                assert r.status == 204
+            last = None
+            async for name, data in events(stream):
+                last = (name, data)
+            stream.close()
+            assert last is not None and last[0] == "error", last
+            pool = running.app[keys.POOL]
+            for _ in range(200):
+                if pool.stats.running == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.stats.running == 0
+            with pytest.raises(OwnerBlocked):  # a request already past authentication
+                pool.reserve(user.id)
+    finally:
+        await running.stop()
+
+
+async def test_the_last_admin_cannot_delete_their_account(server, register) -> None:
+    admin = await register()
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.delete("/api/auth/account", json={"password": admin.password},
+                            headers=admin.headers) as r:
+            assert (r.status, code(await r.json())) == (409, "conflict")
+    assert (await call(server, admin, "GET", "/api/admin/users"))[0] == 200
+
+
+async def test_nobody_is_promoted_at_start_up_when_no_admin_is_left(tmp_path: Path,
+                                                                    simulator: SimServer) -> None:
+    config = make_config(tmp_path, simulator.url)
+    running = await start(config)
+    async with aiohttp.ClientSession(running.url) as s:
+        for name in ("first", "second"):
+            async with s.post("/api/auth/register",
+                              json={"username": name, "password": "correct horse"}) as r:
+                assert r.status == 201
+    def demote(conn: sqlite3.Connection) -> None:  # however the admin went away
+        conn.execute("UPDATE users SET role = 'user'")
+    await db_of(running).write(demote)
+    await running.stop()
+    running = await start(config)
+    try:
+        def roles(conn: sqlite3.Connection) -> list[Any]:
+            return [tuple(row) for row in
+                    conn.execute("SELECT role, status FROM users ORDER BY id")]
+        assert await db_of(running).read(roles) == [("user", "active"), ("user", "active")]
+    finally:
+        await running.stop()

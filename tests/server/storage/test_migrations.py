@@ -58,6 +58,8 @@ async def test_version_1_database_is_upgraded_in_place(tmp_path: Path, make_db: 
                             ).fetchone()[0] == 0
         conn.execute("INSERT INTO users (id, username, password_hash, created_at) "
                      "VALUES (1, 'olduser', 'hash', '2023-01-01T00:00:00.000Z')")
+        conn.execute("INSERT INTO users (id, username, password_hash, created_at) "
+                     "VALUES (2, 'later', 'hash', '2023-02-01T00:00:00.000Z')")
         conn.execute("INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
                      "VALUES (10, 1, 'old chat', '2023-01-01T00:00:00.000Z', "
                      "'2023-01-01T00:00:00.000Z')")
@@ -76,6 +78,10 @@ async def test_version_1_database_is_upgraded_in_place(tmp_path: Path, make_db: 
     assert await db.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == LATEST
     found = await SqliteUsers(db).credentials("olduser")
     assert found is not None and found[0]["id"] == 1 and found[1] == "hash"
+    # A file from before roles: its oldest account administers it, once; nobody else.
+    assert found[0].get("role") == "admin" and found[0].get("status") == "active"
+    later = await SqliteUsers(db).credentials("later")
+    assert later is not None and later[0].get("role") == "user"
     rows, cursor = await SqliteConversations(db).page(1, 10, None)
     assert cursor is None
     assert {r["id"]: r["message_count"] for r in rows} == {10: 3, 11: 0}
