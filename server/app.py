@@ -19,7 +19,7 @@ from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
 from .middleware.csrf import setup_csrf
-from .middleware.deadline import setup_body_deadline
+from .middleware.deadline import setup_body_deadline, setup_header_deadline
 from .middleware.errors import setup_errors
 from .middleware.headers import setup_headers
 from .middleware.metrics import setup_metrics
@@ -57,10 +57,11 @@ async def create_app(config: Config) -> web.Application:
     setup_access(app, server.access_log)  # outside the error middleware: sees final statuses
     setup_metrics(app)
     setup_errors(app)
-    setup_body_deadline(app, server.body_timeout_s)  # inside errors: a 413 is JSON too
+    setup_header_deadline(app)
     setup_headers(app)
     setup_sessions(app, secret, config.auth.token_ttl_s, server.proxy_hops)
     setup_auth(app)
+    setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
     app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _upstream, _pool, _chat])

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import keys
 from ..middleware.auth import optional_principal
+from ..middleware.forwarded import client_ip
+from ..services.gate import is_admin
 from .responses import json_response
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
@@ -29,7 +30,7 @@ async def ready(request: web.Request) -> web.Response:
     ready = await request.app[keys.STATUS].ready()
     body: dict[str, Any] = {"status": "unavailable" if ready.problems else "ok"}
     principal = await optional_principal(request)
-    if principal is not None and cast(Mapping[str, Any], principal.user).get("role") == "admin":
+    if principal is not None and is_admin(principal.user):
         body.update(model=ready.model, model_server=ready.model_server, queue=ready.queue,
                     problems=[{"kind": p.kind, "detail": p.detail} for p in ready.problems])
     return json_response(body, status=503 if ready.problems else 200)
@@ -37,8 +38,11 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format, for the addresses in `metrics.allow_from` only."""
-    config = request.app[keys.CONFIG].metrics
-    if not config.enabled or not _allowed(request.remote, config.allow_from):
+    config = request.app[keys.CONFIG]
+    # Behind a proxy on this host every peer is loopback: judge the client it forwards for.
+    hops = config.server.proxy_hops
+    remote = client_ip(request, hops) if hops else request.remote
+    if not config.metrics.enabled or not _allowed(remote, config.metrics.allow_from):
         raise web.HTTPNotFound()  # as if it were not there: nothing to probe
     return web.Response(body=request.app[keys.METRICS].render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
+_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _HEADERS = "Authorization, Content-Type"
 _EXPOSED = "X-Request-Id, Retry-After"  # readable by a listed origin's scripts too
 

@@ -14,15 +14,26 @@ from .errors import ApiError, invalid
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def setup_header_deadline(app: web.Application) -> None:
+    """Tell the connection its request's headers came (the listener's deadline is met)."""
+
+    @web.middleware
+    async def headers_came(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = getattr(request.protocol, "request_started", None)
+        if started is not None:  # the listener's connections (not the test client's)
+            started()
+        return await handler(request)
+
+    app.middlewares.append(headers_came)
+
+
 def setup_body_deadline(app: web.Application, timeout_s: float) -> None:
     """Read each body whole (at most `client_max_size`) within `timeout_s`, before the
-    handler runs; too slow: 408 and the connection closes."""
+    handler runs; too slow: 408 and the connection closes. Installed after authentication,
+    so nobody unauthenticated gets a body buffered outside the public routes."""
 
     @web.middleware
     async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = getattr(request.protocol, "request_started", None)
-        if started is not None:  # the listener's connections: their header deadline is met
-            started()
         # A body that came whole with the headers (most JSON bodies) needs no deadline.
         if request.body_exists and not request.content.is_eof():
             try:

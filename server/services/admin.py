@@ -12,7 +12,7 @@ from workers.errors import JobCancelled, WorkerError
 from ..storage import AuditStore, KeyStore, NotFound, UserStore
 from ..storage.rows import AdminUserRow, AuditRow, UserRow
 from .apikeys import ApiKeyService
-from .gate import require_admin
+from .gate import Forbidden, require_admin
 from .password_policy import PasswordPolicy
 from .passwords import Passwords
 from .tokens import Principal, TokenService
@@ -73,13 +73,13 @@ class AdminService:
     async def list_users(self, actor: Principal, limit: int,
                          cursor: str | None) -> tuple[list[AdminUserRow], str | None]:
         """A page of users by id, with this month's usage and last activity."""
-        require_admin(actor.user)
+        _require_admin(actor)
         return await self._users.page(limit, cursor, today()[:7] + "-01")
 
     async def create_user(self, actor: Principal, username: str, password: str | None,
                           role: str) -> Created:
         """Create an active account; it must change its password at first login."""
-        require_admin(actor.user)
+        _require_admin(actor)
         generated = temporary_password() if password is None else None
         if password is not None:
             self._policy.check(password, username)  # an admin's choice follows the same rules
@@ -91,7 +91,7 @@ class AdminService:
 
     async def approve(self, actor: Principal, user_id: int) -> UserRow:
         """Let a pending account in."""
-        require_admin(actor.user)
+        _require_admin(actor)
         if (await self._get(user_id)).get("status") != "pending":
             raise AdminConflict("only a pending account can be approved")
         user = await self._users.update(user_id, status="active")
@@ -116,7 +116,7 @@ class AdminService:
 
     async def enable(self, actor: Principal, user_id: int) -> UserRow:
         """Enable a disabled account again (it signs in anew; its old tokens stay dead)."""
-        require_admin(actor.user)
+        _require_admin(actor)
         if (await self._get(user_id)).get("status") != "disabled":
             raise AdminConflict("only a disabled account can be enabled")
         user = await self._users.update(user_id, status="active")
@@ -141,7 +141,7 @@ class AdminService:
     async def set_limits(self, actor: Principal, user_id: int,
                          limits: Mapping[str, Any]) -> UserRow:
         """Replace the user's cap overrides ({} = the config's defaults)."""
-        require_admin(actor.user)
+        _require_admin(actor)
         checked = check_limits(limits)
         before = (await self._get(user_id)).get("limits", {})
         user = await self._users.update(user_id, limits=checked)
@@ -165,7 +165,7 @@ class AdminService:
     async def audit(self, actor: Principal, limit: int,
                     cursor: str | None) -> tuple[list[AuditRow], str | None]:
         """A page of the audit log, newest first."""
-        require_admin(actor.user)
+        _require_admin(actor)
         return await self._audit.page(limit, cursor)
 
     async def _get(self, user_id: int) -> UserRow:
@@ -175,7 +175,7 @@ class AdminService:
         return user
 
     def _not_self(self, actor: Principal, user_id: int, what: str) -> None:
-        require_admin(actor.user)
+        _require_admin(actor)
         if actor.user["id"] == user_id:
             raise AdminConflict(f"an administrator cannot {what} their own account here")
 
@@ -201,3 +201,11 @@ def check_limits(limits: Mapping[str, Any]) -> dict[str, int]:
             raise InvalidAdminRequest(f"{name} must be a whole number from 0", "limits")
         checked[name] = value
     return checked
+
+
+def _require_admin(actor: Principal) -> None:
+    """An active administrator, signed in: an API key (a script's credential) never
+    administers, so a leaked key cannot take over accounts."""
+    require_admin(actor.user)
+    if actor.key is not None:
+        raise Forbidden("administration needs a signed-in session, not an API key")

@@ -35,7 +35,13 @@ def admit(user: UserRow, ungated: bool = False) -> None:
             "your password was reset: change it with POST /api/auth/password first")
 
 
+def is_admin(user: UserRow) -> bool:
+    """Whether the user is an active administrator who needs no password change."""
+    return user.get("role") == "admin" and user.get("status", "active") == "active" \
+        and not user.get("must_change_password")
+
+
 def require_admin(user: UserRow) -> None:
     """Forbidden unless the user is an active administrator."""
-    if user.get("role") != "admin" or user.get("status", "active") != "active":
+    if not is_admin(user):
         raise Forbidden("only an administrator may do this")

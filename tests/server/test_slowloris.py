@@ -121,6 +121,21 @@ async def test_dripping_body_gets_408_and_is_closed(edge: Proc) -> None:
     assert orjson.loads(body)["error"]["code"] == "request_timeout"
 
 
+async def test_an_unauthenticated_body_is_never_waited_for(edge: Proc) -> None:
+    """A guarded route answers 401 at once, without waiting for (or buffering) a body that
+    is still coming: only the public routes read a body before authentication."""
+    reader, writer = await _connect(edge.url)
+    writer.write(b"POST /api/conversations HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+    drip = asyncio.create_task(_drip(writer, b" ", 0.2))
+    try:
+        head = (await _answer(reader)).split(b"\r\n")[0]
+    finally:
+        drip.cancel()
+        writer.close()
+    assert head.split(b" ")[1] == b"401"
+
+
 async def test_server_answers_during_a_slowloris_attack(tmp_path: Path, simulator) -> None:
     """250 connections dripping headers: a normal client still gets its answers."""
     proc = await start_server_process(tmp_path / "edge.db", simulator.url)

@@ -266,3 +266,13 @@ async def test_nobody_is_promoted_at_start_up_when_no_admin_is_left(tmp_path: Pa
         assert await db_of(running).read(roles) == [("user", "active"), ("user", "active")]
     finally:
         await running.stop()
+
+
+async def test_an_api_key_never_administers(server, register) -> None:
+    """A script's key is not an admin's session: a leaked key cannot take over accounts."""
+    admin = await register()
+    key = await new_key(server, admin)
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.get("/api/admin/users", headers=bearer(key)) as r:
+            assert (r.status, code(await r.json())) == (403, "forbidden")
+    assert (await call(server, admin, "GET", "/api/admin/users"))[0] == 200

@@ -115,6 +115,25 @@ async def test_not_open_to_the_world(tmp_path: Path, simulator: SimServer,
         await running.stop()
 
 
+async def test_behind_a_proxy_on_this_host_the_forwarded_client_is_judged(
+        tmp_path: Path, simulator: SimServer) -> None:
+    """Every peer of a same-host proxy is loopback: the client it forwards for decides."""
+    running = await start(make_config(tmp_path, simulator.url,
+                                      server={"trusted_proxy_hops": 1}))
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{running.url}/metrics",
+                             headers={"X-Forwarded-For": "8.8.8.8"}) as resp:
+                assert resp.status == 404  # from the internet, through the proxy
+            async with s.get(f"{running.url}/metrics",
+                             headers={"X-Forwarded-For": "8.8.8.8, 127.0.0.1"}) as resp:
+                assert resp.status == 200  # the proxy says: from loopback (a local scraper)
+            async with s.get(f"{running.url}/metrics") as resp:
+                assert resp.status == 200  # scraped directly, not through the proxy
+    finally:
+        await running.stop()
+
+
 async def test_rejections_are_counted_by_reason(
         tmp_path: Path, simulator: SimServer) -> None:
     running = await start(make_config(tmp_path, simulator.url,
