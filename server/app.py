@@ -109,6 +109,13 @@ def _accounts(secret: str) -> Context:
             log.warning("made admin at start-up: %s", ", ".join(promoted))
             await storage.audit.add(None, "(config)", "user.promote", None,
                                     ", ".join(promoted), {"names": promoted})
+        unclaimed = await accounts.unclaimed_admins()
+        if unclaimed:
+            log.warning("auth.admins names with no account yet (whoever registers one first "
+                        "becomes admin): %s", ", ".join(unclaimed))
+        if a.registration_mode == "closed" and not a.admins:
+            log.warning("registration is closed and auth.admins is empty: nobody can sign up; "
+                        "only an existing administrator can create accounts")
         app[keys.METRICS].watch_cache(lambda: (tokens.stats.hits, tokens.stats.misses))
         yield
         passwords.close()

@@ -138,7 +138,7 @@ def from_domain(err: BaseException) -> ApiError | None:
     if isinstance(err, WrongPassword):
         return ApiError(403, "wrong_password", str(err))
     if isinstance(err, WeakPassword):
-        return ApiError(400, "weak_password", str(err), field="password")
+        return ApiError(400, "weak_password", str(err), field=err.field)
     if isinstance(err, RegistrationClosed):
         return ApiError(403, "registration_closed", str(err))
     mapped = _from_gate(err)

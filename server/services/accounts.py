@@ -9,7 +9,7 @@ from ..storage import UserStore
 from ..storage.rows import UserRow
 from .apikeys import ApiKeyService
 from .gate import AccountDisabled
-from .password_policy import PasswordPolicy
+from .password_policy import PasswordPolicy, WeakPassword
 from .passwords import Passwords
 from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
 from .tokens import Principal, TokenService
@@ -126,8 +126,11 @@ class AccountService:
             raise WrongPassword("the current password is not correct")
         if new == current:
             raise SamePassword("the new password must differ from the current one")
-        await self._users.update(user["id"], password_hash=await self.new_password_hash(
-            user["username"], new), must_change_password=False)
+        try:
+            hashed = await self.new_password_hash(user["username"], new)
+        except WeakPassword as err:
+            raise WeakPassword(str(err), "new_password") from None
+        await self._users.update(user["id"], password_hash=hashed, must_change_password=False)
         self._tokens.refresh_user(user["id"])  # cached principals still say "must change"
         self._api_keys.forget_user(user["id"])
 
@@ -137,6 +140,11 @@ class AccountService:
         is made admin when it registers, and a database from before roles had its oldest
         account made admin once, by the migration. The names promoted."""
         return await self._users.promote(sorted(self._admins)) if self._admins else []
+
+    async def unclaimed_admins(self) -> list[str]:
+        """Names in `auth.admins` with no account yet: whoever registers one first is admin."""
+        return [name for name in sorted(self._admins)
+                if await self._users.credentials(name) is None]
 
     def stop_jobs_with(self, stop: Callable[[int], int]) -> None:
         """How to stop (and refuse) a deleted account's jobs: the worker pool's, once it runs."""

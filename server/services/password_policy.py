@@ -13,7 +13,11 @@ COMMON_FILE = Path(__file__).resolve().parent.parent / "resources" / "common_pas
 
 
 class WeakPassword(Exception):
-    """A new password that the policy refuses; the message says why."""
+    """A new password that the policy refuses; the message says why, `field` where it was."""
+
+    def __init__(self, message: str, field: str = "password") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def normalise(password: str) -> str:

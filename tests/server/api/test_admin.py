@@ -3,6 +3,7 @@ budgets, password resets and the audit log."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,20 @@ async def test_a_password_an_admin_chooses_follows_the_password_rules(server, re
     status, body = await call(server, admin, "POST", "/api/admin/users",
                               {"username": "newcomer", "password": "quiet-lantern-42"})
     assert status == 201 and "password" not in body
+
+
+async def test_a_weak_new_password_names_the_new_password_field(server, register) -> None:
+    user = await register()
+    status, body = await call(server, user, "POST", "/api/auth/password",
+                              {"current_password": user.password, "new_password": "password123"})
+    assert (status, code(body), body["error"]["field"]) == (400, "weak_password", "new_password")
+
+
+async def test_start_up_warns_about_unclaimed_admin_names_and_a_closed_door(
+        custom, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server.app")
+    await custom(auth={"admins": ["ghost"]})
+    assert "auth.admins names with no account yet" in caplog.text and "ghost" in caplog.text
+    caplog.clear()
+    await custom(auth={"registration": "closed"})
+    assert "nobody can sign up" in caplog.text
