@@ -6,6 +6,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,20 @@ async def start(config: Config) -> Running:
     except BaseException:
         await runner.cleanup()
         raise
+    _check_file_limit(server.max_connections)
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     return Running(app, runner, f"http://{shown}:{port}")
+
+
+def _check_file_limit(max_connections: int) -> None:
+    """A connection cap above the open-file limit is no cap: accept() fails first."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare = 256  # the database, the model server's connections, the renderer, logs
+    if soft != resource.RLIM_INFINITY and max_connections + spare > soft:
+        log.warning("server.max_connections is %d but the open-file limit is %d: raise it "
+                    "(ulimit -n %d) or lower server.max_connections to %d", max_connections,
+                    soft, max_connections + spare, max(1, soft - spare))
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
