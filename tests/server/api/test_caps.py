@@ -224,6 +224,7 @@ async def test_stored_text_cap_is_413_on_every_write_and_stores_nothing(custom: 
 
 async def test_counters_follow_every_write_and_deleted_users(custom: Custom) -> None:
     server = await custom()
+    await register_over_http(server.url, "admin")  # the last admin could not leave
     user = await register_over_http(server.url, "leaver")
     async with aiohttp.ClientSession(server.url) as s:
         async with s.post("/api/chat", json={"message": "hello"}, headers=user.headers) as resp:
@@ -249,8 +250,9 @@ async def test_counters_follow_every_write_and_deleted_users(custom: Custom) -> 
                             headers=user.headers) as resp:
             assert resp.status == 204, await resp.text()
     rows = await storage_of(server).db.read(
-        lambda c: c.execute("SELECT count(*) FROM user_storage").fetchone()[0])
-    assert rows == 0
+        lambda c: c.execute("SELECT count(*) FROM user_storage WHERE user_id = ?",
+                            (user.id,)).fetchone()[0])
+    assert rows == 0  # the admin's row stays; the leaver's went with the account
 
 
 # --- per-user overrides ----------------------------------------------------------------------
