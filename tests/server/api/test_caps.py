@@ -95,6 +95,58 @@ async def test_a_user_at_the_running_cap_waits_while_others_are_served(
         third.close()
 
 
+async def test_a_v1_request_for_n_sequences_weighs_n_against_the_running_cap(
+        custom: Custom, simulator: SimServer) -> None:
+    server = await custom(queue={"workers": 4, "max_running_per_user": 4})
+    a, b = [await register_over_http(server.url, n) for n in ("alice", "bob")]
+    async with aiohttp.ClientSession() as control:
+        async with control.post(f"{simulator.root_url}/sim/faults",
+                                json={"mode": "hang_after_first", "count": 1}) as resp:
+            assert resp.status == 200
+    body = {"model": "vllm-simulator", "stream": True, "max_tokens": 8, "n": 4,
+            "messages": [{"role": "user", "content": "four at once"}]}
+    pool = server.app[keys.POOL]
+    async with aiohttp.ClientSession(server.url) as s:
+        # One worker, four sequences at the model server: alice's whole cap.
+        held = await s.post("/v1/chat/completions", json=body, headers=a.headers)
+        assert held.status == 200  # headers come with the model's first bytes: it runs
+        assert pool.queue.running(a.id) == 4
+        # Three workers are free, but alice's next request would pass her cap: it waits...
+        second = await s.post("/api/chat", json={"message": "second", "stream": True},
+                              headers=a.headers)
+        stream = events(second)
+        assert (await anext(stream))[0] == "meta"
+        assert await anext(stream) == ("queued", {"position": 0})
+        # ...while bob, who came later, takes a free worker at once.
+        async with s.post("/api/chat", json={"message": "bob's"}, headers=b.headers) as resp:
+            assert resp.status == 200, await resp.text()
+        assert pool.queue.qsize() == 1 and pool.queue.running(a.id) == 4
+        held.close()  # alice's heavy request ends: her waiting one runs
+        rest = [event async for event in stream]
+        assert rest[-1][0] == "done" and any(name == "message" for name, _ in rest)
+        second.close()
+    async with aiohttp.ClientSession() as control:  # n went to the model server untouched
+        async with control.get(f"{simulator.root_url}/sim/requests") as resp:
+            assert (await resp.json())[0]["n"] == 4
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("n", 0), ("n", 129), ("n", -1), ("n", "4"), ("n", True), ("n", 2.5),
+    ("best_of", 0), ("best_of", 1000), ("best_of", "many")])
+async def test_absurd_n_or_best_of_is_400_in_openais_shape(
+        custom: Custom, field: str, value: Any) -> None:
+    server = await custom()
+    user = await register_over_http(server.url, "greedy")
+    body = {"model": "vllm-simulator", "prompt": "x", field: value}
+    async with aiohttp.ClientSession(server.url) as s:
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            sent = {**body, "messages": [{"role": "user", "content": "x"}]}
+            async with s.post(path, json=sent, headers=user.headers) as resp:
+                err = await error_of(resp, 400, "invalid_request")
+                assert err["param"] == field and err["type"] == "invalid_request_error"
+                assert "1 to 128" in err["message"]
+
+
 # --- conversation creation rate and count ----------------------------------------------------
 
 
