@@ -96,7 +96,8 @@ def _accounts(secret: str) -> Context:
         failures = FailureBackoff(config.limits.login_failures_per_account,
                                   config.limits.login_backoff_max_s)
         policy = PasswordPolicy(await asyncio.to_thread(load_common))  # a file read: off the loop
-        api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size)
+        api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size,
+                                 app[keys.CAPS])
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
         app[keys.ACCOUNTS] = accounts = AccountService(

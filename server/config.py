@@ -90,6 +90,7 @@ class LimitsConfig:
     conversations_per_user_per_minute: int = 30  # 0 = no limit
     max_conversations_per_user: int = 10_000  # 0 = no cap
     max_stored_chars_per_user: int = 100_000_000  # titles + message text; 0 = no cap
+    max_api_keys_per_user: int = 100  # API keys one user may have at once; 0 = no cap
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ class Job:
     # Most of this owner's jobs that may run at once (the user's cap, set by whoever queues
     # it); None = the pool's default, 0 = no cap.
     max_running: int | None = None
+    # How many sequences the job asks the model for (an OpenAI request's n or best_of): what
+    # it counts against its owner's running cap, since vLLM carries each as a sequence.
+    weight: int = 1
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

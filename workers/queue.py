@@ -12,8 +12,10 @@ from .job import Job
 class _Lanes:
     """Per-owner FIFO lanes; the dict's order is the rotation order.
 
-    `taken` counts each owner's jobs handed to a worker and not yet done: an owner at their
-    running cap is passed over (keeping their turn) until one of their jobs ends.
+    `taken` sums the weights (sequences asked of the model) of each owner's jobs handed to a
+    worker and not yet done: an owner whose next job would take them past their running cap
+    is passed over (keeping their turn) until one of their jobs ends. An owner with nothing
+    running may always start their next job, so one heavier than the cap runs, alone.
     """
 
     def __init__(self, max_running: int) -> None:
@@ -37,10 +39,11 @@ class _Lanes:
         self.size += 1
 
     def ready(self, owner: Hashable, lane: deque[Job]) -> bool:
-        """May a worker take this owner's next job now (are they under their running cap)?"""
-        head = lane[0].max_running
-        cap = self.max_running if head is None else head
-        return not cap or self.taken[owner] < cap
+        """May a worker take this owner's next job now (does its weight fit their cap)?"""
+        head = lane[0]
+        cap = self.max_running if head.max_running is None else head.max_running
+        running = self.taken[owner]
+        return not cap or not running or running + head.weight <= cap
 
     def next_owner(self) -> Hashable | None:
         """The first owner in the rotation whose next job may run now, or None."""
@@ -54,8 +57,9 @@ class _Lanes:
         owner = self.next_owner()
         if owner is None:
             raise asyncio.QueueEmpty
-        self.taken[owner] += 1
-        return self.take(owner)
+        job = self.take(owner)
+        self.taken[owner] += job.weight
+        return job
 
     def take(self, owner: Hashable) -> Job:
         """The owner's next job; the owner goes to the back of the rotation (owners passed
@@ -67,10 +71,10 @@ class _Lanes:
         self.size -= 1
         return job
 
-    def done(self, owner: Hashable) -> None:
-        self.taken[owner] -= 1
-        if self.taken[owner] <= 0:
-            del self.taken[owner]
+    def done(self, job: Job) -> None:
+        self.taken[job.owner] -= job.weight
+        if self.taken[job.owner] <= 0:
+            del self.taken[job.owner]
 
     def remove(self, job: Job) -> bool:
         lane = self.lanes.get(job.owner)
@@ -88,7 +92,8 @@ class _Lanes:
 
 class FairQueue(asyncio.Queue[Job]):
     """asyncio.Queue with per-owner round-robin order (overriding _init/_put/_get, as
-    PriorityQueue does) and a cap on each owner's running jobs.
+    PriorityQueue does) and a cap on each owner's running weight (the sequences their
+    running jobs ask of the model; a job's `weight`, 1 for most).
 
     `empty()` means "no job a worker may take now": `get()` waits while every waiting job's
     owner is at their running cap; `qsize()` still counts every waiting job. Whoever takes a
@@ -120,12 +125,13 @@ class FairQueue(asyncio.Queue[Job]):
         return self._queue.next_owner() is None
 
     def running(self, owner: Hashable) -> int:
-        """How many of this owner's jobs were taken and are not done yet."""
+        """The weight (sequences asked of the model) of this owner's jobs taken and not done
+        yet: the number of jobs when each asks for one."""
         return self._queue.taken[owner]
 
     def done(self, job: Job) -> None:
         """A job taken from the queue has ended: its owner may run another."""
-        self._queue.done(job.owner)
+        self._queue.done(job)
         if not self.empty():
             self._wakeup_next(self._getters)  # type: ignore[attr-defined]
 

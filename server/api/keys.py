@@ -9,6 +9,7 @@ from aiohttp import web
 from .. import keys
 from ..middleware.auth import principal_of
 from ..middleware.errors import invalid
+from ..services.text import visible
 from .responses import json_response
 from .validation import ident, number, read_json, text
 
@@ -40,13 +41,18 @@ def _expiry(value: object) -> int | None:
 async def create_key(request: web.Request) -> web.Response:
     """A new API key; the answer is the only place the key is ever shown."""
     body = await read_json(request, _FIELDS)
-    name = text(body, "name", min_len=1, max_len=100)
-    assert name is not None
+    raw = text(body, "name", min_len=1, max_len=100)
+    assert raw is not None
+    name = visible(raw)  # bidi controls and invisible characters spoof labels, as in titles
+    if not name:
+        raise invalid("'name' must have a visible character", "name")
     rpm = number(body, "rpm", low=1, high=1_000_000, integer=True)
     tpm = number(body, "tpm", low=1, high=1_000_000_000, integer=True)
+    user = principal_of(request).user
     row, key = await request.app[keys.API_KEYS].create(
-        principal_of(request).user["id"], name, _expiry(body.get("expires_at")),
-        None if rpm is None else int(rpm), None if tpm is None else int(tpm))
+        user["id"], name, _expiry(body.get("expires_at")),
+        None if rpm is None else int(rpm), None if tpm is None else int(tpm),
+        limits=user.get("limits"))
     return json_response({**row, "key": key}, status=201)
 
 

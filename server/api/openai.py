@@ -16,7 +16,7 @@ from .. import keys
 from ..middleware.access import request_id_of
 from ..middleware.auth import principal_of
 from ..middleware.errors import ApiError, from_domain, invalid
-from ..services.completions import Forwarded
+from ..services.completions import MAX_SEQUENCES, Forwarded
 from .responses import json_response
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
@@ -103,6 +103,11 @@ async def _body(request: web.Request, needed: str) -> dict[str, Any]:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid("'stream' must be true or false", "stream")
+    for name in ("n", "best_of"):  # each sequence weighs on the user's running cap
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 1 <= value <= MAX_SEQUENCES):
+            raise invalid(f"'{name}' must be a whole number from 1 to {MAX_SEQUENCES}", name)
     return body
 
 

@@ -44,6 +44,7 @@ from ..storage import (
     NotFound,
     StorageQuotaExceeded,
     TooManyConversations,
+    TooManyKeys,
 )
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def from_domain(err: BaseException) -> ApiError | None:
     if isinstance(err, TooManyConversations):
         return ApiError(429, "too_many_conversations", str(err),
                         limit="max_conversations_per_user")
+    if isinstance(err, TooManyKeys):
+        return ApiError(429, "too_many_keys", str(err), limit="max_api_keys_per_user")
     if isinstance(err, StorageQuotaExceeded):
         return ApiError(413, "storage_quota_exceeded", str(err),
                         limit="max_stored_chars_per_user")

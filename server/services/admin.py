@@ -22,7 +22,7 @@ from .usage import UsageMeter, today
 # section, but max_running_per_user: queue section). Enforced where each cap is enforced.
 LIMIT_KEYS = frozenset({"monthly_tokens_per_user", "max_running_per_user",
                         "conversations_per_user_per_minute", "max_conversations_per_user",
-                        "max_stored_chars_per_user"})
+                        "max_stored_chars_per_user", "max_api_keys_per_user"})
 _LIMIT_MAX = 2**53  # JSON-safe; far beyond any real cap
 
 

@@ -12,6 +12,7 @@ from cachetools import TTLCache
 
 from ..storage import KeyStore
 from ..storage.rows import KeyRow, UserRow, now_iso
+from .caps import Caps, Overrides
 from .tokens import AuthError, KeyGrant, Principal
 
 KEY_MARK = "cg-"  # every key starts so: the auth middleware tells keys from tokens by it
@@ -26,8 +27,10 @@ def is_api_key(token: str) -> bool:
 class ApiKeyService:
     """Creates, lists, deletes and verifies API keys; a deleted key is dead at once."""
 
-    def __init__(self, store: KeyStore, secret: str, cache_ttl_s: int, cache_size: int) -> None:
+    def __init__(self, store: KeyStore, secret: str, cache_ttl_s: int, cache_size: int,
+                 caps: Caps) -> None:
         self._store = store
+        self._caps = caps
         # A fast keyed hash is right for random 256-bit keys (Argon2 is for passwords).
         self._hmac_key = hashlib.sha256(b"chatgate-api-keys:" + secret.encode()).digest()
         self._cache: TTLCache[str, Principal] = TTLCache(cache_size, cache_ttl_s)
@@ -36,12 +39,13 @@ class ApiKeyService:
         self._generation = 0  # bumped when a user's cache is dropped (rare: admin actions)
 
     async def create(self, user_id: int, name: str, expires_at: int | None, rpm: int | None,
-                     tpm: int | None) -> tuple[KeyRow, str]:
-        """A new key for the user: its row, and the key itself (never stored, shown once)."""
+                     tpm: int | None, limits: Overrides = None) -> tuple[KeyRow, str]:
+        """A new key for the user: its row, and the key itself (never stored, shown once);
+        TooManyKeys past the user's `max_api_keys_per_user` (`limits`: their overrides)."""
         prefix = secrets.token_hex(_PREFIX_LEN // 2)
         key = f"{KEY_MARK}{prefix}{secrets.token_urlsafe(32)}"
         row = await self._store.create(user_id, name, prefix, self._hash(key), expires_at, rpm,
-                                       tpm)
+                                       tpm, self._caps.api_keys(limits))
         return row, key
 
     async def list(self, user_id: int) -> list[KeyRow]:

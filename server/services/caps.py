@@ -53,6 +53,11 @@ class Caps:
             self.value(overrides, "max_stored_chars_per_user",
                        self._limits.max_stored_chars_per_user))
 
+    def api_keys(self, overrides: Overrides) -> int:
+        """How many API keys the user may have (0 = no cap)."""
+        return self.value(overrides, "max_api_keys_per_user",
+                          self._limits.max_api_keys_per_user)
+
     def new_conversation(self, user_id: int, overrides: Overrides) -> None:
         """Count one new conversation; ConversationsTooFast past the user's rate."""
         per_minute = self.value(overrides, "conversations_per_user_per_minute",

@@ -20,6 +20,9 @@ from .tokens import KeyGrant
 from .usage import UsageMeter
 
 MODELS_TTL_S = 10.0  # how long the model server's model list is trusted
+# Most sequences (`n`, `best_of`) one request may ask the model for: a bound on what a single
+# job weighs against its owner's running cap, far above any sane use.
+MAX_SEQUENCES = 128
 Outcome = jobs.Finished | jobs.Failed
 
 
@@ -117,7 +120,7 @@ class CompletionService:
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         job = jobs.Job(owner=user_id, request=jobs.ForwardRequest(path, body, stream,
                                                                   hide_usage, request_id),
-                       max_running=self._caps.running(limits))
+                       max_running=self._caps.running(limits), weight=weight_of(body))
 
         def ended(_: Forwarded, outcome: Outcome) -> None:
             self._metrics.job_ended(job, outcome)
@@ -152,6 +155,12 @@ class CompletionService:
         if wait is not None:
             raise RateLimited(wait, "this API key's tokens-per-minute limit is reached")
         return reserve
+
+
+def weight_of(body: dict[str, Any]) -> int:
+    """The sequences a request asks the model for, max(1, n, best_of): what its job counts
+    against its owner's running cap (vLLM carries each as a sequence)."""
+    return max(1, _int(body.get("n")), _int(body.get("best_of")))
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:

@@ -31,6 +31,7 @@ from .errors import (
     StorageError,
     StorageQuotaExceeded,
     TooManyConversations,
+    TooManyKeys,
 )
 from .sqlite import open_sqlite
 
@@ -49,6 +50,6 @@ __all__ = [
     "NO_QUOTA", "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor",
     "KeyStore", "MessageStore", "NotFound", "OverQuota", "Quota", "QuotaStore", "SchemaTooNew",
     "SearchStore", "Storage", "StorageError", "StorageQuotaExceeded", "StorageStats",
-    "TokenStore", "TooManyConversations", "UsageDelta", "UsageStore", "UserStore",
+    "TokenStore", "TooManyConversations", "TooManyKeys", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

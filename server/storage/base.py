@@ -151,8 +151,10 @@ class KeyStore(Protocol):
     """API keys: only a keyed hash of each is stored."""
 
     async def create(self, user_id: int, name: str, prefix: str, key_hash: str,
-                     expires_at: int | None, rpm: int | None, tpm: int | None) -> KeyRow:
-        """Store a new key's hash under its (unique) prefix."""
+                     expires_at: int | None, rpm: int | None, tpm: int | None,
+                     max_keys: int = 0) -> KeyRow:
+        """Store a new key's hash under its (unique) prefix; TooManyKeys when the user
+        already has `max_keys` (0 = no cap), checked inside the write itself."""
 
     async def list(self, user_id: int) -> list[KeyRow]:
         """The user's keys, newest first."""

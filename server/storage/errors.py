@@ -35,3 +35,7 @@ class TooManyConversations(OverQuota):
 
 class StorageQuotaExceeded(OverQuota):
     """The user's stored text would pass the most they may keep."""
+
+
+class TooManyKeys(StorageError):
+    """The user already has the most API keys they may; no key was made."""

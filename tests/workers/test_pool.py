@@ -348,6 +348,36 @@ async def test_a_jobs_own_running_cap_overrides_the_pools(
         j.cancel()
 
 
+async def test_a_job_asking_for_many_sequences_counts_as_many_against_the_running_cap(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    pool = make_pool(workers=3, max_running=4)
+    await fault(control, sim, "hang_after_first")  # a's n=4 job holds its worker
+    heavy = job("a", "heavy")
+    heavy.weight = 4  # four sequences at the model server: the whole cap
+    pool.submit(heavy)
+    await next_event(heavy, Delta)
+    second = job("a", "second")
+    pool.submit(second)  # two workers are free, but a's running weight is at the cap
+    other = job("b", "other")
+    pool.submit(other)  # queued after a's job, served first
+    assert_finished(await collect(other), "other")
+    assert second.state == "queued" and pool.queue.running("a") == 4
+    assert pool.stats.running == 1
+    heavy.cancel()  # the heavy job ends: a's waiting job runs at once
+    assert_finished(await collect(second), "second")
+    await wait_for(lambda: pool.stats.running == 0 and pool.queue.running("a") == 0)
+
+
+async def test_a_job_heavier_than_the_running_cap_still_runs_alone(
+        make_pool: MakePool, sim: SimServer) -> None:
+    pool = make_pool(workers=2, max_running=2)
+    huge = job("a", "huge")
+    huge.weight = 64
+    pool.submit(huge)
+    assert_finished(await collect(huge), "huge")
+    await wait_for(lambda: pool.queue.running("a") == 0)
+
+
 # --- rate limit and shutdown ---------------------------------------------------------------
 
 

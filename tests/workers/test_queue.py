@@ -119,3 +119,44 @@ async def test_a_jobs_own_cap_wins_over_the_queue_default() -> None:
         q.put_nowait(j)
     assert [q.get_nowait().owner for _ in range(3)] == ["a", "a", "a"]
     assert q.running("a") == 3
+
+
+def weighed(owner: str, weight: int) -> Job:
+    """A job that asks the model for `weight` sequences (an OpenAI request's n)."""
+    j = job(owner)
+    j.weight = weight
+    return j
+
+
+async def test_a_users_running_weight_counts_against_the_cap_not_their_job_count() -> None:
+    q = FairQueue(100, max_running=4)
+    heavy, light, other = weighed("a", 4), job("a"), job("b")
+    for j in (heavy, light, other):
+        q.put_nowait(j)
+    assert q.get_nowait() is heavy and q.running("a") == 4  # n=4: the whole cap
+    assert q.get_nowait() is other  # a's second job would take them past it: it waits
+    assert q.qsize() == 1 and q.empty()
+    q.done(heavy)
+    assert q.get_nowait() is light and q.running("a") == 1
+
+
+async def test_jobs_whose_weights_fit_the_cap_run_together() -> None:
+    q = FairQueue(100, max_running=4)
+    for _ in range(3):
+        q.put_nowait(weighed("a", 2))
+    first, second = q.get_nowait(), q.get_nowait()
+    assert q.running("a") == 4 and q.qsize() == 1 and q.empty()  # 2 + 2 fit, a third not
+    q.done(first)
+    q.done(second)
+    assert q.running("a") == 0
+
+
+async def test_a_job_heavier_than_the_cap_runs_alone() -> None:
+    q = FairQueue(100, max_running=4)
+    huge, small = weighed("a", 64), job("a")
+    q.put_nowait(huge)
+    q.put_nowait(small)
+    assert q.get_nowait() is huge and q.running("a") == 64  # nothing else ran: it may start
+    assert q.empty()  # ...and nothing of a's runs beside it
+    q.done(huge)
+    assert q.get_nowait() is small and q.running("a") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, cast
 
-from ..errors import NotFound
+from ..errors import NotFound, TooManyKeys
 from ..rows import USER_COLUMNS, KeyRow, UserRow, now_iso, user_row
 from .db import Database
 
@@ -25,11 +25,22 @@ class SqliteKeys:
         self._db = db
 
     async def create(self, user_id: int, name: str, prefix: str, key_hash: str,
-                     expires_at: int | None, rpm: int | None, tpm: int | None) -> KeyRow:
-        """Store a new key's hash under its prefix."""
+                     expires_at: int | None, rpm: int | None, tpm: int | None,
+                     max_keys: int = 0) -> KeyRow:
+        """Store a new key's hash under its prefix; TooManyKeys past `max_keys` (0 = none)."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> KeyRow:
+            # Counted inside the write's own transaction: writes are serialised, so a burst
+            # of parallel creations cannot pass the cap together. Expired keys count until
+            # deleted (else short-lived keys would pile up rows without bound).
+            if max_keys:
+                have = conn.execute("SELECT count(*) FROM api_keys WHERE user_id = ?",
+                                    (user_id,)).fetchone()[0]
+                if have >= max_keys:
+                    raise TooManyKeys(
+                        f"you already have {have:,} API keys, the most one account may have "
+                        f"({max_keys:,}); delete one you no longer use to make another")
             cur = conn.execute(
                 "INSERT INTO api_keys (user_id, name, prefix, hash, created_at, expires_at, rpm, "
                 "tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

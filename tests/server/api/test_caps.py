@@ -15,6 +15,7 @@ from server.config import LimitsConfig
 from server.runner import Running, start
 from server.services.usage import QuotaExceeded
 from server.storage import TooManyConversations
+from tests.support.admin import call
 from tests.support.app import User, error_of, make_config, register_over_http, storage_of
 from tests.support.sse import events
 from vllm_sim import SimServer
@@ -93,6 +94,58 @@ async def test_a_user_at_the_running_cap_waits_while_others_are_served(
         assert rest[-1][0] == "done" and any(name == "message" for name, _ in rest)
         held_chat.close()
         third.close()
+
+
+async def test_a_v1_request_for_n_sequences_weighs_n_against_the_running_cap(
+        custom: Custom, simulator: SimServer) -> None:
+    server = await custom(queue={"workers": 4, "max_running_per_user": 4})
+    a, b = [await register_over_http(server.url, n) for n in ("alice", "bob")]
+    async with aiohttp.ClientSession() as control:
+        async with control.post(f"{simulator.root_url}/sim/faults",
+                                json={"mode": "hang_after_first", "count": 1}) as resp:
+            assert resp.status == 200
+    body = {"model": "vllm-simulator", "stream": True, "max_tokens": 8, "n": 4,
+            "messages": [{"role": "user", "content": "four at once"}]}
+    pool = server.app[keys.POOL]
+    async with aiohttp.ClientSession(server.url) as s:
+        # One worker, four sequences at the model server: alice's whole cap.
+        held = await s.post("/v1/chat/completions", json=body, headers=a.headers)
+        assert held.status == 200  # headers come with the model's first bytes: it runs
+        assert pool.queue.running(a.id) == 4
+        # Three workers are free, but alice's next request would pass her cap: it waits...
+        second = await s.post("/api/chat", json={"message": "second", "stream": True},
+                              headers=a.headers)
+        stream = events(second)
+        assert (await anext(stream))[0] == "meta"
+        assert await anext(stream) == ("queued", {"position": 0})
+        # ...while bob, who came later, takes a free worker at once.
+        async with s.post("/api/chat", json={"message": "bob's"}, headers=b.headers) as resp:
+            assert resp.status == 200, await resp.text()
+        assert pool.queue.qsize() == 1 and pool.queue.running(a.id) == 4
+        held.close()  # alice's heavy request ends: her waiting one runs
+        rest = [event async for event in stream]
+        assert rest[-1][0] == "done" and any(name == "message" for name, _ in rest)
+        second.close()
+    async with aiohttp.ClientSession() as control:  # n went to the model server untouched
+        async with control.get(f"{simulator.root_url}/sim/requests") as resp:
+            assert (await resp.json())[0]["n"] == 4
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("n", 0), ("n", 129), ("n", -1), ("n", "4"), ("n", True), ("n", 2.5),
+    ("best_of", 0), ("best_of", 1000), ("best_of", "many")])
+async def test_absurd_n_or_best_of_is_400_in_openais_shape(
+        custom: Custom, field: str, value: Any) -> None:
+    server = await custom()
+    user = await register_over_http(server.url, "greedy")
+    body = {"model": "vllm-simulator", "prompt": "x", field: value}
+    async with aiohttp.ClientSession(server.url) as s:
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            sent = {**body, "messages": [{"role": "user", "content": "x"}]}
+            async with s.post(path, json=sent, headers=user.headers) as resp:
+                err = await error_of(resp, 400, "invalid_request")
+                assert err["param"] == field and err["type"] == "invalid_request_error"
+                assert "1 to 128" in err["message"]
 
 
 # --- conversation creation rate and count ----------------------------------------------------
@@ -289,3 +342,84 @@ async def test_a_users_own_limits_override_the_config(custom: Custom) -> None:
     assert caps.running(limits) == 5 and caps.running({}) == 2 and caps.running(None) == 2
     assert caps.quota({"max_stored_chars_per_user": 0}).chars == 0  # 0: no cap, as in config
     assert caps.running({"max_running_per_user": -1}) == 2  # nonsense is ignored
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+async def make_key(s: aiohttp.ClientSession, user: User,
+                   name: str = "k") -> aiohttp.ClientResponse:
+    """POST /api/keys as the user."""
+    return await s.post("/api/keys", json={"name": name}, headers=user.headers)
+
+
+async def keys_of(server: Running, user: User) -> int:
+    """How many API keys the database holds for the user."""
+    return int(await storage_of(server).db.read(lambda c: c.execute(
+        "SELECT count(*) FROM api_keys WHERE user_id = ?", (user.id,)).fetchone()[0]))
+
+
+async def test_a_burst_of_key_creations_stops_exactly_at_the_cap(custom: Custom) -> None:
+    server = await custom(limits={"max_api_keys_per_user": 5})
+    user, other = [await register_over_http(server.url, n) for n in ("keymaker", "other")]
+    async with aiohttp.ClientSession(server.url) as s:
+
+        async def one() -> int:
+            async with await make_key(s, user) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(40)))
+        assert sorted(statuses) == [201] * 5 + [429] * 35
+        async with await make_key(s, user) as resp:
+            err = await error_of(resp, 429, "too_many_keys")
+            assert err["limit"] == "max_api_keys_per_user"
+            assert "5" in err["message"] and "delete" in err["message"]
+        async with s.get("/api/keys", headers=user.headers) as resp:
+            listed = (await resp.json())["keys"]
+        assert len(listed) == 5
+        async with s.delete(f"/api/keys/{listed[0]['id']}", headers=user.headers) as resp:
+            assert resp.status == 204  # deleting one makes room for one
+        async with await make_key(s, user) as resp:
+            assert resp.status == 201
+        async with await make_key(s, other) as resp:  # per user: others are not touched
+            assert resp.status == 201
+    assert await keys_of(server, user) == 5
+
+
+async def test_key_names_lose_invisible_characters_like_titles(custom: Custom) -> None:
+    server = await custom()
+    user = await register_over_http(server.url, "spoofer")
+    async with aiohttp.ClientSession(server.url) as s:
+        async with await make_key(s, user, "\u202eexe.txt\u200b\nci ") as resp:
+            assert resp.status == 201
+            assert (await resp.json())["name"] == "exe.txt ci"
+        async with s.get("/api/keys", headers=user.headers) as resp:
+            assert [k["name"] for k in (await resp.json())["keys"]] == ["exe.txt ci"]
+        async with await make_key(s, user, "\u202e\u200b\u2066 ") as resp:
+            err = await error_of(resp, 400, "invalid_request")
+            assert err["field"] == "name" and "visible" in err["message"]
+    assert await keys_of(server, user) == 1
+
+
+async def test_an_admins_override_of_the_key_cap(custom: Custom) -> None:
+    server = await custom(limits={"max_api_keys_per_user": 1})
+    admin, user = [await register_over_http(server.url, n) for n in ("boss", "builder")]
+    status, body = await call(server, admin, "PUT", f"/api/admin/users/{user.id}/limits",
+                              {"limits": {"max_api_keys_per_user": 3}})
+    assert status == 200, body
+    assert body["user"]["limits"] == {"max_api_keys_per_user": 3}
+    async with aiohttp.ClientSession(server.url) as s:
+        for _ in range(3):
+            async with await make_key(s, user) as resp:
+                assert resp.status == 201
+        async with await make_key(s, user) as resp:
+            await error_of(resp, 429, "too_many_keys")
+        async with await make_key(s, admin) as resp:  # the config's cap for everyone else
+            assert resp.status == 201
+        async with await make_key(s, admin) as resp:
+            await error_of(resp, 429, "too_many_keys")
+    status, body = await call(server, admin, "PUT", f"/api/admin/users/{user.id}/limits",
+                              {"limits": {"max_api_keys_per_user": -1}})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    caps = server.app[keys.CAPS]
+    assert caps.api_keys({"max_api_keys_per_user": 0}) == 0 and caps.api_keys(None) == 1
