@@ -68,7 +68,7 @@ async def store(base: str, conversations: int, replies: int) -> tuple[dict[str, 
     """Register the attacker and store the hostile replies; its headers and conversation ids."""
     async with aiohttp.ClientSession(base) as s:
         async with s.post("/api/auth/register",
-                          json={"username": "attacker", "password": "render-attack"}) as r:
+                          json={"username": "attacker", "password": "load-test-pass"}) as r:
             headers = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
         ids = []
         for _ in range(conversations):
@@ -130,7 +130,7 @@ async def victim(base: str, until: float) -> tuple[list[float], int]:
     times, rendered = [], 0
     async with aiohttp.ClientSession(base) as s:
         async with s.post("/api/auth/register",
-                          json={"username": "victim", "password": "render-victim"}) as r:
+                          json={"username": "victim", "password": "load-test-pass"}) as r:
             headers = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
         while time.monotonic() < until:
             started = time.monotonic()
