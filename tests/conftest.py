@@ -81,3 +81,20 @@ def register(server: Running) -> Callable[..., Awaitable[User]]:
                 return User(await resp.json(), password)
 
     return make
+
+
+@pytest.fixture
+async def custom(tmp_path: Path,
+                 simulator: SimServer) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Start servers with some config sections changed (one database, so a restart keeps
+    it); all stopped after the test."""
+    started: list[Running] = []
+
+    async def make(**sections: dict[str, Any]) -> Running:
+        running = await start(make_config(tmp_path, simulator.url, **sections))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        await running.stop()

@@ -4,34 +4,19 @@ budgets, password resets and the audit log."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from server import keys
-from server.runner import Running, start
+from server.runner import Running
 from tests.support.admin import call, code, sign_in, sign_up
-from tests.support.app import User, make_config
-from vllm_sim import SimServer
+from tests.support.app import User
 
 Start = Callable[..., Awaitable[Running]]
 
 
-@pytest.fixture
-async def custom(tmp_path: Path, simulator: SimServer) -> AsyncIterator[Start]:
-    """Start servers with some config sections changed (one database, so a restart keeps it)."""
-    started: list[Running] = []
-
-    async def make(**sections: dict[str, Any]) -> Running:
-        running = await start(make_config(tmp_path, simulator.url, **sections))
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        await running.stop()
 
 
 async def user_of(server: Running, name: str, password: str = "correct horse") -> User:

@@ -29,6 +29,13 @@ async def sim(simulator: SimServer, path: str, body: dict[str, Any]) -> None:
             assert resp.status == 200
 
 
+async def _sign_up(s: aiohttp.ClientSession, name: str) -> User:
+    """A new account, signed up over HTTP."""
+    async with s.post("/api/auth/register",
+                      json={"username": name, "password": "correct horse"}) as r:
+        return User(await r.json(), "correct horse")
+
+
 async def new_key(server: Running, user: User) -> str:
     """A new API key of the user."""
     status, body = await call(server, user, "POST", "/api/keys", {"name": "prog"})
@@ -79,11 +86,7 @@ async def test_disable_stops_running_and_queued_jobs(tmp_path: Path,
     running = await start(make_config(tmp_path, simulator.url, queue={"workers": 1}))
     try:
         async with aiohttp.ClientSession(running.url) as s:
-            async def sign_up(name: str) -> User:
-                async with s.post("/api/auth/register",
-                                  json={"username": name, "password": "correct horse"}) as r:
-                    return User(await r.json(), "correct horse")
-            admin, user = await sign_up("boss"), await sign_up("hog")
+            admin, user = await _sign_up(s, "boss"), await _sign_up(s, "hog")
             first = await s.post("/api/chat", json={"message": "long", "stream": True},
                                  headers=user.headers)
             seen = 0
@@ -205,12 +208,8 @@ async def test_deleting_ones_own_account_stops_its_streams_and_refuses_its_late_
     running = await start(make_config(tmp_path, simulator.url, queue={"workers": 2}))
     try:
         async with aiohttp.ClientSession(running.url) as s:
-            async def sign_up(name: str) -> User:
-                async with s.post("/api/auth/register",
-                                  json={"username": name, "password": "correct horse"}) as r:
-                    return User(await r.json(), "correct horse")
-            await sign_up("boss")
-            user = await sign_up("leaver")
+            await _sign_up(s, "boss")
+            user = await _sign_up(s, "leaver")
             stream = await s.post("/api/chat", json={"message": "long", "stream": True},
                                   headers=user.headers)
             async for name, _ in events(stream):

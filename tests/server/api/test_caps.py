@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,30 +11,17 @@ import pytest
 
 from server import keys
 from server.config import LimitsConfig
-from server.runner import Running, start
+from server.runner import Running
 from server.services.usage import QuotaExceeded
 from server.storage import TooManyConversations
 from tests.support.admin import call
-from tests.support.app import User, error_of, make_config, register_over_http, storage_of
+from tests.support.app import User, error_of, register_over_http, storage_of
 from tests.support.sse import events
 from vllm_sim import SimServer
 
 Custom = Callable[..., Awaitable[Running]]
 
 
-@pytest.fixture
-async def custom(tmp_path: Path, simulator: SimServer) -> AsyncIterator[Custom]:
-    """Start a server with some config sections changed."""
-    started: list[Running] = []
-
-    async def make(**sections: dict[str, Any]) -> Running:
-        running = await start(make_config(tmp_path, simulator.url, **sections))
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        await running.stop()
 
 
 async def stored(server: Running, user: User) -> tuple[int, int]:

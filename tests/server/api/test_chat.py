@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import aiohttp
 import pytest
 
 from server import keys
-from server.runner import Running, start
+from server.runner import start
 from tests.support.app import User, error_of, make_config
 from tests.support.sse import collect, events, text_of
 from vllm_sim import SimServer
@@ -28,20 +27,6 @@ async def sim(simulator: SimServer, path: str, body: dict[str, Any] | None = Non
             return await resp.json()
 
 
-@pytest.fixture
-async def custom(tmp_path: Path,
-                 simulator: SimServer) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """Start a server with some config sections changed."""
-    started: list[Running] = []
-
-    async def make(**sections: dict[str, Any]) -> Running:
-        running = await start(make_config(tmp_path, simulator.url, **sections))
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        await running.stop()
 
 
 async def chat(s: aiohttp.ClientSession, user: User, **body: Any) -> aiohttp.ClientResponse:
