@@ -78,8 +78,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     _warn_plain_http(config)
     print(f"chatgate serving {running.url} (database {config.database.path}, "
           f"model server {redact_url(config.llm.base_url)})", flush=True)
-    print(f"Ready: open {running.url} in a browser and create an account. Ctrl-C stops.",
-          flush=True)
+    print(f"Ready: open {running.url} in a browser and create an account (the first one on a "
+          "new database is the administrator). Ctrl-C stops.", flush=True)
     try:
         await stop.wait()
     finally:
