@@ -60,13 +60,19 @@ async def start(config: Config) -> Running:
 
 
 def _check_file_limit(max_connections: int) -> None:
-    """A connection cap above the open-file limit is no cap: accept() fails first."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    spare = 256  # the database, the model server's connections, the renderer, logs
-    if soft != resource.RLIM_INFINITY and max_connections + spare > soft:
+    """A connection cap above the open-file limit is no cap (accept() fails first): raise the
+    soft limit as far as the hard one allows, and say so if that is not enough."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + 256  # the database, the model server's connections, logs
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
         log.warning("server.max_connections is %d but the open-file limit is %d: raise it "
                     "(ulimit -n %d) or lower server.max_connections to %d", max_connections,
-                    soft, max_connections + spare, max(1, soft - spare))
+                    target, need, max(1, target - 256))
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
