@@ -31,6 +31,8 @@ class SimStats:
     faults_injected: int = 0
     tokens_generated: int = 0
     connections_opened: int = 0
+    prefix_cache_queries: int = 0  # prompts looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, prompts whose prefix was cached
 
     def snapshot(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
