@@ -1,4 +1,4 @@
-"""OpenAI-compatible vLLM simulator for tests, demos and benchmarks (no GPU, no model)."""
+"""OpenAI-compatible vLLM simulator (no GPU, no model): one replica or several, for tests."""
 
 from __future__ import annotations
 
