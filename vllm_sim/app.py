@@ -166,6 +166,17 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
 
 
 async def _serve(request: web.Request, parse: Parser) -> web.StreamResponse:
+    """Answer one generation request, counting it in flight until its handler ends."""
+    stats = request.app[STATE].stats
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        return await _answer(request, parse)
+    finally:
+        stats.in_flight -= 1
+
+
+async def _answer(request: web.Request, parse: Parser) -> web.StreamResponse:
     """Record, parse, fault and answer one generation request."""
     state = request.app[STATE]
     state.stats.requests_total += 1
@@ -263,8 +274,9 @@ async def _tag_response(request: web.Request, response: web.StreamResponse) -> N
 
 
 async def _cancel_handlers(app: web.Application) -> None:
-    """On shutdown, end hung handlers so cleanup does not wait for them."""
-    for task in list(app[STATE].tasks):
+    """On shutdown, end hung handlers and pending down/up flips."""
+    state = app[STATE]
+    for task in [*state.tasks, *state.background]:
         task.cancel()
 
 

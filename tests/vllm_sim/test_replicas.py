@@ -121,6 +121,36 @@ async def test_prefix_cache_hits_the_next_turn_on_the_same_replica(pair: SimClus
     assert (await chat(a, turn2))[2] == "miss"  # reset forgets the cache too
 
 
+async def test_prefix_cache_on_legacy_completions_and_its_knobs(pair: SimCluster) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as s:
+        seen = []
+        for prompt in ("Story:\nOnce", "Story:\nTwice", ["Story:\nx", "y"]):
+            async with s.post(f"{a.url}/completions", json={"prompt": prompt}) as r:
+                assert r.status == 200
+                seen.append(r.headers.get("X-Sim-Prefix-Cache"))
+    assert seen == ["miss", "hit", None]  # a list of prompts is not looked up
+    status, cfg = await ctl(b, "config", {"prefix_hit_ttft_ms": 0.5})
+    assert status == 200 and b.settings.ttft_for(True) == 0.5
+    assert (await ctl(b, "config", {"prefix_hit_ttft_ms": None}))[1]["prefix_hit_ttft_ms"] is None
+    assert b.settings.ttft_for(True) == b.settings.ttft_ms
+    assert (await ctl(b, "config", {"prefix_hit_ttft_ms": -1}))[0] == 400
+    assert (await ctl(b, "config", {"slowdown": 0}))[0] == 400
+    off = await start_replicas([SimSettings(ttft_ms=0, tpot_ms=0, prefix_cache_size=0)])
+    async with off:
+        assert (await chat(off[0], chat_body(TURN1)))[2] is None
+        assert off[0].stats.prefix_cache_queries == 0
+
+
+async def test_close_while_down_and_with_a_flip_pending(pair: SimCluster) -> None:
+    a, b = pair
+    await a.down(seconds=30)
+    assert (await ctl(b, "replicas/1/down", {}))[0] == 200
+    await a.close()
+    await b.close()  # the pending flip is cancelled, nothing is left running
+    assert not a.is_up
+
+
 async def test_prefix_hit_reaches_its_first_token_first() -> None:
     slow_miss = SimSettings(ttft_ms=1500, tpot_ms=1, prefix_hit_ttft_ms=0)
     assert (slow_miss.ttft_for(True), slow_miss.ttft_for(False)) == (0, 1500)
@@ -164,6 +194,7 @@ async def test_metrics_use_vllm_names_and_follow_running_and_waiting() -> None:
         assert m["vllm:num_requests_running"][1] == 2 and m["vllm:num_requests_waiting"][1] == 1
         assert m["vllm:kv_cache_usage_perc"][1] == 1.0
         assert m["vllm:prefix_cache_queries_total"][1] == 3
+        assert (sim.stats.in_flight, sim.stats.max_in_flight, sim.stats.max_running) == (3, 3, 2)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
