@@ -17,8 +17,10 @@ from .chat import parse_call
 from .completions import parse_completion
 from .control import add_control_routes
 from .engine import BadRequest
+from .metrics import metrics
 from .settings import FAULT_MODES, SimSettings
 from .state import (
+    PREFIX_HIT,
     REQUEST_ID,
     STATE,
     Received,
@@ -78,6 +80,24 @@ async def _break_stream(request: web.Request, resp: web.StreamResponse, call: Ca
         await resp.write_eof()
 
 
+def _finished(state: SimState, call: Call) -> None:
+    """Count a completed call and cache its prompt followed by its reply."""
+    state.stats.completed += 1
+    reply = call.reply_segment()
+    if call.segments and reply is not None:
+        state.prefix.remember([*call.segments, reply])
+
+
+def _look_up_prefix(request: web.Request, state: SimState, call: Call) -> None:
+    """Ask the prefix cache about this prompt; a hit shortens the time to first token."""
+    if not call.segments or state.prefix.size == 0:
+        return
+    call.prefix_hit = state.prefix.query(call.segments)
+    state.stats.prefix_cache_queries += 1
+    state.stats.prefix_cache_hits += call.prefix_hit
+    request[PREFIX_HIT] = call.prefix_hit
+
+
 async def _stream(request: web.Request, state: SimState, call: Call) -> web.StreamResponse:
     """Serve a streaming reply as server-sent events, one generation step at a time."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
@@ -85,7 +105,7 @@ async def _stream(request: web.Request, state: SimState, call: Call) -> web.Stre
     await resp.prepare(request)  # vLLM sends headers before the request is scheduled
     await state.scheduler.acquire()
     try:
-        await _sleep_ms(state.settings.ttft_ms)
+        await _sleep_ms(state.settings.ttft_for(call.prefix_hit))
         for chunk in call.opening():
             await _send(resp, chunk)
         n = call.steps()
@@ -94,7 +114,7 @@ async def _stream(request: web.Request, state: SimState, call: Call) -> web.Stre
                 await _break_stream(request, resp, call)
                 return resp
             if i:
-                await _sleep_ms(state.settings.tpot_ms)
+                await _sleep_ms(state.settings.tpot())
             chunks, made = call.step(i)
             for chunk in chunks:
                 await _send(resp, chunk)
@@ -113,7 +133,7 @@ async def _stream(request: web.Request, state: SimState, call: Call) -> web.Stre
             await _send(resp, call.usage_chunk())
         await resp.write(b"data: [DONE]\n\n")
         call.done = True  # the client has it all even if it hangs up now
-        state.stats.completed += 1
+        _finished(state, call)
     finally:
         state.scheduler.release()
     with suppress(ConnectionError):
@@ -125,10 +145,10 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
     """Serve a non-streaming reply after the simulated generation time."""
     await state.scheduler.acquire()
     try:
-        await _sleep_ms(state.settings.ttft_ms)
+        await _sleep_ms(state.settings.ttft_for(call.prefix_hit))
         if call.fault == "hang_after_first":
             await _forever()
-        await _sleep_ms(state.settings.tpot_ms * max(call.steps() - 1, 0))
+        await _sleep_ms(state.settings.tpot() * max(call.steps() - 1, 0))
         if call.fault == "reset":
             call.done = True
             if request.transport is not None:
@@ -139,13 +159,24 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
             return web.Response(body=b"{not json", content_type="application/json")
         state.stats.tokens_generated += call.completion_tokens()
         call.done = True
-        state.stats.completed += 1
+        _finished(state, call)
         return json_response(call.completion())
     finally:
         state.scheduler.release()
 
 
 async def _serve(request: web.Request, parse: Parser) -> web.StreamResponse:
+    """Answer one generation request, counting it in flight until its handler ends."""
+    stats = request.app[STATE].stats
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        return await _answer(request, parse)
+    finally:
+        stats.in_flight -= 1
+
+
+async def _answer(request: web.Request, parse: Parser) -> web.StreamResponse:
     """Record, parse, fault and answer one generation request."""
     state = request.app[STATE]
     state.stats.requests_total += 1
@@ -166,6 +197,7 @@ async def _serve(request: web.Request, parse: Parser) -> web.StreamResponse:
     if call.fault in ("500", "503"):
         kind = "InternalServerError" if call.fault == "500" else "ServiceUnavailableError"
         return error_response(f"Simulated fault {call.fault}", int(call.fault), kind)
+    _look_up_prefix(request, state, call)
     task = asyncio.current_task()
     if task is not None:
         state.tasks.add(task)
@@ -236,11 +268,15 @@ async def _tag_response(request: web.Request, response: web.StreamResponse) -> N
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    hit = request.get(PREFIX_HIT)
+    if hit is not None:
+        response.headers["X-Sim-Prefix-Cache"] = "hit" if hit else "miss"
 
 
 async def _cancel_handlers(app: web.Application) -> None:
-    """On shutdown, end hung handlers so cleanup does not wait for them."""
-    for task in list(app[STATE].tasks):
+    """On shutdown, end hung handlers and pending down/up flips."""
+    state = app[STATE]
+    for task in [*state.tasks, *state.background]:
         task.cancel()
 
 
@@ -257,5 +293,6 @@ def create_sim_app(settings: SimSettings) -> web.Application:
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/v1/completions", completions)
     r.add_get("/health", health)
+    r.add_get("/metrics", metrics)
     add_control_routes(r)
     return app

@@ -46,6 +46,8 @@ class Call:
     after: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
     done: bool = False  # finished or ended on purpose: not an abort
+    segments: list[str] = field(default_factory=list)  # the prompt as the prefix cache sees it
+    prefix_hit: bool = False  # the prompt's prefix was in the replica's prefix cache
 
     chunk_object: ClassVar[str] = "chat.completion.chunk"
 
@@ -71,6 +73,10 @@ class Call:
     def usage_chunk(self) -> Chunk:
         """The last streamed chunk when stream_options.include_usage is set."""
         return {**self.envelope(self.chunk_object, []), "usage": self.usage()}
+
+    def reply_segment(self) -> str | None:
+        """The reply as one prefix-cache segment, or None when it cannot be cached."""
+        return None
 
     def opening(self) -> list[Chunk]:
         """Chunks sent before the first token."""

@@ -46,6 +46,13 @@ class ChatCall(Call):
     def _choice(self, c: Choice, delta: Chunk, lp: Any, finish: str | None) -> Chunk:
         return {"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
+    def reply_segment(self) -> str | None:
+        """The first choice's text as the next turn will send it back."""
+        first = self.choices[0] if self.choices else None
+        if first is None or first.tool is not None:
+            return None
+        return "assistant\x00" + "".join(first.tokens).strip()
+
     def opening(self) -> list[Chunk]:
         """The role chunk of every choice."""
         role = {"role": "assistant", "content": ""}
@@ -115,6 +122,11 @@ def _top_logprobs(body: Mapping[str, Any]) -> int | None:
     return k if wanted else None
 
 
+def segments_of(messages: list[dict[str, Any]]) -> list[str]:
+    """The prompt as prefix-cache segments: one per message, role and trimmed text."""
+    return [f"{m.get('role')}\x00{text_of(m.get('content')).strip()}" for m in messages]
+
+
 def parse_call(
     body: Any, headers: Mapping[str, str], settings: SimSettings, request_id: str
 ) -> ChatCall:
@@ -153,4 +165,4 @@ def parse_call(
         choices.append(Choice(i, tokens[:limit], finish))
     return ChatCall(model=model, stream=stream, include_usage=include_usage, choices=choices,
                     prompt_tokens=prompt, id=f"chatcmpl-{request_id}",
-                    top_logprobs=top)  # fmt: skip
+                    top_logprobs=top, segments=segments_of(messages))  # fmt: skip

@@ -120,4 +120,6 @@ def parse_completion(
             choices.append(Choice(p * n + i, tokens[:limit], finish, prefix=prefix))
     return CompletionCall(model=model, stream=stream, include_usage=include_usage,
                           choices=choices, prompt_tokens=total_prompt, id=f"cmpl-{request_id}",
-                          top_logprobs=top)  # fmt: skip
+                          top_logprobs=top,
+                          segments=prompts[0].splitlines(keepends=True) if len(prompts) == 1
+                          else [])  # fmt: skip

@@ -1,7 +1,8 @@
-"""The /sim/* control endpoints: counters, request history, faults and runtime knobs."""
+"""The /sim/* control endpoints: counters, history, faults, runtime knobs, down/up."""
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from typing import Any
 
@@ -10,7 +11,7 @@ from aiohttp import web
 
 from .engine import BadRequest
 from .settings import FAULT_MODES
-from .state import STATE, SimState, error_response, json_response
+from .state import STATE, SimState, Switch, error_response, json_response
 
 
 async def sim_stats(request: web.Request) -> web.Response:
@@ -33,6 +34,7 @@ async def sim_reset(request: web.Request) -> web.Response:
     state.history.clear()
     state.fault_mode, state.fault_count = "none", 0
     state.settings.fault = "none"
+    state.prefix.clear()
     # Re-count live keep-alive connections from their next request on.
     state.seen = weakref.WeakSet()
     return json_response(state.stats.snapshot())
@@ -98,6 +100,56 @@ async def sim_config(request: web.Request) -> web.Response:
     return json_response(state.settings.public())
 
 
+def _replica_view(index: int, switch: Switch) -> dict[str, Any]:
+    return {"index": index, "url": switch.root_url, "up": switch.is_up}
+
+
+async def _power(request: web.Request, switch: Switch, action: str) -> web.Response:
+    """Take `switch` down (after this answer is sent) or bring it up."""
+    seconds: float | None = None
+    if action == "down":
+        try:
+            raw = (await _json_object(request)).get("seconds")
+            if raw is not None and (not isinstance(raw, (int, float)) or isinstance(raw, bool)
+                                    or raw < 0):  # fmt: skip
+                raise BadRequest("seconds must be a non-negative number")
+        except BadRequest as exc:
+            return error_response(str(exc), 400, "BadRequestError")
+        seconds = None if raw is None else float(raw)
+    state = request.app[STATE]
+    going_down = action == "down"
+
+    async def flip() -> None:
+        await asyncio.sleep(0.05)  # let this answer reach the client first
+        await (switch.down(seconds) if going_down else switch.up())
+
+    task = asyncio.get_running_loop().create_task(flip())
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+    resp = json_response({"action": action, "url": switch.root_url, "seconds": seconds})
+    resp.force_close()  # do not keep a connection the replica is about to cut
+    return resp
+
+
+async def sim_down(request: web.Request) -> web.Response:
+    """POST /sim/down: stop listening ({"seconds": s} comes back up by itself after s)."""
+    switch = request.app[STATE].switch
+    if switch is None:
+        return error_response("not started with start_simulator", 409, "ConflictError")
+    return await _power(request, switch, "down")
+
+
+async def sim_replicas(request: web.Request) -> web.Response:
+    """GET /sim/replicas: the replicas started together; POST .../{index}/{down,up} flips one."""
+    siblings = request.app[STATE].siblings
+    if request.method == "GET":
+        return json_response([_replica_view(i, s) for i, s in enumerate(siblings)])
+    index, action = request.match_info["index"], request.match_info["action"]
+    if not index.isdigit() or int(index) >= len(siblings):
+        return error_response(f"no replica {index}", 404, "NotFoundError")
+    return await _power(request, siblings[int(index)], action)
+
+
 def add_control_routes(router: web.UrlDispatcher) -> None:
     """Mount the /sim/* endpoints."""
     router.add_get("/sim/stats", sim_stats)
@@ -105,3 +157,6 @@ def add_control_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/sim/reset", sim_reset)
     router.add_route("*", "/sim/faults", sim_faults)
     router.add_route("*", "/sim/config", sim_config)
+    router.add_post("/sim/down", sim_down)
+    router.add_get("/sim/replicas", sim_replicas)
+    router.add_post("/sim/replicas/{index}/{action:down|up}", sim_replicas)

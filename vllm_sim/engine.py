@@ -31,17 +31,21 @@ class SimStats:
     faults_injected: int = 0
     tokens_generated: int = 0
     connections_opened: int = 0
+    in_flight: int = 0  # generation requests being answered, queued ones included
+    max_in_flight: int = 0
+    prefix_cache_queries: int = 0  # prompts looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, prompts whose prefix was cached
 
     def snapshot(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
         return dataclasses.asdict(self)
 
     def reset(self) -> None:
-        """Zero the counters; running/waiting are live gauges and stay."""
+        """Zero the counters; running/waiting/in_flight are live gauges and stay."""
         for f in dataclasses.fields(self):
-            if f.name not in ("running", "waiting"):
+            if f.name not in ("running", "waiting", "in_flight"):
                 setattr(self, f.name, 0)
-        self.max_running = self.running
+        self.max_running, self.max_in_flight = self.running, self.in_flight
 
 
 class Scheduler:

@@ -26,7 +26,10 @@ RUNTIME_KNOBS: dict[str, type] = {
     "echo": bool,
     "demo": bool,
     "fault_after_tokens": int,
+    "slowdown": float,
+    "prefix_hit_ttft_ms": float,
 }
+NULLABLE_KNOBS = frozenset({"prefix_hit_ttft_ms"})  # knobs POST /sim/config may set to null
 
 
 @dataclass
@@ -48,6 +51,9 @@ class SimSettings:
     fault_after_tokens: int = 2  # tokens sent before reset/malformed strike
     seed: int | None = None  # seeds the fault-rate dice
     history_size: int = 50  # request bodies kept for GET /sim/requests
+    slowdown: float = 1.0  # multiplies ttft_ms and tpot_ms: a slow replica
+    prefix_cache_size: int = 1024  # prompt-prefix hashes remembered (0: no prefix cache)
+    prefix_hit_ttft_ms: float | None = None  # time to first token on a prefix hit (None: ttft_ms)
 
     def validate(self) -> None:
         """Raise ValueError if any knob is out of range."""
@@ -61,6 +67,10 @@ class SimSettings:
             raise ValueError("capacity, max_model_len and history_size must be >= 1")
         if self.fault not in FAULT_MODES:
             raise ValueError(f"fault must be one of {', '.join(FAULT_MODES)}")
+        if self.slowdown <= 0 or self.prefix_cache_size < 0:
+            raise ValueError("slowdown must be > 0 and prefix_cache_size >= 0")
+        if self.prefix_hit_ttft_ms is not None and self.prefix_hit_ttft_ms < 0:
+            raise ValueError("prefix_hit_ttft_ms must be >= 0 or null")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must be between 0 and 1")
 
@@ -71,6 +81,9 @@ class SimSettings:
             kind = RUNTIME_KNOBS.get(key)
             if kind is None:
                 raise ValueError(f"unknown or read-only knob: {key}")
+            if value is None and key in NULLABLE_KNOBS:
+                clean[key] = None
+                continue
             # bool is an int subclass; keep true/false out of numeric knobs.
             if kind is bool:
                 ok = isinstance(value, bool)
@@ -85,6 +98,16 @@ class SimSettings:
         for key, value in clean.items():
             setattr(self, key, value)
         return clean
+
+    def ttft_for(self, prefix_hit: bool) -> float:
+        """Time to first token in ms, shorter on a prefix-cache hit, scaled by slowdown."""
+        hit_ms = self.prefix_hit_ttft_ms
+        base = hit_ms if prefix_hit and hit_ms is not None else self.ttft_ms
+        return base * self.slowdown
+
+    def tpot(self) -> float:
+        """Time per output token in ms, scaled by slowdown."""
+        return self.tpot_ms * self.slowdown
 
     def public(self) -> dict[str, Any]:
         """Return the settings as JSON-ready data with the api key masked."""

@@ -8,13 +8,36 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from .engine import Scheduler, SimStats
+from .prefix import PrefixCache
 from .settings import SimSettings
+
+
+class Switch(Protocol):
+    """A replica's listening socket, which /sim/down and /sim/up close and reopen."""
+
+    @property
+    def is_up(self) -> bool:
+        """True while the replica accepts connections."""
+        ...
+
+    @property
+    def root_url(self) -> str:
+        """Base address without the /v1 suffix."""
+        ...
+
+    async def down(self, seconds: float | None = None) -> None:
+        """Stop accepting connections and cut the open ones; back up after `seconds` if given."""
+        ...
+
+    async def up(self) -> None:
+        """Listen again on the same port."""
+        ...
 
 
 def error_response(message: str, status: int, kind: str) -> web.Response:
@@ -56,14 +79,20 @@ class SimState:
     seen: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     created: int = field(default_factory=lambda: int(time.time()))
+    switch: Switch | None = None  # set by start_simulator
+    siblings: list[Switch] = field(default_factory=list)  # replicas started together, by index
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # pending down/up flips
 
     def __post_init__(self) -> None:
         """Build the pieces that depend on settings."""
         self.scheduler = Scheduler(self.settings, self.stats)
         self.history = deque(maxlen=self.settings.history_size)
         self.rng = random.Random(self.settings.seed)
+        self.prefix = PrefixCache(self.settings.prefix_cache_size)
 
 
 STATE = web.AppKey("vllm_sim_state", SimState)
 # The request id of a /v1 request: its X-Request-Id header, or a fresh one.
 REQUEST_ID = web.RequestKey("vllm_sim_request_id", str)
+# Whether a generation request hit the prefix cache (unset when it was not looked up).
+PREFIX_HIT = web.RequestKey("vllm_sim_prefix_hit", bool)
