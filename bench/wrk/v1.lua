@@ -1,16 +1,18 @@
--- POST /v1/chat/completions with the benchmark users' API keys (BENCH_USERS).
--- BENCH_CHAT: "whole" (a JSON answer) or "stream" (server-sent events, usage not asked for).
+-- POST /v1/chat/completions. BENCH_CHAT: "whole" (a JSON answer), "stream" (server-sent
+-- events, usage not asked for), or "direct" (whole, no key: the model server itself or a
+-- bare pass-through). Otherwise each request carries a benchmark user's API key (BENCH_USERS).
 local keys = {}
 for key in string.gmatch(os.getenv("BENCH_USERS") or "", '"key": "([^"]+)"') do
   keys[#keys + 1] = key
 end
-local stream = (os.getenv("BENCH_CHAT") or "whole") == "stream"
+local mode = os.getenv("BENCH_CHAT") or "whole"
 local n = 0
 request = function()
   n = n + 1
   local body = '{"model": "vllm-simulator", "messages": [{"role": "user", "content": '
     .. '"benchmark question ' .. n .. '"}], "max_tokens": 16'
-  if stream then body = body .. ', "stream": true' end
-  return wrk.format("POST", nil, {["Authorization"] = "Bearer " .. keys[math.random(#keys)],
-    ["Content-Type"] = "application/json"}, body .. "}")
+  if mode == "stream" then body = body .. ', "stream": true' end
+  local headers = {["Content-Type"] = "application/json"}
+  if mode ~= "direct" then headers["Authorization"] = "Bearer " .. keys[math.random(#keys)] end
+  return wrk.format("POST", nil, headers, body .. "}")
 end
