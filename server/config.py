@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -277,6 +278,13 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: must be at most 65535, got {result}{where}")
     if name == "auth.secret" and result and len(result) < 32:
         raise ConfigError(f"{name}: must be at least 32 characters (or empty to generate one)")
+    if name == "metrics.allow_from":
+        for entry in result:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as err:
+                raise ConfigError(f"{name}: {entry!r} is not an address or network{where}") \
+                    from err
     if name in _CHOICES and result not in _CHOICES[name]:
         raise ConfigError(f"{name}: must be one of {', '.join(_CHOICES[name])}{where}")
     return result

@@ -101,5 +101,5 @@ def _warn_plain_http(config: Config) -> None:
     except ValueError:
         loopback = config.server.host == "localhost"
     if not loopback and not config.server.proxy_hops:
-        log.warning("serving plain HTTP on %s: put TLS in front (and set server.trust_forwarded) "
-                    "so session cookies are Secure", config.server.host)
+        log.warning("serving plain HTTP on %s: put TLS in front (and set "
+                    "server.trusted_proxy_hops) so session cookies are Secure", config.server.host)

@@ -117,7 +117,12 @@ class FairQueue(asyncio.Queue[Job]):
         self._queue.push(item)
 
     def _get(self) -> Job:
-        return self._queue.pop()
+        job = self._queue.pop()
+        # One ending job can free room for several (weights): pass the wake-up along while
+        # jobs are ready, as asyncio only wakes one waiting worker per put or done.
+        if self._queue.next_owner() is not None:
+            self._wakeup_next(self._getters)  # type: ignore[attr-defined]
+        return job
 
     def empty(self) -> bool:
         """True when no waiting job may be taken now (none waits, or their owners are at

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +42,26 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format, for the addresses in `metrics.allow_from` only."""
     config = request.app[keys.CONFIG]
     # Behind a proxy on this host every peer is loopback: judge the client it forwards for.
-    hops = config.server.proxy_hops
-    remote = client_ip(request, hops) if hops else request.remote
+    remote = client_ip(request, config.server.proxy_hops)
     if not config.metrics.enabled or not _allowed(remote, config.metrics.allow_from):
         raise web.HTTPNotFound()  # as if it were not there: nothing to probe
     return web.Response(body=request.app[keys.METRICS].render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _allowed(remote: str | None, allow_from: tuple[str, ...]) -> bool:
+def _allowed(remote: str, allow_from: tuple[str, ...]) -> bool:
     """Whether the peer address is in one of the listed addresses or networks."""
-    if remote is None:
-        return False
     try:
         address = ipaddress.ip_address(remote)
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(entry, strict=False) for entry in allow_from)
+    return any(address in network for network in _networks(allow_from))
+
+
+@functools.lru_cache(maxsize=4)
+def _networks(allow_from: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The configured networks, parsed once (the config checked them at load)."""
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in allow_from)
 
 
 async def openapi(request: web.Request) -> web.FileResponse:

@@ -45,8 +45,6 @@ def setup_body_deadline(app: web.Application, timeout_s: float) -> None:
                 response = error.response(openai=request.path.startswith("/v1/"))
                 response.force_close()
                 return response
-            except web.HTTPRequestEntityTooLarge as err:
-                raise ApiError(413, "payload_too_large", "request body is too large") from err
             except web.RequestPayloadError as err:  # e.g. a broken chunked encoding
                 raise invalid("the request body is malformed") from err
         return await handler(request)

@@ -108,10 +108,11 @@ def unauthorized(message: str = "authentication required") -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
 
-def rate_limited(retry_after: float, message: str = "too many requests") -> ApiError:
+def rate_limited(retry_after: float, message: str = "too many requests",
+                 code: str = "rate_limited", **extra: object) -> ApiError:
     """429 with Retry-After in whole seconds, rounded up: never 0 (or early) while limited."""
     seconds = max(1, math.ceil(retry_after))
-    return ApiError(429, "rate_limited", message, {"Retry-After": str(seconds)})
+    return ApiError(429, code, message, {"Retry-After": str(seconds)}, **extra)
 
 
 def from_domain(err: BaseException) -> ApiError | None:
@@ -123,9 +124,8 @@ def from_domain(err: BaseException) -> ApiError | None:
                                 user_message_id=err.user_message_id)
         return mapped
     if isinstance(err, ConversationsTooFast):
-        seconds = str(max(1, int(err.retry_after + 0.999)))
-        return ApiError(429, "too_many_conversations", str(err), {"Retry-After": seconds},
-                        limit="conversations_per_user_per_minute")
+        return rate_limited(err.retry_after, str(err), "too_many_conversations",
+                            limit="conversations_per_user_per_minute")
     if isinstance(err, RateLimited):
         return rate_limited(err.retry_after, str(err))
     if isinstance(err, TooManyConversations):

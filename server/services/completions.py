@@ -145,16 +145,24 @@ class CompletionService:
         if key is None:
             return 0
         if key.rpm:
-            wait = self._rpm.setdefault(key.id, Allowance(key.rpm)).take(1)
+            wait = _allowance(self._rpm, key.id, key.rpm).take(1)
             if wait is not None:
                 raise RateLimited(wait, "this API key's requests-per-minute limit is reached")
         if not key.tpm:
             return 0
         reserve = _max_tokens(body, self._default_max_tokens) + _prompt_estimate(body)
-        wait = self._tpm.setdefault(key.id, Allowance(key.tpm)).take(reserve)
+        wait = _allowance(self._tpm, key.id, key.tpm).take(reserve)
         if wait is not None:
             raise RateLimited(wait, "this API key's tokens-per-minute limit is reached")
         return reserve
+
+
+def _allowance(allowances: dict[int, Allowance], key_id: int, per_minute: int) -> Allowance:
+    """The key's allowance, made on its first request (not one built and dropped per call)."""
+    found = allowances.get(key_id)
+    if found is None:
+        found = allowances[key_id] = Allowance(per_minute)
+    return found
 
 
 def weight_of(body: dict[str, Any]) -> int:

@@ -374,3 +374,8 @@ def test_proxy_hops_from_trust_forwarded_or_the_hop_count(trust: bool, hops: int
                                                            expected: int) -> None:
     loaded = build_config({"server": {"trust_forwarded": trust, "trusted_proxy_hops": hops}})
     assert loaded.server.proxy_hops == expected
+
+
+def test_a_bad_metrics_allow_from_entry_is_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match="metrics.allow_from: '10.0.0.0/33'"):
+        build_config({"metrics": {"allow_from": ["127.0.0.1", "10.0.0.0/33"]}})

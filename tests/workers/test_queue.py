@@ -160,3 +160,21 @@ async def test_a_job_heavier_than_the_cap_runs_alone() -> None:
     assert q.empty()  # ...and nothing of a's runs beside it
     q.done(huge)
     assert q.get_nowait() is small and q.running("a") == 1
+
+
+async def test_one_ending_job_that_frees_room_for_several_wakes_as_many_workers() -> None:
+    """A job of weight 4 ends: three waiting jobs of weight 1 now fit the cap, and three idle
+    workers take them, not one."""
+    q = FairQueue(100, max_running=4)
+    heavy = weighed("a", 4)
+    q.put_nowait(heavy)
+    assert q.get_nowait() is heavy
+    light = [job("a") for _ in range(3)]
+    for j in light:
+        q.put_nowait(j)
+    workers = [asyncio.create_task(q.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in workers)  # all three wait: a is at the cap
+    q.done(heavy)
+    taken = await asyncio.wait_for(asyncio.gather(*workers), 5)
+    assert sorted(map(id, taken)) == sorted(map(id, light)) and q.running("a") == 3

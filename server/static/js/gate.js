@@ -6,8 +6,8 @@ import { $, h, announce } from "./dom.js";
 import { api } from "./api.js";
 
 const blocks = (user) => user.status === "pending" || user.must_change_password === true;
-const current = h("input", { id: "gate-current", type: "password", autocomplete: "current-password", required: true, minlength: "1", maxlength: "256" });
-const fresh = h("input", { id: "gate-new", type: "password", autocomplete: "new-password", required: true, minlength: "8", maxlength: "256" });
+const current = h("input", { id: "gate-current", type: "password", autocomplete: "current-password", required: true, minlength: "1", maxlength: "1024" });
+const fresh = h("input", { id: "gate-new", type: "password", autocomplete: "new-password", required: true, minlength: "8", maxlength: "1024" });
 const fields = h("div", null, h("label", { for: "gate-current" }, "Temporary password"), current,
   h("label", { for: "gate-new" }, "New password"), fresh);
 const heading = h("h2", { id: "gate-title" });
