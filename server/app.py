@@ -133,8 +133,7 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
             await storage.keys.touch(used)
             api_keys.written(used)
 
-    meter = UsageMeter(storage.usage, config.limits.monthly_tokens_per_user,
-                       config.usage.flush_interval_s, touch_keys)
+    meter = UsageMeter(storage.usage, config.usage.flush_interval_s, touch_keys)
     app[keys.USAGE] = meter
     flusher = asyncio.create_task(meter.run(), name="usage-flush")
     yield

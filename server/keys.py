@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
@@ -44,7 +43,6 @@ POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
-REQUESTS = web.AppKey("requests", Counter)
 PRINCIPAL = web.RequestKey("principal", Principal)
 VIA_COOKIE = web.RequestKey("via_cookie", bool)
 REQUEST_ID = web.RequestKey("request_id", str)

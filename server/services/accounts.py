@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..storage import UserStore
 from ..storage.rows import UserRow
 from .apikeys import ApiKeyService
-from .gate import AccountDisabled
+from .gate import admit
 from .password_policy import PasswordPolicy, WeakPassword
 from .passwords import Passwords
 from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
@@ -90,22 +90,25 @@ class AccountService:
         """Check the password and issue a token; a missing user costs the same time. A
         pending account may sign in (only to see that it waits); a disabled one may not."""
         self._throttle(client, "login attempts")
-        user = await self._checked(username, password, "failed logins for this account")
-        if user is None:
+        found = await self._checked(username, password, "failed logins for this account")
+        if found is None:
             raise WrongCredentials("wrong username or password")
-        if user.get("status") == "disabled":
-            raise AccountDisabled("this account has been disabled by an administrator")
-        return SignedIn(user, self._tokens.issue(user, await self._users.epoch(user["id"])))
+        user, epoch = found
+        admit(user, ungated=True)  # a disabled account may not sign in
+        return SignedIn(user, self._tokens.issue(user, epoch))
 
-    async def confirm_password(self, principal: Principal, password: str) -> None:
+    async def confirm_password(self, principal: Principal, password: str,
+                               wrong: str = "the password is not correct") -> None:
         """A signed-in user's password, before a sensitive action (WrongPassword if not)."""
         user = principal.user
         self._throttle(("account", user["id"]), "attempts")
         if await self._checked(user["username"], password, "wrong passwords") is None:
-            raise WrongPassword("the password is not correct")
+            raise WrongPassword(wrong)
 
-    async def _checked(self, username: str, password: str, what: str) -> UserRow | None:
-        """The user if the password is theirs; tries per username back off once they fail.
+    async def _checked(self, username: str, password: str,
+                       what: str) -> tuple[UserRow, int] | None:
+        """The user and token epoch if the password is theirs; tries per username back off
+        once they fail.
         Unknown names are counted too, so the limit does not tell which names exist."""
         key = username.lower()  # usernames are ASCII and unique case-insensitively
         wait = self._failures.attempt(key)
@@ -116,14 +119,12 @@ class AccountService:
         if not ok or found is None:
             return None
         self._failures.succeeded(key)
-        return found[0]
+        return found[0], found[2]
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
         """Set a new password once the current one is confirmed (ends a forced change)."""
         user = principal.user
-        self._throttle(("account", user["id"]), "attempts")
-        if await self._checked(user["username"], current, "wrong passwords") is None:
-            raise WrongPassword("the current password is not correct")
+        await self.confirm_password(principal, current, "the current password is not correct")
         if new == current:
             raise SamePassword("the new password must differ from the current one")
         try:

@@ -76,8 +76,6 @@ class ApiKeyService:
             principal = await self._lookup(key)
         grant = principal.key
         assert grant is not None
-        if grant.id in self._deleted:
-            raise AuthError("invalid API key")
         if grant.expires_at is not None and grant.expires_at <= time.time():
             self._cache.pop(key, None)
             raise AuthError("the API key has expired")
@@ -101,9 +99,10 @@ class ApiKeyService:
         if found is None or not hmac.compare_digest(found[1], self._hash(key)):
             raise AuthError("invalid API key")
         row, _, user = found
+        if row["id"] in self._deleted:  # deleted while we read (a deleted key is never cached)
+            raise AuthError("invalid API key")
         principal = _principal(user, key, row)
-        # A delete, or an admin's change to the user, may have landed while we read.
-        if row["id"] not in self._deleted and self._generation == generation:
+        if self._generation == generation:  # else an admin's change landed while we read
             self._cache[key] = principal
         return principal
 

@@ -6,6 +6,7 @@ No label ever holds a secret or a user's value: routes are patterns, reasons are
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -132,6 +133,14 @@ class Metrics:
         children[1].observe(spent)
         if upstream is not None:
             children[2].observe(max(0.0, spent - upstream))
+
+    def requests_seen(self) -> Counter[str]:
+        """Requests so far by 'METHOD /route/pattern', whatever their status (for tests and
+        benchmarks; read, never kept on the hot path)."""
+        seen: Counter[str] = Counter()
+        for (method, route, _), count in self.requests.counts.items():
+            seen[f"{method} {route}"] += int(count)
+        return seen
 
     def watch_pool(self, depth: Callable[[], int], busy: Callable[[], int]) -> None:
         """Read the queue depth and busy workers at scrape time (never on the hot path)."""

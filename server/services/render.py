@@ -60,7 +60,6 @@ class RenderStats:
     """What the renderer did: replies rendered, served from cache, declined or abandoned."""
 
     rendered: int = 0
-    rendered_chars: int = 0
     cache_hits: int = 0
     skipped: int = 0
     failed: int = 0
@@ -277,7 +276,6 @@ class Renderer:
             self.stats.failed += 1
         else:
             self.stats.rendered += 1
-            self.stats.rendered_chars += len(job.text)
         if not job.future.done():
             job.future.set_result(html)
 

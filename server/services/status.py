@@ -33,7 +33,7 @@ class StatusService:
     """Answers readiness checks (a probe of the model server on its own connection)."""
 
     def __init__(self, pool: WorkerPool, upstream: UpstreamClient, workers: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics) -> None:
         self._pool = pool
         self._upstream = upstream
         self._workers = workers
@@ -52,8 +52,7 @@ class StatusService:
         except Exception as err:  # noqa: BLE001 - reported, not raised
             # The upstream client's messages name error classes, never the URL.
             problems.append(Problem("model_server", f"model server unreachable: {err}"))
-        if self._metrics is not None:
-            self._metrics.readiness([problem.kind for problem in problems])
+        self._metrics.readiness([problem.kind for problem in problems])
         return Readiness(problems, self._upstream.model, self._upstream.shown_url,
                          {"waiting": pool.queue.qsize(), "max_size": pool.queue.maxsize,
                           "running": pool.stats.running, "workers": pool.live_workers})

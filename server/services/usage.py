@@ -28,10 +28,9 @@ class UsageMeter:
     """Counts tokens off the hot path: `record` only adds in memory; `run` writes the sums
     every `flush_s` seconds in one transaction (a crash loses at most that much counting)."""
 
-    def __init__(self, store: UsageStore, monthly_budget: int, flush_s: float,
+    def __init__(self, store: UsageStore, flush_s: float,
                  on_flush: Callable[[], Awaitable[None]] | None = None) -> None:
         self._store = store
-        self._budget = monthly_budget
         self._flush_s = flush_s
         self._on_flush = on_flush
         self._pending: defaultdict[tuple[int, str, int], list[int]] = defaultdict(
@@ -51,10 +50,9 @@ class UsageMeter:
         if month is not None and month[0] == day[:7]:
             self._months[user_id] = (month[0], month[1] + prompt + completion)
 
-    async def check_budget(self, user_id: int, budget: int | None = None) -> None:
-        """QuotaExceeded when the user is over their budget (`budget`, the user's own, or
-        `limits.monthly_tokens_per_user`; 0: none)."""
-        budget = self._budget if budget is None else budget
+    async def check_budget(self, user_id: int, budget: int) -> None:
+        """QuotaExceeded when the user is over `budget` tokens this month (their own, or
+        `limits.monthly_tokens_per_user`, as the caps resolve it; 0: none)."""
         if budget and await self.month_used(user_id) >= budget:
             raise QuotaExceeded(
                 f"you have used this month's {budget:,} tokens; ask an administrator "

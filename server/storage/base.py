@@ -50,15 +50,12 @@ class UserStore(Protocol):
         """Insert a user; Conflict when the name (case-insensitive) is taken. With
         `first_is_admin`, the first account of an empty database is an active admin."""
 
-    async def credentials(self, username: str) -> tuple[UserRow, str] | None:
-        """The user and password hash for a login, or None."""
+    async def credentials(self, username: str) -> tuple[UserRow, str, int] | None:
+        """The user, password hash and token epoch for a login, or None."""
 
     async def principal(self, user_id: int, jti: str, epoch: int = 0) -> UserRow | None:
         """The token's user if it still exists, the token is not revoked and was issued in the
         user's current token epoch, in one query."""
-
-    async def epoch(self, user_id: int) -> int:
-        """The user's token epoch (a new one kills every earlier token and session)."""
 
     async def get(self, user_id: int) -> UserRow | None:
         """One user, or None."""

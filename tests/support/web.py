@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class Web:
     browser: Browser
     context: BrowserContext
     watched: Watched
+    before: Counter[str]  # requests the server had seen when this test began
 
     @property
     def page(self) -> Page:
@@ -40,7 +42,7 @@ class Web:
 
     def count(self, route: str) -> int:
         """How many requests the server saw on a route, e.g. 'GET /api/auth/verify'."""
-        return self.app.app[keys.REQUESTS][route]
+        return self.app.app[keys.METRICS].requests_seen()[route] - self.before[route]
 
     async def user(self, login: bool = True, name: str = "") -> dict[str, Any]:
         """A fresh user over the API; with `login`, this browser context holds its session."""

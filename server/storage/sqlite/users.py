@@ -49,15 +49,16 @@ class SqliteUsers:
 
         return await self._db.write(op)
 
-    async def credentials(self, username: str) -> tuple[UserRow, str] | None:
-        """The user and password hash for a login, or None."""
+    async def credentials(self, username: str) -> tuple[UserRow, str, int] | None:
+        """The user, password hash and token epoch for a login, or None."""
 
         def op(conn: sqlite3.Connection) -> Any:
-            return conn.execute(f"SELECT {_COLUMNS}, password_hash FROM users WHERE username = ?",
-                                (username,)).fetchone()
+            return conn.execute(f"SELECT {_COLUMNS}, password_hash, token_epoch FROM users "
+                                "WHERE username = ?", (username,)).fetchone()
 
         row = await self._db.read(op)
-        return None if row is None else (user_row(row), row[len(USER_COLUMNS)])
+        n = len(USER_COLUMNS)
+        return None if row is None else (user_row(row), row[n], int(row[n + 1]))
 
     async def principal(self, user_id: int, jti: str, epoch: int = 0) -> UserRow | None:
         """The token's user if it still exists, the token is not revoked and was issued in the
@@ -71,16 +72,6 @@ class SqliteUsers:
 
         row = await self._db.read(op)
         return None if row is None else user_row(row)
-
-    async def epoch(self, user_id: int) -> int:
-        """The user's token epoch (0 for a user that does not exist)."""
-
-        def op(conn: sqlite3.Connection) -> Any:
-            return conn.execute("SELECT token_epoch FROM users WHERE id = ?",
-                                (user_id,)).fetchone()
-
-        row = await self._db.read(op)
-        return 0 if row is None else int(row[0])
 
     async def get(self, user_id: int) -> UserRow | None:
         """One user, or None."""

@@ -37,15 +37,13 @@ async def client(aiohttp_client: AiohttpClient, tmp_path: Path) -> Client:
 
 
 def counts(client: Client) -> dict[str, int]:
-    requests: Counter[str] = client.app[keys.REQUESTS]
-    return dict(requests)
+    return dict(client.app[keys.METRICS].requests_seen())
 
 
 def test_setup_installs_an_empty_counter() -> None:
     app = web.Application()
     setup_metrics(app)
-    assert isinstance(app[keys.REQUESTS], Counter)
-    assert app[keys.REQUESTS] == Counter()
+    assert app[keys.METRICS].requests_seen() == Counter()
     assert len(app.middlewares) == 1
 
 

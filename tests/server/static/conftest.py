@@ -55,9 +55,9 @@ async def chromium(chromium_present: None) -> AsyncIterator[Browser]:
 async def web(chromium: Browser, app: Running, sim: SimServer) -> AsyncIterator[Web]:
     """A fresh context and watched page; fails the test on console errors, dialogs or no CSP."""
     await sim_config(sim.root_url, **SIM_DEFAULTS)
-    app.app[keys.REQUESTS].clear()
+    before = app.app[keys.METRICS].requests_seen()
     context, watched = await new_page(chromium, app.url, viewport={"width": 1280, "height": 800})
-    yield Web(app, sim, chromium, context, watched)
+    yield Web(app, sim, chromium, context, watched, before)
     await context.close()
     assert watched.documents, "no page was loaded"
     watched.check()
