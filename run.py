@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import signal
 import socket
 import sys
-import threading
 
+from server.batches import BatchWriter
 from server.config import Config, ConfigError, load_config
 from server.runner import serve
 from server.storage import StorageError
@@ -56,35 +55,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _OffTheLoop(logging.Handler):
-    """Keeps records in memory and lets a thread write them every 0.1 s: the event loop never
-    waits on a slow stderr, and no thread is woken per record (that costs a GIL hand-off each)."""
+    """Log records kept in memory and written by a thread in batches (server/batches.py): the
+    event loop never waits on a slow stderr."""
 
-    def __init__(self, target: logging.Handler, interval_s: float = 0.1) -> None:
+    def __init__(self, target: logging.Handler) -> None:
         super().__init__()
-        self._target = target
-        self._interval = interval_s
-        self._pending: collections.deque[logging.LogRecord] = collections.deque()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._write_forever, name="log-writer",
-                                        daemon=True)
-        self._thread.start()
+
+        def write(records: list[logging.LogRecord]) -> None:
+            for record in records:
+                target.handle(record)
+
+        self._writer = BatchWriter(write, "log-writer")
+        self._writer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._pending.append(record)  # atomic: no lock needed
-
-    def _write_forever(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._write()
-
-    def _write(self) -> None:
-        while self._pending:
-            self._target.handle(self._pending.popleft())
+        self._writer.add(record)
 
     def close(self) -> None:
         """Write what is still pending, then stop the thread."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._write()
+        self._writer.stop()
         super().close()
 
 

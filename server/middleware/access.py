@@ -12,15 +12,14 @@ import itertools
 import re
 import secrets
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TextIO
 
 from aiohttp import web
 
 from .. import keys
+from ..batches import BatchWriter
 from .timing import listen
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,49 +42,16 @@ def request_id_of(request: web.Request) -> str:
     return request[keys.REQUEST_ID]
 
 
-class AccessLog:
-    """Lines kept in memory and written by a thread of their own, in batches."""
+def _access_writer(stream: TextIO | None) -> BatchWriter[Entry]:
+    """Lines kept in memory and written by a thread of their own, in batches (to `stream`,
+    standard error by default)."""
 
-    def __init__(self, stream: TextIO | None = None, interval_s: float = 0.1) -> None:
-        self._stream = stream
-        self._interval = interval_s
-        self._pending: deque[Entry] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def write(entries: list[Entry]) -> None:
+        out = stream or sys.stderr
+        out.write("".join(map(_format, entries)))
+        out.flush()
 
-    def add(self, entry: Entry) -> None:
-        """One request's line (atomic append: no lock)."""
-        self._pending.append(entry)
-
-    def start(self) -> None:
-        """Start the writer thread."""
-        self._thread = threading.Thread(target=self._write_forever, name="access-log",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Write what is pending and stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.write()
-
-    def write(self) -> None:
-        """Format and write every pending line at once."""
-        lines = []
-        while self._pending:
-            lines.append(_format(self._pending.popleft()))
-        if lines:
-            stream = self._stream or sys.stderr
-            stream.write("".join(lines))
-            stream.flush()
-
-    def _write_forever(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.write()
-            except (OSError, ValueError):  # a closed or broken stderr must not kill the thread
-                pass
+    return BatchWriter(write, "access-log")
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,7 +78,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 def setup_access(app: web.Application, access_log: bool, stream: TextIO | None = None) -> None:
     """Give each request an id; with `access_log`, one line per request (to `stream`,
     standard error by default)."""
-    writer = AccessLog(stream) if access_log else None
+    writer = _access_writer(stream) if access_log else None
 
     @web.middleware
     async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
