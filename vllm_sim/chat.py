@@ -51,7 +51,7 @@ class ChatCall(Call):
         first = self.choices[0] if self.choices else None
         if first is None or first.tool is not None:
             return None
-        return "assistant\x00" + "".join(first.tokens).strip()
+        return segment("assistant", "".join(first.tokens))
 
     def opening(self) -> list[Chunk]:
         """The role chunk of every choice."""
@@ -124,7 +124,12 @@ def _top_logprobs(body: Mapping[str, Any]) -> int | None:
 
 def segments_of(messages: list[dict[str, Any]]) -> list[str]:
     """The prompt as prefix-cache segments: one per message, role and trimmed text."""
-    return [f"{m.get('role')}\x00{text_of(m.get('content')).strip()}" for m in messages]
+    return [segment(m.get("role"), text_of(m.get("content"))) for m in messages]
+
+
+def segment(role: Any, text: str) -> str:
+    """One message as the prefix cache keys it: its role and trimmed text."""
+    return f"{role}\x00{text.strip()}"
 
 
 def parse_call(

@@ -53,14 +53,14 @@ async def _forward(request: web.Request, path: str, needed: str) -> web.StreamRe
 
 
 async def _whole(forwarded: Forwarded) -> web.Response:
-    answer = b""
+    parts: list[bytes] = []
     async with aclosing(forwarded.follow()) as items:  # leaving early stops the job
         async for item in items:
             if isinstance(item, bytes):
-                answer += item
+                parts.append(item)
             else:
                 raise _error(item.error)
-    return web.Response(body=answer, content_type="application/json")
+    return web.Response(body=b"".join(parts), content_type="application/json")
 
 
 async def _stream(request: web.Request, forwarded: Forwarded) -> web.StreamResponse:
