@@ -58,6 +58,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         request[keys.UPSTREAM_S] = turn.job.times.upstream_s
 
 
+async def models(request: web.Request) -> web.Response:
+    """The models a chat may use (the first is the default) and whether each answers now."""
+    principal_of(request)  # signed in only
+    return json_response({"models": await request.app[keys.CHAT].models()})
+
+
 def parse(body: dict[str, Any]) -> ChatBody:
     """Check the fields and how they combine; every failure names the field."""
     regenerate = boolean(body, "regenerate")

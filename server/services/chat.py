@@ -130,6 +130,14 @@ class ChatService:
         self._open.add(turn)
         return turn
 
+    async def models(self) -> list[dict[str, object]]:
+        """The models a chat may use, the default first, and whether each answers now."""
+        if not all(self._router.names()):
+            await self._router.learn_names()
+        default = self._router.default
+        return [{"name": route.name, "default": route is default, "available": route.available}
+                for route in self._router.routes if route.name]
+
     def _route_of(self, model: str | None) -> ModelRoute:
         """The conversation's model, or the first one if it has none (or it is gone)."""
         try:
