@@ -225,10 +225,10 @@ class Router:
             replica = await route.acquire(job.affinity, tried)
             job.replica = replica.label
             progress = Progress()
-            begun = time.monotonic()
             try:
                 if before_attempt is not None:
                     await before_attempt()
+                begun = time.monotonic()
                 served = route.served_name or await self._learn(route, replica)
                 ending = await attempt(replica.client, served, progress)
             except Retryable as retry:
@@ -246,7 +246,7 @@ class Router:
                 replica.failed("stream", str(err), route.others_routable(replica))
                 raise
             else:
-                ttft = None if progress.first is None else progress.first - begun
+                ttft = None if progress.first is None else max(0.0, progress.first - begun)
                 replica.succeeded(ttft)
                 if ttft is not None:
                     self.on_first_token(route.name, replica.label, ttft)
