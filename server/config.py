@@ -283,6 +283,8 @@ def _build_models(value: Any) -> tuple[ModelConfig, ...]:
         model = _build_section(where, ModelConfig, entry)
         if not model.name:
             raise ConfigError(f"{where}.name: must be given (what clients ask for)")
+        if model.temperature is not None and model.temperature > 2:
+            raise ConfigError(f"{where}.temperature: must be between 0 and 2")
         if any(m.name == model.name for m in models):
             raise ConfigError(f"{where}.name: {model.name!r} is listed twice")
         specs = tuple(_build_replica(f"{where}.replicas[{j}]", r) for j, r in enumerate(replicas))
@@ -353,6 +355,8 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         if result < 0 or (name in _POSITIVE and result == 0):
             bound = "greater than 0" if name in _POSITIVE else "0 or more"
             raise ConfigError(f"{name}: must be {bound}, got {result}{where}")
+    if name == "routing.failure_ratio" and not 0 < result < 1:
+        raise ConfigError(f"{name}: must be between 0 and 1, got {result}{where}")
     if name == "server.port" and result > 65535:
         raise ConfigError(f"{name}: must be at most 65535, got {result}{where}")
     if name == "auth.secret" and result and len(result) < 32:
