@@ -8,11 +8,10 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from cachetools import TTLCache
 
 from .errors import ModelNotFound, ModelUnavailable, UpstreamError, UpstreamRejected
 from .job import Ending, Job
@@ -37,6 +36,27 @@ class AffinitySettings:
     affinity_size: int = 100_000
 
 
+class _Sticky:
+    """Affinity key -> replica: the least recently used forgotten first past `size`, an entry
+    unused for `ttl` seconds ignored (an OrderedDict: a turn pays a dict lookup, no more)."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._entries: OrderedDict[Hashable, tuple[Replica, float]] = OrderedDict()
+        self._size, self._ttl = size, ttl
+
+    def get(self, key: Hashable, now: float) -> Replica | None:
+        found = self._entries.get(key)
+        if found is None or now - found[1] > self._ttl:
+            return None
+        return found[0]
+
+    def put(self, key: Hashable, replica: Replica, now: float) -> None:
+        self._entries[key] = (replica, now)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 class ModelRoute:
     """One model: its replicas, its served name and where its conversations went last."""
 
@@ -46,8 +66,7 @@ class ModelRoute:
         self.served_name = served_name  # what the servers call it ("" until learned)
         self.replicas = list(replicas)
         self._s = settings
-        self._sticky: TTLCache[Hashable, Replica] = TTLCache(settings.affinity_size,
-                                                             settings.affinity_ttl_s)
+        self._sticky = _Sticky(settings.affinity_size, settings.affinity_ttl_s)
         self._turn = 0
         self._waiters: list[asyncio.Future[None]] = []
         self.affinity = {"hit": 0, "moved": 0, "new": 0}
@@ -133,13 +152,14 @@ class ModelRoute:
                 best, best_score = replica, score
         if key is None or not self._s.affinity:
             return best
-        sticky = self._sticky.get(key)
+        sticky = self._sticky.get(key, now)
         if sticky is not None and sticky in free and \
                 sticky.score(now) <= best_score + self._s.affinity_slack:
             self.affinity["hit"] += 1
-            return sticky
-        self.affinity["moved" if sticky is not None else "new"] += 1
-        self._sticky[key] = best
+            best = sticky
+        else:
+            self.affinity["moved" if sticky is not None else "new"] += 1
+        self._sticky.put(key, best, now)  # remembered from its last use
         return best
 
 
