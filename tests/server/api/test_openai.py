@@ -11,6 +11,7 @@ import aiohttp
 import openai
 import pytest
 
+from server import keys
 from server.runner import Running, start
 from tests.support.app import User, make_config
 from vllm_sim import SimServer
@@ -242,7 +243,11 @@ async def test_a_full_queue_is_a_503_the_client_maps(full_server: Running) -> No
     api = client(full_server, key)
     running = [asyncio.create_task(api.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=2)) for _ in range(2)]  # type: ignore[arg-type]
-    await asyncio.sleep(0.3)  # one runs, one waits: the queue is full
+    pool = full_server.app[keys.POOL]
+    for _ in range(1000):  # one runs, one waits: the queue is full (a safety net, not timing)
+        if pool.stats.running == 1 and pool.queue.qsize() == 1:
+            break
+        await asyncio.sleep(0.01)
     with pytest.raises(openai.InternalServerError) as info:
         await api.chat.completions.create(model=MODEL, messages=MESSAGES,
                                           max_tokens=2)  # type: ignore[arg-type]
