@@ -141,6 +141,27 @@ async def test_v1_session_header_keeps_requests_on_one_replica(sim_cluster: Sims
         assert len(where) == 1, (session, where)
 
 
+async def test_a_model_at_its_limit_holds_up_no_other_model(sim_cluster: Sims,
+                                                             serve: Serve) -> None:
+    alpha = await sim_cluster(1, model="sim-a")
+    beta = await sim_cluster(1, model="sim-b", ttft_ms=400)
+    server = await serve([model("alpha", alpha),
+                          {**model("beta", beta), "replicas": [
+                              {"url": beta[0].url, "max_concurrency": 1}]}],
+                         routing=ROUTING, queue={"workers": 4, "max_running_per_user": 4})
+    flooder = await register_over_http(server.url, "flooder")
+    other = await register_over_http(server.url, "other")
+    flood = [asyncio.create_task(chat(server, flooder, f"beta {i}", model="beta"))
+             for i in range(4)]
+    await until(lambda: beta[0].stats.in_flight == 1, what="beta busy")
+    status, body = await chat(server, other, "alpha, please")
+    assert status == 200 and body["message"]["model"] == "alpha", body
+    # Answered while beta's first request still runs: no worker sat waiting for beta's slot.
+    assert beta[0].stats.completed == 0
+    assert all(status == 200 for status, _ in await asyncio.gather(*flood))
+    assert beta[0].stats.max_in_flight == 1
+
+
 async def test_an_unknown_model_is_404_and_stores_nothing(sim_cluster: Sims,
                                                           serve: Serve) -> None:
     server, alpha, beta = await two_models(sim_cluster, serve)

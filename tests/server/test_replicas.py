@@ -175,6 +175,24 @@ async def test_a_replica_refusing_our_key_is_out_at_once_and_ready_says_why(
     assert "a-wrong-key" not in str(ready) and "the-right-key" not in str(ready)
 
 
+async def test_a_replica_that_starts_refusing_our_key_is_out_after_one_request(
+        sim_cluster: Sims, serve: Serve) -> None:
+    sims = await sim_cluster(2)
+    # Probes far apart: only the requests themselves can find the rotated key.
+    server = await serve([model("chat", sims)], routing={"probe_interval_s": 60})
+    admin, users = await users_of(server, 2)
+    sims[0].settings.api_key = "rotated-under-us"
+    for i in range(8):
+        status, body = await chat(server, users[i % 2], f"hello {i}")
+        assert status == 200, body  # the 401 is retried on the other replica
+    _, ready = await get(server, "/ready", admin)
+    out = replica_of(ready, "chat", sims[0])
+    assert out["state"] == "down" and "401" in out["reason"], out
+    assert out["errors"] == {"auth": 1}  # out at the first refusal, tried no more
+    assert ready["models"][0]["failovers"] == 1 and ready["status"] == "degraded"
+    assert "rotated-under-us" not in str(ready)
+
+
 async def test_per_replica_concurrency_is_never_exceeded(sim_cluster: Sims,
                                                          serve: Serve) -> None:
     sims = await sim_cluster(2, ttft_ms=5, tpot_ms=2, reply_tokens=12)
