@@ -18,6 +18,7 @@ from server.runner import Running
 from tests.support.app import User, register_over_http
 from tests.support.replicas import (
     chat,
+    chat_stream,
     get,
     metrics_text,
     model,
@@ -41,20 +42,27 @@ async def users_of(server: Running, n: int) -> tuple[User, list[User]]:
 
 async def test_a_replica_killed_under_load_loses_no_request_before_its_first_token(
         sim_cluster: Sims, serve: Serve) -> None:
-    sims = await sim_cluster(2, ttft_ms=5, tpot_ms=3, reply_tokens=16)
+    # ~30 ms to the first token, ~150 ms of tokens: the kill finds requests in both phases.
+    sims = await sim_cluster(2, ttft_ms=30, tpot_ms=10, reply_tokens=16)
     server = await serve([model("chat", sims)], routing=ROUTING,
                          queue={"workers": 12, "max_size": 512, "max_running_per_user": 12})
     admin, users = await users_of(server, 6)
     total, tickets = 200, itertools.count()
-    done: list[tuple[int, int, dict[str, Any], User]] = []  # (ticket, status, body, owner)
+    # (ticket, status, body, owner, deltas before the end: None when not streamed)
+    done: list[tuple[int, int, dict[str, Any], User, int | None]] = []
     killed_at: list[int] = []  # the first ticket handed out after the kill
 
     async def client(n: int) -> None:
         user, conv, turn = users[n % len(users)], None, 0
         while (ticket := next(tickets)) < total:
             fields: dict[str, Any] = {} if conv is None else {"conversation_id": conv}
-            status, body = await chat(server, user, f"client {n} ticket {ticket}", **fields)
-            done.append((ticket, status, body, user))
+            text = f"client {n} ticket {ticket}"
+            deltas: int | None = None
+            if n % 2:  # half the clients stream: they see whether a token came before a failure
+                status, body, deltas = await chat_stream(server, user, text, **fields)
+            else:
+                status, body = await chat(server, user, text, **fields)
+            done.append((ticket, status, body, user, deltas))
             turn += 1
             conv = None if turn % 3 == 0 else body.get("conversation_id", conv)
 
@@ -67,15 +75,16 @@ async def test_a_replica_killed_under_load_loses_no_request_before_its_first_tok
     await asyncio.gather(kill(), *(client(n) for n in range(10)))
     assert len(done) == total - 1  # one ticket went to mark the kill
 
-    failed = [(s, b, u) for _, s, b, u in done if s != 200]
-    for status, body, owner in failed:  # only a reply cut mid-stream may fail, its start kept
+    failed = [(s, b, u, d) for _, s, b, u, d in done if s != 200]
+    for status, body, owner, deltas in failed:  # only a reply cut mid-stream may fail
         assert status == 502, body
-        assert "partial_message_id" in body["error"], body
+        assert deltas is None or deltas > 0, body  # a streamed one had had a token
+        assert "partial_message_id" in body["error"], body  # ...and what came is kept
         _, conv = await get(server, f"/api/conversations/{body['error']['conversation_id']}",
                             owner)
         kept = [m for m in conv["messages"] if m["id"] == body["error"]["partial_message_id"]]
         assert kept and kept[0]["status"] == "error" and kept[0]["content"], conv
-    after_kill = [b for t, _, b, _ in done if t > killed_at[0]]
+    after_kill = [b for t, _, b, _, _ in done if t > killed_at[0]]
     assert after_kill and all("message" in b for b in after_kill)
     # The survivor carried everything sent after the kill.
     assert sims[1].stats.completed - before >= len(after_kill)
@@ -91,7 +100,9 @@ async def test_a_replica_killed_under_load_loses_no_request_before_its_first_tok
         return sims[0].stats.requests_total > served
 
     await until(traffic, timeout=20, what="the revived replica served a request")
-    print(f"\n{len(failed)} of {len(done)} chats cut mid-stream by the kill; "
+    print(f"\n{len(failed)} of {len(done)} chats cut mid-stream by the kill, "
+          f"{ready['models'][0]['failovers']} attempts moved to the survivor (cut before a "
+          f"token, or refused); "
           f"{len(after_kill)} sent after it all answered")
 
 

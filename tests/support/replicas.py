@@ -10,6 +10,7 @@ import aiohttp
 
 from server.runner import Running
 from tests.support.app import User
+from tests.support.sse import events
 from vllm_sim import STATE, SimServer
 
 
@@ -73,3 +74,25 @@ async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "")
             return value
         assert loop.time() < deadline, f"gave up waiting: {what or check}"
         await asyncio.sleep(0.05)
+
+
+async def chat_stream(server: Running, user: User, message: str,
+                      **fields: Any) -> tuple[int, dict[str, Any], int]:
+    """POST /api/chat as a stream: its status (502 for an `error` event), the `done` data with
+    the conversation id (or the error body) and how many deltas came before the end."""
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.post("/api/chat", json={"message": message, "stream": True, **fields},
+                          headers=user.headers) as resp:
+            if resp.status != 200:
+                return resp.status, await resp.json(), 0
+            conv, deltas = None, 0
+            async for name, data in events(resp):
+                if name == "meta":
+                    conv = data["conversation_id"]
+                elif name == "message":
+                    deltas += 1
+                elif name == "done":
+                    return 200, {"conversation_id": conv, "message": data}, deltas
+                elif name == "error":
+                    return 502, data, deltas
+    raise AssertionError("the stream ended without done or error")
