@@ -69,6 +69,7 @@ class ModelRoute:
         self._sticky = _Sticky(settings.affinity_size, settings.affinity_ttl_s)
         self._turn = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self.pending = 0  # jobs a worker took that have not been given a replica yet
         self.affinity = {"hit": 0, "moved": 0, "new": 0}
         self.failovers = 0
         self.unavailable = 0  # requests refused because every replica was out
@@ -80,8 +81,16 @@ class ModelRoute:
 
     @property
     def has_room(self) -> bool:
-        """Whether a request could start now on some routable replica."""
-        return any(r.routable and r.has_room for r in self.replicas)
+        """Whether one more request could start now on some routable replica, counting the
+        jobs workers took and have not placed yet (a burst would otherwise take every worker
+        before the first of them holds a slot)."""
+        free = 0
+        for r in self.replicas:
+            if r.routable:
+                if not r.spec.max_concurrency:
+                    return True
+                free += max(0, r.spec.max_concurrency - r.in_flight)
+        return free > self.pending
 
     def others_routable(self, replica: Replica) -> bool:
         """Whether a replica besides this one may take requests now."""
@@ -175,6 +184,7 @@ class Router:
         self.on_change = on_change or (lambda: None)  # the pool's queue looks again
         # Called once per attempt that got a first token: (model, replica, seconds).
         self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
+        self._claims: dict[int, ModelRoute] = {}  # id(job) -> its route, until it is placed
 
     @property
     def default(self) -> ModelRoute:
@@ -229,6 +239,22 @@ class Router:
                 return route.has_room or not route.available
         return True  # an unknown model fails when run
 
+    def claim(self, job: Job) -> None:
+        """A worker took the job: it counts against its model's room until it holds a
+        replica (or ends), so `can_start` does not hand out the same free slot twice."""
+        for route in self.routes:
+            if route.name == job.model or (not job.model and route is self.default):
+                route.pending += 1
+                self._claims[id(job)] = route
+                return
+
+    def unclaim(self, job: Job) -> None:
+        """The job holds a replica now, or will never ask for one (no-op if not claimed)."""
+        route = self._claims.pop(id(job), None)
+        if route is not None:
+            route.pending -= 1
+            self.on_change()  # if it got no slot, the room it held may go to another job
+
     def changed(self) -> None:
         """Health or load changed: waiting attempts and the queue look again."""
         for route in self.routes:
@@ -242,7 +268,10 @@ class Router:
         route = self.find(job.model)
         tried: list[Replica] = []
         while True:
-            replica = await route.acquire(job.affinity, tried)
+            try:
+                replica = await route.acquire(job.affinity, tried)
+            finally:
+                self.unclaim(job)  # counted by the replica's in-flight now (or failed)
             job.replica = replica.label
             progress = Progress()
             try:
