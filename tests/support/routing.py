@@ -95,9 +95,9 @@ async def collect(j: Job) -> list[Event]:
 async def next_event(j: Job, kind: type) -> Event:
     """Wait for the job's next event of this kind, skipping others."""
     while True:
-        event = await asyncio.wait_for(j.events.get(), 30)  # type: ignore[attr-defined]
+        event: Event = await asyncio.wait_for(j.events.get(), 30)  # type: ignore[attr-defined]
         if isinstance(event, kind):
-            return event  # type: ignore[no-any-return]
+            return event
         assert not isinstance(event, (Finished, Failed)), event
 
 

@@ -27,6 +27,7 @@ from tests.support.routing import (
 )
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas
 from workers.errors import ModelUnavailable, UpstreamError
+from workers.job import Job
 from workers.pool import WorkerPool
 from workers.probe import Prober, ProbeSettings
 from workers.router import Router
@@ -78,7 +79,7 @@ async def test_a_refused_connection_moves_to_another_replica_and_takes_it_out(
     route = routes.route([f"http://127.0.0.1:{free_port()}/v1", sims[0].url])
     router = routes.router(route, retries=2)
     dead = route.replicas[0]
-    jobs = []
+    jobs: list[Job] = []
     while dead.state == "healthy":
         assert len(jobs) < 5, "the dead replica was never tried"
         jobs.append(job())

@@ -166,19 +166,22 @@ async def test_the_probe_loop_takes_a_replica_out_and_brings_it_back(
     await asyncio.gather(loop, return_exceptions=True)
 
 
-async def start_without_vllm_metrics(hits: list[str]) -> SimServer:
-    """A simulator whose /metrics is some other server's (no vllm: gauges), like an
-    OpenAI-compatible server that is not vLLM."""
+async def start_with_metrics(page: Callable[[int], tuple[int, str] | None],
+                             hits: list[int]) -> SimServer:
+    """A simulator whose /metrics answers `page(n)` (status, text) on the n-th scrape, or its
+    own page when that is None: another server's metrics, or a failing one."""
 
     @web.middleware
-    async def other_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/metrics":
-            hits.append(request.path)
-            return web.Response(text="process_cpu_seconds_total 1.0\n")
+            hits.append(len(hits) + 1)
+            answer = page(len(hits))
+            if answer is not None:
+                return web.Response(status=answer[0], text=answer[1])
         return await handler(request)
 
     app = create_sim_app(SimSettings(ttft_ms=2, tpot_ms=1, echo=True))
-    app.middlewares.insert(0, other_metrics)
+    app.middlewares.insert(0, metrics)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -187,18 +190,18 @@ async def start_without_vllm_metrics(hits: list[str]) -> SimServer:
 
 async def test_a_server_without_vllm_metrics_is_routed_by_in_flight_only(
         sims: SimCluster, routes: Routes) -> None:
-    hits: list[str] = []
-    plain = await start_without_vllm_metrics(hits)
+    hits: list[int] = []
+    plain = await start_with_metrics(lambda _: (200, "process_cpu_seconds_total 1.0\n"), hits)
     try:
         route = routes.route([plain.url, sims[0].url])
         router = routes.router(route)
         prober = Prober(router, ProbeSettings())
         await prober.round()
         other, vllm = route.replicas
-        assert other.state == "healthy" and other.load is None and hits == ["/metrics"]
+        assert other.state == "healthy" and other.load is None and hits == [1]
         assert vllm.load is not None
         await prober.round()
-        assert hits == ["/metrics"]  # not asked again: it has none
+        assert hits == [1]  # not asked again: it has none
         other.in_flight = 2  # as if two of our requests ran there
         assert other.score(time.monotonic()) == 2.0
         other.in_flight = 0
@@ -207,3 +210,20 @@ async def test_a_server_without_vllm_metrics_is_routed_by_in_flight_only(
         assert plain.stats.completed > 0 and sims[0].stats.completed > 0
     finally:
         await plain.close()
+
+
+async def test_a_metrics_page_failing_for_a_while_is_read_again(routes: Routes) -> None:
+    """A 5xx from /metrics is a passing failure (a proxy's hiccup, a busy server), not a
+    server without metrics: the next probes read it again."""
+    hits: list[int] = []
+    sim = await start_with_metrics(lambda n: (503, "busy") if n == 1 else None, hits)
+    try:
+        route = routes.route([sim.url])
+        prober = Prober(routes.router(route), ProbeSettings())
+        await prober.round()
+        [replica] = route.replicas
+        assert replica.state == "healthy" and replica.load is None
+        await prober.round()
+        assert hits == [1, 2] and replica.load is not None
+    finally:
+        await sim.close()
