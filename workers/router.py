@@ -83,12 +83,14 @@ class ModelRoute:
         return ModelUnavailable(f"{which} is unavailable: every server of it is down or "
                                 "recovering, try again shortly")
 
-    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica]) -> Replica:
+    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica],
+                      exclude: Iterable[Replica] = ()) -> Replica:
         """A replica for one attempt (its in-flight count taken), waiting while every routable
-        one is full; replicas in `avoid` (tried already) only when no other is routable."""
-        avoided = set(avoid)
+        one is full; replicas in `avoid` (tried already) only when no other is routable, those
+        in `exclude` (timed out for this job) never."""
+        avoided, excluded = set(avoid), set(exclude)
         while True:
-            routable = [r for r in self.replicas if r.routable]
+            routable = [r for r in self.replicas if r.routable and r not in excluded]
             if not routable:
                 raise self.unavailable_error()
             fresh = [r for r in routable if r not in avoided] or routable
@@ -221,8 +223,9 @@ class Router:
         before the first token (within `retries`); never after the first token."""
         route = self.find(job.model)
         tried: list[Replica] = []
+        timed_out: set[Replica] = set()  # never tried again for this job
         while True:
-            replica = await route.acquire(job.affinity, tried)
+            replica = await route.acquire(job.affinity, tried, timed_out)
             job.replica = replica.label
             progress = Progress()
             begun = time.monotonic()
@@ -256,15 +259,19 @@ class Router:
                 if replica.state != "healthy":
                     self.on_change()
             tried.append(replica)
-            await self._before_retry(job, route, tried, error, reason)
+            if reason == "timeout":
+                timed_out.add(replica)
+            await self._before_retry(job, route, tried, timed_out, error)
 
     async def _before_retry(self, job: Job, route: ModelRoute, tried: list[Replica],
-                            error: UpstreamError, reason: str) -> None:
-        """Raise `error` if the retry budget is spent; else wait if only tried replicas are
-        left (a timeout is never retried on the replica that timed out)."""
+                            timed_out: set[Replica], error: UpstreamError) -> None:
+        """Raise `error` if the retry budget is spent or only replicas that timed out for this
+        job are left (a timeout is never retried on the replica that timed out); else wait if
+        only tried replicas are left."""
         attempts = len(tried)
         others = [r for r in route.replicas if r.routable and r not in tried]
-        if attempts > self._s.retries or (reason == "timeout" and not others):
+        if attempts > self._s.retries or (timed_out and not any(
+                r.routable and r not in timed_out for r in route.replicas)):
             raise error
         if others:
             job.failovers += 1

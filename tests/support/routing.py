@@ -151,3 +151,32 @@ async def run_job(router: Router, j: Job, before_attempt: Callable[[], Any] | No
     """router.run() on a chat job outside any pool; the reply is the text the job got."""
     ending = await router.run(j, attempt_of(j), before_attempt)
     return Completion("".join(j.partial), ending.finish_reason, ending.usage)
+
+
+def hold(*sims: SimServer) -> None:
+    """Every request these simulators get from now on hangs after its first token."""
+    for sim in sims:
+        sim.settings.fault = "hang_after_first"
+
+
+async def stop(tasks: list[asyncio.Task[object]]) -> None:
+    """Cancel running attempts (the model sees each abort)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def start(router: Router, jobs: list[Job]) -> list[asyncio.Task[object]]:
+    """Run these jobs' attempts in the background."""
+    return [asyncio.create_task(run_job(router, j)) for j in jobs]
+
+
+async def occupy(routes: Routes, sim: SimServer, n: int) -> list[asyncio.Task[object]]:
+    """`n` requests running on `sim` from another client (vLLM's other users)."""
+    before = sim.stats.running
+    hold(sim)
+    outside = routes.router(routes.route([sim.url], name="outside"))
+    tasks = start(outside, [job(f"other{i}") for i in range(n)])
+    await wait_for(lambda: sim.stats.running >= before + n)
+    sim.settings.fault = "none"
+    return tasks

@@ -22,7 +22,9 @@ from tests.support.routing import (
     collect,
     fault,
     job,
+    occupy,
     run_job,
+    stop,
     wait_for,
 )
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas
@@ -88,6 +90,24 @@ async def test_a_refused_connection_moves_to_another_replica_and_takes_it_out(
     assert sum(j.failovers for j in jobs) == 1 and jobs[-1].failovers == 1
     assert (await run_job(router, job())).text == TEXT
     assert dead.errors.total() == 1 and sims[0].stats.completed == len(jobs) + 1
+
+
+async def test_a_replica_that_timed_out_is_not_tried_again_for_that_job(
+        sims: SimCluster, routes: Routes, control: aiohttp.ClientSession) -> None:
+    """A times out, B answers 503: the third attempt goes to B again, not back to A."""
+    route = routes.route(sims.urls, first_token_timeout_s=0.5)
+    router = routes.router(route, retries=2)
+    slow, busy = sims
+    others = await occupy(routes, busy, 2)  # B looks busier: A is every attempt's first pick
+    await Prober(router, ProbeSettings()).round()
+    await fault(control, slow, "hang", count=3)
+    await fault(control, busy, "503")
+    j = job()
+    assert (await run_job(router, j)).text == TEXT
+    assert j.replica == busy.url and j.failovers == 1
+    assert slow.stats.requests_total == 1  # timed out once, never asked again
+    assert busy.stats.requests_total == 2 + 2 and busy.stats.completed == 1
+    await stop(others)
 
 
 async def test_a_failure_after_the_first_token_is_never_moved(

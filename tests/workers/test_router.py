@@ -17,16 +17,19 @@ from tests.support.routing import (
     Routes,
     assert_finished,
     collect,
+    hold,
     job,
     next_event,
+    occupy,
     run_job,
+    start,
+    stop,
     wait_for,
 )
-from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas
-from workers.job import Delta, Job
+from vllm_sim import SimCluster, SimSettings, start_replicas
+from workers.job import Delta
 from workers.pool import WorkerPool
 from workers.probe import Prober, ProbeSettings
-from workers.router import Router
 
 
 @pytest.fixture
@@ -35,34 +38,6 @@ async def sims() -> AsyncIterator[SimCluster]:
     cluster = await start_replicas([SimSettings(ttft_ms=2, tpot_ms=1, echo=True)] * 3)
     yield cluster
     await cluster.close()
-
-
-def hold(*sims: SimServer) -> None:
-    """Every request these simulators get from now on hangs after its first token."""
-    for sim in sims:
-        sim.settings.fault = "hang_after_first"
-
-
-async def stop(tasks: list[asyncio.Task[object]]) -> None:
-    """Cancel running attempts (the model sees each abort)."""
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def start(router: Router, jobs: list[Job]) -> list[asyncio.Task[object]]:
-    return [asyncio.create_task(run_job(router, j)) for j in jobs]
-
-
-async def occupy(routes: Routes, sim: SimServer, n: int) -> list[asyncio.Task[object]]:
-    """`n` requests running on `sim` from another client (vLLM's other users)."""
-    before = sim.stats.running
-    hold(sim)
-    outside = routes.router(routes.route([sim.url], name="outside"))
-    tasks = start(outside, [job(f"other{i}") for i in range(n)])
-    await wait_for(lambda: sim.stats.running >= before + n)
-    sim.settings.fault = "none"
-    return tasks
 
 
 # --- least load ----------------------------------------------------------------------------
