@@ -55,7 +55,7 @@ async def sticky(router: Router, sims: SimCluster, key: str) -> tuple[SimServer,
 @pytest.mark.parametrize("failure", ["gone", "reset", "503", "timeout"])
 async def test_a_failure_before_the_first_token_moves_to_another_replica(
         sims: SimCluster, routes: Routes, control: aiohttp.ClientSession, failure: str) -> None:
-    route = routes.route(sims.urls, first_token_timeout_s=0.5)
+    route = routes.route(sims.urls, first_token_timeout_s=1.0 if failure == "timeout" else 10)
     router = routes.router(route, retries=2)
     bad, good = await sticky(router, sims, "conv-1")
     if failure == "gone":
@@ -95,7 +95,7 @@ async def test_a_refused_connection_moves_to_another_replica_and_takes_it_out(
 async def test_a_replica_that_timed_out_is_not_tried_again_for_that_job(
         sims: SimCluster, routes: Routes, control: aiohttp.ClientSession) -> None:
     """A times out, B answers 503: the third attempt goes to B again, not back to A."""
-    route = routes.route(sims.urls, first_token_timeout_s=0.5)
+    route = routes.route(sims.urls, first_token_timeout_s=1.0)
     router = routes.router(route, retries=2)
     slow, busy = sims
     others = await occupy(routes, busy, 2)  # B looks busier: A is every attempt's first pick
@@ -164,7 +164,7 @@ async def test_a_failing_replica_cools_down_longer_each_time(
 
 async def test_the_last_routable_replica_is_never_cooled_down(
         sims: SimCluster, routes: Routes) -> None:
-    route = routes.route(sims.urls)
+    route = routes.route(sims.urls, knobs=Knobs(cooldown_s=60.0))  # cooling to the end
     router = routes.router(route, retries=0)
     for sim in sims:
         sim.settings.fault = "503"

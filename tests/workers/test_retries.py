@@ -179,7 +179,7 @@ async def test_a_request_the_model_refuses_is_not_retried(make_sim: MakeSim, rou
 async def test_hang_times_out_once_and_the_model_sees_the_abort(
         make_sim: MakeSim, routes: Routes, control: aiohttp.ClientSession) -> None:
     sim = await make_sim()
-    router = one(routes, sim.url, retries=2, first_token_timeout_s=0.3)
+    router = one(routes, sim.url, retries=2, first_token_timeout_s=1.0)
     await fault(control, sim, "hang")
     with pytest.raises(UpstreamTimeout):
         await run_job(router, job())
@@ -192,7 +192,7 @@ async def test_hang_times_out_once_and_the_model_sees_the_abort(
 async def test_hang_after_the_first_token_is_not_retried(
         make_sim: MakeSim, routes: Routes, control: aiohttp.ClientSession) -> None:
     sim = await make_sim()
-    router = one(routes, sim.url, first_token_timeout_s=0.3)
+    router = one(routes, sim.url, first_token_timeout_s=1.0)
     await fault(control, sim, "hang_after_first")
     j = job()
     with pytest.raises(UpstreamTimeout):

@@ -224,7 +224,7 @@ async def test_hang_times_out_retryably_and_the_model_sees_the_abort(
         make_sim: MakeSim, routes: Routes, control: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     await fault(control, sim, "hang")
-    retry = await retryable(routes.replica(sim.url, first_token_timeout_s=0.3).client)
+    retry = await retryable(routes.replica(sim.url, first_token_timeout_s=1.0).client)
     assert retry.reason == "timeout" and isinstance(retry.error, UpstreamTimeout)
     await wait_for(lambda: sim.stats.aborted == 1)
     assert sim.stats.requests_total == 1
@@ -236,7 +236,7 @@ async def test_hang_after_first_token_times_out_finally(
     await fault(control, sim, "hang_after_first")
     deltas: list[str] = []
     with pytest.raises(UpstreamTimeout):
-        await run(routes.replica(sim.url, first_token_timeout_s=0.3).client, deltas=deltas)
+        await run(routes.replica(sim.url, first_token_timeout_s=1.0).client, deltas=deltas)
     assert "".join(deltas) == WORDS[0]
     await wait_for(lambda: sim.stats.aborted == 1 and sim.stats.running == 0)
 
