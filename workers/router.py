@@ -53,6 +53,7 @@ class ModelRoute:
         self.affinity = {"hit": 0, "moved": 0, "new": 0}
         self.failovers = 0
         self.unavailable = 0  # requests refused because every replica was out
+        self.starting = 0  # jobs workers took that hold no replica yet: room promised to them
 
     @property
     def available(self) -> bool:
@@ -61,8 +62,15 @@ class ModelRoute:
 
     @property
     def has_room(self) -> bool:
-        """Whether a request could start now on some routable replica."""
-        return any(r.routable and r.has_room for r in self.replicas)
+        """Whether one more request could start now on some routable replica, besides the
+        jobs workers took already and that hold no replica yet."""
+        free = 0
+        for r in self.replicas:
+            if r.routable:
+                if not r.spec.max_concurrency:
+                    return True
+                free += max(0, r.spec.max_concurrency - r.in_flight)
+        return free > self.starting
 
     def others_routable(self, replica: Replica) -> bool:
         """Whether a replica besides this one may take requests now."""
@@ -155,6 +163,7 @@ class Router:
         self.routes = list(routes)
         self._s = settings
         self.on_change = on_change or (lambda: None)  # the pool's queue looks again
+        self._claims: dict[Job, ModelRoute] = {}  # taken by a worker, no replica held yet
         # Called once per attempt that got a first token: (model, replica, seconds).
         self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
 
@@ -206,10 +215,30 @@ class Router:
     def can_start(self, job: Job) -> bool:
         """Whether a worker should take this job now: its model has room, or has no replica
         at all (then it fails fast instead of waiting)."""
+        route = self._route_of(job)
+        if route is None:
+            return True  # an unknown model fails when run
+        return route.has_room or not route.available
+
+    def claim(self, job: Job) -> None:
+        """A worker took the job: its model's room is held for it until it holds a replica,
+        so the workers looking next do not take jobs that room cannot carry."""
+        route = self._route_of(job)
+        if route is not None:
+            route.starting += 1
+            self._claims[job] = route
+
+    def unclaim(self, job: Job) -> None:
+        """The job holds a replica now, or ended without one."""
+        route = self._claims.pop(job, None)
+        if route is not None:
+            route.starting -= 1
+
+    def _route_of(self, job: Job) -> ModelRoute | None:
         for route in self.routes:
             if route.name == job.model or (not job.model and route is self.default):
-                return route.has_room or not route.available
-        return True  # an unknown model fails when run
+                return route
+        return None
 
     def changed(self) -> None:
         """Health or load changed: waiting attempts and the queue look again."""
@@ -226,6 +255,7 @@ class Router:
         timed_out: set[Replica] = set()  # never tried again for this job
         while True:
             replica = await route.acquire(job.affinity, tried, timed_out)
+            self.unclaim(job)
             job.replica = replica.label
             progress = Progress()
             begun = time.monotonic()

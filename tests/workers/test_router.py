@@ -27,7 +27,7 @@ from tests.support.routing import (
     wait_for,
 )
 from vllm_sim import SimCluster, SimSettings, start_replicas
-from workers.job import Delta
+from workers.job import Delta, Finished
 from workers.pool import WorkerPool
 from workers.probe import Prober, ProbeSettings
 
@@ -221,4 +221,27 @@ async def test_workers_leave_a_full_model_to_run_another_models_jobs(
     for j in waiting:
         assert_finished(await collect(j), j.request.messages[-1]["content"])  # type: ignore[union-attr]
     assert sims[0].stats.max_in_flight == 1
+    await pool.stop()
+
+
+async def test_a_burst_for_a_full_model_holds_no_more_workers_than_its_room(
+        sims: SimCluster, routes: Routes) -> None:
+    """Jobs queued together for a model with room for one: one worker takes one of them,
+    the others wait in the queue, not in workers, while another model's jobs run."""
+    full = routes.route([routes.replica(sims[0].url, max_concurrency=1)], name="a")
+    other = routes.route([sims[1].url], name="b")
+    pool = WorkerPool(routes.router(full, other), workers=3, max_queue=64)
+    pool.start()
+    hold(sims[0])
+    burst = [job(f"u{i}", f"a {i}", model="a") for i in range(3)]
+    for j in burst:
+        pool.submit(j)  # before any worker has run: the model's room is all there is
+    await next_event(burst[0], Delta)
+    others = [job(f"v{i}", f"b {i}", model="b") for i in range(4)]
+    for j in others:
+        pool.submit(j)
+    for events in await asyncio.gather(*(collect(j) for j in others)):
+        assert isinstance(events[-1], Finished), events
+    assert [j.state for j in burst] == ["running", "queued", "queued"]
+    assert pool.stats.running == 1 and sims[0].stats.requests_total == 1
     await pool.stop()
