@@ -208,6 +208,7 @@ async def test_an_unnamed_model_learns_its_name_before_the_first_request(
     router = one(routes, sim.url, served_name="")
     assert (await run_job(router, job())).text == TEXT
     assert router.default.served_name == "served-name"
+    assert sim.stats.connections_opened == 1  # the model list and the chat shared it
     assert [b["model"] for b in await sim_requests(control, sim)] == ["served-name"]
 
 

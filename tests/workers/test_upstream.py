@@ -10,13 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.support.procs import free_port
 from tests.support.routing import TEXT, WORDS, Routes, fault, sim_requests, wait_for
 from vllm_sim import DEFAULT_MODEL, SimServer
 from workers.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
-from workers.job import Completion, CompletionRequest
+from workers.job import Completion, CompletionRequest, ForwardRequest
 from workers.stream import Progress
 from workers.upstream import Retryable, Unreachable, UpstreamClient
 
@@ -276,3 +277,57 @@ async def test_load_reads_the_metrics_beside_v1(make_sim: MakeSim, routes: Route
     sim = await make_sim(api_key="s3cret")  # /metrics is outside /v1: no key needed there
     text = await routes.replica(sim.url).client.load()
     assert text is not None and "vllm:num_requests_running" in text
+
+
+# --- passing OpenAI requests on --------------------------------------------------------------
+
+
+def forward_request(stream: bool, hide_usage: bool = False) -> ForwardRequest:
+    body: dict[str, Any] = {"model": "my-alias", "messages": REQ.messages, "stream": stream}
+    if hide_usage:
+        body["stream_options"] = {"include_usage": True}
+    return ForwardRequest("/chat/completions", body, stream, hide_usage, "req-1")
+
+
+async def test_forward_passes_a_whole_answer_on_for_the_served_name(
+        make_sim: MakeSim, routes: Routes, control: aiohttp.ClientSession) -> None:
+    sim = await make_sim()
+    raw: list[bytes] = []
+    progress = Progress()
+    client = routes.replica(sim.url).client
+    ending = await client.forward(DEFAULT_MODEL, forward_request(False), raw.append, progress)
+    [body] = raw
+    answer = orjson.loads(body)
+    assert answer["choices"][0]["message"]["content"] == TEXT and progress.sent
+    assert ending.usage == answer["usage"] and ending.finish_reason == "stop"
+    async with control.get(f"{sim.root_url}/sim/requests?detail=1") as resp:
+        [seen] = await resp.json()
+    assert seen["body"]["model"] == DEFAULT_MODEL and seen["request_id"] == "req-1"
+
+
+async def test_forward_streams_the_events_without_the_usage_asked_for_us(
+        make_sim: MakeSim, routes: Routes) -> None:
+    sim = await make_sim()
+    raw: list[bytes] = []
+    client = routes.replica(sim.url).client
+    ending = await client.forward(DEFAULT_MODEL, forward_request(True, hide_usage=True),
+                                  raw.append, Progress())
+    events = b"".join(raw).split(b"\n\n")
+    assert events[-2] == b"data: [DONE]" and events[-1] == b""
+    chunks = [orjson.loads(e[5:]) for e in events[:-2]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                   if c["choices"])
+    assert text == TEXT
+    assert not [c for c in chunks if c.get("usage") and not c["choices"]]  # kept for us only
+    assert ending.usage["completion_tokens"] == len(WORDS)
+
+
+async def test_forward_of_a_503_is_retryable(make_sim: MakeSim, routes: Routes,
+                                             control: aiohttp.ClientSession) -> None:
+    sim = await make_sim()
+    await fault(control, sim, "503")
+    raw: list[bytes] = []
+    with pytest.raises(Retryable) as info:
+        await routes.replica(sim.url).client.forward(DEFAULT_MODEL, forward_request(True),
+                                                     raw.append, Progress())
+    assert info.value.reason == "status" and raw == []
