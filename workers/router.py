@@ -147,6 +147,7 @@ class ModelRoute:
         if sticky is not None and sticky in free and \
                 sticky.score(now) <= best_score + self._s.affinity_slack:
             self.affinity["hit"] += 1
+            self._sticky[key] = sticky  # the TTL counts from its last message, not its first
             return sticky
         self.affinity["moved" if sticky is not None else "new"] += 1
         self._sticky[key] = best

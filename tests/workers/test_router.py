@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.routing import (
     TEXT,
+    Knobs,
     Routes,
     assert_finished,
     collect,
@@ -152,6 +153,17 @@ async def test_a_conversation_stays_on_its_replica_and_hits_its_prefix_cache(
     assert route.affinity == {"hit": 3, "moved": 0, "new": 1}
     [sim] = [s for s in sims if s.url == first.replica]
     assert sim.stats.requests_total == 4 and sim.stats.prefix_cache_hits >= 3
+
+
+async def test_an_active_conversation_keeps_its_replica_past_the_affinity_ttl(
+        sims: SimCluster, routes: Routes) -> None:
+    """The TTL forgets conversations gone idle, not ones that go on."""
+    route = routes.route(sims.urls, knobs=Knobs(affinity_ttl_s=1.5))
+    router = routes.router(route)
+    for _ in range(9):  # half as long again as the TTL in all, a sixth of it between messages
+        await run_job(router, job(affinity="conv-1"))
+        await asyncio.sleep(0.25)
+    assert route.affinity == {"hit": 8, "moved": 0, "new": 1}
 
 
 async def test_a_conversation_moves_when_its_replica_is_much_busier(
