@@ -161,13 +161,13 @@ class WorkerPool:
     async def _work(self) -> None:
         while True:
             job = await self.queue.get()
-            self.router.claim(job)  # at once: the next worker's can_start counts it
             self.queue.task_done()
+            self.router.claim(job)  # before another worker asks whether its model has room
             try:
                 if job.state == "queued":  # else cancelled while waiting: never sent upstream
                     await self._hold(job)
             finally:
-                self.router.unclaim(job)  # if it never reached a replica
+                self.router.unclaim(job)
                 self.queue.done(job)  # its owner may run another now
 
     async def _hold(self, job: Job) -> None:

@@ -69,10 +69,10 @@ class ModelRoute:
         self._sticky = _Sticky(settings.affinity_size, settings.affinity_ttl_s)
         self._turn = 0
         self._waiters: list[asyncio.Future[None]] = []
-        self.pending = 0  # jobs a worker took that have not been given a replica yet
         self.affinity = {"hit": 0, "moved": 0, "new": 0}
         self.failovers = 0
         self.unavailable = 0  # requests refused because every replica was out
+        self.starting = 0  # jobs workers took that hold no replica yet: room promised to them
 
     @property
     def available(self) -> bool:
@@ -81,16 +81,15 @@ class ModelRoute:
 
     @property
     def has_room(self) -> bool:
-        """Whether one more request could start now on some routable replica, counting the
-        jobs workers took and have not placed yet (a burst would otherwise take every worker
-        before the first of them holds a slot)."""
+        """Whether one more request could start now on some routable replica, besides the
+        jobs workers took already and that hold no replica yet."""
         free = 0
         for r in self.replicas:
             if r.routable:
                 if not r.spec.max_concurrency:
                     return True
                 free += max(0, r.spec.max_concurrency - r.in_flight)
-        return free > self.pending
+        return free > self.starting
 
     def others_routable(self, replica: Replica) -> bool:
         """Whether a replica besides this one may take requests now."""
@@ -111,12 +110,14 @@ class ModelRoute:
         return ModelUnavailable(f"{which} is unavailable: every server of it is down or "
                                 "recovering, try again shortly")
 
-    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica]) -> Replica:
+    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica],
+                      exclude: Iterable[Replica] = ()) -> Replica:
         """A replica for one attempt (its in-flight count taken), waiting while every routable
-        one is full; replicas in `avoid` (tried already) only when no other is routable."""
-        avoided = set(avoid)
+        one is full; replicas in `avoid` (tried already) only when no other is routable, those
+        in `exclude` (timed out for this job) never."""
+        avoided, excluded = set(avoid), set(exclude)
         while True:
-            routable = [r for r in self.replicas if r.routable]
+            routable = [r for r in self.replicas if r.routable and r not in excluded]
             if not routable:
                 raise self.unavailable_error()
             fresh = [r for r in routable if r not in avoided] or routable
@@ -168,7 +169,7 @@ class ModelRoute:
             best = sticky
         else:
             self.affinity["moved" if sticky is not None else "new"] += 1
-        self._sticky.put(key, best, now)  # remembered from its last use
+        self._sticky.put(key, best, now)  # the TTL counts from its last use, not its first
         return best
 
 
@@ -182,9 +183,9 @@ class Router:
         self.routes = list(routes)
         self._s = settings
         self.on_change = on_change or (lambda: None)  # the pool's queue looks again
+        self._claims: dict[Job, ModelRoute] = {}  # taken by a worker, no replica held yet
         # Called once per attempt that got a first token: (model, replica, seconds).
         self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
-        self._claims: dict[int, ModelRoute] = {}  # id(job) -> its route, until it is placed
 
     @property
     def default(self) -> ModelRoute:
@@ -234,26 +235,30 @@ class Router:
     def can_start(self, job: Job) -> bool:
         """Whether a worker should take this job now: its model has room, or has no replica
         at all (then it fails fast instead of waiting)."""
-        for route in self.routes:
-            if route.name == job.model or (not job.model and route is self.default):
-                return route.has_room or not route.available
-        return True  # an unknown model fails when run
+        route = self._route_of(job)
+        if route is None:
+            return True  # an unknown model fails when run
+        return route.has_room or not route.available
 
     def claim(self, job: Job) -> None:
-        """A worker took the job: it counts against its model's room until it holds a
-        replica (or ends), so `can_start` does not hand out the same free slot twice."""
-        for route in self.routes:
-            if route.name == job.model or (not job.model and route is self.default):
-                route.pending += 1
-                self._claims[id(job)] = route
-                return
+        """A worker took the job: its model's room is held for it until it holds a replica,
+        so the workers looking next do not take jobs that room cannot carry."""
+        route = self._route_of(job)
+        if route is not None:
+            route.starting += 1
+            self._claims[job] = route
 
     def unclaim(self, job: Job) -> None:
-        """The job holds a replica now, or will never ask for one (no-op if not claimed)."""
-        route = self._claims.pop(id(job), None)
+        """The job holds a replica now, or ended without one."""
+        route = self._claims.pop(job, None)
         if route is not None:
-            route.pending -= 1
-            self.on_change()  # if it got no slot, the room it held may go to another job
+            route.starting -= 1
+
+    def _route_of(self, job: Job) -> ModelRoute | None:
+        for route in self.routes:
+            if route.name == job.model or (not job.model and route is self.default):
+                return route
+        return None
 
     def changed(self) -> None:
         """Health or load changed: waiting attempts and the queue look again."""
@@ -267,11 +272,10 @@ class Router:
         before the first token (within `retries`); never after the first token."""
         route = self.find(job.model)
         tried: list[Replica] = []
+        timed_out: set[Replica] = set()  # never tried again for this job
         while True:
-            try:
-                replica = await route.acquire(job.affinity, tried)
-            finally:
-                self.unclaim(job)  # counted by the replica's in-flight now (or failed)
+            replica = await route.acquire(job.affinity, tried, timed_out)
+            self.unclaim(job)
             job.replica = replica.label
             progress = Progress()
             try:
@@ -305,15 +309,19 @@ class Router:
                 if replica.state != "healthy":
                     self.on_change()
             tried.append(replica)
-            await self._before_retry(job, route, tried, error, reason)
+            if reason == "timeout":
+                timed_out.add(replica)
+            await self._before_retry(job, route, tried, timed_out, error)
 
     async def _before_retry(self, job: Job, route: ModelRoute, tried: list[Replica],
-                            error: UpstreamError, reason: str) -> None:
-        """Raise `error` if the retry budget is spent; else wait if only tried replicas are
-        left (a timeout is never retried on the replica that timed out)."""
+                            timed_out: set[Replica], error: UpstreamError) -> None:
+        """Raise `error` if the retry budget is spent or only replicas that timed out for this
+        job are left (a timeout is never retried on the replica that timed out); else wait if
+        only tried replicas are left."""
         attempts = len(tried)
         others = [r for r in route.replicas if r.routable and r not in tried]
-        if attempts > self._s.retries or (reason == "timeout" and not others):
+        if attempts > self._s.retries or (timed_out and not any(
+                r.routable and r not in timed_out for r in route.replicas)):
             raise error
         if others:
             job.failovers += 1

@@ -117,11 +117,14 @@ class UpstreamClient:
             raise UpstreamError("cannot list models: not a model list") from err
 
     async def load(self, timeout_s: float = 10.0) -> str | None:
-        """The server's Prometheus text from GET /metrics, or None if it has none."""
+        """The server's Prometheus text from GET /metrics, or None if it has none (a 5xx is
+        an UpstreamError: it may have some next time)."""
         try:
             async with self._probe_session.get(
                     f"{self._root}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) \
                     as resp:
+                if resp.status >= 500:  # failing for now, not a server without metrics
+                    raise UpstreamError(f"GET /metrics answered {resp.status}")
                 if resp.status != 200 or (resp.content_length or 0) > METRICS_LIMIT:
                     return None
                 data = await resp.content.read(METRICS_LIMIT)
