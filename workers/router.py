@@ -328,7 +328,7 @@ class Router:
             route.failovers += 1
         log.info("model %s: attempt %d on %s failed (%s); trying %s", route.name, attempts,
                  tried[-1].label, error, "another replica" if others else "again")
-        if not others:
+        if not others and route.available:  # none routable: acquire refuses at once
             backoff = self._s.retry_backoff_s * 2 ** (attempts - 1)
             await asyncio.sleep(backoff * (0.5 + random.random()))
 

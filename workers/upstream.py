@@ -17,7 +17,9 @@ from .errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from .job import CompletionRequest, Ending, ForwardRequest
 from .stream import Progress, message_of, read_chat, read_stream, read_whole
 
-_RETRY_STATUSES = frozenset({502, 503, 504})
+# 429 too: a model server (or its proxy) that says it is too busy is busy for us, not wrong
+# about the request.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _JSON = {"Content-Type": "application/json"}
 METRICS_LIMIT = 4 << 20  # a /metrics page larger than this is not vLLM's: not read
 
@@ -198,7 +200,7 @@ async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
 
 
 async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
-    """The error for a non-200 answer: 502/503/504 retryable, 4xx rejected."""
+    """The error for a non-200 answer: 429/502/503/504 retryable, other 4xx rejected."""
     try:
         detail = message_of(orjson.loads(await resp.content.read(65536)))
     except Exception:  # noqa: BLE001 - the body is only for the message

@@ -88,6 +88,15 @@ async def test_retries_zero_means_one_attempt(make_sim: MakeSim, routes: Routes,
     assert sim.stats.requests_total == 1
 
 
+async def test_429_from_the_model_server_is_retried(make_sim: MakeSim, routes: Routes,
+                                                    control: aiohttp.ClientSession) -> None:
+    sim = await make_sim()
+    router = one(routes, sim.url, retries=2)
+    await fault(control, sim, "429", count=1)
+    assert (await run_job(router, job())).text == TEXT  # it was busy, not we wrong
+    assert sim.stats.requests_total == 2
+
+
 async def test_500_is_not_retried(make_sim: MakeSim, routes: Routes,
                                   control: aiohttp.ClientSession) -> None:
     sim = await make_sim()
