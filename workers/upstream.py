@@ -129,7 +129,12 @@ class UpstreamClient:
                     raise UpstreamError(f"GET /metrics answered {resp.status}")
                 if resp.status != 200 or (resp.content_length or 0) > METRICS_LIMIT:
                     return None
-                data = await resp.content.read(METRICS_LIMIT)
+                # read(n) gives only what one network read brought: the page is read whole.
+                data = bytearray()
+                async for piece in resp.content.iter_any():
+                    data += piece
+                    if len(data) > METRICS_LIMIT:
+                        return None
         except (TimeoutError, aiohttp.ClientError) as err:
             raise UpstreamError(f"cannot read metrics: {type(err).__name__}") from err
         return data.decode("utf-8", "replace")
