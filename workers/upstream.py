@@ -160,7 +160,10 @@ class UpstreamClient:
                 lambda resp: read_stream(resp, request, on_raw, progress)  # noqa: E731
         else:
             read = lambda resp: read_whole(resp, on_raw, progress)  # noqa: E731
-        return await _guarded(progress, self._post(request.path, body, headers, read))
+        # A whole answer comes at the end: its timeout may be the model still generating, so
+        # it is not run again on another replica (each would generate it all once more).
+        return await _guarded(progress, self._post(request.path, body, headers, read),
+                              retry_timeout=request.stream)
 
     async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str],
                     read: Callable[[aiohttp.ClientResponse], Awaitable[Ending]]) -> Ending:
@@ -179,8 +182,10 @@ class UpstreamClient:
             raise
 
 
-async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
-    """One attempt, its transport failures sorted into retryable (nothing sent) or final."""
+async def _guarded(progress: Progress, attempt: Awaitable[Ending],
+                   retry_timeout: bool = True) -> Ending:
+    """One attempt, its transport failures sorted into retryable (nothing sent) or final;
+    a read timeout is final unless `retry_timeout` (no first token: a streamed reply)."""
     try:
         return await attempt
     except TimeoutError as err:
@@ -188,7 +193,7 @@ async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
             raise Retryable(UpstreamError("timed out connecting to the model"), "connect") \
                 from err
         timeout = UpstreamTimeout("the model did not answer in time")
-        if progress.sent:
+        if progress.sent or not retry_timeout:
             raise timeout from err
         raise Retryable(timeout, "timeout") from err
     except aiohttp.ClientConnectorError as err:
