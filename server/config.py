@@ -304,6 +304,10 @@ def _build_replica(where: str, value: Any) -> ReplicaSpec:
                           "e.g. http://gpu1:8000/v1")
     if spec.weight <= 0:
         raise ConfigError(f"{where}.weight: must be greater than 0, got {spec.weight}")
+    # A key and user:password@ would both be the Authorization header: aiohttp refuses them.
+    if spec.api_key and "@" in spec.url.split("//", 1)[-1].split("/", 1)[0]:
+        raise ConfigError(f"{where}.api_key: cannot be used with user:password@ in the url "
+                          "(both go in the Authorization header): give one of them")
     return spec
 
 

@@ -268,6 +268,9 @@ URL = {"url": "http://gpu1:8000/v1"}
     ([{"name": "chat", "replicas": [{**URL, "max_concurrency": -1}]}],
      "models[0].replicas[0].max_concurrency"),
     ([{"name": "chat", "replicas": [{**URL, "colour": "red"}]}], "models[0].replicas[0].colour"),
+    # Both would be the Authorization header: aiohttp refuses every request (a ValueError).
+    ([{"name": "chat", "replicas": [{"url": "http://u:p@gpu1:8000/v1", "api_key": "k"}]}],
+     "models[0].replicas[0].api_key"),
     (["chat"], "models[0]"),
 ])
 def test_a_bad_models_entry_is_one_clear_error(models: Any, names: str) -> None:
