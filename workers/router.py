@@ -218,9 +218,13 @@ class Router:
             raise
 
     async def learn_names(self) -> None:
-        """Ask each model without a name yet for its servers' model list (first answer wins)."""
+        """Ask each model without a name yet for its servers' model list (first answer wins);
+        not the servers that are out (a hung one would hold each request for the timeout:
+        the probes learn the name when one is back)."""
         for route in self.routes:
             for replica in route.replicas if not route.name else ():
+                if not replica.routable:
+                    continue
                 try:
                     route.learn(await replica.client.list_models())
                     break

@@ -265,3 +265,34 @@ async def test_a_metrics_page_arriving_in_pieces_is_read_whole(routes: Routes) -
         assert replica.load.waiting == 1.0
     finally:
         await sim.close()
+
+
+async def test_a_name_asked_of_an_unnamed_model_whose_servers_are_down_fails_fast(
+        routes: Routes) -> None:
+    """A server that accepts connections but never answers (a hung host) is down after two
+    probes; a request naming a model then gets its 503 at once, not after asking that server
+    again and waiting out the model-list timeout (per request, per replica)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # never answers
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        route = routes.route([f"http://127.0.0.1:{port}/v1"], name="", served_name="")
+        router = routes.router(route)
+        prober = Prober(router, ProbeSettings(probe_timeout_s=0.2))
+        await prober.round()
+        await prober.round()
+        [replica] = route.replicas
+        assert replica.state == "down"
+        seen = len(accepted)
+        with pytest.raises(ModelUnavailable):
+            await router.lookup("vllm-simulator")
+        assert len(accepted) == seen  # the down server was not asked again
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
