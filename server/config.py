@@ -288,6 +288,10 @@ def _build_models(value: Any) -> tuple[ModelConfig, ...]:
         if any(m.name == model.name for m in models):
             raise ConfigError(f"{where}.name: {model.name!r} is listed twice")
         specs = tuple(_build_replica(f"{where}.replicas[{j}]", r) for j, r in enumerate(replicas))
+        urls = [spec.url.rstrip("/") for spec in specs]
+        for j, url in enumerate(urls):
+            if url in urls[:j]:  # one server counted twice: two caps, two health states
+                raise ConfigError(f"{where}.replicas[{j}].url: listed twice for this model")
         models.append(dataclasses.replace(model, replicas=specs,
                                           served_name=model.served_name or model.name))
     return tuple(models)

@@ -294,6 +294,8 @@ class Router:
                 reason = retry.reason
             except UpstreamRejected as err:
                 fault = _REPLICA_FAULTS.get(err.status)
+                if fault == "model" and "model" not in err.detail.lower():
+                    fault = None  # a 404 about something else (a path a proxy lacks): ours
                 if fault is None:  # the request's own fault: the replica is fine
                     replica.succeeded(None)
                     raise

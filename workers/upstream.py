@@ -122,9 +122,10 @@ class UpstreamClient:
         """The server's Prometheus text from GET /metrics, or None if it has none (a 5xx is
         an UpstreamError: it may have some next time)."""
         try:
+            # With our key: a proxy that guards the server may guard its /metrics too.
             async with self._probe_session.get(
-                    f"{self._root}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) \
-                    as resp:
+                    f"{self._root}/metrics", headers=self._probe_headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status >= 500:  # failing for now, not a server without metrics
                     raise UpstreamError(f"GET /metrics answered {resp.status}")
                 if resp.status != 200 or (resp.content_length or 0) > METRICS_LIMIT:

@@ -272,6 +272,8 @@ URL = {"url": "http://gpu1:8000/v1"}
     ([{"name": "chat", "replicas": [{"url": "http://u:p@gpu1:8000/v1", "api_key": "k"}]}],
      "models[0].replicas[0].api_key"),
     (["chat"], "models[0]"),
+    ([{"name": "chat", "replicas": [URL, {"url": "http://gpu1:8000/v1/"}]}],
+     "models[0].replicas[1].url"),
 ])
 def test_a_bad_models_entry_is_one_clear_error(models: Any, names: str) -> None:
     with pytest.raises(ConfigError) as caught:

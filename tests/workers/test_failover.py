@@ -266,3 +266,31 @@ async def test_a_long_non_streamed_answer_that_times_out_is_not_run_again_elsewh
         await router.run(j, attempt)
     assert sum(s.stats.requests_total for s in sims) == 1 and j.failovers == 0
     await wait_for(lambda: sum(s.stats.aborted for s in sims) == 1)
+
+
+async def test_a_404_about_the_model_takes_the_replica_out_but_another_404_does_not(
+        sims: SimCluster, routes: Routes) -> None:
+    route = routes.route(sims.urls)
+    router = routes.router(route, retries=2)
+    first, second = route.replicas
+
+    async def forward(path: str, model: str) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        j = Job(owner="alice", request=ForwardRequest(path, body, False, False, "r1"))
+
+        def attempt(client: UpstreamClient, served: str, progress: Progress
+                    ) -> Awaitable[Ending]:
+            return client.forward(served, j.request, lambda data: None,  # type: ignore[arg-type]
+                                  progress)
+        await router.run(j, attempt)
+
+    # A path the server lacks (as a proxy in front of it might answer): the request's fault.
+    with pytest.raises(UpstreamError) as info:
+        await forward("/no/such/path", "ignored")
+    assert getattr(info.value, "status", None) == 404
+    assert first.state == second.state == "healthy"
+    # The server saying it does not serve the model: misconfigured, out, tried elsewhere.
+    route.served_name = "a-model-nobody-serves"
+    with pytest.raises(ModelUnavailable):
+        await forward("/chat/completions", "ignored")
+    assert first.state == second.state == "down" and "404" in first.reason
