@@ -138,6 +138,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """Turns that outlive their connection: how long they wait for a reader to come back."""
+
+    detached_grace_s: float = 30.0
+    finished_turn_ttl_s: float = 120.0
+    max_detached_per_user: int = 4
+
+
+@dataclass(frozen=True)
 class MemoryConfig:
     """What each prompt carries: the system prompt and a history budget."""
 
@@ -184,6 +193,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -220,7 +230,7 @@ _POSITIVE = {
     "render.cache_mb", "routing.probe_interval_s", "routing.probe_timeout_s",
     "routing.failure_window_s", "routing.failure_min_requests", "routing.cooldown_s",
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
-    "routing.affinity_size",
+    "routing.affinity_size", "chat.finished_turn_ttl_s",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
