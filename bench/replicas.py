@@ -220,18 +220,23 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
 
 
 async def through_chatgate(label: str, sim: Sim, args: argparse.Namespace, clients: int,
-                           affinity: bool, system_prompt: str) -> Row:
-    """Start chatgate on `sim`'s replicas, measure, stop it."""
+                           capacity: int, affinity: bool, system_prompt: str) -> Row:
+    """Start chatgate on `sim`'s replicas (max_concurrency: their capacity), measure, stop."""
     folder = Path(tempfile.mkdtemp(prefix="chatgate-replicas-"))
     port = free_port()
-    limit = args.capacity if args.max_concurrency < 0 else args.max_concurrency
+    limit = capacity if args.max_concurrency < 0 else args.max_concurrency
     config = write_config(folder, port, sim.urls, limit, affinity, args.workers, system_prompt)
     server = await start_chatgate(folder, config, port)
     try:
         base = f"http://127.0.0.1:{port}"
         tokens = await register(base, args.users)
         turn = chatgate_turn(base, tokens, args.tokens)
-        return await measure(label, sim, turn, args, clients, server)
+        row = await measure(label, sim, turn, args, clients, server)
+        async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+            routing = [line for line in (await r.text()).splitlines()
+                       if not line.startswith("#") and ("affinity" in line or "failover" in line)]
+        print("    chatgate /metrics: " + "; ".join(routing), file=sys.stderr)
+        return row
     finally:
         stop(server)
         shutil.rmtree(folder, ignore_errors=True)
@@ -245,7 +250,8 @@ async def scaling(args: argparse.Namespace) -> list[tuple[int, Row, Row]]:
         try:
             direct = await measure(f"{n} direct", sim, direct_turn(
                 sim.urls, "round-robin", args.tokens, SYSTEM), args, args.clients)
-            gate = await through_chatgate(f"{n} chatgate", sim, args, args.clients, True, SYSTEM)
+            gate = await through_chatgate(f"{n} chatgate", sim, args, args.clients,
+                                          args.capacity, True, SYSTEM)
         finally:
             stop(sim.proc)
         out.append((n, direct, gate))
@@ -267,7 +273,8 @@ async def affinity(args: argparse.Namespace) -> list[Row]:
                               args.clients_affinity)]
         for on in (True, False):
             rows.append(await through_chatgate(f"chatgate, routing.affinity: {str(on).lower()}",
-                                               sim, args, args.clients_affinity, on, ""))
+                                               sim, args, args.clients_affinity,
+                                               args.capacity_affinity, on, ""))
         return rows
     finally:
         stop(sim.proc)
@@ -325,7 +332,7 @@ def print_affinity(args: argparse.Namespace, rows: list[Row]) -> None:
 async def main() -> int:
     """Parse options, run the scenarios, print the tables."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 s runs, fewer replica counts")
+    p.add_argument("--quick", action="store_true", help="3 s runs after 1 s of warm-up")
     p.add_argument("--only", choices=("scaling", "affinity"))
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--seconds", type=float, default=10, help="measured time of each run")
