@@ -59,7 +59,8 @@ def main() -> int:
     command, rest = sys.argv[1], sys.argv[2:]
     ensure_env(with_tests=command == "test")
     if command == "run":
-        real = "--no-demo" in rest or os.environ.get("CHATGATE_LLM__BASE_URL")
+        real = "--no-demo" in rest or os.environ.get("CHATGATE_LLM__BASE_URL") \
+            or os.environ.get("CHATGATE_MODELS")
         demo = [] if real else ["--demo"]
         rest = [a for a in rest if a != "--no-demo"]
         args = [str(PY), "run.py", *demo, *rest]

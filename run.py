@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
 import sys
 
 from server.batches import BatchWriter
-from server.config import Config, ConfigError, load_config
+from server.config import Config, ConfigError, ModelConfig, load_config
 from server.runner import serve
 from server.storage import StorageError
-from vllm_sim import SimSettings, start_simulator
+from vllm_sim import SimSettings, start_replicas
+from workers.replica import ReplicaSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port", type=int, help="override server.port")
     parser.add_argument("--demo", action="store_true",
-                        help="also start the vLLM simulator and point llm.base_url at it")
+                        help="also start the vLLM simulator and serve its model from it")
+    parser.add_argument("--demo-replicas", type=int, default=2, metavar="N",
+                        help="simulated replicas of the demo's model (default 2)")
     args = parser.parse_args(argv)
     listener = _log_off_the_loop()
     try:
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     try:
         with runner:
-            return runner.run(_run(config, args.demo))
+            return runner.run(_run(config, args.demo_replicas if args.demo else 0))
     finally:
         listener.close()  # writes out what is still pending
 
@@ -103,18 +107,21 @@ def _port_taken(host: str, port: int) -> str | None:
     return None
 
 
-async def _run(config: Config, demo: bool) -> int:
+async def _run(config: Config, demo_replicas: int) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     simulator = None
     try:
-        if demo:
-            simulator = await start_simulator(SimSettings(ttft_ms=300, tpot_ms=40, demo=True,
-                                                          reply_tokens=48))
-            config = config.replace("llm", base_url=simulator.url, model="", api_key="")
-            print(f"vLLM SIMULATOR (not a real model) at {simulator.url}", flush=True)
+        if demo_replicas:
+            settings = SimSettings(ttft_ms=300, tpot_ms=40, demo=True, reply_tokens=48)
+            simulator = await start_replicas([settings] * max(1, demo_replicas))
+            replicas = tuple(ReplicaSpec(url) for url in simulator.urls)
+            config = dataclasses.replace(config, models=(ModelConfig(replicas=replicas),))
+            for i, replica in enumerate(simulator):
+                print(f"vLLM SIMULATOR (not a real model) at {replica.url}; take it down with "
+                      f"curl -X POST {simulator[0].root_url}/sim/replicas/{i}/down", flush=True)
         await serve(config, stop)
     except (ConfigError, OSError, StorageError) as err:
         print(f"chatgate: cannot start: {err}", file=sys.stderr)

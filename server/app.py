@@ -6,10 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
 from workers.errors import JobCancelled
 from workers.pool import WorkerPool
+from workers.probe import Prober
+from workers.replica import Replica
+from workers.router import ModelRoute, Router
 from workers.upstream import UpstreamClient, create_session
 
 from . import keys
@@ -64,7 +68,7 @@ async def create_app(config: Config) -> web.Application:
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _upstream, _pool, _chat])
+    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _router, _pool, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -142,26 +146,50 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
     await meter.flush()  # the last second's counting, before the database closes
 
 
-async def _upstream(app: web.Application) -> AsyncIterator[None]:
+async def _router(app: web.Application) -> AsyncIterator[None]:
+    """The models' replicas, each with its own session, and the prober that checks them."""
     config = app[keys.CONFIG]
-    session = create_session(config.queue.workers, config.llm)
-    probes = create_session(1, config.llm)
-    upstream = UpstreamClient(session, config.llm, probes)
-    try:
-        await upstream.resolve_model()
-    except Exception as err:  # noqa: BLE001 - start anyway; /ready says why
-        log.warning("model server %s not reachable at start-up (%s); will retry per request",
-                    upstream.shown_url, err)
-    app[keys.UPSTREAM] = upstream
+    routing, llm = config.routing, config.llm
+    specs = [r for model in config.model_list for r in model.replicas]
+    # Probes get their own connections, so replicas busy streaming never fail them.
+    probes = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                   connector=aiohttp.TCPConnector(limit=2 * len(specs)))
+    sessions: list[aiohttp.ClientSession] = []
+    routes: list[ModelRoute] = []
+    for model in config.model_list:
+        replicas: list[Replica] = []
+        for spec in model.replicas:
+            session = create_session(spec.max_concurrency or config.queue.workers, llm,
+                                     spec.api_key)
+            sessions.append(session)
+            client = UpstreamClient(session, spec.url, probes, spec.api_key)
+            replicas.append(Replica(spec, client, routing))
+        routes.append(ModelRoute(model.name, model.served_name, replicas, routing))
+    router = Router(routes, llm)
+    router.on_first_token = app[keys.METRICS].first_token
+    prober = Prober(router, routing)
+    await prober.round()  # start knowing who is there (a model's name, if unconfigured)
+    for route in routes:
+        if not route.available:
+            log.warning("model %s: no replica reachable at start-up (%s); probing every "
+                        "%g s", route.name or "(unnamed)",
+                        "; ".join(f"{r.label}: {r.reason}" for r in route.replicas),
+                        routing.probe_interval_s)
+    app[keys.ROUTER] = router
+    app[keys.METRICS].watch_router(router)
+    probing = asyncio.create_task(prober.run(), name="replica-probes")
     yield
-    await session.close()
+    probing.cancel()
+    await asyncio.gather(probing, return_exceptions=True)
+    for session in sessions:
+        await session.close()
     await probes.close()
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     q = config.queue
-    pool = WorkerPool(app[keys.UPSTREAM], workers=q.workers, max_queue=q.max_size,
+    pool = WorkerPool(app[keys.ROUTER], workers=q.workers, max_queue=q.max_size,
                       max_per_owner=q.max_per_user, max_running_per_owner=q.running_cap,
                       rps=config.limits.upstream_rps)
     pool.start()
@@ -173,7 +201,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                                    app[keys.USAGE], pool.cancel_owner, pool.unblock_owner)
     app[keys.ACCOUNTS].stop_jobs_with(lambda user_id: pool.cancel_owner(
         user_id, JobCancelled("the account was deleted"), True))  # user ids are never reused
-    app[keys.STATUS] = StatusService(pool, app[keys.UPSTREAM], q.workers, app[keys.METRICS])
+    app[keys.STATUS] = StatusService(pool, app[keys.ROUTER], q.workers, app[keys.METRICS])
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()
@@ -185,8 +213,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
     meter, metrics, caps = app[keys.USAGE], app[keys.METRICS], app[keys.CAPS]
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
-                                        metrics, caps)
-    app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.UPSTREAM], meter,
+                                        metrics, caps, config.model_list)
+    app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield
     await chat.close()  # every running turn stores its partial reply before the pool stops

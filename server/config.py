@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from workers.probe import ProbeSettings
+from workers.replica import HealthSettings, ReplicaSpec
+from workers.router import AffinitySettings
 from workers.upstream import UpstreamSettings
 
 ENV_PREFIX = "CHATGATE_"
@@ -103,6 +106,23 @@ class LLMConfig(UpstreamSettings):
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """One model clients may ask for: its name, the servers that run it and its defaults."""
+
+    name: str = ""
+    served_name: str = ""  # what its servers call it ("" = the name; or learned if both "")
+    replicas: tuple[ReplicaSpec, ...] = ()
+    max_tokens: int = 0  # 0 = llm.max_tokens
+    temperature: float | None = None  # None = llm.temperature
+    system_prompt: str | None = None  # None = memory.system_prompt
+
+
+@dataclass(frozen=True)
+class RoutingConfig(HealthSettings, ProbeSettings, AffinitySettings):
+    """How requests are spread over a model's replicas, and when one is taken out."""
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     """The bounded chat job queue and its worker pool."""
 
@@ -168,6 +188,16 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    models: tuple[ModelConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+
+    @property
+    def model_list(self) -> tuple[ModelConfig, ...]:
+        """The models served: `models`, or else `llm.base_url` as one model of one replica."""
+        if self.models:
+            return self.models
+        llm = self.llm
+        return (ModelConfig(llm.model, llm.model, (ReplicaSpec(llm.base_url, llm.api_key),)),)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """Return a copy with some keys of one section changed (tests, CLI flags)."""
@@ -187,7 +217,10 @@ _POSITIVE = {
     "llm.first_token_timeout_s", "llm.request_timeout_s", "llm.max_tokens", "queue.max_size",
     "queue.workers", "memory.max_history_tokens", "usage.flush_interval_s",
     "render.processes", "render.max_render_cpu_s", "render.max_pending_chars", "render.wait_s",
-    "render.cache_mb",
+    "render.cache_mb", "routing.probe_interval_s", "routing.probe_timeout_s",
+    "routing.failure_window_s", "routing.failure_min_requests", "routing.cooldown_s",
+    "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
+    "routing.affinity_size",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
@@ -200,6 +233,12 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         raw = _read_yaml(Path(path))
     env = os.environ if environ is None else environ
     for name, value in env.items():
+        if name == f"{ENV_PREFIX}MODELS":  # the whole list, as YAML or JSON
+            try:
+                raw["models"] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"models: {name} is not valid YAML: {err}") from err
+            continue
         if name.startswith(ENV_PREFIX) and "__" in name:
             section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
             raw.setdefault(section, {})
@@ -218,10 +257,52 @@ def build_config(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"{section}: unknown section (known: {', '.join(hints)})")
         if value is None:
             continue
+        if section == "models":
+            sections[section] = _build_models(value)
+            continue
         if not isinstance(value, Mapping):
             raise ConfigError(f"{section}: must be a mapping of keys to values")
         sections[section] = _build_section(section, hints[section], value)
     return Config(**sections)
+
+
+def _build_models(value: Any) -> tuple[ModelConfig, ...]:
+    """The `models` list: each a mapping with a unique name and at least one replica."""
+    if not isinstance(value, list):
+        raise ConfigError("models: must be a list of models (each with a name and replicas)")
+    models: list[ModelConfig] = []
+    for i, entry in enumerate(value):
+        where = f"models[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: must be a mapping with name and replicas")
+        entry = dict(entry)
+        replicas = entry.pop("replicas", None)
+        if not isinstance(replicas, list) or not replicas:
+            raise ConfigError(f"{where}.replicas: must be a list of at least one replica "
+                              "(each with a url)")
+        model = _build_section(where, ModelConfig, entry)
+        if not model.name:
+            raise ConfigError(f"{where}.name: must be given (what clients ask for)")
+        if model.temperature is not None and model.temperature > 2:
+            raise ConfigError(f"{where}.temperature: must be between 0 and 2")
+        if any(m.name == model.name for m in models):
+            raise ConfigError(f"{where}.name: {model.name!r} is listed twice")
+        specs = tuple(_build_replica(f"{where}.replicas[{j}]", r) for j, r in enumerate(replicas))
+        models.append(dataclasses.replace(model, replicas=specs,
+                                          served_name=model.served_name or model.name))
+    return tuple(models)
+
+
+def _build_replica(where: str, value: Any) -> ReplicaSpec:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with a url")
+    spec: ReplicaSpec = _build_section(where, ReplicaSpec, value)
+    if not spec.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url: must be an http:// or https:// address, "
+                          "e.g. http://gpu1:8000/v1")
+    if spec.weight <= 0:
+        raise ConfigError(f"{where}.weight: must be greater than 0, got {spec.weight}")
+    return spec
 
 
 class _EnvValue(str):
@@ -274,6 +355,8 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         if result < 0 or (name in _POSITIVE and result == 0):
             bound = "greater than 0" if name in _POSITIVE else "0 or more"
             raise ConfigError(f"{name}: must be {bound}, got {result}{where}")
+    if name == "routing.failure_ratio" and not 0 < result < 1:
+        raise ConfigError(f"{name}: must be between 0 and 1, got {result}{where}")
     if name == "server.port" and result > 65535:
         raise ConfigError(f"{name}: must be at most 65535, got {result}{where}")
     if name == "auth.secret" and result and len(result) < 32:
@@ -292,6 +375,10 @@ def _check(name: str, kind: Any, value: Any) -> Any:
 
 def _coerce(kind: Any, value: Any) -> Any:
     env = isinstance(value, _EnvValue)
+    if isinstance(kind, types.UnionType):  # `X | None`: null (or "" from the environment)
+        if value is None or (env and not value.strip()):
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
         if env and value.strip().lower() in ("1", "true", "yes", "on"):
             return True

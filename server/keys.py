@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from workers.pool import WorkerPool
-from workers.upstream import UpstreamClient
+from workers.router import Router
 
 from .config import Config
 from .services.accounts import AccountService
@@ -38,7 +38,7 @@ USAGE = web.AppKey("usage", UsageMeter)
 COMPLETIONS = web.AppKey("completions", CompletionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationService)
 RENDERER = web.AppKey("renderer", Renderer)
-UPSTREAM = web.AppKey("upstream", UpstreamClient)
+ROUTER = web.AppKey("router", Router)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
 STATUS = web.AppKey("status", StatusService)

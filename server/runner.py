@@ -82,8 +82,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     gc.collect()
     gc.freeze()
     _warn_plain_http(config)
-    print(f"chatgate serving {running.url} (database {config.database.path}, "
-          f"model server {redact_url(config.llm.base_url)})", flush=True)
+    models = "; ".join(
+        f"{model.name or 'model'} on " + ", ".join(redact_url(r.url) for r in model.replicas)
+        for model in config.model_list)
+    print(f"chatgate serving {running.url} (database {config.database.path}; {models})",
+          flush=True)
     print(f"Ready: open {running.url} in a browser and create an account (the first one on a "
           "new database is the administrator). Ctrl-C stops.", flush=True)
     try:

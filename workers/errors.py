@@ -40,3 +40,11 @@ class UpstreamRejected(UpstreamError):
         super().__init__(message)
         self.status = status
         self.detail = detail  # the model server's own words
+
+
+class ModelNotFound(WorkerError):
+    """No configured model has the name the request gave."""
+
+
+class ModelUnavailable(WorkerError):
+    """Every replica of the model is down or cooling down: failing fast beats a timeout."""

@@ -129,6 +129,12 @@ class Job:
     # How many sequences the job asks the model for (an OpenAI request's n or best_of): what
     # it counts against its owner's running cap, since vLLM carries each as a sequence.
     weight: int = 1
+    model: str = ""  # the configured model's name ("" = the first)
+    # Jobs with the same key go to the same replica while it is healthy and not much busier
+    # (its prefix cache then holds their common prompt): a conversation, a /v1 user.
+    affinity: Hashable | None = None
+    replica: str | None = field(default=None, repr=False)  # the replica tried last (shown URL)
+    failovers: int = 0  # attempts moved to another replica before the first token
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

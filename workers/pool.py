@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from .errors import OwnerBlocked, QueueFull, ShuttingDown, UpstreamError, WorkerError
-from .job import Delta, ForwardRequest, Job, Raw, Started
+from .job import Delta, Ending, ForwardRequest, Job, Raw, Started
 from .queue import FairQueue
+from .router import Router
+from .stream import Progress
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,20 @@ class PoolStats:
 
 
 class WorkerPool:
-    """Owns the queue and the worker tasks; upstream concurrency never exceeds `workers`."""
+    """Owns the queue and the worker tasks; upstream concurrency never exceeds `workers`, nor
+    one replica's `max_concurrency` (the router's)."""
 
-    def __init__(self, upstream: UpstreamClient, *, workers: int, max_queue: int,
+    def __init__(self, router: Router, *, workers: int, max_queue: int,
                  max_per_owner: int = 0, max_running_per_owner: int = 0,
                  rps: float = 100.0) -> None:
         # max_running_per_owner: how many workers one owner's jobs may hold at once, for jobs
         # that carry no cap of their own (0 = no cap).
-        self.queue = FairQueue(max_queue, max_running_per_owner)
+        # A worker takes a job only when its model has room, so workers do not pile up
+        # waiting on one full model while another's jobs wait behind them.
+        self.queue = FairQueue(max_queue, max_running_per_owner, router.can_start)
+        router.on_change = self.queue.kick
         self.stats = PoolStats()
-        self._upstream = upstream
+        self.router = router
         self._size = workers
         self._max_per_owner = max_per_owner
         self._limiter = AsyncLimiter(rps, 1.0)
@@ -181,12 +187,18 @@ class WorkerPool:
     async def _run(self, job: Job) -> None:
         job.emit(Started())
         try:
-            if isinstance(job.request, ForwardRequest):
-                ending = await self._upstream.forward(
-                    job.request, lambda data: job.emit(Raw(data)), self._limiter.acquire)
+            request = job.request
+            if isinstance(request, ForwardRequest):
+                def attempt(client: UpstreamClient, model: str, progress: Progress) \
+                        -> Awaitable[Ending]:
+                    return client.forward(model, request, lambda data: job.emit(Raw(data)),
+                                          progress)
             else:
-                ending = await self._upstream.complete(
-                    job.request, lambda text: job.emit(Delta(text)), self._limiter.acquire)
+                def attempt(client: UpstreamClient, model: str, progress: Progress) \
+                        -> Awaitable[Ending]:
+                    return client.complete(model, request, lambda text: job.emit(Delta(text)),
+                                           progress)
+            ending = await self.router.run(job, attempt, self._limiter.acquire)
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             job.fail(ShuttingDown("the job was stopped"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from .job import Job
 
@@ -18,8 +18,10 @@ class _Lanes:
     running may always start their next job, so one heavier than the cap runs, alone.
     """
 
-    def __init__(self, max_running: int) -> None:
+    def __init__(self, max_running: int,
+                 can_start: Callable[[Job], bool] | None = None) -> None:
         self.lanes: dict[Hashable, deque[Job]] = {}
+        self.can_start = can_start  # whether the job's model has room now (the router's)
         self.size = 0
         self.max_running = max_running  # for jobs that carry no cap of their own; 0 = none
         self.taken: Counter[Hashable] = Counter()
@@ -43,7 +45,9 @@ class _Lanes:
         head = lane[0]
         cap = self.max_running if head.max_running is None else head.max_running
         running = self.taken[owner]
-        return not cap or not running or running + head.weight <= cap
+        if cap and running and running + head.weight > cap:
+            return False
+        return self.can_start is None or self.can_start(head)
 
     def next_owner(self) -> Hashable | None:
         """The first owner in the rotation whose next job may run now, or None."""
@@ -105,9 +109,11 @@ class FairQueue(asyncio.Queue[Job]):
     _finished: asyncio.Event
     _getters: deque[asyncio.Future[None]]
 
-    def __init__(self, maxsize: int = 0, max_running: int = 0) -> None:
+    def __init__(self, maxsize: int = 0, max_running: int = 0,
+                 can_start: Callable[[Job], bool] | None = None) -> None:
         super().__init__(maxsize)
         self._queue.max_running = max_running
+        self._queue.can_start = can_start
 
     def _init(self, maxsize: int) -> None:
         self._queue = _Lanes(0)
@@ -128,6 +134,12 @@ class FairQueue(asyncio.Queue[Job]):
         """True when no waiting job may be taken now (none waits, or their owners are at
         their running cap)."""
         return self._queue.next_owner() is None
+
+    def kick(self) -> None:
+        """Room was made outside the queue (a replica came back): wake a worker if a job may
+        go now."""
+        if self._getters and not self.empty():
+            self._wakeup_next(self._getters)  # type: ignore[attr-defined]
 
     def running(self, owner: Hashable) -> int:
         """The weight (sequences asked of the model) of this owner's jobs taken and not done

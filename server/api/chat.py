@@ -17,7 +17,7 @@ from .responses import dumps, json_response
 from .validation import boolean, ident, number, read_json, render_option, text
 
 _FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
-                     "regenerate", "edit_message_id", "render"})
+                     "regenerate", "edit_message_id", "render", "model"})
 MAX_MESSAGE_CHARS = 100_000
 PING_S = 10.0
 
@@ -34,6 +34,7 @@ class ChatBody:
     temperature: float | None
     regenerate: bool
     edit_message_id: int | None
+    model: str | None
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -48,13 +49,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
         principal.user["id"], body.message, body.conversation_id, body.max_tokens,
         body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id,
         key_id=principal.key.id if principal.key else None,
-        limits=principal.user.get("limits"))
+        limits=principal.user.get("limits"), model=body.model)
     try:
         if body.stream:
             return await _stream(request, turn, body.html)
         return await _whole(request, turn, body.html)
     finally:
         request[keys.UPSTREAM_S] = turn.job.times.upstream_s
+
+
+async def models(request: web.Request) -> web.Response:
+    """The models a chat may use (the first is the default) and whether each answers now."""
+    principal_of(request)  # signed in only
+    return json_response({"models": await request.app[keys.CHAT].models()})
 
 
 def parse(body: dict[str, Any]) -> ChatBody:
@@ -76,7 +83,8 @@ def parse(body: dict[str, Any]) -> ChatBody:
     return ChatBody(message, conversation_id, boolean(body, "stream"),
                     render_option(body.get("render")),
                     None if max_tokens is None else int(max_tokens),
-                    None if temperature is None else float(temperature), regenerate, edit_id)
+                    None if temperature is None else float(temperature), regenerate, edit_id,
+                    text(body, "model", min_len=1, max_len=200, required=False))
 
 
 async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:

@@ -24,7 +24,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
 
 
 async def models(request: web.Request) -> web.Response:
-    """The models the model server serves, as it lists them."""
+    """The configured models (the names clients send as `model`)."""
     return json_response(await request.app[keys.COMPLETIONS].models())
 
 
@@ -43,7 +43,7 @@ async def _forward(request: web.Request, path: str, needed: str) -> web.StreamRe
     principal = principal_of(request)
     forwarded = await request.app[keys.COMPLETIONS].start(
         principal.user["id"], principal.key, path, body, request_id_of(request),
-        limits=principal.user.get("limits"))
+        limits=principal.user.get("limits"), session=request.headers.get("X-Session-Id"))
     try:
         if forwarded.stream:
             return await _stream(request, forwarded)

@@ -27,15 +27,18 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when the model server answers and the pool is taking work, else 503. Everyone
-    learns only that; an admin's request also gets why, the model and the queue."""
+    """200 when some model has a replica that answers and the pool is taking work, else 503
+    ("degraded" with 200: some replicas are out). Everyone learns only that; an admin's
+    request also gets why, each model's replicas and the queue."""
     ready = await request.app[keys.STATUS].ready()
-    body: dict[str, Any] = {"status": "unavailable" if ready.problems else "ok"}
+    status = "ok" if not ready.problems else "degraded" if ready.ready else "unavailable"
+    body: dict[str, Any] = {"status": status}
     principal = await optional_principal(request)
     if principal is not None and is_admin(principal.user):
         body.update(model=ready.model, model_server=ready.model_server, queue=ready.queue,
-                    problems=[{"kind": p.kind, "detail": p.detail} for p in ready.problems])
-    return json_response(body, status=503 if ready.problems else 200)
+                    problems=[{"kind": p.kind, "detail": p.detail} for p in ready.problems],
+                    models=ready.models)
+    return json_response(body, status=200 if ready.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -10,6 +10,8 @@ import orjson
 from aiohttp import web
 
 from workers.errors import (
+    ModelNotFound,
+    ModelUnavailable,
     OwnerBlocked,
     QueueFull,
     ShuttingDown,
@@ -30,7 +32,6 @@ from ..services.accounts import (
 from ..services.admin import AdminConflict, InvalidAdminRequest
 from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
-from ..services.completions import ModelNotFound
 from ..services.gate import AccountDisabled, AccountPending, Forbidden, PasswordChangeRequired
 from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
@@ -196,6 +197,8 @@ def _from_worker(err: WorkerError) -> ApiError:
         return ApiError(503, "shutting_down", str(err), {"Retry-After": "5"})
     if isinstance(err, OwnerBlocked):
         return ApiError(403, "account_disabled", str(err))
+    if isinstance(err, ModelUnavailable):
+        return ApiError(503, "model_unavailable", str(err), {"Retry-After": "5"})
     if isinstance(err, UpstreamTimeout):
         return ApiError(504, "upstream_timeout", str(err))
     if isinstance(err, UpstreamRejected):  # a 400 is about the request (e.g. max_tokens)
@@ -232,7 +235,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 _REFUSALS = frozenset({"rate_limited", "too_many_queued", "queue_full", "quota_exceeded",
                        "too_many_conversations", "storage_quota_exceeded", "busy",
-                       "shutting_down"})
+                       "shutting_down", "model_unavailable"})
 
 
 def _refused(request: web.Request, err: ApiError) -> ApiError:

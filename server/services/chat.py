@@ -7,11 +7,12 @@ import logging
 
 import orjson
 
-from workers.errors import JobCancelled, ShuttingDown, WorkerError
+from workers.errors import JobCancelled, ModelNotFound, ShuttingDown, WorkerError
 from workers.job import CompletionRequest, Finished, Job
 from workers.pool import WorkerPool
+from workers.router import ModelRoute
 
-from ..config import LLMConfig
+from ..config import LLMConfig, ModelConfig
 from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
 from .caps import Caps, Overrides
@@ -50,8 +51,10 @@ class ChatService:
 
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
                  limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
-                 caps: Caps) -> None:
+                 caps: Caps, models: tuple[ModelConfig, ...] = ()) -> None:
         self._memory = memory
+        self._router = pool.router
+        self._models = {model.name: model for model in models}
         self._caps = caps
         self._pool = pool
         self._defaults = defaults
@@ -64,13 +67,20 @@ class ChatService:
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
                     regenerate: bool = False, edit_message_id: int | None = None,
-                    key_id: int | None = None, limits: Overrides = None) -> Turn:
+                    key_id: int | None = None, limits: Overrides = None,
+                    model: str | None = None) -> Turn:
         """Accept a turn: commit the user's message first, then queue the job.
 
         `regenerate` re-asks the conversation's last user message; `edit_message_id`
         replaces that message's text first. Both drop the replies that followed it.
-        `limits` are the user's overrides of the caps.
+        `limits` are the user's overrides of the caps. `model` (default: the conversation's,
+        else the first configured) becomes the conversation's model.
         """
+        chosen = self._router.find(model) if model else None  # unknown: refused, nothing kept
+        if chosen is None and conversation_id is None:
+            chosen = self._router.default
+        if chosen is not None:
+            self._router.check(chosen)  # every replica out: refused at once, nothing kept
         retry_after = self._limiter.hit(user_id)
         if retry_after is not None:
             raise RateLimited(retry_after, "chat rate limit reached, slow down")
@@ -79,32 +89,61 @@ class ChatService:
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         quota = self._caps.quota(limits)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
+        keep = chosen.name or None if chosen is not None else None
         try:
             if conversation_id is not None and (regenerate or edit_message_id is not None):
                 edit = None if edit_message_id is None else (edit_message_id, message or "")
-                stored, history = await self._memory.rewind(user_id, conversation_id, edit,
-                                                            quota)
+                stored, history, used = await self._memory.rewind(
+                    user_id, conversation_id, edit, quota, keep)
                 conv_id = conversation_id
             else:
                 assert message is not None
-                conv_id, stored, history = await self._memory.add_user_message(
-                    user_id, conversation_id, message, title_from(message), quota)
+                conv_id, stored, history, used = await self._memory.add_user_message(
+                    user_id, conversation_id, message, title_from(message), quota, keep)
         except BaseException:
             place.release()
             raise
+        route = chosen or self._route_of(used)
+        settings = self._models.get(route.name)
         request = CompletionRequest(
-            self._memory.prompt(history, stored["content"]),
-            max_tokens if max_tokens is not None else self._defaults.max_tokens,
-            temperature if temperature is not None else self._defaults.temperature)
-        job = Job(owner=user_id, request=request, max_running=self._caps.running(limits))
+            self._memory.prompt(history, stored["content"],
+                                settings.system_prompt if settings else None),
+            max_tokens if max_tokens is not None else
+            (settings.max_tokens if settings and settings.max_tokens else
+             self._defaults.max_tokens),
+            temperature if temperature is not None else
+            (settings.temperature if settings and settings.temperature is not None else
+             self._defaults.temperature))
+        # A conversation's turns go to one replica while it is healthy: its prefix cache
+        # then holds the conversation's earlier turns.
+        job = Job(owner=user_id, request=request, max_running=self._caps.running(limits),
+                  model=route.name, affinity=("conversation", conv_id))
         turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended, user_id,
                     key_id)
         try:
+            if chosen is None:
+                self._router.check(route)  # the conversation's model, known only now
             self._pool.submit(job, place)
         except WorkerError as err:
+            place.release()
             raise ChatRejected(err, conv_id, stored["id"]) from err
         self._open.add(turn)
         return turn
+
+    async def models(self) -> list[dict[str, object]]:
+        """The models a chat may use, the default first, and whether each answers now."""
+        if not all(self._router.names()):
+            await self._router.learn_names()
+        default = self._router.default
+        return [{"name": route.name, "default": route is default, "available": route.available}
+                for route in self._router.routes if route.name]
+
+    def _route_of(self, model: str | None) -> ModelRoute:
+        """The conversation's model, or the first one if it has none (or it is gone)."""
+        try:
+            return self._router.find(model)
+        except ModelNotFound:
+            return self._router.default
 
     async def close(self) -> None:
         """Stop every unfinished turn and wait until each has stored what it generated."""
@@ -156,11 +195,12 @@ class ChatService:
     async def _store(self, turn: Turn, content: str, status: str,
                      usage: str | None = None) -> MessageRow:
         """Store the reply; a busy database gets a few more tries (the user saw the text)."""
+        model = turn.job.model or None
         for delay in STORE_RETRY_S:
             try:
                 return await self._memory.append(turn.conversation_id, "assistant", content,
-                                                 status, usage)
+                                                 status, usage, model)
             except DatabaseBusy:
                 await asyncio.sleep(delay)
         return await self._memory.append(turn.conversation_id, "assistant", content, status,
-                                         usage)
+                                         usage, model)

@@ -10,7 +10,7 @@ from typing import Any
 
 from workers import job as jobs
 from workers.pool import WorkerPool
-from workers.upstream import UpstreamClient
+from workers.router import Router
 
 from .caps import Caps, Overrides
 from .feed import Feed
@@ -19,15 +19,10 @@ from .ratelimit import Allowance, RateLimited
 from .tokens import KeyGrant
 from .usage import UsageMeter
 
-MODELS_TTL_S = 10.0  # how long the model server's model list is trusted
 # Most sequences (`n`, `best_of`) one request may ask the model for: a bound on what a single
 # job weighs against its owner's running cap, far above any sane use.
 MAX_SEQUENCES = 128
 Outcome = jobs.Finished | jobs.Failed
-
-
-class ModelNotFound(Exception):
-    """The request names a model the model server does not serve."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,36 +75,34 @@ class Forwarded(Feed["bytes | Outcome"]):
 class CompletionService:
     """Checks the model and the caller's allowances, queues the request, counts its usage."""
 
-    def __init__(self, pool: WorkerPool, upstream: UpstreamClient, meter: UsageMeter,
+    def __init__(self, pool: WorkerPool, router: Router, meter: UsageMeter,
                  default_max_tokens: int, metrics: Metrics, caps: Caps) -> None:
         self._metrics = metrics
         self._caps = caps
         self._pool = pool
-        self._upstream = upstream
+        self._router = router
         self._meter = meter
         self._default_max_tokens = default_max_tokens
-        self._models: tuple[float, dict[str, Any], frozenset[str]] | None = None
+        self._created = int(time.time())
         self._rpm: dict[int, Allowance] = {}
         self._tpm: dict[int, Allowance] = {}
 
     async def models(self) -> dict[str, Any]:
-        """The model server's model list (cached for a few seconds)."""
-        return (await self._catalog())[1]
-
-    async def _catalog(self) -> tuple[float, dict[str, Any], frozenset[str]]:
-        now = time.monotonic()
-        if self._models is None or now - self._models[0] > MODELS_TTL_S:
-            listed = await self._upstream.list_models()
-            names = frozenset(str(m.get("id")) for m in listed["data"] if isinstance(m, dict))
-            self._models = (now, listed, names)
-        return self._models
+        """The configured models, in OpenAI's list shape."""
+        if not all(self._router.names()):
+            await self._router.learn_names()
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": self._created, "owned_by": "chatgate"}
+            for name in self._router.names()]}
 
     async def start(self, user_id: int, key: KeyGrant | None, path: str, body: dict[str, Any],
-                    request_id: str, limits: Overrides = None) -> Forwarded:
+                    request_id: str, limits: Overrides = None,
+                    session: str | None = None) -> Forwarded:
         """Admit and queue one request (`limits`: the user's overrides of the caps); the
-        caller follows the answer."""
-        if body["model"] not in (await self._catalog())[2]:
-            raise ModelNotFound(f"The model `{body['model']}` does not exist.")
+        caller follows the answer. Requests with the same `session` (or body `user`) of one
+        user go to the same replica while it is healthy."""
+        route = await self._router.lookup(str(body["model"]))
+        self._router.check(route)
         reserved = self._admit(key, body)
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         place = self._pool.reserve(user_id)
@@ -120,7 +113,8 @@ class CompletionService:
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         job = jobs.Job(owner=user_id, request=jobs.ForwardRequest(path, body, stream,
                                                                   hide_usage, request_id),
-                       max_running=self._caps.running(limits), weight=weight_of(body))
+                       max_running=self._caps.running(limits), weight=weight_of(body),
+                       model=route.name, affinity=_affinity(user_id, session, body))
 
         def ended(_: Forwarded, outcome: Outcome) -> None:
             self._metrics.job_ended(job, outcome)
@@ -163,6 +157,17 @@ def _allowance(allowances: dict[int, Allowance], key_id: int, per_minute: int) -
     if found is None:
         found = allowances[key_id] = Allowance(per_minute)
     return found
+
+
+def _affinity(user_id: int, session: str | None, body: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The key that keeps a client's requests on one replica: its session header, else the
+    body's `user` (within this user's own requests only)."""
+    if session:
+        return ("session", user_id, session[:200])
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return ("user", user_id, user[:200])
+    return None
 
 
 def weight_of(body: dict[str, Any]) -> int:

@@ -22,26 +22,29 @@ class MemoryManager:
         self._config = config
 
     async def append(self, conversation_id: int, role: str, content: str,
-                     status: str = "complete", usage: str | None = None) -> MessageRow:
+                     status: str = "complete", usage: str | None = None,
+                     model: str | None = None) -> MessageRow:
         """Store one message in a conversation."""
-        return await self._messages.add(conversation_id, role, content, status, usage)
+        return await self._messages.add(conversation_id, role, content, status, usage, model)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
-                               title: str, quota: Quota = NO_QUOTA
-                               ) -> tuple[int, MessageRow, list[dict[str, str]]]:
-        """Store the user's message (within their caps) and get the history before it, in the
-        same transaction."""
-        conv, stored, rows = await self._messages.add_user_message(
-            user_id, conversation_id, content, title, self._config.max_history_messages, quota)
-        return conv, stored, self.within_budget(rows)
+                               title: str, quota: Quota = NO_QUOTA, model: str | None = None
+                               ) -> tuple[int, MessageRow, list[dict[str, str]], str | None]:
+        """Store the user's message (within their caps) and get the history before it and
+        the conversation's model (`model`, if given, becomes it), in the same transaction."""
+        conv, stored, rows, used = await self._messages.add_user_message(
+            user_id, conversation_id, content, title, self._config.max_history_messages, quota,
+            model)
+        return conv, stored, self.within_budget(rows), used
 
     async def rewind(self, user_id: int, conversation_id: int, edit: tuple[int, str] | None,
-                     quota: Quota = NO_QUOTA) -> tuple[MessageRow, list[dict[str, str]]]:
+                     quota: Quota = NO_QUOTA, model: str | None = None
+                     ) -> tuple[MessageRow, list[dict[str, str]], str | None]:
         """Drop the replies after the last user message (maybe editing it, within the user's
-        caps); return it and the history before it."""
-        stored, rows = await self._messages.rewind(user_id, conversation_id, edit,
-                                                   self._config.max_history_messages, quota)
-        return stored, self.within_budget(rows)
+        caps); return it, the history before it and the conversation's model."""
+        stored, rows, used = await self._messages.rewind(
+            user_id, conversation_id, edit, self._config.max_history_messages, quota, model)
+        return stored, self.within_budget(rows), used
 
     def within_budget(self, rows: HistoryRows) -> list[dict[str, str]]:
         """Newest-first rows cut to the token budget, returned oldest first."""
@@ -55,8 +58,10 @@ class MemoryManager:
         picked.reverse()
         return picked
 
-    def prompt(self, history: list[dict[str, str]], message: str) -> list[dict[str, str]]:
-        """The messages sent upstream: system prompt, history, then the new message."""
-        system = [{"role": "system", "content": self._config.system_prompt}] \
-            if self._config.system_prompt else []
+    def prompt(self, history: list[dict[str, str]], message: str,
+               system_prompt: str | None = None) -> list[dict[str, str]]:
+        """The messages sent upstream: system prompt (the model's own, if it has one), history,
+        then the new message."""
+        text = self._config.system_prompt if system_prompt is None else system_prompt
+        system = [{"role": "system", "content": text}] if text else []
         return [*system, *history, {"role": "user", "content": message}]

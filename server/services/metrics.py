@@ -15,6 +15,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from workers import job as jobs
+from workers.router import Router
+
+from .routing_metrics import RouterCollector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the output
 
@@ -120,6 +123,9 @@ class Metrics:
                            registry=r)
         self.not_ready = family("chatgate_ready_failures",
                                 "Readiness checks that found a problem, by kind", ["kind"])
+        self.replica_ttft = family("chatgate_replica_first_token_seconds",
+                                   "Time to the first token, per replica", ["model", "replica"],
+                                   buckets=_SLOW)
         self._children: dict[tuple[str, str, int], tuple[tuple[str, ...], Buckets, Buckets]] = {}
 
     def request_done(self, method: str, route: str, status: int, spent: float,
@@ -155,9 +161,17 @@ class Metrics:
         """Replies rendered, served from the render cache, declined or given up, at scrape time."""
         self.registry.register(_RenderCollector(counts))
 
-    def readiness(self, problems: list[str]) -> None:
+    def watch_router(self, router: Router) -> None:
+        """Each replica's state, load, attempts and errors, read at scrape time."""
+        self.registry.register(RouterCollector(router))
+
+    def first_token(self, model: str, replica: str, seconds: float) -> None:
+        """One attempt's time to its first token on one replica."""
+        self.replica_ttft.of(model, replica).observe(seconds)
+
+    def readiness(self, problems: list[str], ready: bool) -> None:
         """One readiness check's outcome: the kinds (fixed words) of its problems."""
-        self.ready.set(0 if problems else 1)
+        self.ready.set(1 if ready else 0)
         for kind in problems:
             self.not_ready.inc(kind)
 
@@ -211,7 +225,7 @@ def _kind(error: Exception) -> str:
     name = type(error).__name__
     return {"UpstreamTimeout": "timeout", "UpstreamRejected": "rejected",
             "UpstreamError": "unavailable", "JobCancelled": "cancelled",
-            "ShuttingDown": "shutdown"}.get(name, "other")
+            "ShuttingDown": "shutdown", "ModelUnavailable": "model_unavailable"}.get(name, "other")
 
 
 def _int(value: Any) -> int:

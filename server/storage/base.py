@@ -113,21 +113,26 @@ class MessageStore(Protocol):
     """Messages: a turn's writes, each returning what the prompt needs in the same step."""
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
-                               title: str, history: int = 0, quota: Quota = NO_QUOTA
-                               ) -> tuple[int, MessageRow, HistoryRows]:
+                               title: str, history: int = 0, quota: Quota = NO_QUOTA,
+                               model: str | None = None
+                               ) -> tuple[int, MessageRow, HistoryRows, str | None]:
         """Store a user's message (creating the conversation when none is given) and return
-        its conversation, the row and up to `history` earlier messages, newest first
-        (TooManyConversations, StorageQuotaExceeded: nothing stored)."""
+        its conversation, the row, up to `history` earlier messages, newest first, and the
+        conversation's model (`model`, if given, becomes it) (TooManyConversations,
+        StorageQuotaExceeded: nothing stored)."""
 
     async def add(self, conversation_id: int, role: str, content: str,
-                  status: str = "complete", usage: str | None = None) -> MessageRow:
+                  status: str = "complete", usage: str | None = None,
+                  model: str | None = None) -> MessageRow:
         """Append a message to a conversation the caller has already checked (NotFound)."""
 
     async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None = None,
-                     history: int = 0, quota: Quota = NO_QUOTA) -> tuple[MessageRow, HistoryRows]:
-        """Drop what followed the last user message (editing it if asked); return it and up
-        to `history` messages before it, newest first (StorageQuotaExceeded: no change)."""
+                     edit: tuple[int, str] | None = None, history: int = 0,
+                     quota: Quota = NO_QUOTA, model: str | None = None
+                     ) -> tuple[MessageRow, HistoryRows, str | None]:
+        """Drop what followed the last user message (editing it if asked); return it, up to
+        `history` messages before it, newest first, and the conversation's model
+        (StorageQuotaExceeded: no change)."""
 
 
 class QuotaStore(Protocol):

@@ -50,6 +50,7 @@ class ConversationRow(TypedDict):
     created_at: str
     updated_at: str
     message_count: int
+    model: str | None  # the model its turns use (None: the first configured)
 
 
 class MessageRow(TypedDict):
@@ -61,6 +62,7 @@ class MessageRow(TypedDict):
     status: str
     created_at: str
     usage: NotRequired[dict[str, Any]]
+    model: NotRequired[str]  # on a reply: the model that wrote it
 
 
 class KeyRow(TypedDict):
@@ -126,9 +128,12 @@ def now_iso() -> str:
 
 
 def message_row(row: Any) -> MessageRow:
-    """(id, role, content, status, created_at[, usage]) as a MessageRow; usage only if stored."""
+    """(id, role, content, status, created_at[, usage[, model]]) as a MessageRow; usage and
+    model only if stored."""
     message: MessageRow = {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
                            "created_at": row[4]}
     if len(row) > 5 and row[5]:
         message["usage"] = orjson.loads(row[5])
+    if len(row) > 6 and row[6]:
+        message["model"] = row[6]
     return message

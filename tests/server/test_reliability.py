@@ -17,7 +17,7 @@ import pytest
 
 from server import keys
 from server.runner import start
-from tests.support.app import error_of, make_config, register_over_http
+from tests.support.app import error_of, make_config, register_over_http, wait_ready
 from tests.support.procs import free_port, start_server_process, start_simulator_process
 from tests.support.sse import collect, events
 from vllm_sim import SimSettings, start_simulator
@@ -186,8 +186,9 @@ async def test_upstream_absent_at_start_then_recovers(tmp_path: Path) -> None:
                 body = await resp.json()
                 assert resp.status == 503 and body == {"status": "unavailable"}
             async with s.post("/api/chat", json={"message": "hello?"}, headers=user.headers) as r:
-                await error_of(r, 502, "upstream_unavailable")
+                await error_of(r, 503, "model_unavailable")  # at once: nothing there
             sim = await start_simulator(SimSettings(ttft_ms=1, tpot_ms=1), port=port)
+            await wait_ready(s)  # the next probe finds it: no restart
             async with s.get("/ready") as resp:
                 assert resp.status == 200 and await resp.json() == {"status": "ok"}
             async with s.post("/api/chat", json={"message": "now?"}, headers=user.headers) as r:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Con
         "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000,
                    "conversations_per_user_per_minute": 1000},
         "queue": {"workers": 4, "max_size": 64},
+        "routing": {"probe_interval_s": 0.5},  # a replica that comes back is seen sooner
         # The render process starts on first use: a loaded test machine may take seconds.
         "render": {"wait_s": 60, "max_render_cpu_s": 60},
     }
@@ -60,6 +62,18 @@ async def error_of(resp: aiohttp.ClientResponse, status: int,
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+async def wait_ready(session: aiohttp.ClientSession, status: int = 200,
+                     timeout: float = 15.0) -> None:
+    """Poll /ready until it answers `status` (the replica prober runs every few seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with session.get("/ready") as resp:
+            if resp.status == status:
+                return
+        assert asyncio.get_running_loop().time() < deadline, f"/ready never answered {status}"
+        await asyncio.sleep(0.05)
 
 
 def storage_of(running: Running) -> Any:

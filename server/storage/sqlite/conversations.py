@@ -12,7 +12,7 @@ from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
 from .quotas import check
 
-_COLUMNS = "id, title, created_at, updated_at, message_count"
+_COLUMNS = "id, title, created_at, updated_at, message_count, model"
 
 
 class SqliteConversations:
@@ -34,7 +34,7 @@ class SqliteConversations:
                 (user_id, title, now, now),
             )
             return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
-                    "updated_at": now, "message_count": 0}
+                    "updated_at": now, "message_count": 0, "model": None}
 
         return await self._db.write(op)
 
@@ -73,7 +73,7 @@ class SqliteConversations:
             if conv is None:
                 return None, []
             msgs = conn.execute(
-                "SELECT id, role, content, status, created_at, usage FROM messages "
+                "SELECT id, role, content, status, created_at, usage, model FROM messages "
                 "WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
             return conv, msgs
 
@@ -119,7 +119,7 @@ class SqliteConversations:
 
 def _conversation(row: Any) -> ConversationRow:
     return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
-            "message_count": row[4]}
+            "message_count": row[4], "model": row[5]}
 
 
 # A cursor is the last row's sort key as text, "<updated_at>_<id>", e.g.

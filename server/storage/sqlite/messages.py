@@ -29,21 +29,23 @@ class SqliteMessages:
 
     async def add_user_message(self, user_id: int, conversation_id: int | None,
                                content: str, title: str, history: int = 0,
-                               quota: Quota = NO_QUOTA) -> tuple[int, MessageRow, HistoryRows]:
+                               quota: Quota = NO_QUOTA, model: str | None = None
+                               ) -> tuple[int, MessageRow, HistoryRows, str | None]:
         """Store a user's message (creating the conversation when none is given) and return up to
         `history` earlier messages, newest first, all in one transaction: no separate read.
-        The user's caps are checked in the same transaction: over one, nothing is stored."""
+        The user's caps are checked in the same transaction: over one, nothing is stored.
+        `model` (if given) becomes the conversation's; the conversation's model is returned."""
         now = now_iso()
 
-        def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows]:
+        def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows, str | None]:
             conv = conversation_id
             new = int(conv is None)
             check(conn, user_id, quota, conversations=new,
                   chars=len(content) + (len(title) if new else 0))
             if conv is None:
                 conv = cast(int, conn.execute(
-                    "INSERT INTO conversations (user_id, title, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?)", (user_id, title, now, now)).lastrowid)
+                    "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
+                    "VALUES (?, ?, ?, ?, ?)", (user_id, title, now, now, model)).lastrowid)
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
                     "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
@@ -55,41 +57,50 @@ class SqliteMessages:
                     (conv, content, now, user_id, conv, user_id))
                 if cur.rowcount == 0:
                     raise NotFound("conversation not found")
+                model_now = _model(conn, conv, model)
             ident = cast(int, cur.lastrowid)
             rows = _history(conn, conv, ident, history) if conversation_id is not None else []
             return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
-                          "created_at": now}, rows
+                          "created_at": now}, rows, model if new else model_now
 
         return await self._db.write(op)
 
     async def add(self, conversation_id: int, role: str, content: str,
-                  status: str = "complete", usage: str | None = None) -> MessageRow:
-        """Append a message to a conversation the caller has already checked."""
+                  status: str = "complete", usage: str | None = None,
+                  model: str | None = None) -> MessageRow:
+        """Append a message (a reply: with the model that wrote it) to a conversation the
+        caller has already checked."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> MessageRow:
             try:
                 cur = conn.execute(
                     "INSERT INTO messages "
-                    "(conversation_id, role, content, status, created_at, usage, "
-                    "owner) SELECT ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
-                    (conversation_id, role, content, status, now, usage, conversation_id))
+                    "(conversation_id, role, content, status, created_at, usage, model, "
+                    "owner) SELECT ?, ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
+                    (conversation_id, role, content, status, now, usage, model,
+                     conversation_id))
                 if cur.rowcount == 0:
                     raise NotFound("conversation not found")
             except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
                 raise NotFound("conversation not found") from err
-            return {"id": cast(int, cur.lastrowid), "role": role, "content": content,
-                    "status": status, "created_at": now}
+            row: MessageRow = {"id": cast(int, cur.lastrowid), "role": role, "content": content,
+                               "status": status, "created_at": now}
+            if model:
+                row["model"] = model
+            return row
 
         return await self._db.write(op)
 
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None = None, history: int = 0,
-                     quota: Quota = NO_QUOTA) -> tuple[MessageRow, HistoryRows]:
+                     quota: Quota = NO_QUOTA, model: str | None = None
+                     ) -> tuple[MessageRow, HistoryRows, str | None]:
         """Drop everything after the conversation's last user message (editing it if asked);
-        return that message and up to `history` messages before it, newest first."""
+        return that message, up to `history` messages before it, newest first, and the
+        conversation's model (set to `model` if given)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows]:
+        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, str | None]:
             row = conn.execute(
                 "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
                 "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
@@ -106,6 +117,17 @@ class SqliteMessages:
                 check(conn, user_id, quota, chars=len(content) - len(row[2]))
                 conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
             return {"id": row[0], "role": "user", "content": content, "status": row[3],
-                    "created_at": row[4]}, _history(conn, conversation_id, row[0], history)
+                    "created_at": row[4]}, _history(conn, conversation_id, row[0], history), \
+                _model(conn, conversation_id, model)
 
         return await self._db.write(op)
+
+
+def _model(conn: sqlite3.Connection, conversation_id: int, model: str | None) -> str | None:
+    """Set the conversation's model if one is given; return its model (None: the default)."""
+    if model is not None:
+        conn.execute("UPDATE conversations SET model = ? WHERE id = ?", (model, conversation_id))
+        return model
+    row = conn.execute("SELECT model FROM conversations WHERE id = ?",
+                       (conversation_id,)).fetchone()
+    return None if row is None else cast(str | None, row[0])

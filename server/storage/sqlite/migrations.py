@@ -193,7 +193,14 @@ CREATE TABLE audit_log (
 UPDATE users SET role = 'admin' WHERE id = (SELECT min(id) FROM users);
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6]
+# Several models: the one a conversation uses (NULL = the first configured) and the one that
+# wrote each reply.
+V7 = """
+ALTER TABLE conversations ADD COLUMN model TEXT;
+ALTER TABLE messages ADD COLUMN model TEXT;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7]
 LATEST = len(MIGRATIONS)
 
 

@@ -46,13 +46,13 @@ async def test_unready_shows_no_url_or_credentials(dead: Running, caplog) -> Non
         async with s.get("/ready", headers=user.headers) as r:
             assert await r.json() == {"status": "unavailable"}
         async with s.post("/api/chat", json={"message": "hello"}, headers=user.headers) as r:
-            error = await error_of(r, 502, "upstream_unavailable")
+            error = await error_of(r, 503, "model_unavailable")
             assert SECRET not in error["message"] and "127.0.0.1" not in error["message"]
         async with s.post("/v1/chat/completions", headers=user.headers,
                           json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
                           ) as r:
             text = await r.text()
-            assert r.status == 502 and SECRET not in text and "127.0.0.1" not in text
+            assert r.status == 503 and SECRET not in text and "127.0.0.1" not in text
         async with s.get("/metrics") as r:
             metrics = await r.text()
     assert "chatgate_ready 0.0" in metrics

@@ -27,7 +27,7 @@ def manager(server: Running, **memory: Any) -> MemoryManager:
 
 async def next_turn(m: MemoryManager, user_id: int, conv: int) -> list[dict[str, str]]:
     """The history a new turn's prompt gets: what came before its own (stored) message."""
-    _, _, history = await m.add_user_message(user_id, conv, "next", "t")
+    _, _, history, _ = await m.add_user_message(user_id, conv, "next", "t")
     return history
 
 
@@ -117,7 +117,7 @@ async def test_before_id_excludes_the_newest(server: Running, http: aiohttp.Clie
     m = manager(server, max_history_messages=2)
     rows = [await m.append(conv, "user", f"m{i}") for i in range(4)]
     # A regenerate re-asks the last user message: its history is what came before it.
-    stored, history = await m.rewind(user.id, conv, None)
+    stored, history, _ = await m.rewind(user.id, conv, None)
     assert stored["id"] == rows[-1]["id"]
     assert [h["content"] for h in history] == ["m1", "m2"]  # still two, newest left out
     assert await older_than(server, m, conv, rows[0]["id"]) == []

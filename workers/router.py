@@ -1,0 +1,288 @@
+"""Which model server a job goes to: per model, the healthy replica with the least load, the
+same one for the same conversation, and another one when an attempt fails before its first
+token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+
+from .errors import ModelNotFound, ModelUnavailable, UpstreamError, UpstreamRejected
+from .job import Ending, Job
+from .replica import Replica
+from .stream import Progress
+from .upstream import Retryable, UpstreamClient, UpstreamSettings
+
+log = logging.getLogger(__name__)
+# A replica answering these is misconfigured for us (key, model name): out at once, and the
+# request tried elsewhere. Other 4xx are the client's own mistake.
+_REPLICA_FAULTS = {401: "auth", 403: "auth", 404: "model"}
+Attempt = Callable[[UpstreamClient, str, Progress], Awaitable[Ending]]
+
+
+@dataclass(frozen=True)
+class AffinitySettings:
+    """Conversation affinity (the `routing` section's part of it)."""
+
+    affinity: bool = True
+    affinity_slack: float = 4.0  # how much busier than the least busy a sticky replica may be
+    affinity_ttl_s: float = 3600.0
+    affinity_size: int = 100_000
+
+
+class ModelRoute:
+    """One model: its replicas, its served name and where its conversations went last."""
+
+    def __init__(self, name: str, served_name: str, replicas: Sequence[Replica],
+                 settings: AffinitySettings) -> None:
+        self.name = name  # what clients ask for ("" until learned, for an unnamed shorthand)
+        self.served_name = served_name  # what the servers call it ("" until learned)
+        self.replicas = list(replicas)
+        self._s = settings
+        self._sticky: TTLCache[Hashable, Replica] = TTLCache(settings.affinity_size,
+                                                             settings.affinity_ttl_s)
+        self._turn = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self.affinity = {"hit": 0, "moved": 0, "new": 0}
+        self.failovers = 0
+        self.unavailable = 0  # requests refused because every replica was out
+
+    @property
+    def available(self) -> bool:
+        """Whether any replica may take requests now."""
+        return any(r.routable for r in self.replicas)
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a request could start now on some routable replica."""
+        return any(r.routable and r.has_room for r in self.replicas)
+
+    def others_routable(self, replica: Replica) -> bool:
+        """Whether a replica besides this one may take requests now."""
+        return any(r.routable for r in self.replicas if r is not replica)
+
+    def learn(self, served: Sequence[str]) -> None:
+        """Take the name from a replica's model list when none was configured."""
+        if not self.served_name and served:
+            self.served_name = served[0]
+            self.name = self.name or served[0]
+
+    def unavailable_error(self) -> ModelUnavailable:
+        """The error for a request that finds every replica out (and why, for the log)."""
+        self.unavailable += 1
+        why = "; ".join(f"{r.label}: {r.state}, {r.reason}" for r in self.replicas)
+        log.warning("model %s: every replica is out (%s)", self.name, why)
+        which = f"the model `{self.name}`" if self.name else "the model"
+        return ModelUnavailable(f"{which} is unavailable: every server of it is down or "
+                                "recovering, try again shortly")
+
+    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica]) -> Replica:
+        """A replica for one attempt (its in-flight count taken), waiting while every routable
+        one is full; replicas in `avoid` (tried already) only when no other is routable."""
+        avoided = set(avoid)
+        while True:
+            routable = [r for r in self.replicas if r.routable]
+            if not routable:
+                raise self.unavailable_error()
+            fresh = [r for r in routable if r not in avoided] or routable
+            replica = self._pick(key, [r for r in fresh if r.has_room])
+            if replica is not None:
+                replica.in_flight += 1
+                replica.requests += 1
+                return replica
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def release(self, replica: Replica) -> None:
+        """An attempt on `replica` ended: its place may go to a waiting one."""
+        replica.in_flight -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every waiting attempt look again (room was made or health changed)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pick(self, key: Hashable | None, free: list[Replica]) -> Replica | None:
+        """The least loaded of `free` (ties taken in turn), unless the key's sticky replica is
+        among them and not much busier."""
+        if not free:
+            return None
+        now = time.monotonic()
+        self._turn += 1
+        best, best_score = free[0], float("inf")
+        n = len(free)
+        for i in range(n):
+            replica = free[(self._turn + i) % n]
+            score = replica.score(now)
+            if score < best_score:
+                best, best_score = replica, score
+        if key is None or not self._s.affinity:
+            return best
+        sticky = self._sticky.get(key)
+        if sticky is not None and sticky in free and \
+                sticky.score(now) <= best_score + self._s.affinity_slack:
+            self.affinity["hit"] += 1
+            return sticky
+        self.affinity["moved" if sticky is not None else "new"] += 1
+        self._sticky[key] = best
+        return best
+
+
+class Router:
+    """The models and their replicas; runs each job's attempts, failing over between them."""
+
+    def __init__(self, routes: Sequence[ModelRoute], settings: UpstreamSettings,
+                 on_change: Callable[[], None] | None = None) -> None:
+        if not routes:
+            raise ValueError("a router needs at least one model")
+        self.routes = list(routes)
+        self._s = settings
+        self.on_change = on_change or (lambda: None)  # the pool's queue looks again
+        # Called once per attempt that got a first token: (model, replica, seconds).
+        self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
+
+    @property
+    def default(self) -> ModelRoute:
+        """The first configured model: what a request that names none gets."""
+        return self.routes[0]
+
+    def names(self) -> list[str]:
+        """The models clients may ask for, in configured order (unlearned ones left out)."""
+        return [route.name for route in self.routes if route.name]
+
+    def find(self, name: str | None) -> ModelRoute:
+        """The route for a model name (None or "": the default), or ModelNotFound."""
+        if not name:
+            return self.default
+        for route in self.routes:
+            if route.name == name:
+                return route
+        raise ModelNotFound(f"The model `{name}` does not exist.")
+
+    async def lookup(self, name: str | None) -> ModelRoute:
+        """find(), but first ask the servers of an unnamed model what they call it."""
+        if name and any(not route.name for route in self.routes):
+            await self.learn_names()
+        try:
+            return self.find(name)
+        except ModelNotFound:
+            for route in self.routes:
+                if not route.name:  # its servers did not say: it may be this one
+                    raise route.unavailable_error() from None
+            raise
+
+    async def learn_names(self) -> None:
+        """Ask each model without a name yet for its servers' model list (first answer wins)."""
+        for route in self.routes:
+            for replica in route.replicas if not route.name else ():
+                try:
+                    route.learn(await replica.client.list_models())
+                    break
+                except UpstreamError:
+                    continue
+
+    def check(self, route: ModelRoute) -> None:
+        """Refuse at once (ModelUnavailable) when every replica of the model is out."""
+        if not route.available:
+            raise route.unavailable_error()
+
+    def can_start(self, job: Job) -> bool:
+        """Whether a worker should take this job now: its model has room, or has no replica
+        at all (then it fails fast instead of waiting)."""
+        for route in self.routes:
+            if route.name == job.model or (not job.model and route is self.default):
+                return route.has_room or not route.available
+        return True  # an unknown model fails when run
+
+    def changed(self) -> None:
+        """Health or load changed: waiting attempts and the queue look again."""
+        for route in self.routes:
+            route.wake()
+        self.on_change()
+
+    async def run(self, job: Job, attempt: Attempt,
+                  before_attempt: Callable[[], Any] | None = None) -> Ending:
+        """Run the job's attempts: each on a replica of its model, another one after a failure
+        before the first token (within `retries`); never after the first token."""
+        route = self.find(job.model)
+        tried: list[Replica] = []
+        while True:
+            replica = await route.acquire(job.affinity, tried)
+            job.replica = replica.label
+            progress = Progress()
+            try:
+                if before_attempt is not None:
+                    await before_attempt()
+                begun = time.monotonic()
+                served = route.served_name or await self._learn(route, replica)
+                ending = await attempt(replica.client, served, progress)
+            except Retryable as retry:
+                replica.failed(retry.reason, str(retry.error), route.others_routable(replica))
+                error: UpstreamError = retry.error
+                reason = retry.reason
+            except UpstreamRejected as err:
+                fault = _REPLICA_FAULTS.get(err.status)
+                if fault is None:  # the request's own fault: the replica is fine
+                    replica.succeeded(None)
+                    raise
+                replica.failed(fault, f"answered {err.status}: {err.detail}"[:200])
+                error, reason = err, fault
+            except UpstreamError as err:  # after the first token: never retried
+                replica.failed("stream", str(err), route.others_routable(replica))
+                raise
+            else:
+                ttft = None if progress.first is None else max(0.0, progress.first - begun)
+                replica.succeeded(ttft)
+                if ttft is not None:
+                    self.on_first_token(route.name, replica.label, ttft)
+                return ending
+            finally:
+                route.release(replica)
+                if replica.state != "healthy":
+                    self.on_change()
+            tried.append(replica)
+            await self._before_retry(job, route, tried, error, reason)
+
+    async def _before_retry(self, job: Job, route: ModelRoute, tried: list[Replica],
+                            error: UpstreamError, reason: str) -> None:
+        """Raise `error` if the retry budget is spent; else wait if only tried replicas are
+        left (a timeout is never retried on the replica that timed out)."""
+        attempts = len(tried)
+        others = [r for r in route.replicas if r.routable and r not in tried]
+        if attempts > self._s.retries or (reason == "timeout" and not others):
+            raise error
+        if others:
+            job.failovers += 1
+            route.failovers += 1
+        log.info("model %s: attempt %d on %s failed (%s); trying %s", route.name, attempts,
+                 tried[-1].label, error, "another replica" if others else "again")
+        if not others:
+            backoff = self._s.retry_backoff_s * 2 ** (attempts - 1)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+
+    async def _learn(self, route: ModelRoute, replica: Replica) -> str:
+        """The served name of a model configured without one, asked of the replica."""
+        try:
+            route.learn(await replica.client.list_models())
+        except UpstreamRejected as err:
+            raise UpstreamRejected(str(err), err.status, "cannot list the models") from err
+        except UpstreamError as err:
+            raise Retryable(err, "connect") from err
+        if not route.served_name:
+            raise UpstreamError("the model server lists no model")
+        return route.served_name
