@@ -55,9 +55,10 @@ TurnFn = Callable[[aiohttp.ClientSession, int, dict[str, object], str, bool], Aw
 
 
 async def run_load(turn: TurnFn, clients: int, turns: int, warmup: float, seconds: float,
-                   tag: str) -> tuple[Load, float, float]:
-    """`clients` closed-loop clients, each sending conversations of `turns` turns; returns the
-    load and the measured window (turns before `warmup` s are not counted)."""
+                   tag: str, think: float = 0.0) -> tuple[Load, float, float]:
+    """`clients` closed-loop clients, each sending conversations of `turns` turns, pausing
+    0.5-1.5 x `think` s between two turns of a conversation as a person reads and types;
+    returns the load and the measured window (turns before `warmup` s are not counted)."""
     load = Load()
     cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     start = time.perf_counter()
@@ -67,9 +68,12 @@ async def run_load(turn: TurnFn, clients: int, turns: int, warmup: float, second
     async with aiohttp.ClientSession(connector=conns, timeout=timeout) as session:
 
         async def client(i: int) -> None:
+            dice = random.Random(i)
             for c in itertools.count():
                 state: dict[str, object] = {}
                 for t in range(turns):
+                    if t and think:
+                        await asyncio.sleep(think * dice.uniform(0.5, 1.5))
                     if time.perf_counter() >= window[1]:
                         return
                     text = f"{tag} client {i} conversation {c} turn {t}: tell me about quokkas"

@@ -201,12 +201,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, clients: int,
-                  server: subprocess.Popen[bytes] | None = None) -> Row:
+                  server: subprocess.Popen[bytes] | None = None, think: float = 0.0) -> Row:
     """One run against `sim` with fresh counters and prefix caches."""
     await sim_stats(sim, reset=True)
     cpu = cpu_seconds(server.pid) if server else 0.0
     load, start, end = await run_load(turn, clients, args.turns, args.warmup, args.seconds,
-                                      label)
+                                      label, think)
     sent = max(1, len(load.turns))  # CPU is shared over every turn, warm-up included
     load.turns = [t for t in load.turns if t.done >= start]  # the warm-up's are not measured
     row = Row(label, load, (start, end), await sim_stats(sim), await sim.counters())
@@ -220,7 +220,8 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
 
 
 async def through_chatgate(label: str, sim: Sim, args: argparse.Namespace, clients: int,
-                           capacity: int, affinity: bool, system_prompt: str) -> Row:
+                           capacity: int, affinity: bool, system_prompt: str,
+                           think: float = 0.0) -> Row:
     """Start chatgate on `sim`'s replicas (max_concurrency: their capacity), measure, stop."""
     folder = Path(tempfile.mkdtemp(prefix="chatgate-replicas-"))
     port = free_port()
@@ -231,7 +232,7 @@ async def through_chatgate(label: str, sim: Sim, args: argparse.Namespace, clien
         base = f"http://127.0.0.1:{port}"
         tokens = await register(base, args.users)
         turn = chatgate_turn(base, tokens, args.tokens)
-        row = await measure(label, sim, turn, args, clients, server)
+        row = await measure(label, sim, turn, args, clients, server, think)
         async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
             routing = [line for line in (await r.text()).splitlines()
                        if not line.startswith("#") and ("affinity" in line or "failover" in line)]
@@ -261,20 +262,23 @@ async def scaling(args: argparse.Namespace) -> list[tuple[int, Row, Row]]:
 async def affinity(args: argparse.Namespace) -> list[Row]:
     """Two replicas with a prefix cache: chatgate with affinity on and off, and the replicas
     called directly, sticky and random per turn. No system prompt, so that only a conversation's
-    own history can hit (a shared system prompt would make every first turn a hit too)."""
+    own history can hit (a shared system prompt would make every first turn a hit too). Clients
+    pause between turns, as people do: without a pause, the replica that just answered a
+    conversation's turn is the least busy one when its next turn comes, and least-load routing
+    alone looks sticky."""
     sim = await start_sim(2, args.capacity_affinity, args.miss_ttft_ms, args.tpot_ms,
                           args.tokens, args.hit_ttft_ms)
+    think, clients = args.think_ms / 1000, args.clients_affinity
     try:
-        rows = [await measure("direct, sticky per conversation", sim,
-                              direct_turn(sim.urls, "sticky", args.tokens, ""), args,
-                              args.clients_affinity),
-                await measure("direct, random replica per turn", sim,
-                              direct_turn(sim.urls, "random", args.tokens, ""), args,
-                              args.clients_affinity)]
+        rows = []
+        for label, pick in (("direct, sticky per conversation", "sticky"),
+                            ("direct, random replica per turn", "random")):
+            turn = direct_turn(sim.urls, pick, args.tokens, "")
+            rows.append(await measure(label, sim, turn, args, clients, None, think))
         for on in (True, False):
-            rows.append(await through_chatgate(f"chatgate, routing.affinity: {str(on).lower()}",
-                                               sim, args, args.clients_affinity,
-                                               args.capacity_affinity, on, ""))
+            rows.append(await through_chatgate(
+                f"chatgate, routing.affinity: {str(on).lower()}", sim, args, clients,
+                args.capacity_affinity, on, "", think))
         return rows
     finally:
         stop(sim.proc)
@@ -315,7 +319,7 @@ def print_affinity(args: argparse.Namespace, rows: list[Row]) -> None:
     print(f"\n### Affinity: 2 replicas, capacity {args.capacity_affinity}, ttft "
           f"{args.miss_ttft_ms:g} ms ({args.hit_ttft_ms:g} ms on a prefix-cache hit), tpot "
           f"{args.tpot_ms:g} ms, {args.tokens} tokens; {args.clients_affinity} clients, "
-          f"conversations of {args.turns} turns\n")
+          f"conversations of {args.turns} turns, {args.think_ms:g} ms (±50 %) between turns\n")
     print("| path | turns/s | follow-up TTFT p50 | p90 | p99 | first-turn TTFT p50 "
           "| prefix-cache hits / queries | follow-ups that hit | requests per replica |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -347,7 +351,9 @@ async def main() -> int:
     p.add_argument("--ttft-ms", type=float, default=20)
     p.add_argument("--tpot-ms", type=float, default=5)
     p.add_argument("--tokens", type=int, default=16, help="reply length (max_tokens)")
-    p.add_argument("--clients-affinity", type=int, default=16)
+    p.add_argument("--clients-affinity", type=int, default=32)
+    p.add_argument("--think-ms", type=float, default=250,
+                   help="mean pause between two turns of a conversation (affinity)")
     p.add_argument("--capacity-affinity", type=int, default=32)
     p.add_argument("--miss-ttft-ms", type=float, default=60)
     p.add_argument("--hit-ttft-ms", type=float, default=5)
