@@ -212,10 +212,10 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
     row = Row(label, load, (start, end), await sim_stats(sim), await sim.counters())
     if server:
         row.server_cpu_ms = (cpu_seconds(server.pid) - cpu) * 1000 / sent
+    server_cpu = "" if row.server_cpu_ms is None else f", chatgate CPU {row.server_cpu_ms:.2f} ms"
     print(f"  {label}: {row.rate:.0f} turns/s, ttft p50 {pct(row.ttft(), 50):.1f} ms, "
           f"{load.failed} failed, split {row.split()}, client CPU "
-          f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn",
-          file=sys.stderr, flush=True)
+          f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn{server_cpu}", file=sys.stderr, flush=True)
     return row
 
 
