@@ -296,6 +296,8 @@ def _build_models(value: Any) -> tuple[ModelConfig, ...]:
 def _build_replica(where: str, value: Any) -> ReplicaSpec:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: must be a mapping with a url")
+    if "url" not in value:  # else ReplicaSpec() fails with a TypeError, not one clear line
+        raise ConfigError(f"{where}.url: must be given, e.g. http://gpu1:8000/v1")
     spec: ReplicaSpec = _build_section(where, ReplicaSpec, value)
     if not spec.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: must be an http:// or https:// address, "

@@ -16,7 +16,7 @@ import pytest
 from server.config import Config
 from server.runner import Running, start
 from tests.support.app import User, make_config
-from vllm_sim import SimServer, SimSettings, start_simulator
+from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas, start_simulator
 
 _names = itertools.count(1)
 
@@ -92,6 +92,42 @@ async def custom(tmp_path: Path,
 
     async def make(**sections: dict[str, Any]) -> Running:
         running = await start(make_config(tmp_path, simulator.url, **sections))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def sim_cluster() -> AsyncIterator[Callable[..., Awaitable[SimCluster]]]:
+    """Start simulator replicas, n at a time, with fast timings (keywords are SimSettings);
+    all closed after the test."""
+    clusters: list[SimCluster] = []
+
+    async def make(n: int, **kw: Any) -> SimCluster:
+        kw.setdefault("ttft_ms", 2)
+        kw.setdefault("tpot_ms", 1)
+        kw.setdefault("reply_tokens", 8)
+        cluster = await start_replicas([SimSettings(**kw) for _ in range(n)])
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        await cluster.close()
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Start the real app over `models` (a models: list) with some sections changed; all
+    stopped after the test."""
+    started: list[Running] = []
+
+    async def make(models: list[dict[str, Any]], **sections: Any) -> Running:
+        url = models[0]["replicas"][0]["url"]  # llm.base_url is unused beside a models: list
+        running = await start(make_config(tmp_path, url, models=models, **sections))
         started.append(running)
         return running
 

@@ -194,9 +194,9 @@ async def _answer(request: web.Request, parse: Parser) -> web.StreamResponse:
         return error_response(str(exc), exc.status, exc.kind)
     if call.fault != "none":
         state.stats.faults_injected += 1
-    if call.fault in ("500", "503"):
-        kind = "InternalServerError" if call.fault == "500" else "ServiceUnavailableError"
-        return error_response(f"Simulated fault {call.fault}", int(call.fault), kind)
+    if call.fault in _STATUS_FAULTS:
+        return error_response(f"Simulated fault {call.fault}", int(call.fault),
+                              _STATUS_FAULTS[call.fault])
     _look_up_prefix(request, state, call)
     task = asyncio.current_task()
     if task is not None:
@@ -278,6 +278,10 @@ async def _cancel_handlers(app: web.Application) -> None:
     state = app[STATE]
     for task in [*state.tasks, *state.background]:
         task.cancel()
+
+
+_STATUS_FAULTS = {"500": "InternalServerError", "503": "ServiceUnavailableError",
+                  "429": "RateLimitError"}  # faults answered with a status at once
 
 
 def create_sim_app(settings: SimSettings) -> web.Application:

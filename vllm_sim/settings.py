@@ -12,6 +12,7 @@ FAULT_MODES: tuple[str, ...] = (
     "none",
     "500",
     "503",
+    "429",
     "reset",
     "hang",
     "hang_after_first",

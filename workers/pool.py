@@ -162,10 +162,12 @@ class WorkerPool:
         while True:
             job = await self.queue.get()
             self.queue.task_done()
+            self.router.claim(job)  # before another worker asks whether its model has room
             try:
                 if job.state == "queued":  # else cancelled while waiting: never sent upstream
                     await self._hold(job)
             finally:
+                self.router.unclaim(job)
                 self.queue.done(job)  # its owner may run another now
 
     async def _hold(self, job: Job) -> None:

@@ -60,10 +60,16 @@ class Prober:
         self._scrape: dict[Replica, bool] = {}  # False once a replica showed it has no /metrics
 
     async def run(self) -> None:
-        """Probe forever (cancel to stop)."""
+        """Probe every replica forever, each on its own beat, so one that hangs for the
+        probe timeout delays no other's check (cancel to stop)."""
+        pairs = [(route, r) for route in self._router.routes for r in route.replicas]
+        await asyncio.gather(*(self._beat(route, r) for route, r in pairs))
+
+    async def _beat(self, route: ModelRoute, replica: Replica) -> None:
         while True:
-            await self.round()
             await asyncio.sleep(self._s.probe_interval_s)
+            await self._probe(route, replica)
+            self._router.changed()  # back or out, or new load figures: waiting work looks again
 
     async def round(self) -> None:
         """Probe every replica once, all at the same time."""

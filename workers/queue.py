@@ -51,7 +51,8 @@ class _Lanes:
 
     def next_owner(self) -> Hashable | None:
         """The first owner in the rotation whose next job may run now, or None."""
-        # Owners passed over each have a job running, so this looks at most `workers` lanes.
+        # Owners passed over have a job running or wait for room on their job's model: a scan
+        # of at most the waiting owners, and in the usual case the first lane is ready.
         for owner, lane in self.lanes.items():
             if self.ready(owner, lane):
                 return owner

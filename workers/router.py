@@ -8,11 +8,10 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from cachetools import TTLCache
 
 from .errors import ModelNotFound, ModelUnavailable, UpstreamError, UpstreamRejected
 from .job import Ending, Job
@@ -37,6 +36,27 @@ class AffinitySettings:
     affinity_size: int = 100_000
 
 
+class _Sticky:
+    """Affinity key -> replica: the least recently used forgotten first past `size`, an entry
+    unused for `ttl` seconds ignored (an OrderedDict: a turn pays a dict lookup, no more)."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._entries: OrderedDict[Hashable, tuple[Replica, float]] = OrderedDict()
+        self._size, self._ttl = size, ttl
+
+    def get(self, key: Hashable, now: float) -> Replica | None:
+        found = self._entries.get(key)
+        if found is None or now - found[1] > self._ttl:
+            return None
+        return found[0]
+
+    def put(self, key: Hashable, replica: Replica, now: float) -> None:
+        self._entries[key] = (replica, now)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 class ModelRoute:
     """One model: its replicas, its served name and where its conversations went last."""
 
@@ -46,13 +66,13 @@ class ModelRoute:
         self.served_name = served_name  # what the servers call it ("" until learned)
         self.replicas = list(replicas)
         self._s = settings
-        self._sticky: TTLCache[Hashable, Replica] = TTLCache(settings.affinity_size,
-                                                             settings.affinity_ttl_s)
+        self._sticky = _Sticky(settings.affinity_size, settings.affinity_ttl_s)
         self._turn = 0
         self._waiters: list[asyncio.Future[None]] = []
         self.affinity = {"hit": 0, "moved": 0, "new": 0}
         self.failovers = 0
         self.unavailable = 0  # requests refused because every replica was out
+        self.starting = 0  # jobs workers took that hold no replica yet: room promised to them
 
     @property
     def available(self) -> bool:
@@ -61,8 +81,15 @@ class ModelRoute:
 
     @property
     def has_room(self) -> bool:
-        """Whether a request could start now on some routable replica."""
-        return any(r.routable and r.has_room for r in self.replicas)
+        """Whether one more request could start now on some routable replica, besides the
+        jobs workers took already and that hold no replica yet."""
+        free = 0
+        for r in self.replicas:
+            if r.routable:
+                if not r.spec.max_concurrency:
+                    return True
+                free += max(0, r.spec.max_concurrency - r.in_flight)
+        return free > self.starting
 
     def others_routable(self, replica: Replica) -> bool:
         """Whether a replica besides this one may take requests now."""
@@ -83,12 +110,14 @@ class ModelRoute:
         return ModelUnavailable(f"{which} is unavailable: every server of it is down or "
                                 "recovering, try again shortly")
 
-    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica]) -> Replica:
+    async def acquire(self, key: Hashable | None, avoid: Iterable[Replica],
+                      exclude: Iterable[Replica] = ()) -> Replica:
         """A replica for one attempt (its in-flight count taken), waiting while every routable
-        one is full; replicas in `avoid` (tried already) only when no other is routable."""
-        avoided = set(avoid)
+        one is full; replicas in `avoid` (tried already) only when no other is routable, those
+        in `exclude` (timed out for this job) never."""
+        avoided, excluded = set(avoid), set(exclude)
         while True:
-            routable = [r for r in self.replicas if r.routable]
+            routable = [r for r in self.replicas if r.routable and r not in excluded]
             if not routable:
                 raise self.unavailable_error()
             fresh = [r for r in routable if r not in avoided] or routable
@@ -133,13 +162,14 @@ class ModelRoute:
                 best, best_score = replica, score
         if key is None or not self._s.affinity:
             return best
-        sticky = self._sticky.get(key)
+        sticky = self._sticky.get(key, now)
         if sticky is not None and sticky in free and \
                 sticky.score(now) <= best_score + self._s.affinity_slack:
             self.affinity["hit"] += 1
-            return sticky
-        self.affinity["moved" if sticky is not None else "new"] += 1
-        self._sticky[key] = best
+            best = sticky
+        else:
+            self.affinity["moved" if sticky is not None else "new"] += 1
+        self._sticky.put(key, best, now)  # the TTL counts from its last use, not its first
         return best
 
 
@@ -153,6 +183,7 @@ class Router:
         self.routes = list(routes)
         self._s = settings
         self.on_change = on_change or (lambda: None)  # the pool's queue looks again
+        self._claims: dict[Job, ModelRoute] = {}  # taken by a worker, no replica held yet
         # Called once per attempt that got a first token: (model, replica, seconds).
         self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
 
@@ -204,10 +235,30 @@ class Router:
     def can_start(self, job: Job) -> bool:
         """Whether a worker should take this job now: its model has room, or has no replica
         at all (then it fails fast instead of waiting)."""
+        route = self._route_of(job)
+        if route is None:
+            return True  # an unknown model fails when run
+        return route.has_room or not route.available
+
+    def claim(self, job: Job) -> None:
+        """A worker took the job: its model's room is held for it until it holds a replica,
+        so the workers looking next do not take jobs that room cannot carry."""
+        route = self._route_of(job)
+        if route is not None:
+            route.starting += 1
+            self._claims[job] = route
+
+    def unclaim(self, job: Job) -> None:
+        """The job holds a replica now, or ended without one."""
+        route = self._claims.pop(job, None)
+        if route is not None:
+            route.starting -= 1
+
+    def _route_of(self, job: Job) -> ModelRoute | None:
         for route in self.routes:
             if route.name == job.model or (not job.model and route is self.default):
-                return route.has_room or not route.available
-        return True  # an unknown model fails when run
+                return route
+        return None
 
     def changed(self) -> None:
         """Health or load changed: waiting attempts and the queue look again."""
@@ -221,8 +272,10 @@ class Router:
         before the first token (within `retries`); never after the first token."""
         route = self.find(job.model)
         tried: list[Replica] = []
+        timed_out: set[Replica] = set()  # never tried again for this job
         while True:
-            replica = await route.acquire(job.affinity, tried)
+            replica = await route.acquire(job.affinity, tried, timed_out)
+            self.unclaim(job)
             job.replica = replica.label
             progress = Progress()
             try:
@@ -256,22 +309,26 @@ class Router:
                 if replica.state != "healthy":
                     self.on_change()
             tried.append(replica)
-            await self._before_retry(job, route, tried, error, reason)
+            if reason == "timeout":
+                timed_out.add(replica)
+            await self._before_retry(job, route, tried, timed_out, error)
 
     async def _before_retry(self, job: Job, route: ModelRoute, tried: list[Replica],
-                            error: UpstreamError, reason: str) -> None:
-        """Raise `error` if the retry budget is spent; else wait if only tried replicas are
-        left (a timeout is never retried on the replica that timed out)."""
+                            timed_out: set[Replica], error: UpstreamError) -> None:
+        """Raise `error` if the retry budget is spent or only replicas that timed out for this
+        job are left (a timeout is never retried on the replica that timed out); else wait if
+        only tried replicas are left."""
         attempts = len(tried)
         others = [r for r in route.replicas if r.routable and r not in tried]
-        if attempts > self._s.retries or (reason == "timeout" and not others):
+        if attempts > self._s.retries or (timed_out and not any(
+                r.routable and r not in timed_out for r in route.replicas)):
             raise error
         if others:
             job.failovers += 1
             route.failovers += 1
         log.info("model %s: attempt %d on %s failed (%s); trying %s", route.name, attempts,
                  tried[-1].label, error, "another replica" if others else "again")
-        if not others:
+        if not others and route.available:  # none routable: acquire refuses at once
             backoff = self._s.retry_backoff_s * 2 ** (attempts - 1)
             await asyncio.sleep(backoff * (0.5 + random.random()))
 

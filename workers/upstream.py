@@ -17,7 +17,9 @@ from .errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from .job import CompletionRequest, Ending, ForwardRequest
 from .stream import Progress, message_of, read_chat, read_stream, read_whole
 
-_RETRY_STATUSES = frozenset({502, 503, 504})
+# 429 too: a model server (or its proxy) that says it is too busy is busy for us, not wrong
+# about the request.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _JSON = {"Content-Type": "application/json"}
 METRICS_LIMIT = 4 << 20  # a /metrics page larger than this is not vLLM's: not read
 
@@ -117,11 +119,14 @@ class UpstreamClient:
             raise UpstreamError("cannot list models: not a model list") from err
 
     async def load(self, timeout_s: float = 10.0) -> str | None:
-        """The server's Prometheus text from GET /metrics, or None if it has none."""
+        """The server's Prometheus text from GET /metrics, or None if it has none (a 5xx is
+        an UpstreamError: it may have some next time)."""
         try:
             async with self._probe_session.get(
                     f"{self._root}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) \
                     as resp:
+                if resp.status >= 500:  # failing for now, not a server without metrics
+                    raise UpstreamError(f"GET /metrics answered {resp.status}")
                 if resp.status != 200 or (resp.content_length or 0) > METRICS_LIMIT:
                     return None
                 data = await resp.content.read(METRICS_LIMIT)
@@ -195,7 +200,7 @@ async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
 
 
 async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
-    """The error for a non-200 answer: 502/503/504 retryable, 4xx rejected."""
+    """The error for a non-200 answer: 429/502/503/504 retryable, other 4xx rejected."""
     try:
         detail = message_of(orjson.loads(await resp.content.read(65536)))
     except Exception:  # noqa: BLE001 - the body is only for the message

@@ -107,7 +107,8 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
         sse.ping_interval = PING_S
         # `meta` goes out with the first event that follows it: one write instead of two.
         pending = _event("meta", {"conversation_id": turn.conversation_id,
-                                  "user_message_id": turn.user_message["id"]})
+                                  "user_message_id": turn.user_message["id"],
+                                  "model": turn.job.model or None})
         async with aclosing(turn.follow()) as events:
             async for event in events:
                 if isinstance(event, Delta):

@@ -8,7 +8,7 @@ from aiohttp import hdrs, web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-_HEADERS = "Authorization, Content-Type"
+_HEADERS = "Authorization, Content-Type, X-Session-Id"  # the last: /v1 replica affinity
 _EXPOSED = "X-Request-Id, Retry-After"  # readable by a listed origin's scripts too
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -43,6 +44,9 @@ def _timing(listeners: list[Listener]) -> Callable[..., Awaitable[web.StreamResp
             return response
         except web.HTTPException as err:
             status = err.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away first (nginx's word for it), not our failure
             raise
         finally:
             spent = time.perf_counter() - started

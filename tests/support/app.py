@@ -13,9 +13,10 @@ from server.config import Config, build_config
 from server.runner import Running
 
 
-def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Config:
-    """A config on a temp database and a free port; sections override defaults."""
-    raw: dict[str, dict[str, Any]] = {
+def make_config(tmp_path: Path, llm_url: str, **sections: Any) -> Config:
+    """A config on a temp database and a free port; sections override defaults (a list, such
+    as `models`, replaces the section)."""
+    raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
         "database": {"path": str(tmp_path / "chatgate.db")},
         "llm": {"base_url": llm_url, "retry_backoff_s": 0.01, "first_token_timeout_s": 5,
@@ -28,7 +29,10 @@ def make_config(tmp_path: Path, llm_url: str, **sections: dict[str, Any]) -> Con
         "render": {"wait_s": 60, "max_render_cpu_s": 60},
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+        if isinstance(values, list):
+            raw[name] = values
+        else:
+            raw.setdefault(name, {}).update(values)
     return build_config(raw)
 
 

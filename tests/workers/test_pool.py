@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
+from tests.support.routing import (
+    TEXT,
+    WORDS,
+    Routes,
+    assert_finished,
+    collect,
+    fault,
+    job,
+    next_event,
+    wait_for,
+)
 from vllm_sim import SimServer, SimSettings, start_simulator
 from workers.errors import JobCancelled, OwnerBlocked, QueueFull, ShuttingDown, UpstreamError
-from workers.job import CompletionRequest, Delta, Event, Failed, Finished, Job, Started
+from workers.job import Delta, Failed, Finished, Started
 from workers.pool import WorkerPool
-from workers.upstream import UpstreamClient, UpstreamSettings, create_session
-
-TEXT = "one two three four five six seven eight"
-WORDS = ["one", " two", " three", " four", " five", " six", " seven", " eight"]
 
 MakePool = Callable[..., WorkerPool]
 
@@ -32,70 +38,27 @@ async def sim() -> AsyncIterator[SimServer]:
 
 
 @pytest_asyncio.fixture
-async def control() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain session for the simulator's /sim/* control endpoints."""
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest_asyncio.fixture
-async def make_pool(sim: SimServer) -> AsyncIterator[MakePool]:
-    """Started pools on sessions from create_session; stopped and closed afterwards."""
-    made: list[tuple[WorkerPool, aiohttp.ClientSession]] = []
+async def make_pool(sim: SimServer, routes: Routes) -> AsyncIterator[MakePool]:
+    """Started pools over a router with one model on the simulator; stopped afterwards."""
+    made: list[WorkerPool] = []
 
     def _make(workers: int = 2, max_queue: int = 64, max_per_owner: int = 0, rps: float = 100.0,
-              pool_size: int | None = None, start: bool = True, max_running: int = 0,
-              **kw: Any) -> WorkerPool:
-        kw.setdefault("model", "vllm-simulator")
-        kw.setdefault("retry_backoff_s", 0.01)
-        kw.setdefault("first_token_timeout_s", 10)
-        settings = UpstreamSettings(base_url=sim.url, **kw)
-        session = create_session(pool_size or workers, settings)
-        pool = WorkerPool(UpstreamClient(session, settings), workers=workers,
-                          max_queue=max_queue, max_per_owner=max_per_owner,
-                          max_running_per_owner=max_running, rps=rps)
+              pool_size: int = 0, start: bool = True, max_running: int = 0,
+              retries: int = 2) -> WorkerPool:
+        # pool_size: the session's connection limit; the replica has no limit of its own.
+        replica = routes.replica(sim.url, pool_size=pool_size or workers)
+        router = routes.router(routes.route([replica]), retries=retries)
+        pool = WorkerPool(router, workers=workers, max_queue=max_queue,
+                          max_per_owner=max_per_owner, max_running_per_owner=max_running,
+                          rps=rps)
         if start:
             pool.start()
-        made.append((pool, session))
+        made.append(pool)
         return pool
 
     yield _make
-    for pool, session in made:
+    for pool in made:
         await pool.stop()
-        await session.close()
-
-
-def job(owner: str = "alice", text: str = TEXT, max_tokens: int = 64) -> Job:
-    """A job asking the echoing simulator to repeat `text`."""
-    return Job(owner=owner, request=CompletionRequest([{"role": "user", "content": text}],
-                                                      max_tokens, 0.0))
-
-
-async def collect(j: Job) -> list[Event]:
-    """Every event of a job up to and including its last (Finished or Failed)."""
-    events: list[Event] = []
-    while True:
-        event = await asyncio.wait_for(j.events.get(), 10)  # a safety net only
-        events.append(event)
-        if isinstance(event, (Finished, Failed)):
-            return events
-
-
-async def next_event(j: Job, kind: type) -> Event:
-    """Wait for the job's next event of this kind, skipping others."""
-    while True:
-        event = await asyncio.wait_for(j.events.get(), 10)
-        if isinstance(event, kind):
-            return event
-        assert not isinstance(event, (Finished, Failed)), event
-
-
-async def fault(control: aiohttp.ClientSession, sim: SimServer, mode: str, count: int = 1,
-                after_tokens: int = 0) -> None:
-    """Queue a fault for the simulator's next `count` chat requests."""
-    body = {"mode": mode, "count": count, "after_tokens": after_tokens}
-    async with control.post(f"{sim.root_url}/sim/faults", json=body) as resp:
-        assert resp.status == 200, await resp.text()
 
 
 async def sim_messages(control: aiohttp.ClientSession, sim: SimServer) -> list[str]:
@@ -103,24 +66,6 @@ async def sim_messages(control: aiohttp.ClientSession, sim: SimServer) -> list[s
     async with control.get(f"{sim.root_url}/sim/requests") as resp:
         assert resp.status == 200
         return [body["messages"][-1]["content"] for body in await resp.json()]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll until cond() holds (a safety net, not a timing assertion)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
-def assert_finished(events: list[Event], text: str = TEXT) -> None:
-    """Started, one or more Deltas, Finished, and the deltas add up to the reply."""
-    assert isinstance(events[0], Started), events
-    assert isinstance(events[-1], Finished), events
-    middle = events[1:-1]
-    assert middle and all(isinstance(e, Delta) for e in middle), events
-    reply = events[-1].completion.text  # type: ignore[union-attr]
-    assert "".join(e.text for e in middle) == reply == text  # type: ignore[union-attr]
 
 
 # --- the happy path ------------------------------------------------------------------------

@@ -69,6 +69,7 @@ function signedIn(who) {
     history.replaceState(null, "", "#/");
   }
   sidebar.resume();
+  import("./models.js").then((m) => m.load(), () => {}); // the model picker
   if (!started) {
     started = true;
     addEventListener("hashchange", () => route());

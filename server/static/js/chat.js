@@ -20,6 +20,8 @@ let msgs = []; // { id, role, content, status, html, usage, el, body, meta, acts
 let loading = null; // AbortController of the conversation being fetched
 let live = null; // the reply being generated: { convId, user, reply, controller, frame, ended }
 let stick = true; // follow new text: true while the reader is at the bottom
+let models = null; // js/models.js, after sign-in: the model picker, model errors in words
+let convModel = null; // the model of the conversation on screen (null: the default)
 const byElement = new WeakMap();
 
 export const current = () => convId;
@@ -63,7 +65,8 @@ function renderMeta(m) {
     `${m.usage.prompt_tokens ?? "?"} in · ${m.usage.completion_tokens ?? "?"} out tokens`);
   const badge = STATUS[m.status] && h("span", { class: `badge ${m.status}` }, STATUS[m.status]);
   const cut = m.finish === "length" && h("span", { class: "badge" }, "Cut short at the length limit");
-  m.meta.replaceChildren(...[badge, cut, m.acts, usage].filter(Boolean));
+  const by = m.model && models?.named && h("span", { class: "by" }, m.model);
+  m.meta.replaceChildren(...[badge, cut, m.acts, by, usage].filter(Boolean));
 }
 
 function messageElement(m) {
@@ -86,6 +89,8 @@ function add(m) {
 }
 
 function clear() {
+  convModel = null;
+  models?.show(null);
   msgs = [];
   list.replaceChildren();
   empty.hidden = false;
@@ -173,6 +178,8 @@ export async function open(id, mid = null, force = false) {
     const conv = await api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal });
     if (controller !== loading) return;
     setTitle(conv.title);
+    convModel = conv.model;
+    models?.show(convModel, conv.messages);
     for (const m of conv.messages) add({ ...m });
     if (live && live.convId === id) attachLive();
     loaded = true;
@@ -188,6 +195,13 @@ export async function open(id, mid = null, force = false) {
   } finally {
     if (controller === loading) { list.removeAttribute("aria-busy"); loading = null; }
   }
+}
+
+/** Use the model picker module; replies name their model when there are several. */
+export function useModels(m) {
+  (models = m).show(convModel, msgs);
+  for (const x of msgs) if (x !== live?.reply) renderMeta(x);
+  refreshActions();
 }
 
 /** Forget everything on screen (logout or another user). */
@@ -277,6 +291,8 @@ async function turn(kind, text = "") {
   const target = convId;
   const body = { stream: true, render: "html" };
   if (target != null) body.conversation_id = target;
+  const model = models?.picked();
+  if (model) body.model = model; // kept by the conversation
   let user;
   if (kind === "new") {
     body.message = text;
@@ -335,7 +351,7 @@ async function turn(kind, text = "") {
       done(d) {
         mine.ended = true;
         Object.assign(reply, { id: d.message_id, status: "complete", html: d.html ?? null,
-          usage: d.usage, finish: d.finish_reason });
+          usage: d.usage, finish: d.finish_reason, model });
         reply.el.dataset.id = d.message_id;
         reply.el.classList.remove("pending");
         renderBody(reply);
@@ -382,7 +398,7 @@ async function turn(kind, text = "") {
           turn("new", text);
         };
       showError(reply, err.status === undefined ? "The connection was lost before the reply finished."
-        : err.message, err.retryAfter, retry);
+        : models?.said(err, model) ?? err.message, err.retryAfter, retry);
     }
   } finally {
     cancelAnimationFrame(mine.frame);

@@ -11,6 +11,7 @@ import aiohttp
 import openai
 import pytest
 
+from server import keys
 from server.runner import Running, start
 from tests.support.app import User, make_config
 from vllm_sim import SimServer
@@ -240,9 +241,20 @@ async def test_a_full_queue_is_a_503_the_client_maps(full_server: Running) -> No
                           headers={"Authorization": f"Bearer {token}"}) as resp:
             key = (await resp.json())["key"]
     api = client(full_server, key)
-    running = [asyncio.create_task(api.chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=2)) for _ in range(2)]  # type: ignore[arg-type]
-    await asyncio.sleep(0.3)  # one runs, one waits: the queue is full
+    pool = full_server.app[keys.POOL]
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(1000):  # a safety net, not a timing assertion
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("never reached")
+
+    running = []
+    for wanted in (lambda: pool.stats.running == 1, lambda: pool.queue.qsize() == 1):
+        running.append(asyncio.create_task(api.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=2)))  # type: ignore[arg-type]
+        await until(wanted)  # one runs, then one waits: the queue is full
     with pytest.raises(openai.InternalServerError) as info:
         await api.chat.completions.create(model=MODEL, messages=MESSAGES,
                                           max_tokens=2)  # type: ignore[arg-type]

@@ -73,7 +73,8 @@ async def test_preflight_from_listed_origin_is_answered(client: Client, origin: 
     assert resp.headers["Access-Control-Allow-Origin"] == origin
     assert resp.headers["Access-Control-Allow-Credentials"] == "true"
     assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-    assert resp.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert resp.headers["Access-Control-Allow-Headers"] == \
+        "Authorization, Content-Type, X-Session-Id"
     assert resp.headers["Access-Control-Max-Age"] == "600"
     assert resp.headers["Vary"] == "Origin"
 
