@@ -20,6 +20,10 @@ first content chunk when calling a replica directly).
    with routing.affinity true, then false (and, for reference, the replicas called directly,
    sticky per conversation and a random replica per turn). Reports follow-up turns' time to first
    token and the replicas' own counters (vllm:prefix_cache_hits_total / queries_total).
+
+"other work" is the CPU the rest of the machine used during a run (all cores busy, minus the
+load, chatgate and the simulator): on a shared machine, the figures of a run with much of it
+are not to be trusted.
 """
 
 from __future__ import annotations
@@ -176,6 +180,7 @@ class Row:
     stats: list[dict[str, float]]  # each replica's /sim/stats after the run
     counters: list[dict[str, float]]  # each replica's /metrics after the run
     server_cpu_ms: float | None = None  # chatgate's CPU per measured turn
+    others: float = 0.0  # cores other work on the machine kept busy meanwhile (noise)
 
     @property
     def rate(self) -> float:
@@ -194,6 +199,12 @@ class Row:
         return " / ".join(f"{100 * d / total:.0f}%" for d in done)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy (not idle or waiting on I/O) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -205,17 +216,24 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
     """One run against `sim` with fresh counters and prefix caches."""
     await sim_stats(sim, reset=True)
     cpu = cpu_seconds(server.pid) if server else 0.0
+    ours, machine = cpu + cpu_seconds(sim.proc.pid), machine_busy_s()
     load, start, end = await run_load(turn, clients, args.turns, args.warmup, args.seconds,
                                       label, think)
+    ours = (cpu_seconds(server.pid) if server else 0.0) + cpu_seconds(sim.proc.pid) - ours
+    # Cores busy with other work on the machine meanwhile: the noise in this run's figures.
+    others = (machine_busy_s() - machine - ours - load.client_cpu_s) / (end - start + args.warmup)
     sent = max(1, len(load.turns))  # CPU is shared over every turn, warm-up included
     load.turns = [t for t in load.turns if t.done >= start]  # the warm-up's are not measured
-    row = Row(label, load, (start, end), await sim_stats(sim), await sim.counters())
+    row = Row(label, load, (start, end), await sim_stats(sim), await sim.counters(),
+              others=max(0.0, others))
     if server:
         row.server_cpu_ms = (cpu_seconds(server.pid) - cpu) * 1000 / sent
     server_cpu = "" if row.server_cpu_ms is None else f", chatgate CPU {row.server_cpu_ms:.2f} ms"
     print(f"  {label}: {row.rate:.0f} turns/s, ttft p50 {pct(row.ttft(), 50):.1f} ms, "
           f"{load.failed} failed, split {row.split()}, client CPU "
-          f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn{server_cpu}", file=sys.stderr, flush=True)
+          f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn{server_cpu}, other work on the "
+          f"machine {row.others:.2f} cores",
+          file=sys.stderr, flush=True)
     return row
 
 
@@ -300,8 +318,8 @@ def print_scaling(args: argparse.Namespace, results: list[tuple[int, Row, Row]])
           f"ms, {args.tokens} tokens (reply {reply_s * 1000:.0f} ms, ceiling "
           f"{args.capacity / reply_s:.0f} turns/s a replica)\n")
     print("| replicas | path | turns/s | vs direct | vs ceiling | TTFT p50 | p90 | p99 "
-          "| requests per replica | failed | chatgate CPU/turn |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| requests per replica | failed | chatgate CPU/turn | other work |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, direct, gate in results:
         ceiling = n * args.capacity / reply_s
         for row in (direct, gate):
@@ -311,7 +329,8 @@ def print_scaling(args: argparse.Namespace, results: list[tuple[int, Row, Row]])
             t = row.ttft()
             print(f"| {n} | {path} | {row.rate:.0f} | {ratio} | {row.rate / ceiling:.2f} "
                   f"(of {ceiling:.0f}) | {ms(pct(t, 50))} | {ms(pct(t, 90))} | "
-                  f"{ms(pct(t, 99))} | {row.split()} | {row.load.failed} | {cpu} |")
+                  f"{ms(pct(t, 99))} | {row.split()} | {row.load.failed} | {cpu} | "
+                  f"{row.others:.2f} cores |")
 
 
 def print_affinity(args: argparse.Namespace, rows: list[Row]) -> None:
@@ -321,8 +340,9 @@ def print_affinity(args: argparse.Namespace, rows: list[Row]) -> None:
           f"{args.tpot_ms:g} ms, {args.tokens} tokens; {args.clients_affinity} clients, "
           f"conversations of {args.turns} turns, {args.think_ms:g} ms (±50 %) between turns\n")
     print("| path | turns/s | follow-up TTFT mean | p50 | p90 | p99 | first-turn TTFT p50 "
-          "| prefix-cache hits / queries | follow-ups that hit | requests per replica |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| prefix-cache hits / queries | follow-ups that hit | requests per replica "
+          "| other work |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         hits = sum(c.get("prefix_cache_hits_total", 0) for c in row.counters)
         queries = sum(c.get("prefix_cache_queries_total", 0) for c in row.counters)
@@ -331,7 +351,8 @@ def print_affinity(args: argparse.Namespace, rows: list[Row]) -> None:
         mean = sum(f) / len(f) * 1000 if f else float("nan")  # two modes: p50 may sit on either
         print(f"| {row.label} | {row.rate:.0f} | {ms(mean)} | {ms(pct(f, 50))} | "
               f"{ms(pct(f, 90))} | {ms(pct(f, 99))} | {ms(pct(row.ttft(follow_up=False), 50))} | "
-              f"{hits:.0f} / {queries:.0f} | {100 * share:.0f}% | {row.split()} |")
+              f"{hits:.0f} / {queries:.0f} | {100 * share:.0f}% | {row.split()} | "
+              f"{row.others:.2f} cores |")
 
 
 async def main() -> int:
