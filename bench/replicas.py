@@ -1,7 +1,7 @@
 """Several model servers: chatgate with 1, 2 and 4 simulated vLLM replicas of one model.
 
-    .venv/bin/python bench/replicas.py            # ~3-4 minutes
-    .venv/bin/python bench/replicas.py --quick    # shorter runs, for a smoke check
+    .venv/bin/python bench/replicas.py            # about 2.5 minutes
+    .venv/bin/python bench/replicas.py --quick    # about 1 minute, a smoke check
 
 Everything runs as separate processes: `python -m vllm_sim --ports ...` (the replicas) and
 `python run.py --config FILE` (chatgate, config written to a temp dir); this process is the
@@ -230,7 +230,8 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
         row.server_cpu_ms = (cpu_seconds(server.pid) - cpu) * 1000 / sent
     server_cpu = "" if row.server_cpu_ms is None else f", chatgate CPU {row.server_cpu_ms:.2f} ms"
     print(f"  {label}: {row.rate:.0f} turns/s, ttft p50 {pct(row.ttft(), 50):.1f} ms, "
-          f"{load.failed} failed, split {row.split()}, client CPU "
+          f"{load.failed} failed, split {row.split()}, max running "
+          f"{'/'.join(str(int(st['max_running'])) for st in row.stats)}, client CPU "
           f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn{server_cpu}, other work on the "
           f"machine {row.others:.2f} cores",
           file=sys.stderr, flush=True)
