@@ -230,8 +230,8 @@ async def measure(label: str, sim: Sim, turn: TurnFn, args: argparse.Namespace, 
         row.server_cpu_ms = (cpu_seconds(server.pid) - cpu) * 1000 / sent
     server_cpu = "" if row.server_cpu_ms is None else f", chatgate CPU {row.server_cpu_ms:.2f} ms"
     print(f"  {label}: {row.rate:.0f} turns/s, ttft p50 {pct(row.ttft(), 50):.1f} ms, "
-          f"{load.failed} failed, split {row.split()}, max running "
-          f"{'/'.join(str(int(st['max_running'])) for st in row.stats)}, client CPU "
+          f"{load.failed} failed, split {row.split()}, most in flight at a replica "
+          f"{'/'.join(str(int(st['max_in_flight'])) for st in row.stats)}, client CPU "
           f"{load.client_cpu_s * 1000 / sent:.2f} ms/turn{server_cpu}, other work on the "
           f"machine {row.others:.2f} cores",
           file=sys.stderr, flush=True)
