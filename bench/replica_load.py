@@ -17,6 +17,7 @@ import aiohttp
 
 MODEL = "chat"  # the simulator serves this name, so chatgate's model name needs no mapping
 
+
 @dataclass
 class Turn:
     """One answered turn as the client saw it."""
