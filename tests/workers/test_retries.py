@@ -22,17 +22,6 @@ from workers.router import Router
 MakeSim = Callable[..., Awaitable[SimServer]]
 
 
-@pytest.fixture
-def make_sim(make_sim: MakeSim) -> MakeSim:
-    """conftest's simulators, echoing the last user message by default here."""
-
-    async def _make(**kw: Any) -> SimServer:
-        kw.setdefault("echo", True)
-        return await make_sim(**kw)
-
-    return _make
-
-
 def one(routes: Routes, url: str, retries: int = 2, served_name: str = "vllm-simulator",
         **upstream: Any) -> Router:
     """A router over one model with one replica at `url`."""

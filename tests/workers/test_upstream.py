@@ -26,17 +26,6 @@ REQ = CompletionRequest([{"role": "user", "content": TEXT}], 64, 0.0)
 MakeSim = Callable[..., Awaitable[SimServer]]
 
 
-@pytest.fixture
-def make_sim(make_sim: MakeSim) -> MakeSim:
-    """conftest's simulators, echoing the last user message by default here."""
-
-    async def _make(**kw: Any) -> SimServer:
-        kw.setdefault("echo", True)
-        return await make_sim(**kw)
-
-    return _make
-
-
 async def run(client: UpstreamClient, request: CompletionRequest = REQ,
               model: str = DEFAULT_MODEL, deltas: list[str] | None = None,
               progress: Progress | None = None) -> Completion:
