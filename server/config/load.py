@@ -1,4 +1,5 @@
-"""Typed, validated configuration: config.yaml, then CHATGATE_* environment overrides."""
+"""Reading the configuration: config.yaml, then CHATGATE_* environment overrides, checked
+key by key into the typed sections (the first bad key stops start-up with one line)."""
 
 from __future__ import annotations
 
@@ -8,213 +9,16 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from workers.probe import ProbeSettings
-from workers.replica import HealthSettings, ReplicaSpec
-from workers.router import AffinitySettings
-from workers.upstream import UpstreamSettings
+from workers.replica import ReplicaSpec
+
+from .sections import Config, ConfigError, ModelConfig
 
 ENV_PREFIX = "CHATGATE_"
-
-
-class ConfigError(Exception):
-    """A configuration problem, reported to the operator in one line."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """HTTP listener and request handling."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 1_048_576
-    shutdown_grace_s: float = 30.0
-    cors_origins: tuple[str, ...] = ()
-    trust_forwarded: bool = False
-    trusted_proxy_hops: int = 0
-    access_log: bool = True
-    header_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 75.0
-    body_timeout_s: float = 30.0
-    max_connections: int = 4096
-
-    @property
-    def proxy_hops(self) -> int:
-        """How many proxies of ours stand in front: `trusted_proxy_hops`, else 1 if trusted."""
-        return self.trusted_proxy_hops or (1 if self.trust_forwarded else 0)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    """SQLite file and its connections."""
-
-    path: str = "data/chatgate.db"
-    read_connections: int = 3
-    busy_timeout_ms: int = 5000
-    synchronous: str = "NORMAL"
-    max_batch: int = 512
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Passwords, tokens, the token cache and registration."""
-
-    secret: str = ""
-    token_ttl_s: int = 3600
-    cache_ttl_s: int = 300
-    cache_size: int = 10000
-    registration: str = "open"  # open | closed | approval
-    register_open: bool = True  # older switch, kept working: false = closed (if left open)
-    admins: tuple[str, ...] = ()
-
-    @property
-    def registration_mode(self) -> str:
-        """How sign-ups work: `registration`, but an older config's `register_open: false`
-        still closes them when `registration` was left at open."""
-        if self.registration == "open" and not self.register_open:
-            return "closed"
-        return self.registration
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Rate limits: per client, per user, and towards the model."""
-
-    login_per_ip_per_minute: int = 10
-    login_failures_per_account: int = 5
-    login_backoff_max_s: int = 300
-    chat_per_user_per_minute: int = 30
-    upstream_rps: float = 100.0
-    monthly_tokens_per_user: int = 0
-    conversations_per_user_per_minute: int = 30  # 0 = no limit
-    max_conversations_per_user: int = 10_000  # 0 = no cap
-    max_stored_chars_per_user: int = 100_000_000  # titles + message text; 0 = no cap
-    max_api_keys_per_user: int = 100  # API keys one user may have at once; 0 = no cap
-
-
-@dataclass(frozen=True)
-class LLMConfig(UpstreamSettings):
-    """The vLLM (OpenAI-compatible) upstream: the workers' settings, plus request defaults."""
-
-    max_tokens: int = 1024
-    temperature: float = 0.7
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One model clients may ask for: its name, the servers that run it and its defaults."""
-
-    name: str = ""
-    served_name: str = ""  # what its servers call it ("" = the name; or learned if both "")
-    replicas: tuple[ReplicaSpec, ...] = ()
-    max_tokens: int = 0  # 0 = llm.max_tokens
-    temperature: float | None = None  # None = llm.temperature
-    system_prompt: str | None = None  # None = memory.system_prompt
-
-
-@dataclass(frozen=True)
-class RoutingConfig(HealthSettings, ProbeSettings, AffinitySettings):
-    """How requests are spread over a model's replicas, and when one is taken out."""
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """The bounded chat job queue and its worker pool."""
-
-    max_size: int = 512
-    workers: int = 64
-    max_per_user: int = 32
-    max_running_per_user: int = 0  # 0 = a quarter of the workers (at least 1)
-
-    @property
-    def running_cap(self) -> int:
-        """How many workers one user's jobs may hold at once."""
-        return self.max_running_per_user or max(1, self.workers // 4)
-
-
-@dataclass(frozen=True)
-class ChatConfig:
-    """Turns that outlive their connection: how long they wait for a reader to come back."""
-
-    detached_grace_s: float = 30.0
-    finished_turn_ttl_s: float = 120.0
-    max_detached_per_user: int = 4
-
-
-@dataclass(frozen=True)
-class MemoryConfig:
-    """What each prompt carries: the system prompt and a history budget."""
-
-    system_prompt: str = "You are a helpful assistant."
-    max_history_messages: int = 20
-    max_history_tokens: int = 3000
-
-
-@dataclass(frozen=True)
-class UsageConfig:
-    """Token accounting."""
-
-    flush_interval_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """GET /metrics (Prometheus text format)."""
-
-    enabled: bool = True
-    allow_from: tuple[str, ...] = ("127.0.0.1", "::1")
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Markdown to HTML for render=html: where it runs and how much work one request may ask."""
-
-    processes: int = 1
-    max_render_cpu_s: float = 1.0
-    max_reply_chars: int = 100_000
-    max_chars_per_request: int = 100_000
-    max_pending_chars: int = 500_000
-    wait_s: float = 2.0
-    cache_mb: int = 64
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration, one object passed down from run.py."""
-
-    server: ServerConfig = field(default_factory=ServerConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    chat: ChatConfig = field(default_factory=ChatConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    usage: UsageConfig = field(default_factory=UsageConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    models: tuple[ModelConfig, ...] = ()
-    routing: RoutingConfig = field(default_factory=RoutingConfig)
-
-    @property
-    def model_list(self) -> tuple[ModelConfig, ...]:
-        """The models served: `models`, or else `llm.base_url` as one model of one replica."""
-        if self.models:
-            return self.models
-        llm = self.llm
-        return (ModelConfig(llm.model, llm.model, (ReplicaSpec(llm.base_url, llm.api_key),)),)
-
-    def replace(self, section: str, **changes: Any) -> Config:
-        """Return a copy with some keys of one section changed (tests, CLI flags)."""
-        return dataclasses.replace(
-            self, **{section: dataclasses.replace(getattr(self, section), **changes)}
-        )
-
 
 # Keys whose value may be zero but not negative are the default; these must be > 0.
 _POSITIVE = {

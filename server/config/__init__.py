@@ -1,0 +1,45 @@
+"""Typed, validated configuration: config.yaml, then CHATGATE_* environment overrides.
+
+`sections.py` holds the typed sections (one per component) and `Config`; `load.py` reads
+and checks them.
+"""
+
+from .load import ENV_PREFIX, build_config, load_config
+from .sections import (
+    AuthConfig,
+    ChatConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    LimitsConfig,
+    LLMConfig,
+    MemoryConfig,
+    MetricsConfig,
+    ModelConfig,
+    QueueConfig,
+    RenderConfig,
+    RoutingConfig,
+    ServerConfig,
+    UsageConfig,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "AuthConfig",
+    "ChatConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "LLMConfig",
+    "LimitsConfig",
+    "MemoryConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "QueueConfig",
+    "RenderConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "UsageConfig",
+    "build_config",
+    "load_config",
+]
