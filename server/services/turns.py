@@ -18,6 +18,9 @@ from workers import job as jobs
 from ..storage.rows import MessageRow
 
 QUEUE_POLL_S = 0.5  # how often a waiting follower re-reads its queue position
+# What a finished turn's job asks for: nothing. Its prompt (the history: kilobytes) is not
+# kept while the turn stays followable, only its reply.
+_SENT = jobs.CompletionRequest([], 0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class Turn:
         """The owner stored the outcome: this is the turn's last event."""
         text = "".join(self._pieces)
         self._pieces = self.job.partial = [text] if text else []  # one string from now on
+        self.job.request = _SENT
         self.end = end
         self._wake()
 
