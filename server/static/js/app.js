@@ -70,6 +70,7 @@ function signedIn(who) {
   }
   sidebar.resume();
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
+  import("./turns.js").catch(() => {}); // streaming, ready before the first Send
   if (!started) {
     started = true;
     addEventListener("hashchange", () => route());

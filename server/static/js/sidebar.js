@@ -32,7 +32,17 @@ function row(c) {
     h("button", { type: "button", class: "icon-btn", "data-act": "rename", "aria-label": `Rename “${c.title}”` }, icon("edit")),
     h("button", { type: "button", class: "icon-btn", "data-act": "delete", "aria-label": `Delete “${c.title}”` }, icon("trash")));
   rows.set(c.id, { c, li, link, label });
+  if (c.running_turn_id) setRunning(c.id, true);
   return li;
+}
+
+/** Mark a conversation whose reply is being written (or clear the mark). */
+export function setRunning(id, on) {
+  const r = rows.get(id);
+  if (!r || r.li.classList.contains("running") === on) return;
+  r.li.classList.toggle("running", on);
+  if (on) r.link.append(h("span", { class: "run", title: "Replying…" }, h("span", { class: "sr-only" }, "(replying)")));
+  else r.link.querySelector(".run")?.remove();
 }
 
 function setTitle(r, title) {
