@@ -44,11 +44,11 @@ export function stored(m) {
   if (m.status !== "error") return;
   const e = m.error || {};
   const last = () => chat.msgs[chat.msgs.length - 1] === m;
-  showError(m, words(e), e, 0, () => { if (last()) turn("regen"); });
+  showError(m, words(e), e, 0, () => { if (last()) turn("regen"); }, true);
   if (!last()) m.el.querySelector("[data-act=retry]")?.remove();
 }
 
-function showError(m, message, e, retryAfter, retry) {
+function showError(m, message, e, retryAfter, retry, quiet = false) {
   m.status = "failed"; // shown by the box below, not by a badge
   m.el.classList.remove("pending");
   if (m.text) m.text.data = m.content;
@@ -70,7 +70,7 @@ function showError(m, message, e, retryAfter, retry) {
     };
     tick();
   }
-  announce(`The reply failed. ${message}`);
+  if (!quiet) announce(`The reply failed. ${message}`);
 }
 
 // ---- one running reply
@@ -126,6 +126,7 @@ function handlers(l, text) {
     meta(d, id) {
       seen(id);
       l.turnId = d.turn_id ?? l.turnId;
+      l.model ??= d.model;
       if (d.user_message_id != null && user) {
         user.id = d.user_message_id;
         user.el.dataset.id = d.user_message_id;
