@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     try:
         with runner:
-            return runner.run(_run(config, args.demo_replicas if args.demo else 0))
+            return runner.run(_run(config, max(1, args.demo_replicas) if args.demo else 0))
     finally:
         listener.close()  # writes out what is still pending
 

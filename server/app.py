@@ -213,7 +213,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
     meter, metrics, caps = app[keys.USAGE], app[keys.METRICS], app[keys.CAPS]
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
-                                        metrics, caps, config.model_list)
+                                        metrics, caps, config.model_list, config.chat)
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield

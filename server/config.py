@@ -138,6 +138,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """Turns that outlive their connection: how long they wait for a reader to come back."""
+
+    detached_grace_s: float = 30.0
+    finished_turn_ttl_s: float = 120.0
+    max_detached_per_user: int = 4
+
+
+@dataclass(frozen=True)
 class MemoryConfig:
     """What each prompt carries: the system prompt and a history budget."""
 
@@ -184,6 +193,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -220,7 +230,7 @@ _POSITIVE = {
     "render.cache_mb", "routing.probe_interval_s", "routing.probe_timeout_s",
     "routing.failure_window_s", "routing.failure_min_requests", "routing.cooldown_s",
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
-    "routing.affinity_size",
+    "routing.affinity_size", "chat.finished_turn_ttl_s",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
@@ -288,6 +298,10 @@ def _build_models(value: Any) -> tuple[ModelConfig, ...]:
         if any(m.name == model.name for m in models):
             raise ConfigError(f"{where}.name: {model.name!r} is listed twice")
         specs = tuple(_build_replica(f"{where}.replicas[{j}]", r) for j, r in enumerate(replicas))
+        urls = [spec.url.rstrip("/") for spec in specs]
+        for j, url in enumerate(urls):
+            if url in urls[:j]:  # one server counted twice: two caps, two health states
+                raise ConfigError(f"{where}.replicas[{j}].url: listed twice for this model")
         models.append(dataclasses.replace(model, replicas=specs,
                                           served_name=model.served_name or model.name))
     return tuple(models)
@@ -304,6 +318,10 @@ def _build_replica(where: str, value: Any) -> ReplicaSpec:
                           "e.g. http://gpu1:8000/v1")
     if spec.weight <= 0:
         raise ConfigError(f"{where}.weight: must be greater than 0, got {spec.weight}")
+    # A key and user:password@ would both be the Authorization header: aiohttp refuses them.
+    if spec.api_key and "@" in spec.url.split("//", 1)[-1].split("/", 1)[0]:
+        raise ConfigError(f"{where}.api_key: cannot be used with user:password@ in the url "
+                          "(both go in the Authorization header): give one of them")
     return spec
 
 

@@ -218,9 +218,13 @@ class Router:
             raise
 
     async def learn_names(self) -> None:
-        """Ask each model without a name yet for its servers' model list (first answer wins)."""
+        """Ask each model without a name yet for its servers' model list (first answer wins);
+        not the servers that are out (a hung one would hold each request for the timeout:
+        the probes learn the name when one is back)."""
         for route in self.routes:
             for replica in route.replicas if not route.name else ():
+                if not replica.routable:
+                    continue
                 try:
                     route.learn(await replica.client.list_models())
                     break
@@ -290,6 +294,8 @@ class Router:
                 reason = retry.reason
             except UpstreamRejected as err:
                 fault = _REPLICA_FAULTS.get(err.status)
+                if fault == "model" and "model" not in err.detail.lower():
+                    fault = None  # a 404 about something else (a path a proxy lacks): ours
                 if fault is None:  # the request's own fault: the replica is fine
                     replica.succeeded(None)
                     raise

@@ -122,14 +122,20 @@ class UpstreamClient:
         """The server's Prometheus text from GET /metrics, or None if it has none (a 5xx is
         an UpstreamError: it may have some next time)."""
         try:
+            # With our key: a proxy that guards the server may guard its /metrics too.
             async with self._probe_session.get(
-                    f"{self._root}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) \
-                    as resp:
+                    f"{self._root}/metrics", headers=self._probe_headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status >= 500:  # failing for now, not a server without metrics
                     raise UpstreamError(f"GET /metrics answered {resp.status}")
                 if resp.status != 200 or (resp.content_length or 0) > METRICS_LIMIT:
                     return None
-                data = await resp.content.read(METRICS_LIMIT)
+                # read(n) gives only what one network read brought: the page is read whole.
+                data = bytearray()
+                async for piece in resp.content.iter_any():
+                    data += piece
+                    if len(data) > METRICS_LIMIT:
+                        return None
         except (TimeoutError, aiohttp.ClientError) as err:
             raise UpstreamError(f"cannot read metrics: {type(err).__name__}") from err
         return data.decode("utf-8", "replace")
@@ -155,7 +161,10 @@ class UpstreamClient:
                 lambda resp: read_stream(resp, request, on_raw, progress)  # noqa: E731
         else:
             read = lambda resp: read_whole(resp, on_raw, progress)  # noqa: E731
-        return await _guarded(progress, self._post(request.path, body, headers, read))
+        # A whole answer comes at the end: its timeout may be the model still generating, so
+        # it is not run again on another replica (each would generate it all once more).
+        return await _guarded(progress, self._post(request.path, body, headers, read),
+                              retry_timeout=request.stream)
 
     async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str],
                     read: Callable[[aiohttp.ClientResponse], Awaitable[Ending]]) -> Ending:
@@ -174,8 +183,10 @@ class UpstreamClient:
             raise
 
 
-async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
-    """One attempt, its transport failures sorted into retryable (nothing sent) or final."""
+async def _guarded(progress: Progress, attempt: Awaitable[Ending],
+                   retry_timeout: bool = True) -> Ending:
+    """One attempt, its transport failures sorted into retryable (nothing sent) or final;
+    a read timeout is final unless `retry_timeout` (no first token: a streamed reply)."""
     try:
         return await attempt
     except TimeoutError as err:
@@ -183,7 +194,7 @@ async def _guarded(progress: Progress, attempt: Awaitable[Ending]) -> Ending:
             raise Retryable(UpstreamError("timed out connecting to the model"), "connect") \
                 from err
         timeout = UpstreamTimeout("the model did not answer in time")
-        if progress.sent:
+        if progress.sent or not retry_timeout:
             raise timeout from err
         raise Retryable(timeout, "timeout") from err
     except aiohttp.ClientConnectorError as err:

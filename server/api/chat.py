@@ -102,17 +102,44 @@ async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:
     raise ApiError(500, "internal_error", "the reply ended without a result")
 
 
-async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamResponse:
+async def follow(request: web.Request) -> web.StreamResponse:
+    """GET /api/turns/{turn_id}/events: follow a running (or just finished) turn again, from
+    after `Last-Event-ID` (header, or `last_event_id` in the query), else from its start."""
+    principal = principal_of(request)
+    turn = request.app[keys.CHAT].turns.find(principal.user["id"],
+                                             request.match_info["turn_id"])
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    after = None
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 12:
+            raise invalid("Last-Event-ID must be an event id of this turn (a number)",
+                          "last_event_id")
+        after = int(raw)
+    return await _stream(request, turn, request.query.get("render") == "html", after)
+
+
+async def stop(request: web.Request) -> web.Response:
+    """POST /api/turns/{turn_id}/stop: stop generating; what came is stored `incomplete`."""
+    principal = principal_of(request)
+    stopped = request.app[keys.CHAT].stop(principal.user["id"], request.match_info["turn_id"])
+    return json_response({"stopped": stopped}, status=202)
+
+
+async def _stream(request: web.Request, turn: Turn, html: bool,
+                  after: int | None = None) -> web.StreamResponse:
+    """The turn's events as SSE, each of the reply's with its id; from the start (`meta`
+    first) unless `after` names the last event the client has."""
     async with sse_response(request) as sse:
         sse.ping_interval = PING_S
         # `meta` goes out with the first event that follows it: one write instead of two.
-        pending = _event("meta", {"conversation_id": turn.conversation_id,
-                                  "user_message_id": turn.user_message["id"],
-                                  "model": turn.job.model or None})
-        async with aclosing(turn.follow()) as events:
+        pending = b"" if after is not None else _event(
+            "meta", {"conversation_id": turn.conversation_id, "turn_id": turn.id,
+                     "user_message_id": turn.user_message["id"],
+                     "model": turn.job.model or None}, 0)
+        async with aclosing(turn.follow(after or 0)) as events:
             async for event in events:
                 if isinstance(event, Delta):
-                    pending += _event(None, {"delta": event.text})
+                    pending += _event(None, {"delta": event.text}, event.id)
                 elif isinstance(event, Queued):
                     pending += _event("queued", {"position": event.position})
                 elif isinstance(event, Done):
@@ -121,9 +148,9 @@ async def _stream(request: web.Request, turn: Turn, html: bool) -> web.StreamRes
                                             "finish_reason": event.finish_reason}
                     if html:
                         done["html"] = await _html(request, event)
-                    pending += _event("done", done)
+                    pending += _event("done", done, turn.end_id)
                 elif isinstance(event, Failed):
-                    pending += _event("error", _error(event, turn).body())
+                    pending += _event("error", _error(event, turn).body(), turn.end_id)
                 await sse.write(pending)
                 pending = b""
         if pending:
@@ -137,9 +164,11 @@ async def _html(request: web.Request, done: Done) -> str | None:
                                                 done.message["id"], done.message["content"])
 
 
-def _event(name: str | None, data: Any) -> bytes:
+def _event(name: str | None, data: Any, event_id: int | None = None) -> bytes:
     """One server-sent event; orjson output has no newlines, so one data line suffices."""
-    head = b"event: " + name.encode() + b"\r\n" if name else b""
+    head = b"id: %d\r\n" % event_id if event_id is not None else b""
+    if name:
+        head += b"event: " + name.encode() + b"\r\n"
     return head + b"data: " + dumps(data) + b"\r\n\r\n"
 
 

@@ -40,7 +40,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 20, 1, 100)
     rows, cursor = await request.app[keys.CONVERSATIONS].page(
         _user_id(request), limit, request.query.get("cursor") or None)
-    return json_response({"conversations": rows, "next_cursor": cursor})
+    running = request.app[keys.CHAT].running_turn_id
+    return json_response({"conversations": [{**row, "running_turn_id": running(row["id"])}
+                                            for row in rows], "next_cursor": cursor})
 
 
 async def create_conversation(request: web.Request) -> web.Response:
@@ -49,7 +51,7 @@ async def create_conversation(request: web.Request) -> web.Response:
     title = _title(body, required=False) or "New chat"
     row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title,
                                                        _limits(request))
-    return json_response(row, status=201)
+    return json_response({**row, "running_turn_id": None}, status=201)
 
 
 async def get_conversation(request: web.Request) -> web.Response:
@@ -57,7 +59,9 @@ async def get_conversation(request: web.Request) -> web.Response:
     html = render_option(request.query.get("render"))
     conversation = await request.app[keys.CONVERSATIONS].get(
         _user_id(request), _conversation_id(request), html)
-    return json_response(conversation)
+    # A reply being generated now: a page that loads the conversation follows it live.
+    running = request.app[keys.CHAT].running_turn_id(conversation["id"])
+    return json_response({**conversation, "running_turn_id": running})
 
 
 async def rename_conversation(request: web.Request) -> web.Response:
@@ -67,7 +71,8 @@ async def rename_conversation(request: web.Request) -> web.Response:
     assert title is not None
     row = await request.app[keys.CONVERSATIONS].rename(
         _user_id(request), _conversation_id(request), title, _limits(request))
-    return json_response(row)
+    return json_response({**row, "running_turn_id":
+                          request.app[keys.CHAT].running_turn_id(row["id"])})
 
 
 async def delete_conversation(request: web.Request) -> web.Response:

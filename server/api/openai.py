@@ -103,6 +103,9 @@ async def _body(request: web.Request, needed: str) -> dict[str, Any]:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid("'stream' must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):  # we may add include_usage
+        raise invalid("'stream_options' must be an object", "stream_options")
     for name in ("n", "best_of"):  # each sequence weighs on the user's running cap
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)

@@ -39,6 +39,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/search", conversations.search)
     app.router.add_post("/api/chat", chat.chat)
     app.router.add_get("/api/models", chat.models)
+    app.router.add_get("/api/turns/{turn_id}/events", chat.follow)
+    app.router.add_post("/api/turns/{turn_id}/stop", chat.stop)
     app.router.add_post("/api/keys", keys.create_key)
     app.router.add_get("/api/keys", keys.list_keys)
     app.router.add_delete(r"/api/keys/{id:\d+}", keys.delete_key)

@@ -11,13 +11,6 @@ from aiohttp import web
 
 from workers.errors import (
     ModelNotFound,
-    ModelUnavailable,
-    OwnerBlocked,
-    QueueFull,
-    ShuttingDown,
-    UpstreamError,
-    UpstreamRejected,
-    UpstreamTimeout,
     WorkerError,
 )
 
@@ -32,10 +25,12 @@ from ..services.accounts import (
 from ..services.admin import AdminConflict, InvalidAdminRequest
 from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
+from ..services.failures import failure_of
 from ..services.gate import AccountDisabled, AccountPending, Forbidden, PasswordChangeRequired
 from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
+from ..services.registry import TurnNotFound
 from ..services.tokens import AuthError
 from ..services.usage import QuotaExceeded
 from ..storage import (
@@ -124,6 +119,8 @@ def from_domain(err: BaseException) -> ApiError | None:
             mapped.extra.update(conversation_id=err.conversation_id,
                                 user_message_id=err.user_message_id)
         return mapped
+    if isinstance(err, TurnNotFound):
+        return ApiError(404, "turn_not_found", str(err))
     if isinstance(err, ConversationsTooFast):
         return rate_limited(err.retry_after, str(err), "too_many_conversations",
                             limit="conversations_per_user_per_minute")
@@ -189,25 +186,8 @@ def _from_gate(err: BaseException) -> ApiError | None:
 
 
 def _from_worker(err: WorkerError) -> ApiError:
-    if isinstance(err, QueueFull):
-        if err.per_owner:
-            return ApiError(429, "too_many_queued", str(err), {"Retry-After": "2"})
-        return ApiError(503, "queue_full", str(err), {"Retry-After": "2"})
-    if isinstance(err, ShuttingDown):
-        return ApiError(503, "shutting_down", str(err), {"Retry-After": "5"})
-    if isinstance(err, OwnerBlocked):
-        return ApiError(403, "account_disabled", str(err))
-    if isinstance(err, ModelUnavailable):
-        return ApiError(503, "model_unavailable", str(err), {"Retry-After": "5"})
-    if isinstance(err, UpstreamTimeout):
-        return ApiError(504, "upstream_timeout", str(err))
-    if isinstance(err, UpstreamRejected):  # a 400 is about the request (e.g. max_tokens)
-        if err.status == 400:
-            return ApiError(400, "upstream_rejected", err.detail or str(err))
-        return ApiError(502, "upstream_rejected", str(err))
-    if isinstance(err, UpstreamError):
-        return ApiError(502, "upstream_unavailable", str(err))
-    return ApiError(499, "cancelled", str(err))
+    status, code, message, headers = failure_of(err)
+    return ApiError(status, code, message, headers)
 
 
 @web.middleware

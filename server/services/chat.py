@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 import orjson
 
@@ -12,15 +13,17 @@ from workers.job import CompletionRequest, Finished, Job
 from workers.pool import WorkerPool
 from workers.router import ModelRoute
 
-from ..config import LLMConfig, ModelConfig
+from ..config import ChatConfig, LLMConfig, ModelConfig
 from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
 from .caps import Caps, Overrides
+from .failures import failure_of
 from .memory import MemoryManager
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, RateLimited
+from .registry import TurnRegistry
 from .text import visible
-from .turns import Done, Failed, Outcome, Turn, TurnEvent
+from .turns import Done, Failed, Outcome, Turn
 from .usage import UsageMeter
 
 STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while the db is busy
@@ -51,7 +54,11 @@ class ChatService:
 
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
                  limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
-                 caps: Caps, models: tuple[ModelConfig, ...] = ()) -> None:
+                 caps: Caps, models: tuple[ModelConfig, ...] = (),
+                 turns: ChatConfig | None = None) -> None:
+        settings = turns or ChatConfig()
+        self.turns = TurnRegistry(settings.detached_grace_s, settings.finished_turn_ttl_s,
+                                  settings.max_detached_per_user)
         self._memory = memory
         self._router = pool.router
         self._models = {model.name: model for model in models}
@@ -61,7 +68,6 @@ class ChatService:
         self._limiter = limiter
         self._meter = meter
         self._metrics = metrics
-        self._open: set[Turn] = set()  # accepted, job not ended yet
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
@@ -118,17 +124,33 @@ class ChatService:
         # then holds the conversation's earlier turns.
         job = Job(owner=user_id, request=request, max_running=self._caps.running(limits),
                   model=route.name, affinity=("conversation", conv_id))
-        turn = Turn(conv_id, stored, job, self._pool.queue.position, self._ended, user_id,
-                    key_id)
+        turn = Turn(secrets.token_urlsafe(12), conv_id, stored, job, self._pool.queue.position,
+                    self._ended, user_id, key_id, self.turns.attached, self.turns.detached)
         try:
             if chosen is None:
                 self._router.check(route)  # the conversation's model, known only now
             self._pool.submit(job, place)
         except WorkerError as err:
             place.release()
+            # The message is kept: so is why it got no reply, for a page loaded later.
+            await self._store_quietly(conv_id, "", "error", route.name or None, err)
             raise ChatRejected(err, conv_id, stored["id"]) from err
-        self._open.add(turn)
+        self.turns.add(turn)
         return turn
+
+    def stop(self, user_id: int, turn_id: str) -> bool:
+        """Stop the user's turn (TurnNotFound if none): its generation is aborted and what
+        it produced is stored `incomplete`. False if it had ended already."""
+        turn = self.turns.find(user_id, turn_id)
+        if turn.outcome is not None:
+            return False
+        turn.job.cancel(JobCancelled("stopped by the user"))
+        return True
+
+    def running_turn_id(self, conversation_id: int) -> str | None:
+        """The id of the turn generating a reply in this conversation now, if any."""
+        turn = self.turns.running_in(conversation_id)
+        return turn.id if turn is not None else None
 
     async def models(self) -> list[dict[str, object]]:
         """The models a chat may use, the default first, and whether each answers now."""
@@ -147,14 +169,14 @@ class ChatService:
 
     async def close(self) -> None:
         """Stop every unfinished turn and wait until each has stored what it generated."""
-        for turn in list(self._open):
+        for turn in self.turns.running():
             turn.job.cancel(ShuttingDown("the server is shutting down"))
         await asyncio.gather(*self._storing, return_exceptions=True)
 
     def _ended(self, turn: Turn, outcome: Outcome) -> None:
         """The job ended (called by the turn, synchronously): store its outcome in a task of
         its own, shielded from whoever follows the turn."""
-        self._open.discard(turn)
+        self.turns.ended(turn)
         self._metrics.job_ended(turn.job, outcome)
         if isinstance(outcome, Finished):
             self._meter.record(turn.user_id, turn.key_id, outcome.completion.usage)
@@ -170,37 +192,52 @@ class ChatService:
             log.exception("storing the reply of conversation %d failed", turn.conversation_id)
             event = Failed(StorageError("the reply could not be stored"), None)
         turn.push(event)
+        self.turns.finished(turn)
 
-    async def _settle(self, turn: Turn, outcome: Outcome) -> TurnEvent:
+    async def _settle(self, turn: Turn, outcome: Outcome) -> Done | Failed:
         if isinstance(outcome, Finished):
             c = outcome.completion
             try:
-                stored = await self._store(turn, c.text, "complete",
+                stored = await self._store(turn.conversation_id, turn.job.model or None, c.text,
+                                           "complete",
                                            orjson.dumps(c.usage).decode() if c.usage else None)
             except StorageError as err:  # e.g. the conversation was deleted meanwhile
                 return Failed(err, None)
             if c.usage:
                 stored["usage"] = c.usage
             return Done(stored, c.usage, c.finish_reason)
-        partial: MessageRow | None = None
-        if outcome.partial:
-            status = "incomplete" if isinstance(outcome.error, (JobCancelled, ShuttingDown)) \
-                else "error"
-            try:
-                partial = await self._store(turn, outcome.partial, status)
-            except StorageError:
-                pass  # e.g. the conversation was deleted meanwhile: nowhere to keep it
-        return Failed(outcome.error, partial)
+        # Stopped (by the user, nobody reading, shutdown): what came is kept, if anything.
+        # Failed: kept even if empty, with why, so a later page shows the error and Retry.
+        stopped = isinstance(outcome.error, (JobCancelled, ShuttingDown))
+        if stopped and not outcome.partial:
+            return Failed(outcome.error, None)
+        kept = await self._store_quietly(
+            turn.conversation_id, outcome.partial, "incomplete" if stopped else "error",
+            turn.job.model or None, None if stopped else outcome.error)
+        return Failed(outcome.error, kept)
 
-    async def _store(self, turn: Turn, content: str, status: str,
-                     usage: str | None = None) -> MessageRow:
+    async def _store_quietly(self, conversation_id: int, content: str, status: str,
+                             model: str | None, error: WorkerError | None) -> MessageRow | None:
+        """Store a reply that failed or was stopped; None if there is nowhere to keep it
+        (e.g. the conversation was deleted meanwhile)."""
+        why = None
+        if error is not None:
+            _, code, message, _ = failure_of(error)
+            why = orjson.dumps({"code": code, "message": message}).decode()
+        try:
+            return await self._store(conversation_id, model, content, status, error=why)
+        except StorageError:
+            return None
+
+    async def _store(self, conversation_id: int, model: str | None, content: str,
+                     status: str, usage: str | None = None,
+                     error: str | None = None) -> MessageRow:
         """Store the reply; a busy database gets a few more tries (the user saw the text)."""
-        model = turn.job.model or None
         for delay in STORE_RETRY_S:
             try:
-                return await self._memory.append(turn.conversation_id, "assistant", content,
-                                                 status, usage, model)
+                return await self._memory.append(conversation_id, "assistant", content, status,
+                                                 usage, model, error)
             except DatabaseBusy:
                 await asyncio.sleep(delay)
-        return await self._memory.append(turn.conversation_id, "assistant", content, status,
-                                         usage, model)
+        return await self._memory.append(conversation_id, "assistant", content, status, usage,
+                                         model, error)

@@ -105,7 +105,6 @@ class CompletionService:
         self._router.check(route)
         reserved = self._admit(key, body)
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
-        place = self._pool.reserve(user_id)
         stream = body.get("stream") is True
         options = body.get("stream_options")
         hide_usage = stream and not (isinstance(options, dict) and options.get("include_usage"))
@@ -127,6 +126,7 @@ class CompletionService:
                 self._tpm[key.id].give_back(reserved - used)
 
         forwarded = Forwarded(job, stream, ended)
+        place = self._pool.reserve(user_id)  # last: nothing between it and submit can fail
         try:
             self._pool.submit(job, place)
         except BaseException:

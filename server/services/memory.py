@@ -23,9 +23,10 @@ class MemoryManager:
 
     async def append(self, conversation_id: int, role: str, content: str,
                      status: str = "complete", usage: str | None = None,
-                     model: str | None = None) -> MessageRow:
+                     model: str | None = None, error: str | None = None) -> MessageRow:
         """Store one message in a conversation."""
-        return await self._messages.add(conversation_id, role, content, status, usage, model)
+        return await self._messages.add(conversation_id, role, content, status, usage, model,
+                                        error)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, quota: Quota = NO_QUOTA, model: str | None = None

@@ -1,11 +1,14 @@
 """A chat turn: a server-side object that lives apart from any HTTP connection.
 
 Its job (in the worker pool) feeds it synchronously; at the job's end the chat service (its
-owner) stores the outcome; a follower (the HTTP handler) reads its events.
+owner) stores the outcome; any number of followers (HTTP handlers: the one that started it, a
+reloaded page, a second tab) read its events, each from where it wants. Events of the reply
+are numbered: the deltas 1, 2, 3 ... as they came from the model, the end the next number.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +16,6 @@ from typing import Any
 from workers import job as jobs
 
 from ..storage.rows import MessageRow
-from .feed import Feed
 
 QUEUE_POLL_S = 0.5  # how often a waiting follower re-reads its queue position
 
@@ -27,9 +29,10 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of the reply."""
+    """A piece of the reply; `id` is the number of the last model event it holds."""
 
     text: str
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,8 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The turn failed; `message` is the stored partial reply, if any was generated."""
+    """The turn failed; `message` is the stored reply (partial, or empty with the error), if
+    one could be stored."""
 
     error: Exception
     message: MessageRow | None
@@ -51,63 +55,127 @@ class Failed:
 
 TurnEvent = Queued | Delta | Done | Failed
 Outcome = jobs.Finished | jobs.Failed
+Hook = Callable[["Turn"], None]
 
 
-class Turn(Feed[TurnEvent]):
+class Turn:
     """One accepted chat turn: its stored user message, its job and what it has produced."""
 
-    def __init__(self, conversation_id: int, user_message: MessageRow, job: jobs.Job,
-                 position: Callable[[jobs.Job], int | None],
+    def __init__(self, turn_id: str, conversation_id: int, user_message: MessageRow,
+                 job: jobs.Job, position: Callable[[jobs.Job], int | None],
                  on_end: Callable[[Turn, Outcome], None], user_id: int = 0,
-                 key_id: int | None = None) -> None:
-        super().__init__()
+                 key_id: int | None = None, on_attach: Hook | None = None,
+                 on_detach: Hook | None = None) -> None:
+        self.id = turn_id
         self.user_id = user_id
         self.key_id = key_id  # the API key that started it, if any (usage is counted per key)
         self.conversation_id = conversation_id
         self.user_message = user_message
         self.job = job
         self.outcome: Outcome | None = None  # how the job ended, once it has
+        self.end: Done | Failed | None = None  # the last event, once the outcome is stored
+        self.followers = 0
+        self.grace: asyncio.TimerHandle | None = None  # the owner's timer while unfollowed
+        # The reply's pieces are the job's own (one per delta event: `job.partial`), joined
+        # into one string once the turn has ended; `_ends[i]` is the reply's length after
+        # event i + 1, so a follower can start after any event.
+        self._pieces = job.partial
+        self._ends: list[int] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._position = position
         self._on_end = on_end
+        self._on_attach = on_attach
+        self._on_detach = on_detach
         job.events = self  # the worker's events come straight here: no task hop per delta
 
+    @property
+    def end_id(self) -> int:
+        """The number of the end event (after the last delta)."""
+        return len(self._ends) + 1
+
+    @property
+    def running(self) -> bool:
+        """Whether the reply is still being generated or stored."""
+        return self.end is None
+
     def put_nowait(self, item: jobs.Event) -> None:
-        """The job's event sink: deltas go to the follower, the end to the owner."""
+        """The job's event sink: deltas to the followers, the end to the owner."""
         if isinstance(item, jobs.Delta):
-            self.push(Delta(item.text))
+            self._ends.append((self._ends[-1] if self._ends else 0) + len(item.text))
+            self._wake()
         elif isinstance(item, (jobs.Finished, jobs.Failed)) and self.outcome is None:
             self.outcome = item
             self._on_end(self, item)
+        elif isinstance(item, jobs.Started):
+            self._wake()  # followers stop showing a queue position
 
-    async def follow(self) -> AsyncGenerator[TurnEvent, None]:
-        """Queue positions while waiting, then deltas, then Done or Failed (reply stored).
+    def push(self, end: Done | Failed) -> None:
+        """The owner stored the outcome: this is the turn's last event."""
+        text = "".join(self._pieces)
+        self._pieces = self.job.partial = [text] if text else []  # one string from now on
+        self.end = end
+        self._wake()
 
-        A follower that leaves early (its client went away) stops the turn's job; the
-        owner then stores what was generated.
+    async def follow(self, after: int = 0) -> AsyncGenerator[TurnEvent, None]:
+        """The events after event number `after`: queue positions while waiting, the reply
+        (what came since, in one piece, then as it comes), then Done or Failed.
+
+        A follower that leaves early does not stop the turn: the owner hears that nobody
+        follows it any more and decides (a grace period, then a stop).
         """
+        self.followers += 1
+        if self._on_attach is not None:
+            self._on_attach(self)
+        seen = max(0, min(after, len(self._ends)))
         last: int | None = None
         try:
             while True:
-                if not self._events:
-                    if self.job.state == "queued":
-                        position = self._position(self.job)
-                        if position is not None and position != last:
-                            last = position
-                            yield Queued(position)
-                            continue
-                    await self.wait(QUEUE_POLL_S if self.job.state == "queued" else None)
+                count = len(self._ends)
+                if seen < count:
+                    yield Delta(self._text(seen, count), count)
+                    seen = count
                     continue
-                event = self._events.popleft()
-                if isinstance(event, Delta) and self._events and isinstance(self._events[0], Delta):
-                    event = self._merge(event)  # a slow reader gets fewer, larger pieces
-                yield event
-                if isinstance(event, (Done, Failed)):
+                if self.end is not None:
+                    yield self.end
                     return
+                if self.job.state == "queued":
+                    position = self._position(self.job)
+                    if position is not None and position != last:
+                        last = position
+                        yield Queued(position)
+                        continue
+                await self._wait(QUEUE_POLL_S if self.job.state == "queued" else None)
         finally:
-            self.job.cancel()  # a no-op once the job is done
+            self.followers -= 1
+            if self.followers == 0 and self.end is None and self._on_detach is not None:
+                self._on_detach(self)
 
-    def _merge(self, first: Delta) -> Delta:
-        texts = [first.text]
-        while self._events and isinstance(self._events[0], Delta):
-            texts.append(self._events.popleft().text)  # type: ignore[union-attr]
-        return Delta("".join(texts))
+    def _text(self, start: int, stop: int) -> str:
+        """The reply's text from after event `start` to the end of event `stop`."""
+        if self.end is None:  # one piece per event still
+            return "".join(self._pieces[start:stop])
+        text = self._pieces[0] if self._pieces else ""
+        return text[self._ends[start - 1] if start else 0:self._ends[stop - 1]]
+
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

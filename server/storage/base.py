@@ -123,8 +123,9 @@ class MessageStore(Protocol):
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
-                  model: str | None = None) -> MessageRow:
-        """Append a message to a conversation the caller has already checked (NotFound)."""
+                  model: str | None = None, error: str | None = None) -> MessageRow:
+        """Append a message to a conversation the caller has already checked (NotFound);
+        `usage` and `error` are JSON text."""
 
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None = None, history: int = 0,

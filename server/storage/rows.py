@@ -63,6 +63,7 @@ class MessageRow(TypedDict):
     created_at: str
     usage: NotRequired[dict[str, Any]]
     model: NotRequired[str]  # on a reply: the model that wrote it
+    error: NotRequired[dict[str, str]]  # on a failed reply: {"code", "message"}
 
 
 class KeyRow(TypedDict):
@@ -128,12 +129,14 @@ def now_iso() -> str:
 
 
 def message_row(row: Any) -> MessageRow:
-    """(id, role, content, status, created_at[, usage[, model]]) as a MessageRow; usage and
-    model only if stored."""
+    """(id, role, content, status, created_at[, usage[, model[, error]]]) as a MessageRow;
+    usage, model and error only if stored."""
     message: MessageRow = {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
                            "created_at": row[4]}
     if len(row) > 5 and row[5]:
         message["usage"] = orjson.loads(row[5])
     if len(row) > 6 and row[6]:
         message["model"] = row[6]
+    if len(row) > 7 and row[7]:
+        message["error"] = orjson.loads(row[7])
     return message

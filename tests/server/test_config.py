@@ -14,6 +14,7 @@ import yaml
 
 from server.config import (
     AuthConfig,
+    ChatConfig,
     Config,
     ConfigError,
     DatabaseConfig,
@@ -97,7 +98,8 @@ def test_section_classes_are_the_ones_config_uses() -> None:
     hints = typing.get_type_hints(Config)
     assert hints == {"server": ServerConfig, "database": DatabaseConfig, "auth": AuthConfig,
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
-                     "memory": MemoryConfig, "usage": UsageConfig, "metrics": MetricsConfig,
+                     "chat": ChatConfig, "memory": MemoryConfig, "usage": UsageConfig,
+                     "metrics": MetricsConfig,
                      "render": RenderConfig, "models": tuple[ModelConfig, ...],
                      "routing": RoutingConfig}
 

@@ -268,7 +268,12 @@ URL = {"url": "http://gpu1:8000/v1"}
     ([{"name": "chat", "replicas": [{**URL, "max_concurrency": -1}]}],
      "models[0].replicas[0].max_concurrency"),
     ([{"name": "chat", "replicas": [{**URL, "colour": "red"}]}], "models[0].replicas[0].colour"),
+    # Both would be the Authorization header: aiohttp refuses every request (a ValueError).
+    ([{"name": "chat", "replicas": [{"url": "http://u:p@gpu1:8000/v1", "api_key": "k"}]}],
+     "models[0].replicas[0].api_key"),
     (["chat"], "models[0]"),
+    ([{"name": "chat", "replicas": [URL, {"url": "http://gpu1:8000/v1/"}]}],
+     "models[0].replicas[1].url"),
 ])
 def test_a_bad_models_entry_is_one_clear_error(models: Any, names: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -25,6 +25,7 @@ def make_config(tmp_path: Path, llm_url: str, **sections: Any) -> Config:
                    "conversations_per_user_per_minute": 1000},
         "queue": {"workers": 4, "max_size": 64},
         "routing": {"probe_interval_s": 0.5},  # a replica that comes back is seen sooner
+        "chat": {"detached_grace_s": 0.3},  # a turn whose client left stops soon
         # The render process starts on first use: a loaded test machine may take seconds.
         "render": {"wait_s": 60, "max_render_cpu_s": 60},
     }

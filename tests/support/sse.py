@@ -34,3 +34,22 @@ async def collect(resp: aiohttp.ClientResponse) -> list[tuple[str, Any]]:
 def text_of(stream: list[tuple[str, Any]]) -> str:
     """The concatenated deltas of a stream."""
     return "".join(data["delta"] for name, data in stream if name == "message")
+
+
+async def numbered(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any, int | None]]:
+    """Yield (event name, parsed data, its `id:` or None) per SSE event."""
+    name, data, ident = "message", [], None
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data)), ident
+            name, data, ident = "message", [], None
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("id:"):
+            ident = int(line[3:].strip())
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())

@@ -7,7 +7,7 @@ a model with every replica out fails fast.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 import pytest
@@ -28,11 +28,13 @@ from tests.support.routing import (
     wait_for,
 )
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas
-from workers.errors import ModelUnavailable, UpstreamError
-from workers.job import Job
+from workers.errors import ModelUnavailable, UpstreamError, UpstreamTimeout
+from workers.job import Ending, ForwardRequest, Job
 from workers.pool import WorkerPool
 from workers.probe import Prober, ProbeSettings
 from workers.router import Router
+from workers.stream import Progress
+from workers.upstream import UpstreamClient
 
 
 @pytest.fixture
@@ -242,3 +244,53 @@ async def test_the_pool_fails_over_with_the_jobs_events_intact(
     assert_finished(await collect(j))  # Started, the deltas of one attempt, Finished
     assert j.failovers == 1
     await pool.stop()
+
+
+async def test_a_long_non_streamed_answer_that_times_out_is_not_run_again_elsewhere(
+        sims: SimCluster, routes: Routes) -> None:
+    """A non-streamed answer comes whole at the end: its read timeout may be the model still
+    generating, not a dead replica. Trying it on the others would run the same long generation
+    on each of them (and count each as a failing replica); it ends once, as a timeout."""
+    for sim in sims:
+        sim.settings.slowdown = 300.0  # 8 tokens: about 2.4 s of generation, the answer last
+    route = routes.route(sims.urls, first_token_timeout_s=0.5)
+    router = routes.router(route, retries=2)
+    body = {"model": "m", "messages": [{"role": "user", "content": TEXT}], "stream": False}
+    j = Job(owner="alice", request=ForwardRequest("/chat/completions", body, False, False, "r"))
+
+    def attempt(client: UpstreamClient, model: str, progress: Progress) -> Awaitable[Ending]:
+        return client.forward(model, ForwardRequest("/chat/completions", body, False, False,
+                                                     "r"), lambda _: None, progress)
+
+    with pytest.raises(UpstreamTimeout):
+        await router.run(j, attempt)
+    assert sum(s.stats.requests_total for s in sims) == 1 and j.failovers == 0
+    await wait_for(lambda: sum(s.stats.aborted for s in sims) == 1)
+
+
+async def test_a_404_about_the_model_takes_the_replica_out_but_another_404_does_not(
+        sims: SimCluster, routes: Routes) -> None:
+    route = routes.route(sims.urls)
+    router = routes.router(route, retries=2)
+    first, second = route.replicas
+
+    async def forward(path: str, model: str) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        j = Job(owner="alice", request=ForwardRequest(path, body, False, False, "r1"))
+
+        def attempt(client: UpstreamClient, served: str, progress: Progress
+                    ) -> Awaitable[Ending]:
+            return client.forward(served, j.request, lambda data: None,  # type: ignore[arg-type]
+                                  progress)
+        await router.run(j, attempt)
+
+    # A path the server lacks (as a proxy in front of it might answer): the request's fault.
+    with pytest.raises(UpstreamError) as info:
+        await forward("/no/such/path", "ignored")
+    assert getattr(info.value, "status", None) == 404
+    assert first.state == second.state == "healthy"
+    # The server saying it does not serve the model: misconfigured, out, tried elsewhere.
+    route.served_name = "a-model-nobody-serves"
+    with pytest.raises(ModelUnavailable):
+        await forward("/chat/completions", "ignored")
+    assert first.state == second.state == "down" and "404" in first.reason

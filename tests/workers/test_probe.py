@@ -227,3 +227,72 @@ async def test_a_metrics_page_failing_for_a_while_is_read_again(routes: Routes) 
         assert hits == [1, 2] and replica.load is not None
     finally:
         await sim.close()
+
+
+async def test_a_metrics_page_arriving_in_pieces_is_read_whole(routes: Routes) -> None:
+    """vLLM's page is tens of KB, its gauges after the process_* and python_gc_* series: over a
+    real network it arrives in several reads, and the gauges must still be found (a first read
+    without them made the replica "not vLLM" for good)."""
+    head = "".join(f"python_gc_objects_collected_total{{generation=\"{i}\"}} 1.0\n"
+                   for i in range(200)).encode()
+    tail = VLLM_V1.encode()
+
+    @web.middleware
+    async def pieces(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/metrics":
+            return await handler(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.content_length = len(head) + len(tail)  # as vLLM's page: not chunked
+        await resp.prepare(request)
+        await resp.write(head)
+        await asyncio.sleep(0.2)  # the rest comes in a later network read
+        await resp.write(tail)
+        await resp.write_eof()
+        return resp
+
+    app = create_sim_app(SimSettings(ttft_ms=2, tpot_ms=1, echo=True))
+    app.middlewares.insert(0, pieces)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    sim = SimServer(runner, app, "127.0.0.1", runner.addresses[0][1])
+    try:
+        route = routes.route([sim.url])
+        prober = Prober(routes.router(route), ProbeSettings())
+        await prober.round()
+        [replica] = route.replicas
+        assert replica.load is not None and replica.load.running == 7.0
+        assert replica.load.waiting == 1.0
+    finally:
+        await sim.close()
+
+
+async def test_a_name_asked_of_an_unnamed_model_whose_servers_are_down_fails_fast(
+        routes: Routes) -> None:
+    """A server that accepts connections but never answers (a hung host) is down after two
+    probes; a request naming a model then gets its 503 at once, not after asking that server
+    again and waiting out the model-list timeout (per request, per replica)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # never answers
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        route = routes.route([f"http://127.0.0.1:{port}/v1"], name="", served_name="")
+        router = routes.router(route)
+        prober = Prober(router, ProbeSettings(probe_timeout_s=0.2))
+        await prober.round()
+        await prober.round()
+        [replica] = route.replicas
+        assert replica.state == "down"
+        seen = len(accepted)
+        with pytest.raises(ModelUnavailable):
+            await router.lookup("vllm-simulator")
+        assert len(accepted) == seen  # the down server was not asked again
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -73,7 +73,7 @@ class SqliteConversations:
             if conv is None:
                 return None, []
             msgs = conn.execute(
-                "SELECT id, role, content, status, created_at, usage, model FROM messages "
+                "SELECT id, role, content, status, created_at, usage, model, error FROM messages "
                 "WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
             return conv, msgs
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import cast
 
+import orjson
+
 from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
 from ..rows import HistoryRows, MessageRow, now_iso
@@ -67,7 +69,7 @@ class SqliteMessages:
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
-                  model: str | None = None) -> MessageRow:
+                  model: str | None = None, error: str | None = None) -> MessageRow:
         """Append a message (a reply: with the model that wrote it) to a conversation the
         caller has already checked."""
         now = now_iso()
@@ -77,8 +79,9 @@ class SqliteMessages:
                 cur = conn.execute(
                     "INSERT INTO messages "
                     "(conversation_id, role, content, status, created_at, usage, model, "
-                    "owner) SELECT ?, ?, ?, ?, ?, ?, ?, user_id FROM conversations WHERE id = ?",
-                    (conversation_id, role, content, status, now, usage, model,
+                    "error, owner) SELECT ?, ?, ?, ?, ?, ?, ?, ?, user_id FROM conversations "
+                    "WHERE id = ?",
+                    (conversation_id, role, content, status, now, usage, model, error,
                      conversation_id))
                 if cur.rowcount == 0:
                     raise NotFound("conversation not found")
@@ -88,6 +91,8 @@ class SqliteMessages:
                                "status": status, "created_at": now}
             if model:
                 row["model"] = model
+            if error:
+                row["error"] = orjson.loads(error)
             return row
 
         return await self._db.write(op)

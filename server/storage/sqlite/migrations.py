@@ -200,7 +200,13 @@ ALTER TABLE conversations ADD COLUMN model TEXT;
 ALTER TABLE messages ADD COLUMN model TEXT;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7]
+# A failed reply is stored even when nothing was generated, with why: a page loaded later
+# shows the error (and Retry) as the live answer did. JSON {"code", "message"}.
+V8 = """
+ALTER TABLE messages ADD COLUMN error TEXT;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8]
 LATEST = len(MIGRATIONS)
 
 

@@ -269,7 +269,12 @@ async def test_upstream_failure_statuses_keep_user_message(
         async with await chat(s, user, message=f"fault {mode}") as resp:
             error = await error_of(resp, status, code)
         stored = await messages_of(s, user, error["conversation_id"])
-    assert [(m["role"], m["content"]) for m in stored] == [("user", f"fault {mode}")]
+    # The failure is kept with the message, so a page loaded later shows it (and Retry).
+    assert [(m["role"], m["content"]) for m in stored] == [("user", f"fault {mode}"),
+                                                            ("assistant", "")]
+    assert stored[1]["status"] == "error"
+    assert stored[1]["error"] == {"code": code, "message": error["message"]}
+    assert error["partial_message_id"] == stored[1]["id"]
 
 
 @pytest.mark.parametrize(("mode", "code"), [

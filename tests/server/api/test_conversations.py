@@ -17,7 +17,8 @@ from server.runner import Running, start
 from server.services.memory import MemoryManager
 from tests.support.app import User, db_of, error_of, make_config, storage_of
 
-CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count", "model"}
+CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count", "model",
+             "running_turn_id"}
 MSG_KEYS = {"id", "role", "content", "status", "created_at"}
 
 

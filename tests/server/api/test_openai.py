@@ -367,3 +367,23 @@ async def test_a_client_that_leaves_mid_stream_stops_the_model(
                 break
             await asyncio.sleep(0.02)
     assert stats["aborted"] == 1 and stats["completed"] == 0
+
+
+async def test_stream_options_that_are_not_an_object_are_a_400_and_hold_no_place(
+        server: Running, make_key: MakeKey) -> None:
+    """A bad `stream_options` was a 500 after the request had taken its place in the queue,
+    a place never given back: past `queue.max_per_user` such requests the user could never
+    queue again (and the whole queue shrank for everyone)."""
+    key = await make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(server.url) as s:
+        for _ in range(server.app[keys.CONFIG].queue.max_per_user + 1):
+            async with s.post("/v1/chat/completions", headers=headers, json={
+                    "model": MODEL, "messages": MESSAGES, "stream": True,
+                    "stream_options": [1]}) as resp:
+                assert resp.status == 400, await resp.text()
+                body = await resp.json()
+                assert body["error"]["param"] == "stream_options", body
+    reply = await client(server, key).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content
