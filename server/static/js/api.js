@@ -58,7 +58,7 @@ export async function api(method, path, body, { signal, quiet = false } = {}) {
  */
 export async function streamChat(body, handlers, signal, turn, last) {
   const resp = turn == null ? await request("POST", "/api/chat", body, signal, "text/event-stream", false)
-    : await request("GET", `/api/turns/${encodeURIComponent(turn)}/events`, undefined, signal,
+    : await request("GET", `/api/turns/${encodeURIComponent(turn)}/events?render=html`, undefined, signal,
       "text/event-stream", false, last == null ? {} : { "Last-Event-ID": String(last) });
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";

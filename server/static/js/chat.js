@@ -184,7 +184,7 @@ export async function open(id, mid = null, force = false) {
     convModel = conv.model;
     models?.show(convModel, conv.messages);
     const l = lives.get(id);
-    for (const m of conv.messages) if (!l || m.status !== "streaming") t.stored(add({ ...m }));
+    for (const m of conv.messages) t.stored(add({ ...m }));
     loaded = true;
     if (l) attachLive(l);
     else if (conv.running_turn_id) t.follow(id, conv.running_turn_id); // e.g. after a reload

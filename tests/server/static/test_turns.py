@@ -29,10 +29,12 @@ DONE = 30_000  # ms: generous, for a reply of a few hundred words on a shared ma
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def app(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    """The module's server: two replies of one user may run at once (two conversations), and
-    the model may take 12 s to start (a stalled reply)."""
+    """The module's server: two replies of one user may run at once (two conversations), a
+    reply nobody follows runs on for 30 s as configured by default (a page that goes away and
+    comes back), and the model may take 12 s to start (a stalled reply)."""
     running = await start(make_config(tmp_path_factory.mktemp("turns"), sim.url,
                                       queue={"max_running_per_user": 2},
+                                      chat={"detached_grace_s": 30},
                                       llm={"first_token_timeout_s": 20, "request_timeout_s": 40}))
     yield running
     await running.stop()
