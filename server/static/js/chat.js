@@ -241,7 +241,7 @@ const turns = async () => (T ??= await import("./turns.js"));
 
 /** Send, Stop and the spinner follow the conversation on screen. */
 export function showBusy() {
-  const busy = !!liveHere();
+  const busy = !!liveHere() || starting > 0;
   sendButton.disabled = busy;
   stopButton.hidden = !busy;
   form.classList.toggle("busy", busy);
@@ -257,7 +257,18 @@ export function named(id, text) {
   sidebar.setActive(id);
 }
 
-const turn = (kind, text) => (T ? T.turn(kind, text) : turns().then((t) => t.turn(kind, text)));
+let starting = 0; // turns asked for before js/turns.js was in: busy at once all the same
+
+function turn(kind, text) {
+  if (T) { T.turn(kind, text); return; }
+  starting += 1;
+  showBusy();
+  turns().then((t) => { starting -= 1; t.turn(kind, text); showBusy(); }, () => {
+    starting -= 1;
+    showBusy();
+    announce("The page could not be loaded. Reload to try again.");
+  });
+}
 
 /** Stop the reply of the conversation on screen (Esc or the Stop button); focus goes to the input. */
 export function stop() {
@@ -318,7 +329,7 @@ export function autosize() {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value.trim();
-  if (!text || liveHere()) return;
+  if (!text || liveHere() || starting) return;
   input.value = "";
   autosize();
   turn("new", text);
