@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 
 import orjson
@@ -40,9 +41,19 @@ class ChatRejected(Exception):
         self.user_message_id = user_message_id
 
 
+# Markdown's block markers at a line's start (headings, quotes, list items) and its emphasis
+# and code marks: a title shows the words, not the syntax ("# Plan" -> "Plan").
+_BLOCK_MARKS = re.compile(r"^(?:\s*(?:#{1,6}(?=\s)|>|[-*+](?=\s)|\d{1,9}[.)](?=\s)))+\s*")
+_INLINE_MARKS = re.compile(r"\*\*|__|~~|`+|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])")
+
+
 def title_from(message: str, limit: int = 60) -> str:
-    """A conversation title from its first message: the first line, cut at a word."""
-    line = " ".join(visible(message.strip().split("\n", 1)[0]).split())
+    """A conversation title from its first message: its first line of text without
+    Markdown's marks (a code fence line is skipped), cut at a word."""
+    lines = [ln for ln in message.strip().split("\n")
+             if ln.strip() and not ln.lstrip().startswith(("```", "~~~"))]
+    first = _INLINE_MARKS.sub("", _BLOCK_MARKS.sub("", lines[0])) if lines else ""
+    line = " ".join(visible(first).split())
     if len(line) <= limit:
         return line or "New chat"
     cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]

@@ -29,6 +29,22 @@ def test_visible_keeps_what_scripts_and_emoji_need() -> None:
         assert visible(text) == text
 
 
+@pytest.mark.parametrize(("message", "title"), [
+    ("# Heading", "Heading"),
+    ("### A plan for **Monday**\nmore", "A plan for Monday"),
+    ("> quoted *words* here", "quoted words here"),
+    ("- item one", "item one"),
+    ("1. first step", "first step"),
+    ("```python\nprint('hi')\n```", "print('hi')"),
+    ("use `git rebase -i` now", "use git rebase -i now"),
+    ("2*3 = 6 and a_b_c", "2*3 = 6 and a_b_c"),  # not emphasis: kept
+    ("#hashtag is not a heading", "#hashtag is not a heading"),
+    ("```\n```", "New chat"),
+])
+def test_a_title_shows_the_words_not_the_markdown(message: str, title: str) -> None:
+    assert title_from(message) == title
+
+
 def test_a_title_from_the_first_message_is_cleaned_too() -> None:
     assert title_from(f"{SPOOF}\nplease look") == "invoice_gnp.exe"
 
