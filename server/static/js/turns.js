@@ -176,9 +176,15 @@ function handlers(l, text) {
   };
 }
 
-/** The server's title for a first message (server/services/chat.py title_from), to show it at once. */
+// The server's title for a first message (title_from in server/services/chat.py), shown at
+// once: the first line of text without Markdown's marks ("# Plan" -> "Plan"), cut at a word.
+const BLOCK_MARKS = /^(?:\s*(?:#{1,6}(?=\s)|>|[-*+](?=\s)|\d{1,9}[.)](?=\s)))+\s*/;
+const INLINE_MARKS = /\*\*|__|~~|`+|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])/g;
+
 function titleFrom(message, limit = 60) {
-  const line = message.trim().split("\n", 1)[0].split(/\s+/).filter(Boolean).join(" ");
+  const lines = message.trim().split("\n").filter((ln) => ln.trim() && !/^\s*(```|~~~)/.test(ln));
+  const first = lines.length ? lines[0].replace(BLOCK_MARKS, "").replace(INLINE_MARKS, "") : "";
+  const line = first.split(/\s+/).filter(Boolean).join(" ");
   const chars = Array.from(line);
   if (chars.length <= limit) return line || "New chat";
   const cut = chars.slice(0, limit).join("");

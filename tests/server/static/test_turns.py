@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, expect
 
+from server import keys
 from server.runner import Running, start
 from tests.support.app import make_config
 from tests.support.web import Web, messages
@@ -234,10 +235,44 @@ async def test_small_fixes_not_found_rename_and_stall(web: Web) -> None:
     await box.press("Escape")
     await expect(r.locator("[data-act=delete]")).to_be_attached()
 
-    # A reply that does not start for a while says that it is still waiting.
+    # A reply that does not start for a while says that it is still waiting; the new chat's
+    # title shows the words of its first line, not its Markdown marks, before and after a reload.
     await web.sim_config(ttft_ms=12_000)
-    await web.send("Slow one")
+    await web.send("```\n## A **slow** `one`\nmore")
     await expect(messages(page, "assistant").last.locator(".stall")).to_contain_text(
         "Still waiting", timeout=15_000)
     await web.idle(timeout=DONE)
     await expect(messages(page, "assistant").last.locator(".stall")).to_have_count(0)
+    await expect(page.locator("#title")).to_have_text("A slow one")
+    slow = await conv_id(page)
+    await expect(row(page, slow)).to_have_text("A slow one")
+    await page.reload()
+    await expect(page.locator("#title")).to_have_text("A slow one")
+
+
+async def test_dropped_connection_reattaches_after_the_last_event(web: Web) -> None:
+    page = web.page
+    user = await web.user()
+    await web.sim_config(echo=True, tpot_ms=25)
+    await web.open("/")
+    long = words(160, "d")
+    await web.send(long)
+    reply = messages(page, "assistant").last.locator(".body")
+    await expect(reply).to_contain_text("d5")
+    conv = await conv_id(page)
+    # Cut every connection to the server under the page: the turn goes on without its reader.
+    server = web.app.runner.server
+    assert server is not None
+    for connection in list(server.connections):
+        if connection.transport is not None:
+            connection.transport.abort()
+    await expect(reply).to_have_text(long, timeout=DONE)
+    await web.idle()
+    seen = web.app.app[keys.METRICS].requests_seen()
+    assert sum(n for route, n in seen.items() if route.endswith("/events")) >= 1, seen
+    stored = await web.messages(user, conv)
+    assert stored[-1]["content"] == long and stored[-1]["status"] == "complete"
+    # Chromium logs the cut stream itself; that one line is expected, nothing else.
+    cut = [e for e in web.watched.errors if "ERR_INCOMPLETE_CHUNKED_ENCODING" in e]
+    assert len(cut) <= 1 and all("/api/chat" in e for e in cut), cut
+    web.watched.errors[:] = [e for e in web.watched.errors if e not in cut]
