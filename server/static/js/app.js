@@ -149,5 +149,5 @@ try {
   admitted(me.user);
 } catch (err) {
   auth.show();
-  if (err.status !== 401) $("auth-error").textContent = `The server could not be reached: ${err.message}`;
+  if (err.status !== 401) $("auth-error").textContent = `The server could not be reached. Check your connection, then reload the page. (${err.message})`;
 }

@@ -199,7 +199,8 @@ export async function open(id, mid = null, force = false) {
     setTitle(gone ? "Conversation not found" : "Could not load the conversation");
     form.hidden = gone; // nothing to write to
     list.replaceChildren(h("li", { class: "notice" }, gone
-      ? "This conversation does not exist or was deleted. " : `${err.message} `,
+      ? "This conversation does not exist or was deleted. "
+      : `It could not be loaded. Check your connection, then reload the page. (${err.message}) `,
     h("a", { href: "#/" }, gone ? "Start a new chat" : "Start a new chat instead")));
   } finally {
     if (controller === loading) { list.removeAttribute("aria-busy"); loading = null; }

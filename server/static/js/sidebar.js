@@ -75,7 +75,7 @@ export async function loadMore() {
   } catch (err) {
     if (mine !== generation) return;
     failed = true;
-    status.replaceChildren(err.status === 401 ? "" : `Could not load conversations: ${err.message} `,
+    status.replaceChildren(err.status === 401 ? "" : `Your conversations could not be loaded. (${err.message}) `,
       err.status === 401 ? "" : h("button", { type: "button", class: "link", "data-act": "reload" }, "Try again"));
   } finally {
     if (mine === generation) {
@@ -167,7 +167,7 @@ function rename(id, button) {
       announce("Conversation renamed.");
     } catch (err) {
       setTitle(r, before);
-      announce(`Rename failed: ${err.message}`);
+      announce(`The conversation was not renamed. Try again. (${err.message})`);
     }
   };
   input.addEventListener("keydown", (event) => {
@@ -183,7 +183,7 @@ async function remove(id) {
   try {
     await api("DELETE", `/api/conversations/${id}`);
   } catch (err) {
-    if (err.status !== 404) { announce(`Delete failed: ${err.message}`); return; }
+    if (err.status !== 404) { announce(`The conversation was not deleted. Try again. (${err.message})`); return; }
   }
   const next = r.li.nextElementSibling || r.li.previousElementSibling;
   r.li.remove();
