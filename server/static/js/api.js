@@ -18,13 +18,13 @@ export class ApiError extends Error {
   }
 }
 
-async function request(method, path, body, signal, accept, quiet) {
+async function request(method, path, body, signal, accept, quiet, headers = {}) {
   const init = {
     method, signal,
     credentials: "same-origin", // the HttpOnly session cookie, nothing else
     referrerPolicy: "same-origin", // so browsers send our Origin on writes (CSRF check)
     cache: "no-store",
-    headers: { Accept: accept },
+    headers: { Accept: accept, ...headers },
   };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -52,11 +52,14 @@ export async function api(method, path, body, { signal, quiet = false } = {}) {
 }
 
 /**
- * POST /api/chat with stream:true and dispatch its server-sent events to handlers:
- * meta, queued, message (the unnamed delta events), done, error.
+ * POST /api/chat with stream:true (or, with `turn`, GET its events after event `last`) and
+ * dispatch the server-sent events to handlers: meta, queued, message (the unnamed delta
+ * events), done, error; each gets the data and the event's id (undefined when it has none).
  */
-export async function streamChat(body, handlers, signal) {
-  const resp = await request("POST", "/api/chat", body, signal, "text/event-stream", false);
+export async function streamChat(body, handlers, signal, turn, last) {
+  const resp = turn == null ? await request("POST", "/api/chat", body, signal, "text/event-stream", false)
+    : await request("GET", `/api/turns/${encodeURIComponent(turn)}/events?render=html`, undefined, signal,
+      "text/event-stream", false, last == null ? {} : { "Last-Event-ID": String(last) });
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -73,12 +76,14 @@ export async function streamChat(body, handlers, signal) {
 
 function dispatch(block, handlers) {
   let name = "message";
+  let id;
   const data = [];
   for (const line of block.split("\n")) {
     if (line.startsWith("event:")) name = line.slice(6).trim();
     else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+    else if (line.startsWith("id:")) id = Number(line.slice(3));
   }
   if (!data.length) return; // comments and pings
   const handler = handlers[name];
-  if (handler) handler(JSON.parse(data.join("\n")));
+  if (handler) handler(JSON.parse(data.join("\n")), id);
 }

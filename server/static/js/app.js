@@ -70,6 +70,7 @@ function signedIn(who) {
   }
   sidebar.resume();
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
+  import("./turns.js").catch(() => {}); // streaming, ready before the first Send
   if (!started) {
     started = true;
     addEventListener("hashchange", () => route());
@@ -148,5 +149,5 @@ try {
   admitted(me.user);
 } catch (err) {
   auth.show();
-  if (err.status !== 401) $("auth-error").textContent = `The server could not be reached: ${err.message}`;
+  if (err.status !== 401) $("auth-error").textContent = `The server could not be reached. Check your connection, then reload the page. (${err.message})`;
 }

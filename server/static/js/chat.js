@@ -14,31 +14,30 @@ const sendButton = $("send");
 const stopButton = $("stop");
 const jump = $("jump");
 
-let convId = null; // the conversation on screen (null: a new chat)
+export let convId = null; // the conversation on screen (null: a new chat)
 let loaded = false;
-let msgs = []; // { id, role, content, status, html, usage, el, body, meta, acts }
+export let msgs = []; // { id, role, content, status, html, usage, el, body, meta, acts }
 let loading = null; // AbortController of the conversation being fetched
-let live = null; // the reply being generated: { convId, user, reply, controller, frame, ended }
-let stick = true; // follow new text: true while the reader is at the bottom
-let models = null; // js/models.js, after sign-in: the model picker, model errors in words
+export let stick = true; // follow new text: true while the reader is at the bottom
+export let models = null; // js/models.js, after sign-in: the model picker, model errors in words
 let convModel = null; // the model of the conversation on screen (null: the default)
 const byElement = new WeakMap();
 
 export const current = () => convId;
 
-function setTitle(text) {
+export function setTitle(text) {
   title.textContent = text;
   document.title = `${text} · chatgate`;
 }
 
 // ---- rendering
 
-function button(act, label, name, text) {
+export function button(act, label, name, text) {
   return h("button", { type: "button", class: "act", "data-act": act, "aria-label": label, title: label },
     icon(name), h("span", { class: "lbl" }, text));
 }
 
-function renderBody(m) {
+export function renderBody(m) {
   if (m.role === "assistant" && m.html != null) {
     // The only innerHTML in this client: `html` was rendered from Markdown by the server
     // (markdown-it-py, raw HTML disabled) and then sanitised with nh3's allow-list.
@@ -56,9 +55,9 @@ function renderBody(m) {
   m.el.classList.toggle("plain", m.role === "user" || m.html == null);
 }
 
-const STATUS = { incomplete: "Incomplete: stopped before the end", error: "Interrupted by an error" };
+const STATUS = { incomplete: "Incomplete: stopped before the end" };
 
-function renderMeta(m) {
+export function renderMeta(m) {
   m.acts = h("span", { class: "acts" });
   if (m.content) m.acts.append(button("copy", m.role === "user" ? "Copy message" : "Copy reply as Markdown", "copy", "Copy"));
   const usage = m.usage && h("span", { class: "usage", title: "Token usage" },
@@ -81,7 +80,7 @@ function messageElement(m) {
   return m.el;
 }
 
-function add(m) {
+export function add(m) {
   list.append(messageElement(m));
   msgs.push(m);
   empty.hidden = true;
@@ -89,6 +88,7 @@ function add(m) {
 }
 
 function clear() {
+  form.hidden = false;
   convModel = null;
   models?.show(null);
   msgs = [];
@@ -98,13 +98,13 @@ function clear() {
   jump.hidden = true;
 }
 
-const lastUser = () => { for (let i = msgs.length - 1; i >= 0; i--) if (msgs[i].role === "user") return i; return -1; };
+export const lastUser = () => { for (let i = msgs.length - 1; i >= 0; i--) if (msgs[i].role === "user") return i; return -1; };
 
 /** Offer "edit" on the last user message and "regenerate" on the last message, when idle. */
-function refreshActions() {
+export function refreshActions() {
   for (const b of list.querySelectorAll("[data-act=edit],[data-act=regen]")) b.remove();
   const u = msgs[lastUser()];
-  if (live || convId == null || !u || u.id == null) return;
+  if (liveHere() || convId == null || !u || u.id == null) return;
   u.acts.append(button("edit", "Edit and resend your last message", "edit", "Edit"));
   const last = msgs[msgs.length - 1];
   if (last.status !== "failed") last.acts.append(last.role === "user"
@@ -114,7 +114,7 @@ function refreshActions() {
 
 // ---- scrolling
 
-function toBottom() {
+export function toBottom() {
   scroller.scrollTop = scroller.scrollHeight;
   stick = true;
   jump.hidden = true;
@@ -141,10 +141,9 @@ function focusMessage(id) {
 
 // ---- navigation
 
-function attachLive() { // the running reply belongs to the conversation just shown
-  if (!live) return;
-  if (live.convId == null) add(live.user);
-  if (!msgs.includes(live.reply)) { list.append(live.reply.el); msgs.push(live.reply); }
+function attachLive(l) { // a reply of this tab still runs in the conversation just shown
+  if (l.convId == null) add(l.user);
+  if (!msgs.includes(l.reply)) { list.append(l.reply.el); msgs.push(l.reply); }
   empty.hidden = true;
 }
 
@@ -156,8 +155,10 @@ export function openNew() {
   loaded = true;
   clear();
   setTitle("New chat");
-  if (live && live.convId == null) attachLive();
+  if (lives.has("new")) attachLive(lives.get("new"));
+  showBusy();
   refreshActions();
+  input.focus();
 }
 
 /** Show conversation `id` (fetched with server-rendered HTML), optionally at message `mid`. */
@@ -173,25 +174,34 @@ export async function open(id, mid = null, force = false) {
   clear();
   empty.hidden = true;
   setTitle(sidebar.titleOf(id) || "Loading…");
+  showBusy();
   list.setAttribute("aria-busy", "true");
   try {
-    const conv = await api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal });
+    const [conv, t] = await Promise.all([
+      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal }), turns()]);
     if (controller !== loading) return;
     setTitle(conv.title);
     convModel = conv.model;
     models?.show(convModel, conv.messages);
-    for (const m of conv.messages) add({ ...m });
-    if (live && live.convId === id) attachLive();
+    const l = lives.get(id);
+    for (const m of conv.messages) t.stored(add({ ...m }));
     loaded = true;
+    if (l) attachLive(l);
+    else if (conv.running_turn_id) t.follow(id, conv.running_turn_id); // e.g. after a reload
+    sidebar.setRunning(id, lives.has(id));
     empty.hidden = msgs.length > 0;
     refreshActions();
     if (mid != null) focusMessage(mid); else toBottom();
   } catch (err) {
     if (err.name === "AbortError" || controller !== loading) return;
     if (err.status === 401) return; // the login form is up; the router reopens after login
-    setTitle(err.status === 404 ? "Conversation not found" : "Could not load the conversation");
-    list.replaceChildren(h("li", { class: "notice" }, err.status === 404
-      ? "This conversation does not exist or was deleted." : err.message));
+    const gone = err.status === 404;
+    setTitle(gone ? "Conversation not found" : "Could not load the conversation");
+    form.hidden = gone; // nothing to write to
+    list.replaceChildren(h("li", { class: "notice" }, gone
+      ? "This conversation does not exist or was deleted. "
+      : `It could not be loaded. Check your connection, then reload the page. (${err.message}) `,
+    h("a", { href: "#/" }, gone ? "Start a new chat" : "Start a new chat instead")));
   } finally {
     if (controller === loading) { list.removeAttribute("aria-busy"); loading = null; }
   }
@@ -200,13 +210,14 @@ export async function open(id, mid = null, force = false) {
 /** Use the model picker module; replies name their model when there are several. */
 export function useModels(m) {
   (models = m).show(convModel, msgs);
-  for (const x of msgs) if (x !== live?.reply) renderMeta(x);
+  for (const x of msgs) if (![...lives.values()].some((l) => l.reply === x)) renderMeta(x);
   refreshActions();
 }
 
 /** Forget everything on screen (logout or another user). */
 export function reset() {
-  live?.controller.abort();
+  for (const l of lives.values()) l.controller.abort(); // detaches: the server stops them later
+  lives.clear();
   loading?.abort();
   loading = null;
   convId = null;
@@ -215,209 +226,56 @@ export function reset() {
   setTitle("New chat");
   input.value = "";
   autosize();
+  showBusy();
 }
 
 document.addEventListener("conv-renamed", (e) => { if (e.detail.id === convId) setTitle(e.detail.title); });
 document.addEventListener("conv-deleted", (e) => { if (e.detail.id === convId) location.hash = "#/"; });
 
-// ---- sending and streaming
+// ---- streaming: js/turns.js (loaded after sign-in) runs each turn; one per conversation
 
-/** The server's title for a first message (server/chat.py title_from), to show it at once. */
-function titleFrom(message, limit = 60) {
-  const line = message.trim().split("\n", 1)[0].split(/\s+/).filter(Boolean).join(" ");
-  const chars = Array.from(line);
-  if (chars.length <= limit) return line || "New chat";
-  const cut = chars.slice(0, limit).join("");
-  const space = cut.lastIndexOf(" ");
-  return (space > 0 ? cut.slice(0, space) : cut) + "…";
-}
+/** The running turns: conversation id (or "new" until the server names it) -> its turn. */
+export const lives = new Map();
+export const liveHere = () => lives.get(convId ?? "new");
+let T = null; // js/turns.js once loaded: then a click starts its turn at once, in the same task
+const turns = async () => (T ??= await import("./turns.js"));
 
-function setBusy(busy) {
+/** Send, Stop and the spinner follow the conversation on screen. */
+export function showBusy() {
+  const busy = !!liveHere() || starting > 0;
   sendButton.disabled = busy;
   stopButton.hidden = !busy;
   form.classList.toggle("busy", busy);
   form.setAttribute("aria-busy", String(busy));
 }
 
-function paint() { // at most once per animation frame, and only the streaming message
-  if (!live) return;
-  live.frame = 0;
-  live.reply.text.data = live.reply.content;
-  if (stick && live.reply.el.isConnected) toBottom();
+/** A new chat on screen got its conversation id from the server. */
+export function named(id, text) {
+  convId = id;
+  loaded = true;
+  history.replaceState(null, "", `#/c/${id}`);
+  setTitle(text);
+  sidebar.setActive(id);
 }
 
-function pendingBody(reply, note) {
-  reply.note = h("span", { class: "queue" }, note);
-  reply.body.replaceChildren(h("span", { class: "typing", "aria-hidden": "true" }, h("i"), h("i"), h("i")), reply.note);
+let starting = 0; // turns asked for before js/turns.js was in: busy at once all the same
+
+function turn(kind, text) {
+  if (T) { T.turn(kind, text); return; }
+  starting += 1;
+  showBusy();
+  turns().then((t) => { starting -= 1; t.turn(kind, text); showBusy(); }, () => {
+    starting -= 1;
+    showBusy();
+    announce("The page could not be loaded. Reload to try again.");
+  });
 }
 
-function adopt(id, text) { // a new chat got its conversation id from the server
-  live && (live.convId = id);
-  if (convId == null && (!live || live.user.el.isConnected)) {
-    convId = id;
-    loaded = true;
-    history.replaceState(null, "", `#/c/${id}`);
-    setTitle(titleFrom(text));
-    sidebar.setActive(id);
-  }
-  sidebar.touch(id, titleFrom(text));
-}
-
-function showError(m, message, retryAfter, retry) {
-  m.status = "failed"; // shown by the box below, not by a badge
-  m.el.classList.remove("pending");
-  if (m.text) m.text.data = m.content;
-  else m.body.replaceChildren();
-  renderMeta(m);
-  const again = h("button", { type: "button", class: "btn small", "data-act": "retry" }, "Retry");
-  m.retry = () => { if (!live && !again.disabled) retry(); };
-  m.body.after(h("div", { class: "failure" }, h("span", null, message), again));
-  if (retryAfter > 0) { // honour Retry-After: the button wakes up when the server said so
-    let left = Math.ceil(retryAfter);
-    again.disabled = true;
-    const tick = () => {
-      again.textContent = left > 0 ? `Retry in ${left} s` : "Retry";
-      again.disabled = left > 0;
-      if (left-- > 0) setTimeout(tick, 1000);
-    };
-    tick();
-  }
-  announce(`The reply failed: ${message}`);
-}
-
-/** Run one turn: "new" (send text), "regen" (re-ask the last message) or "edit" (replace it). */
-async function turn(kind, text = "") {
-  if (live) return;
-  const target = convId;
-  const body = { stream: true, render: "html" };
-  if (target != null) body.conversation_id = target;
-  const model = models?.picked();
-  if (model) body.model = model; // kept by the conversation
-  let user;
-  if (kind === "new") {
-    body.message = text;
-    user = add({ id: null, role: "user", content: text, status: "complete" });
-  } else {
-    const i = lastUser();
-    if (i < 0 || target == null) return;
-    user = msgs[i];
-    for (const m of msgs.splice(i + 1)) m.el.remove();
-    if (kind === "edit") {
-      body.edit_message_id = user.id;
-      body.message = text;
-      user.content = text;
-      renderBody(user);
-      renderMeta(user);
-    } else {
-      body.regenerate = true;
-    }
-  }
-  const reply = add({ id: null, role: "assistant", content: "", status: "pending" });
-  reply.el.classList.add("pending");
-  reply.el.setAttribute("aria-busy", "true");
-  pendingBody(reply, "Waiting for the model…");
-  const controller = new AbortController();
-  live = { convId: target, user, reply, controller, frame: 0, ended: false, started: false };
-  const mine = live;
-  setBusy(true);
-  refreshActions();
-  toBottom();
-  announce("The assistant is replying.");
-  const regenerate = () => turn("regen");
-  try {
-    await streamChat(body, {
-      meta(d) {
-        mine.started = true;
-        user.id = d.user_message_id;
-        user.el.dataset.id = d.user_message_id;
-        if (target == null) adopt(d.conversation_id, text);
-        else sidebar.touch(target, title.textContent);
-      },
-      queued(d) {
-        if (reply.status !== "pending") return;
-        reply.note.textContent = d.position > 0
-          ? `${d.position} request${d.position === 1 ? "" : "s"} ahead of you` : "You are next in line";
-      },
-      message(d) {
-        if (reply.status === "pending") {
-          reply.status = "streaming";
-          reply.el.classList.replace("pending", "streaming");
-          reply.text = document.createTextNode("");
-          reply.body.replaceChildren(reply.text);
-        }
-        reply.content += d.delta;
-        if (!mine.frame) mine.frame = requestAnimationFrame(paint);
-      },
-      done(d) {
-        mine.ended = true;
-        Object.assign(reply, { id: d.message_id, status: "complete", html: d.html ?? null,
-          usage: d.usage, finish: d.finish_reason, model });
-        reply.el.dataset.id = d.message_id;
-        reply.el.classList.remove("pending");
-        renderBody(reply);
-        renderMeta(reply);
-        announce("The reply is complete.");
-      },
-      error(d) {
-        mine.ended = true;
-        const e = d.error || {};
-        showError(reply, e.message || "The reply failed.", 0, regenerate);
-      },
-    }, controller.signal);
-    if (!mine.ended) showError(reply, "The connection was lost before the reply finished.", 0, regenerate);
-  } catch (err) {
-    if (err.name === "AbortError") {
-      reply.status = "incomplete";
-      reply.el.classList.remove("pending");
-      if (reply.text) reply.text.data = reply.content;
-      else reply.body.replaceChildren(h("span", { class: "muted" }, "Stopped before any text arrived."));
-      renderMeta(reply);
-      announce("The reply was stopped.");
-    } else if (err.status === 401 && !mine.started) {
-      // Nothing was stored: take the turn back and keep the text as the draft.
-      reply.el.remove();
-      msgs.splice(msgs.indexOf(reply), 1);
-      if (kind === "new") {
-        user.el.remove();
-        msgs.splice(msgs.indexOf(user), 1);
-        if (!input.value) { input.value = text; autosize(); }
-      }
-      empty.hidden = msgs.length > 0;
-    } else {
-      const d = err.detail || {};
-      if (d.conversation_id != null && target == null) adopt(d.conversation_id, text);
-      if (d.user_message_id != null) {
-        user.id = d.user_message_id;
-        user.el.dataset.id = d.user_message_id;
-      }
-      // Once the message is stored, Retry asks for a reply again: the text is never sent twice.
-      const retry = mine.started || d.user_message_id != null ? regenerate : kind !== "new"
-        ? () => turn(kind, text)
-        : () => {
-          for (const m of [user, reply]) { m.el.remove(); msgs.splice(msgs.indexOf(m), 1); }
-          turn("new", text);
-        };
-      showError(reply, err.status === undefined ? "The connection was lost before the reply finished."
-        : models?.said(err, model) ?? err.message, err.retryAfter, retry);
-    }
-  } finally {
-    cancelAnimationFrame(mine.frame);
-    reply.el.classList.remove("streaming");
-    reply.el.removeAttribute("aria-busy");
-    live = null;
-    setBusy(false);
-    refreshActions();
-    if (stick && reply.el.isConnected) toBottom();
-    const focused = document.activeElement;
-    if (!focused || focused === document.body || focused === stopButton || focused === sendButton
-        || focused === input) input.focus();
-  }
-}
-
-/** Stop the running reply (Esc or the Stop button); focus goes back to the input. */
+/** Stop the reply of the conversation on screen (Esc or the Stop button); focus goes to the input. */
 export function stop() {
-  if (!live) return false;
-  live.controller.abort();
+  const l = liveHere();
+  if (!l) return false;
+  if (T) T.stop(l); else turns().then((t) => t.stop(l));
   input.focus();
   return true;
 }
@@ -464,7 +322,7 @@ list.addEventListener("click", (event) => {
 
 // ---- the composer
 
-function autosize() {
+export function autosize() {
   input.style.height = "auto"; // CSSOM, not a style attribute in markup: allowed by the CSP
   input.style.height = `${Math.min(input.scrollHeight, 240)}px`;
 }
@@ -472,7 +330,7 @@ function autosize() {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value.trim();
-  if (!text || live) return;
+  if (!text || liveHere() || starting) return;
   input.value = "";
   autosize();
   turn("new", text);
@@ -485,3 +343,4 @@ input.addEventListener("keydown", (event) => {
   }
 });
 stopButton.addEventListener("click", stop);
+$("new-chat").addEventListener("click", () => input.focus()); // also when the new chat is on screen already

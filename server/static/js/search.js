@@ -60,7 +60,7 @@ async function search(q) {
     status.textContent = n ? `${n} result${n === 1 ? "" : "s"}` : `No messages match “${q}”.`;
   } catch (err) {
     if (err.name === "AbortError" || controller !== searching) return;
-    status.textContent = err.status === 401 ? "" : `Search failed: ${err.message}`;
+    status.textContent = err.status === 401 ? "" : `The search did not work. Try again in a moment. (${err.message})`;
   } finally {
     if (controller === searching) { results.removeAttribute("aria-busy"); searching = null; }
   }

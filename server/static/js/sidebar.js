@@ -32,7 +32,17 @@ function row(c) {
     h("button", { type: "button", class: "icon-btn", "data-act": "rename", "aria-label": `Rename “${c.title}”` }, icon("edit")),
     h("button", { type: "button", class: "icon-btn", "data-act": "delete", "aria-label": `Delete “${c.title}”` }, icon("trash")));
   rows.set(c.id, { c, li, link, label });
+  if (c.running_turn_id) setRunning(c.id, true);
   return li;
+}
+
+/** Mark a conversation whose reply is being written (or clear the mark). */
+export function setRunning(id, on) {
+  const r = rows.get(id);
+  if (!r || r.li.classList.contains("running") === on) return;
+  r.li.classList.toggle("running", on);
+  if (on) r.link.append(h("span", { class: "run", title: "Replying…" }, h("span", { class: "sr-only" }, "(replying)")));
+  else r.link.querySelector(".run")?.remove();
 }
 
 function setTitle(r, title) {
@@ -65,7 +75,7 @@ export async function loadMore() {
   } catch (err) {
     if (mine !== generation) return;
     failed = true;
-    status.replaceChildren(err.status === 401 ? "" : `Could not load conversations: ${err.message} `,
+    status.replaceChildren(err.status === 401 ? "" : `Your conversations could not be loaded. (${err.message}) `,
       err.status === 401 ? "" : h("button", { type: "button", class: "link", "data-act": "reload" }, "Try again"));
   } finally {
     if (mine === generation) {
@@ -157,7 +167,7 @@ function rename(id, button) {
       announce("Conversation renamed.");
     } catch (err) {
       setTitle(r, before);
-      announce(`Rename failed: ${err.message}`);
+      announce(`The conversation was not renamed. Try again. (${err.message})`);
     }
   };
   input.addEventListener("keydown", (event) => {
@@ -173,7 +183,7 @@ async function remove(id) {
   try {
     await api("DELETE", `/api/conversations/${id}`);
   } catch (err) {
-    if (err.status !== 404) { announce(`Delete failed: ${err.message}`); return; }
+    if (err.status !== 404) { announce(`The conversation was not deleted. Try again. (${err.message})`); return; }
   }
   const next = r.li.nextElementSibling || r.li.previousElementSibling;
   r.li.remove();

@@ -244,6 +244,7 @@ async def test_expired_session_keeps_draft_and_place(web: Web) -> None:
 
     web.watched.allow(401, "/api/conversations/")
     web.watched.allow(401, "/api/chat")
+    web.watched.allow(401, "/api/models")  # the picker's list, if it is asked for after expire()
     await expire()
     await page.locator(f'#conv-list a[href="#/c/{second}"]').click()
     await log_in_again()
