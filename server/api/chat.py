@@ -131,11 +131,14 @@ async def _stream(request: web.Request, turn: Turn, html: bool,
     first) unless `after` names the last event the client has."""
     async with sse_response(request) as sse:
         sse.ping_interval = PING_S
-        # `meta` goes out with the first event that follows it: one write instead of two.
-        pending = b"" if after is not None else _event(
-            "meta", {"conversation_id": turn.conversation_id, "turn_id": turn.id,
-                     "user_message_id": turn.user_message["id"],
-                     "model": turn.job.model or None}, 0)
+        # `meta` goes out at once, not with the first token: a page reloaded before it comes
+        # must already know the conversation and the turn to come back to.
+        pending = b""
+        if after is None:
+            await sse.write(_event(
+                "meta", {"conversation_id": turn.conversation_id, "turn_id": turn.id,
+                         "user_message_id": turn.user_message["id"],
+                         "model": turn.job.model or None}, 0))
         async with aclosing(turn.follow(after or 0)) as events:
             async for event in events:
                 if isinstance(event, Delta):
