@@ -12,7 +12,7 @@ from aiohttp_sse import sse_response
 from .. import keys
 from ..middleware.auth import principal_of
 from ..middleware.errors import ApiError, from_domain, invalid
-from ..services.turns import Delta, Done, Failed, Queued, Turn
+from ..services.turns import Delta, Done, Failed, Followable, Queued, Turn
 from .responses import dumps, json_response
 from .validation import boolean, ident, number, read_json, render_option, text
 
@@ -125,7 +125,7 @@ async def stop(request: web.Request) -> web.Response:
     return json_response({"stopped": stopped}, status=202)
 
 
-async def _stream(request: web.Request, turn: Turn, html: bool,
+async def _stream(request: web.Request, turn: Followable, html: bool,
                   after: int | None = None) -> web.StreamResponse:
     """The turn's events as SSE, each of the reply's with its id; from the start (`meta`
     first) unless `after` names the last event the client has."""
@@ -138,7 +138,7 @@ async def _stream(request: web.Request, turn: Turn, html: bool,
             await sse.write(_event(
                 "meta", {"conversation_id": turn.conversation_id, "turn_id": turn.id,
                          "user_message_id": turn.user_message["id"],
-                         "model": turn.job.model or None}, 0))
+                         "model": turn.model or None}, 0))
         async with aclosing(turn.follow(after or 0)) as events:
             async for event in events:
                 if isinstance(event, Delta):
@@ -175,7 +175,7 @@ def _event(name: str | None, data: Any, event_id: int | None = None) -> bytes:
     return head + b"data: " + dumps(data) + b"\r\n\r\n"
 
 
-def _error(event: Failed, turn: Turn) -> ApiError:
+def _error(event: Failed, turn: Followable) -> ApiError:
     mapped = from_domain(event.error) or ApiError(502, "upstream_unavailable", str(event.error))
     mapped.extra["conversation_id"] = turn.conversation_id
     mapped.extra["user_message_id"] = turn.user_message["id"]

@@ -153,8 +153,8 @@ class ChatService:
         """Stop the user's turn (TurnNotFound if none): its generation is aborted and what
         it produced is stored `incomplete`. False if it had ended already."""
         turn = self.turns.find(user_id, turn_id)
-        if turn.outcome is not None:
-            return False
+        if not isinstance(turn, Turn) or turn.outcome is not None:
+            return False  # ended already
         turn.job.cancel(JobCancelled("stopped by the user"))
         return True
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from workers.errors import JobCancelled
 
-from .turns import Turn
+from .turns import Followable, Replay, Turn
 
 FINISHED_KEPT = 10_000  # most finished turns kept followable (the oldest go first)
 
@@ -30,7 +30,7 @@ class TurnRegistry:
         self._max_detached = max_detached  # unfollowed running turns per user
         self._running: dict[str, Turn] = {}
         self._by_conversation: dict[int, Turn] = {}  # the latest running turn of each
-        self._finished: OrderedDict[str, tuple[Turn, float]] = OrderedDict()
+        self._finished: OrderedDict[str, tuple[Replay, float]] = OrderedDict()
         self._detached: dict[int, set[Turn]] = {}
 
     def add(self, turn: Turn) -> None:
@@ -38,9 +38,9 @@ class TurnRegistry:
         self._running[turn.id] = turn
         self._by_conversation[turn.conversation_id] = turn
 
-    def find(self, user_id: int, turn_id: str) -> Turn:
+    def find(self, user_id: int, turn_id: str) -> Followable:
         """The user's turn with this id, running or recently finished (else TurnNotFound)."""
-        turn = self._running.get(turn_id)
+        turn: Followable | None = self._running.get(turn_id)
         if turn is None:
             kept = self._finished.get(turn_id)
             if kept is not None and time.monotonic() - kept[1] <= self._ttl_s:
@@ -84,10 +84,11 @@ class TurnRegistry:
             del self._by_conversation[turn.conversation_id]
 
     def finished(self, turn: Turn) -> None:
-        """The turn's outcome is stored: followable a while longer, then forgotten."""
+        """The turn's outcome is stored: followable a while longer (what is left of it: its
+        reply and last event), then forgotten."""
         self._running.pop(turn.id, None)
         now = time.monotonic()
-        self._finished[turn.id] = (turn, now)
+        self._finished[turn.id] = (turn.replay(), now)
         while self._finished:
             _, at = next(iter(self._finished.values()))
             if len(self._finished) <= FINISHED_KEPT and now - at <= self._ttl_s:

@@ -9,9 +9,10 @@ are numbered: the deltas 1, 2, 3 ... as they came from the model, the end the ne
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from workers import job as jobs
 
@@ -21,6 +22,17 @@ QUEUE_POLL_S = 0.5  # how often a waiting follower re-reads its queue position
 # What a finished turn's job asks for: nothing. Its prompt (the history: kilobytes) is not
 # kept while the turn stays followable, only its reply.
 _SENT = jobs.CompletionRequest([], 0, 0.0)
+
+
+class _Discard:
+    """Where a finished job's events would go: nowhere (the job holds no path back to its
+    turn, so a finished turn is freed the moment the registry lets it go)."""
+
+    def put_nowait(self, item: jobs.Event) -> None:
+        """Drop it."""
+
+
+_DISCARD = _Discard()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,61 @@ Outcome = jobs.Finished | jobs.Failed
 Hook = Callable[["Turn"], None]
 
 
+class Followable(Protocol):
+    """A turn as its followers see it: running (Turn) or finished and kept a while (Replay)."""
+
+    id: str
+    user_id: int
+    conversation_id: int
+    user_message: MessageRow
+
+    @property
+    def model(self) -> str:
+        """The configured model's name ("" for an unnamed default)."""
+
+    @property
+    def end_id(self) -> int:
+        """The number of the end event."""
+
+    @property
+    def running(self) -> bool:
+        """Whether its reply is still being generated or stored."""
+
+    def follow(self, after: int = 0) -> AsyncGenerator[TurnEvent, None]:
+        """Its events after event number `after`."""
+
+
+class Replay:
+    """A finished turn kept for followers: only its reply, its events' ends and its last
+    event (a few objects, none the garbage collector has to walk but the end's own)."""
+
+    __slots__ = ("_end", "_ends", "_text", "conversation_id", "id", "model", "user_id",
+                 "user_message")
+
+    def __init__(self, turn: Turn, text: str, ends: list[int], end: Done | Failed) -> None:
+        self.id, self.user_id, self.model = turn.id, turn.user_id, turn.model
+        self.conversation_id, self.user_message = turn.conversation_id, turn.user_message
+        self._text, self._ends, self._end = text, array("q", ends), end
+
+    @property
+    def end_id(self) -> int:
+        """The number of the end event."""
+        return len(self._ends) + 1
+
+    @property
+    def running(self) -> bool:
+        """Never: it has ended."""
+        return False
+
+    async def follow(self, after: int = 0) -> AsyncGenerator[TurnEvent, None]:
+        """What came after event `after`, in one piece, then the end."""
+        count = len(self._ends)
+        seen = max(0, min(after, count))
+        if seen < count:
+            yield Delta(self._text[self._ends[seen - 1] if seen else 0:], count)
+        yield self._end
+
+
 class Turn:
     """One accepted chat turn: its stored user message, its job and what it has produced."""
 
@@ -97,6 +164,16 @@ class Turn:
         return len(self._ends) + 1
 
     @property
+    def model(self) -> str:
+        """The configured model's name ("" for an unnamed default)."""
+        return self.job.model
+
+    def replay(self) -> Replay:
+        """What is kept of the turn once it has ended (its last event pushed)."""
+        assert self.end is not None
+        return Replay(self, self._pieces[0] if self._pieces else "", self._ends, self.end)
+
+    @property
     def running(self) -> bool:
         """Whether the reply is still being generated or stored."""
         return self.end is None
@@ -116,7 +193,10 @@ class Turn:
         """The owner stored the outcome: this is the turn's last event."""
         text = "".join(self._pieces)
         self._pieces = self.job.partial = [text] if text else []  # one string from now on
-        self.job.request = _SENT
+        # Kept for followers a while: keep the reply, let go of the rest, and break the
+        # turn <-> job cycle, so no garbage collection pass is needed to free it later.
+        job = self.job
+        job.request, job.events, job.on_cancel_queued, job.task = _SENT, _DISCARD, None, None
         self.end = end
         self._wake()
 

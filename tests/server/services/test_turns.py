@@ -59,6 +59,9 @@ async def test_events_are_numbered_and_a_late_reader_gets_what_it_missed_in_one_
     assert [e async for e in turn.follow(3)] == [turns.Done(STORED, {}, "stop")]
     assert [e async for e in turn.follow(99)] == [turns.Done(STORED, {}, "stop")]
     assert turn.job.partial == ["abc"]
+    kept = turn.replay()  # what the registry keeps of it: the same events from any point
+    for after in (0, 1, 3, 99):
+        assert [e async for e in kept.follow(after)] == [e async for e in turn.follow(after)]
 
 
 async def test_two_followers_get_the_same_reply_live() -> None:
@@ -134,7 +137,9 @@ async def test_a_turn_is_found_by_its_owner_only_and_forgotten_after_its_time() 
     assert registry.running_in(1) is None
     turn.push(turns.Done(STORED, {}, "stop"))
     registry.finished(turn)
-    assert registry.find(7, turn.id) is turn  # still followable for a while
+    kept = registry.find(7, turn.id)  # still followable for a while: what is left of it
+    assert kept.id == turn.id and not kept.running and kept.end_id == turn.end_id
+    assert [e async for e in kept.follow()] == [turns.Done(STORED, {}, "stop")]
     await asyncio.sleep(0.3)
     with pytest.raises(TurnNotFound):
         registry.find(7, turn.id)
