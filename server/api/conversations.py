@@ -6,11 +6,15 @@ from aiohttp import web
 
 from .. import keys
 from ..middleware.auth import principal_of
+from ..middleware.errors import invalid
 from ..services.text import visible
 from .responses import json_response
-from .validation import ident, query_int, read_json, render_option, text
+from .validation import ident, number, query_int, read_json, render_option, text
 
 _TITLE = frozenset({"title"})
+_PATCH = frozenset({"title", "settings"})
+_SETTINGS = frozenset({"system_prompt", "temperature", "max_tokens"})
+MAX_SYSTEM_PROMPT_CHARS = 8000
 
 
 def _conversation_id(request: web.Request) -> int:
@@ -65,14 +69,40 @@ async def get_conversation(request: web.Request) -> web.Response:
 
 
 async def rename_conversation(request: web.Request) -> web.Response:
-    """Change the title."""
-    body = await read_json(request, _TITLE)
-    title = _title(body, required=True)
-    assert title is not None
-    row = await request.app[keys.CONVERSATIONS].rename(
-        _user_id(request), _conversation_id(request), title, _limits(request))
+    """Change the title and/or the conversation's own settings."""
+    body = await read_json(request, _PATCH)
+    if "title" not in body and "settings" not in body:
+        raise invalid("give 'title', 'settings' or both", "title")
+    title = _title(body, required="title" in body)  # given: it must be a title
+    changes = _settings(body.get("settings")) if "settings" in body else None
+    conversations, user_id = request.app[keys.CONVERSATIONS], _user_id(request)
+    conv_id = _conversation_id(request)
+    if title is not None:
+        row = await conversations.rename(user_id, conv_id, title, _limits(request))
+    if changes is not None:
+        row = await conversations.configure(user_id, conv_id, changes, _limits(request))
     return json_response({**row, "running_turn_id":
                           request.app[keys.CHAT].running_turn_id(row["id"])})
+
+
+def _settings(value: object) -> dict[str, object]:
+    """The settings to change: each key once, `null` to remove it; nothing else."""
+    if not isinstance(value, dict):
+        raise invalid("'settings' must be an object", "settings")
+    unknown = set(value) - _SETTINGS
+    if unknown:
+        raise invalid(f"unknown setting {sorted(unknown)[0]!r} (known: "
+                      f"{', '.join(sorted(_SETTINGS))})", "settings")
+    changes: dict[str, object] = {key: None for key in value if value[key] is None}
+    present = {key: v for key, v in value.items() if v is not None}
+    if "system_prompt" in present:
+        changes["system_prompt"] = text(present, "system_prompt",
+                                        max_len=MAX_SYSTEM_PROMPT_CHARS)
+    if "temperature" in present:
+        changes["temperature"] = number(present, "temperature", low=0, high=2)
+    if "max_tokens" in present:
+        changes["max_tokens"] = number(present, "max_tokens", low=1, high=32768, integer=True)
+    return changes
 
 
 async def delete_conversation(request: web.Request) -> web.Response:

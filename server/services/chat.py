@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+from typing import Any
 
 import orjson
 
@@ -120,17 +121,9 @@ class ChatService:
         except BaseException:
             place.release()
             raise
-        route = chosen or self._route_of(used)
-        settings = self._models.get(route.name)
-        request = CompletionRequest(
-            self._memory.prompt(history, stored["content"],
-                                settings.system_prompt if settings else None),
-            max_tokens if max_tokens is not None else
-            (settings.max_tokens if settings and settings.max_tokens else
-             self._defaults.max_tokens),
-            temperature if temperature is not None else
-            (settings.temperature if settings and settings.temperature is not None else
-             self._defaults.temperature))
+        route = chosen or self._route_of(used.model)
+        request = self._request(route, used.settings, history, stored["content"], max_tokens,
+                                temperature)
         # A conversation's turns go to one replica while it is healthy: its prefix cache
         # then holds the conversation's earlier turns.
         job = Job(owner=user_id, request=request, max_running=self._caps.running(limits),
@@ -170,6 +163,25 @@ class ChatService:
         default = self._router.default
         return [{"name": route.name, "default": route is default, "available": route.available}
                 for route in self._router.routes if route.name]
+
+    def _request(self, route: ModelRoute, own: dict[str, Any], history: list[dict[str, str]],
+                 message: str, max_tokens: int | None,
+                 temperature: float | None) -> CompletionRequest:
+        """What the model is asked: each setting from the turn, else the conversation's own
+        settings, else the model's defaults, else the `llm` and `memory` sections'."""
+        model = self._models.get(route.name)
+        system = own.get("system_prompt")
+        if system is None and model is not None:
+            system = model.system_prompt
+        tokens = max_tokens or own.get("max_tokens") or (model.max_tokens if model else 0) \
+            or self._defaults.max_tokens
+        if temperature is None:
+            temperature = own.get("temperature")
+        if temperature is None and model is not None:
+            temperature = model.temperature
+        return CompletionRequest(
+            self._memory.prompt(history, message, system), int(tokens),
+            float(temperature if temperature is not None else self._defaults.temperature))
 
     def _route_of(self, model: str | None) -> ModelRoute:
         """The conversation's model, or the first one if it has none (or it is gone)."""

@@ -54,6 +54,13 @@ class ConversationService:
         return await self._conversations.rename(user_id, conversation_id, title,
                                                 self._caps.quota(limits))
 
+    async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
+                        limits: Overrides = None) -> ConversationRow:
+        """Change some of the conversation's own settings (a None value removes one); its
+        turns use them from the next one on."""
+        return await self._conversations.configure(user_id, conversation_id, changes,
+                                                   self._caps.quota(limits))
+
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation and its messages."""
         await self._conversations.delete(user_id, conversation_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import MemoryConfig
 from ..storage import NO_QUOTA, MessageStore, Quota
-from ..storage.rows import HistoryRows, MessageRow
+from ..storage.rows import ConversationUse, HistoryRows, MessageRow
 
 _OVERHEAD_TOKENS = 4  # per message: role and separators in the chat template
 
@@ -30,7 +30,7 @@ class MemoryManager:
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, quota: Quota = NO_QUOTA, model: str | None = None
-                               ) -> tuple[int, MessageRow, list[dict[str, str]], str | None]:
+                               ) -> tuple[int, MessageRow, list[dict[str, str]], ConversationUse]:
         """Store the user's message (within their caps) and get the history before it and
         the conversation's model (`model`, if given, becomes it), in the same transaction."""
         conv, stored, rows, used = await self._messages.add_user_message(
@@ -40,7 +40,7 @@ class MemoryManager:
 
     async def rewind(self, user_id: int, conversation_id: int, edit: tuple[int, str] | None,
                      quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, list[dict[str, str]], str | None]:
+                     ) -> tuple[MessageRow, list[dict[str, str]], ConversationUse]:
         """Drop the replies after the last user message (maybe editing it, within the user's
         caps); return it, the history before it and the conversation's model."""
         stored, rows, used = await self._messages.rewind(

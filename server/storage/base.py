@@ -9,6 +9,7 @@ from .rows import (
     AdminUserRow,
     AuditRow,
     ConversationRow,
+    ConversationUse,
     HistoryRows,
     KeyRow,
     MessageRow,
@@ -105,6 +106,11 @@ class ConversationStore(Protocol):
                      quota: Quota = NO_QUOTA) -> ConversationRow:
         """Change the title (NotFound; StorageQuotaExceeded if a longer title passes it)."""
 
+    async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
+                        quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Change some of a conversation's settings, None removing one (NotFound;
+        StorageQuotaExceeded: no change)."""
+
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation and its messages (NotFound)."""
 
@@ -115,10 +121,11 @@ class MessageStore(Protocol):
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, history: int = 0, quota: Quota = NO_QUOTA,
                                model: str | None = None
-                               ) -> tuple[int, MessageRow, HistoryRows, str | None]:
+                               ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
         """Store a user's message (creating the conversation when none is given) and return
         its conversation, the row, up to `history` earlier messages, newest first, and the
-        conversation's model (`model`, if given, becomes it) (TooManyConversations,
+        conversation's model and settings (`model`, if given, becomes its model)
+        (TooManyConversations,
         StorageQuotaExceeded: nothing stored)."""
 
     async def add(self, conversation_id: int, role: str, content: str,
@@ -130,7 +137,7 @@ class MessageStore(Protocol):
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None = None, history: int = 0,
                      quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, HistoryRows, str | None]:
+                     ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
         """Drop what followed the last user message (editing it if asked); return it, up to
         `history` messages before it, newest first, and the conversation's model
         (StorageQuotaExceeded: no change)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import orjson
 
@@ -51,6 +51,14 @@ class ConversationRow(TypedDict):
     updated_at: str
     message_count: int
     model: str | None  # the model its turns use (None: the first configured)
+    settings: dict[str, Any]  # its own system_prompt, temperature, max_tokens ({}: none)
+
+
+class ConversationUse(NamedTuple):
+    """What a turn needs of its conversation besides history: its model and settings."""
+
+    model: str | None
+    settings: dict[str, Any]
 
 
 class MessageRow(TypedDict):

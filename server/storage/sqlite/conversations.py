@@ -6,13 +6,15 @@ import re
 import sqlite3
 from typing import Any, cast
 
+import orjson
+
 from ..base import NO_QUOTA, Quota
 from ..errors import InvalidCursor, NotFound
 from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
 from .quotas import check
 
-_COLUMNS = "id, title, created_at, updated_at, message_count, model"
+_COLUMNS = "id, title, created_at, updated_at, message_count, model, settings"
 
 
 class SqliteConversations:
@@ -34,7 +36,7 @@ class SqliteConversations:
                 (user_id, title, now, now),
             )
             return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
-                    "updated_at": now, "message_count": 0, "model": None}
+                    "updated_at": now, "message_count": 0, "model": None, "settings": {}}
 
         return await self._db.write(op)
 
@@ -105,6 +107,31 @@ class SqliteConversations:
         return _conversation(row)
 
 
+    async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
+                        quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Change some of a conversation's settings (None removes one), in one transaction;
+        their text counts towards the user's caps."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            old = conn.execute("SELECT settings FROM conversations WHERE id = ? AND user_id = ?",
+                               (conversation_id, user_id)).fetchone()
+            if old is None:
+                return None
+            merged = {**(orjson.loads(old[0]) if old[0] else {}), **changes}
+            kept = {key: value for key, value in merged.items() if value is not None}
+            text = orjson.dumps(kept).decode() if kept else ""
+            if quota.chars:
+                check(conn, user_id, quota, chars=len(text) - len(old[0]))
+            return conn.execute(
+                "UPDATE conversations SET settings = ? WHERE id = ? AND user_id = ? "
+                f"RETURNING {_COLUMNS}",
+                (text, conversation_id, user_id)).fetchone()
+
+        row = await self._db.write(op)
+        if row is None:
+            raise NotFound("conversation not found")
+        return _conversation(row)
+
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation; its messages (and their search entries) go with it."""
 
@@ -119,7 +146,8 @@ class SqliteConversations:
 
 def _conversation(row: Any) -> ConversationRow:
     return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
-            "message_count": row[4], "model": row[5]}
+            "message_count": row[4], "model": row[5],
+            "settings": orjson.loads(row[6]) if row[6] else {}}
 
 
 # A cursor is the last row's sort key as text, "<updated_at>_<id>", e.g.

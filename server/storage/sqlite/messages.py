@@ -9,7 +9,7 @@ import orjson
 
 from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
-from ..rows import HistoryRows, MessageRow, now_iso
+from ..rows import ConversationUse, HistoryRows, MessageRow, now_iso
 from .db import Database
 from .quotas import check
 
@@ -32,14 +32,14 @@ class SqliteMessages:
     async def add_user_message(self, user_id: int, conversation_id: int | None,
                                content: str, title: str, history: int = 0,
                                quota: Quota = NO_QUOTA, model: str | None = None
-                               ) -> tuple[int, MessageRow, HistoryRows, str | None]:
+                               ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
         """Store a user's message (creating the conversation when none is given) and return up to
         `history` earlier messages, newest first, all in one transaction: no separate read.
         The user's caps are checked in the same transaction: over one, nothing is stored.
-        `model` (if given) becomes the conversation's; the conversation's model is returned."""
+        `model` (if given) becomes the conversation's; its model and settings are returned."""
         now = now_iso()
 
-        def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows, str | None]:
+        def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             conv = conversation_id
             new = int(conv is None)
             check(conn, user_id, quota, conversations=new,
@@ -59,11 +59,11 @@ class SqliteMessages:
                     (conv, content, now, user_id, conv, user_id))
                 if cur.rowcount == 0:
                     raise NotFound("conversation not found")
-                model_now = _model(conn, conv, model)
+                use = _use(conn, conv, model)
             ident = cast(int, cur.lastrowid)
             rows = _history(conn, conv, ident, history) if conversation_id is not None else []
             return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
-                          "created_at": now}, rows, model if new else model_now
+                          "created_at": now}, rows, ConversationUse(model, {}) if new else use
 
         return await self._db.write(op)
 
@@ -100,12 +100,12 @@ class SqliteMessages:
     async def rewind(self, user_id: int, conversation_id: int,
                      edit: tuple[int, str] | None = None, history: int = 0,
                      quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, HistoryRows, str | None]:
+                     ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
         """Drop everything after the conversation's last user message (editing it if asked);
         return that message, up to `history` messages before it, newest first, and the
         conversation's model (set to `model` if given)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, str | None]:
+        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, ConversationUse]:
             row = conn.execute(
                 "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
                 "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
@@ -123,16 +123,19 @@ class SqliteMessages:
                 conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
             return {"id": row[0], "role": "user", "content": content, "status": row[3],
                     "created_at": row[4]}, _history(conn, conversation_id, row[0], history), \
-                _model(conn, conversation_id, model)
+                _use(conn, conversation_id, model)
 
         return await self._db.write(op)
 
 
-def _model(conn: sqlite3.Connection, conversation_id: int, model: str | None) -> str | None:
-    """Set the conversation's model if one is given; return its model (None: the default)."""
+def _use(conn: sqlite3.Connection, conversation_id: int,
+         model: str | None) -> ConversationUse:
+    """Set the conversation's model if one is given; return its model (None: the default)
+    and settings."""
     if model is not None:
         conn.execute("UPDATE conversations SET model = ? WHERE id = ?", (model, conversation_id))
-        return model
-    row = conn.execute("SELECT model FROM conversations WHERE id = ?",
+    row = conn.execute("SELECT model, settings FROM conversations WHERE id = ?",
                        (conversation_id,)).fetchone()
-    return None if row is None else cast(str | None, row[0])
+    if row is None:
+        return ConversationUse(model, {})
+    return ConversationUse(row[0], orjson.loads(row[1]) if row[1] else {})

@@ -206,7 +206,23 @@ V8 = """
 ALTER TABLE messages ADD COLUMN error TEXT;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8]
+# Per-conversation settings (system prompt, temperature, max tokens) as JSON; '' = none. They
+# count towards the user's stored characters like titles and messages.
+V9 = """
+ALTER TABLE conversations ADD COLUMN settings TEXT NOT NULL DEFAULT '';
+CREATE TRIGGER user_storage_conv_settings_au AFTER UPDATE OF settings ON conversations BEGIN
+    UPDATE user_storage SET chars = chars - length(old.settings) + length(new.settings)
+        WHERE user_id = new.user_id;
+END;
+DROP TRIGGER user_storage_conv_ad;
+CREATE TRIGGER user_storage_conv_ad AFTER DELETE ON conversations BEGIN
+    UPDATE user_storage SET conversations = conversations - 1,
+        chars = chars - length(old.title) - length(old.settings)
+        WHERE user_id = old.user_id;
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9]
 LATEST = len(MIGRATIONS)
 
 

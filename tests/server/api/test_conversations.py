@@ -18,7 +18,7 @@ from server.services.memory import MemoryManager
 from tests.support.app import User, db_of, error_of, make_config, storage_of
 
 CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count", "model",
-             "running_turn_id"}
+             "running_turn_id", "settings"}
 MSG_KEYS = {"id", "role", "content", "status", "created_at"}
 
 
@@ -398,6 +398,13 @@ async def test_ids_never_probe(http: aiohttp.ClientSession, register: Any) -> No
     ({"title": True}, "title"),
     ({"title": "nul\x00byte"}, "title"),
     ({"title": "ok", "pinned": True}, "pinned"),
+    ({"settings": []}, "settings"),
+    ({"settings": {"colour": "red"}}, "settings"),
+    ({"settings": {"temperature": 3}}, "temperature"),
+    ({"settings": {"max_tokens": 0}}, "max_tokens"),
+    ({"settings": {"max_tokens": 1.5}}, "max_tokens"),
+    ({"settings": {"system_prompt": "x" * 8001}}, "system_prompt"),
+    ({"title": "ok", "settings": {"temperature": "hot"}}, "temperature"),
 ])
 async def test_patch_rejects_bad_fields(http: aiohttp.ClientSession, register: Any, body: Any,
                                         field: str) -> None:
