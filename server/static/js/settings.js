@@ -43,10 +43,10 @@ const fields = [
     h("textarea", { rows: "5", maxlength: "8000", spellcheck: "true" }),
     "Up to 8,000 characters, sent ahead of every turn. Empty: no system prompt at all."),
   field("temperature", "Temperature",
-    h("input", { type: "number", min: "0", max: "2", step: "0.01", inputmode: "decimal" }),
+    h("input", { type: "number", min: "0", max: "2", step: "0.01", inputmode: "decimal", placeholder: "Default" }),
     "From 0 (focused) to 2 (varied)."),
   field("max_tokens", "Max tokens",
-    h("input", { type: "number", min: "1", max: "32768", step: "1", inputmode: "numeric" }),
+    h("input", { type: "number", min: "1", max: "32768", step: "1", inputmode: "numeric", placeholder: "Default" }),
     "The longest a reply may be, from 1 to 32,768 tokens."),
 ];
 const status = h("p", { class: "form-error", id: "set-error", role: "alert" });
