@@ -70,6 +70,7 @@ function signedIn(who) {
   }
   sidebar.resume();
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
+  import("./settings.js").catch(() => {}); // the conversation settings panel
   import("./turns.js").catch(() => {}); // streaming, ready before the first Send
   if (!started) {
     started = true;

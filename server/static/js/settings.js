@@ -1,0 +1,155 @@
+// The conversation's own settings (system prompt, temperature, max tokens), loaded after sign-in:
+// a button in the chat header opens a <dialog> that shows them (GET /api/conversations/{id})
+// and saves them (PATCH .../{id} with {settings}). A new chat has no conversation yet, so the
+// button stays disabled until its first turn has made one.
+
+import { $, h, icon, announce } from "./dom.js";
+import { api } from "./api.js";
+import * as chat from "./chat.js";
+
+// The panel's styles come with it, not with the first load.
+const sheet = h("link", { rel: "stylesheet", href: "/static/settings.css" });
+await new Promise((resolve) => {
+  sheet.addEventListener("load", resolve);
+  sheet.addEventListener("error", resolve); // unstyled is still usable
+  document.head.append(sheet);
+});
+
+const NEW_CHAT = "Settings: send a first message to start the conversation";
+const open = h("button", { type: "button", class: "icon-btn conv-settings", id: "conv-settings",
+  "aria-haspopup": "dialog", "aria-label": "Conversation settings", title: "Conversation settings" },
+icon("sliders"));
+$("title").after(open);
+
+/** One setting: its input, and a "use the default" checkbox that clears it to null. */
+function field(key, label, input, note) {
+  input.id = `set-${key}`;
+  const hint = h("span", { class: "hint", id: `set-${key}-hint` }, note);
+  input.setAttribute("aria-describedby", hint.id);
+  const dflt = h("input", { type: "checkbox", id: `set-${key}-default` });
+  const row = h("div", { class: "set-field" },
+    h("label", { for: input.id }, label), input, hint,
+    h("label", { class: "set-default" }, dflt, `Use the default ${label.toLowerCase()}`));
+  dflt.addEventListener("change", () => {
+    input.disabled = dflt.checked;
+    input.required = !dflt.checked && input.type === "number";
+    if (!dflt.checked) input.focus();
+  });
+  return { key, input, dflt, row };
+}
+
+const fields = [
+  field("system_prompt", "System prompt",
+    h("textarea", { rows: "5", maxlength: "8000", spellcheck: "true" }),
+    "Up to 8,000 characters, sent ahead of every turn. Empty: no system prompt at all."),
+  field("temperature", "Temperature",
+    h("input", { type: "number", min: "0", max: "2", step: "0.01", inputmode: "decimal", placeholder: "Default" }),
+    "From 0 (focused) to 2 (varied)."),
+  field("max_tokens", "Max tokens",
+    h("input", { type: "number", min: "1", max: "32768", step: "1", inputmode: "numeric", placeholder: "Default" }),
+    "The longest a reply may be, from 1 to 32,768 tokens."),
+];
+const status = h("p", { class: "form-error", id: "set-error", role: "alert" });
+const save = h("button", { type: "submit", class: "btn primary" }, "Save");
+const cancel = h("button", { type: "button", class: "btn" }, "Cancel");
+const form = h("form", { class: "set-form" },
+  h("h2", { id: "set-title" }, "Conversation settings"),
+  h("p", { class: "hint" }, "These apply to every turn of this conversation. "
+    + "A setting left on its default follows the model's."),
+  ...fields.map((f) => f.row), status, h("div", { class: "row" }, cancel, save));
+const dialog = h("dialog", { class: "settings", id: "settings", "aria-labelledby": "set-title" }, form);
+document.body.append(dialog);
+
+let conv = null; // the conversation the open panel shows
+let busy = null; // AbortController of the load or save under way
+
+/** Follow the conversation on screen: the button is usable once there is one. */
+function sync() {
+  const none = chat.current() == null;
+  open.disabled = none;
+  open.title = none ? NEW_CHAT : "Conversation settings";
+}
+new MutationObserver(sync).observe($("title"), { childList: true, characterData: true, subtree: true });
+addEventListener("hashchange", sync);
+sync();
+
+function fill(settings) {
+  for (const f of fields) {
+    const v = settings[f.key];
+    f.dflt.checked = v == null;
+    f.input.value = v == null ? "" : String(v);
+    f.input.disabled = v == null;
+    f.input.required = v != null && f.input.type === "number";
+  }
+}
+
+function busyWith(on) {
+  for (const f of fields) f.dflt.disabled = on;
+  save.disabled = on;
+  dialog.setAttribute("aria-busy", String(on));
+}
+
+function close() {
+  busy?.abort();
+  busy = null;
+  if (dialog.open) dialog.close();
+  open.focus();
+}
+
+open.addEventListener("click", async () => {
+  conv = chat.current();
+  if (conv == null) return;
+  status.textContent = "";
+  fill({});
+  busyWith(true);
+  dialog.showModal();
+  fields[0].dflt.focus();
+  const controller = (busy = new AbortController());
+  try {
+    const c = await api("GET", `/api/conversations/${conv}`, undefined, { signal: controller.signal });
+    if (controller !== busy) return;
+    fill(c.settings ?? {});
+    busyWith(false);
+    (fields.find((f) => !f.dflt.checked)?.input ?? fields[0].dflt).focus();
+  } catch (err) {
+    if (err.name === "AbortError" || controller !== busy) return;
+    if (err.status === 401) { close(); return; } // the login form takes over
+    status.textContent = `The settings could not be loaded: ${err.message}`;
+  }
+});
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!form.reportValidity()) return;
+  const settings = {};
+  for (const f of fields) {
+    settings[f.key] = f.dflt.checked ? null
+      : f.input.type === "number" ? Number(f.input.value) : f.input.value;
+  }
+  status.textContent = "";
+  busyWith(true);
+  const controller = (busy = new AbortController());
+  try {
+    await api("PATCH", `/api/conversations/${conv}`, { settings }, { signal: controller.signal });
+    if (controller !== busy) return;
+    busy = null;
+    close();
+    announce("Settings saved. They apply from the next turn.");
+  } catch (err) {
+    if (err.name === "AbortError" || controller !== busy) return;
+    busyWith(false);
+    if (err.status === 401) { close(); return; }
+    const field = fields.find((f) => f.key === err.detail?.field);
+    status.textContent = `The settings were not saved: ${err.message}`;
+    field?.input.focus();
+  }
+});
+
+cancel.addEventListener("click", close);
+// Esc closes the panel only: the page's own Esc (stop the reply) must not see it.
+dialog.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  event.preventDefault();
+  close();
+});
+dialog.addEventListener("close", () => { busy?.abort(); busy = null; });
