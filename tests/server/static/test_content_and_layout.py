@@ -159,6 +159,7 @@ async def test_copy_drawer_and_live_dark_mode(web: Web) -> None:
 
 RICH = ("Code:\n\n```python\ndef area(r):\n    return \"circle\"  # note\n```\n\n"
         "Inline $E=mc^2$ costs $5 and $10, and\n\n$$\n\\frac{a}{b}\n$$\n")
+CODE_CSS_IN = "() => [...document.styleSheets].some((s) => s.href?.endsWith('/static/code.css'))"
 COLOURS = """(reply) => Object.fromEntries(["k", "s2", "c1", "nf"].map((c) =>
   [c, getComputedStyle(reply.querySelector("pre.hl ." + c)).color]))"""
 
@@ -179,8 +180,7 @@ async def test_code_is_highlighted_light_and_dark_and_math_is_mathml(web: Web) -
     code = body.locator("pre.hl code.language-python")
     await expect(code).to_have_text('def area(r):\n    return "circle"  # note\n')
     await expect(body.locator("[style]")).to_have_count(0)  # classes only, under the CSP
-    await page.wait_for_function("() => [...document.styleSheets].some("
-                                 "(s) => s.href?.endsWith('/static/code.css'))")
+    await page.wait_for_function(CODE_CSS_IN)
     element = await body.element_handle()
     light = await page.evaluate(COLOURS, element)
     assert len(set(light.values())) == 4, light  # keyword, string, comment, name: all differ
@@ -241,6 +241,7 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
     await page.set_viewport_size({"width": 1280, "height": 860})
     await web.open(f"/#/c/{conv}")
     await expect(messages(page)).to_have_count(4)
+    await page.wait_for_function(CODE_CSS_IN)  # the code in its colours
     await page.locator("#input").fill("Thanks! Can it also follow the file as it grows?")
     await page.locator("#input").blur()
     await page.screenshot(path=str(out / "screenshot-light.png"))
