@@ -23,10 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .markdown import render, warm_up
-
-__all__ = ["Renderer", "RenderStats", "render"]
-
 if TYPE_CHECKING:  # the render process imports this module: keep its imports light
     from ..config import RenderConfig
 
@@ -38,6 +34,13 @@ _ROOT = Path(__file__).resolve().parents[2]  # where `server` is importable from
 _READY = b"R"  # the render process's first byte: imported, ready for work
 MIN_CPU_S = 0.1  # CPU time any reply may take, however short
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start Python
+
+
+def render(markdown: str, rich_cpu_s: float = float("inf")) -> str:
+    """Sanitised HTML for one message (server/services/markdown.py does it)."""
+    # Imported where rendering runs: the server process need not hold Pygments and latex2mathml.
+    from .markdown import render as render_markdown
+    return render_markdown(markdown, rich_cpu_s)
 
 
 @dataclass
@@ -319,7 +322,8 @@ def _serve() -> None:
         os.nice(5)  # the server's event loop goes first when the cores are busy
     # CPU time, not wall time: a busy machine slows a render down but does not fail it.
     signal.signal(signal.SIGPROF, _over_time)
-    warm_up()  # lexer imports are start-up, not any reply's CPU time
+    from .markdown import warm_up
+    warm_up()  # imports are start-up, not any reply's CPU time
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     sink.write(_READY)
     sink.flush()
