@@ -48,15 +48,20 @@ def rules(decls: dict[str, str]) -> str:
     return "\n".join(f"{','.join(sel)}{{{css}}}" for css, sel in sorted(groups.items()))
 
 
-def main() -> None:
-    """Write the stylesheet."""
+def stylesheet() -> str:
+    """The whole of code.css."""
     light = declarations(get_style_by_name(LIGHT), full=False)
     dark = declarations(get_style_by_name(DARK), full=True)
     # A reset matters only where the light style set something.
     dark = {k: v for k, v in dark.items() if k in light or "#" in v or "bold" in v
             or "italic" in v}
-    text = (HEAD.format(light=LIGHT, dark=DARK) + rules(light) + "\n"
+    return (HEAD.format(light=LIGHT, dark=DARK) + rules(light) + "\n"
             + "@media (prefers-color-scheme:dark){\n" + rules(dark) + "\n}\n")
+
+
+def main() -> None:
+    """Write the stylesheet."""
+    text = stylesheet()
     OUT.write_text(text)
     print(f"{OUT}: {len(text)} bytes")
 

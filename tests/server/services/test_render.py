@@ -13,6 +13,7 @@ import pytest
 from server.config import RenderConfig
 from server.services.markdown import MATH_TAGS
 from server.services.render import _ENTRY_OVERHEAD, Renderer, _FairJobs, _HtmlCache, _Job, render
+from tools import code_css
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
@@ -79,6 +80,11 @@ def test_fences_are_highlighted_with_classes_only() -> None:
     for markdown in ("```\nx = 1\n```", "```nolang\nx = 1\n```", "```text\nx = 1\n```"):
         plain = render(markdown)  # no language or one Pygments does not know: as before
         assert "<span" not in plain and 'class="hl"' not in plain and "x = 1\n" in plain
+
+
+def test_the_code_stylesheet_is_what_its_generator_writes() -> None:
+    """server/static/code.css is generated: regenerate it (tools/code_css.py), never hand-edit."""
+    assert code_css.OUT.read_text() == code_css.stylesheet()
 
 
 @pytest.mark.parametrize("hostile", [
