@@ -1,11 +1,12 @@
-"""Markdown to safe HTML: markdown-it-py with raw HTML off, then nh3 sanitising the result.
+"""Markdown to safe HTML in child processes, each stored reply once, within CPU caps.
 
-`render` is the one renderer (the chat stream and conversation reads both use it). `Renderer`
-decides when it runs: each stored reply at most once while it stays in a bounded cache, in
-child processes (`python -m server.services.render`: Markdown parsing is pure-Python CPU work
-that in a thread would share the GIL with the event loop), which give up on a reply that takes
-more CPU time than its length allows (pathological Markdown costs ~10x ordinary Markdown per
-character), and never more than a bounded amount of work for one request.
+`render` (server/services/markdown.py) is the one renderer (the chat stream and conversation
+reads both use it). `Renderer` decides when it runs: each stored reply at most once while it
+stays in a bounded cache, in child processes (`python -m server.services.render`: Markdown
+parsing is pure-Python CPU work that in a thread would share the GIL with the event loop),
+which give up on a reply that takes more CPU time than its length allows (pathological
+Markdown costs ~10x ordinary Markdown per character), and never more than a bounded amount of
+work for one request.
 """
 
 from __future__ import annotations
@@ -22,22 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nh3
-from markdown_it import MarkdownIt
-
 if TYPE_CHECKING:  # the render process imports this module: keep its imports light
     from ..config import RenderConfig
 
 log = logging.getLogger(__name__)
 
-_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}) \
-    .enable(["table", "strikethrough"])
-_TAGS = {
-    "p", "br", "hr", "em", "strong", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
-    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td",
-}
-# No style attributes: the Content-Security-Policy forbids inline styles anyway.
-_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}}
 _ENTRY_OVERHEAD = 200  # a cache entry's bookkeeping, beyond its HTML's characters
 _FAILED = 0xFFFFFFFF  # the length the render process answers when `render` gave up or raised
 _ROOT = Path(__file__).resolve().parents[2]  # where `server` is importable from
@@ -46,13 +36,11 @@ MIN_CPU_S = 0.1  # CPU time any reply may take, however short
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start Python
 
 
-def render(markdown: str) -> str:
-    """Sanitised HTML for one message: no raw HTML, no images, only http/https/mailto links."""
-    html = _MD.render(markdown)
-    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES,
-                     url_schemes={"http", "https", "mailto"},
-                     link_rel="noopener noreferrer", strip_comments=True,
-                     set_tag_attribute_values={"a": {"target": "_blank"}})
+def render(markdown: str, rich_cpu_s: float = float("inf")) -> str:
+    """Sanitised HTML for one message (server/services/markdown.py does it)."""
+    # Imported where rendering runs: the server process need not hold Pygments and latex2mathml.
+    from .markdown import render as render_markdown
+    return render_markdown(markdown, rich_cpu_s)
 
 
 @dataclass
@@ -334,6 +322,8 @@ def _serve() -> None:
         os.nice(5)  # the server's event loop goes first when the cores are busy
     # CPU time, not wall time: a busy machine slows a render down but does not fail it.
     signal.signal(signal.SIGPROF, _over_time)
+    from .markdown import warm_up
+    warm_up()  # imports are start-up, not any reply's CPU time
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     sink.write(_READY)
     sink.flush()
@@ -343,7 +333,8 @@ def _serve() -> None:
         try:
             signal.setitimer(signal.ITIMER_PROF, cpu_s)
             try:
-                html = render(text)
+                # Half the allowance at most for highlighting and math: then plain, not failed.
+                html = render(text, rich_cpu_s=cpu_s / 2)
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
             data = html.encode("utf-8", "surrogatepass")

@@ -1,7 +1,7 @@
 // Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/keys, #/admin).
 // No token, no storage: the HttpOnly session cookie is the only credential.
 
-import { $, announce } from "./dom.js";
+import { $, announce, h } from "./dom.js";
 import { api, onUnauthorized } from "./api.js";
 import * as auth from "./auth.js";
 import * as sidebar from "./sidebar.js";
@@ -74,6 +74,8 @@ function signedIn(who) {
   import("./turns.js").catch(() => {}); // streaming, ready before the first Send
   if (!started) {
     started = true;
+    // Colours of the server's code highlighting and math layout: not needed on the login page.
+    document.head.append(h("link", { rel: "stylesheet", href: "/static/code.css" }));
     addEventListener("hashchange", () => route());
   }
   route(returning); // back to where the user was

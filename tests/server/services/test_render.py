@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from server.config import RenderConfig
+from server.services.markdown import MATH_TAGS
 from server.services.render import _ENTRY_OVERHEAD, Renderer, _FairJobs, _HtmlCache, _Job, render
+from tools import code_css
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
@@ -54,13 +56,107 @@ def test_hostile_markdown_is_inert(hostile: str) -> None:
                 assert (value or "").startswith(("https://", "http://", "mailto:")), value
 
 
+def text_of(html: str) -> str:
+    """The text a reader sees (and copies) from the HTML."""
+    parts: list[str] = []
+
+    class Text(HTMLParser):
+        def handle_data(self, data: str) -> None:
+            parts.append(data)
+
+    Text().feed(html)
+    return "".join(parts)
+
+
+def test_fences_are_highlighted_with_classes_only() -> None:
+    source = 'def f(x):\n    return "<b>" + x  # note\n'
+    html = render(f"```python\n{source}```")
+    assert html.startswith('<pre class="hl"><code class="language-python">')
+    spans = [dict(attrs) for tag, attrs in elements(html) if tag == "span"]
+    classes = {span["class"] for span in spans}
+    assert {"k", "nf", "s2", "c1"} <= classes, classes  # keyword, function, string, comment
+    assert all(set(span) == {"class"} for span in spans)  # no style, nothing else
+    assert text_of(html) == source + "\n"  # the code unchanged (for Copy code), then a newline
+    for markdown in ("```\nx = 1\n```", "```nolang\nx = 1\n```", "```text\nx = 1\n```"):
+        plain = render(markdown)  # no language or one Pygments does not know: as before
+        assert "<span" not in plain and 'class="hl"' not in plain and "x = 1\n" in plain
+
+
+def test_the_code_stylesheet_is_what_its_generator_writes() -> None:
+    """server/static/code.css is generated: regenerate it (tools/code_css.py), never hand-edit."""
+    assert code_css.OUT.read_text() == code_css.stylesheet()
+
+
+@pytest.mark.parametrize("hostile", [
+    "```html\n<script>alert(1)</script><img src=x onerror=alert(1)>\n```",
+    '```js" onmouseover="alert(1)\nx\n```',
+    "```python\n</code></pre><script>alert(1)</script>\n```",
+    "$\\text{<script>alert(1)</script>}$",
+    "$\\text{<img src=x onerror=alert(1)>}$",
+    "$\\href{javascript:alert(1)}{x}$",
+    "$$\n\\href{javascript:alert(1)}{x} <svg onload=alert(1)>\n$$",
+    "$x$ <math><mi href=javascript:alert(1)>y</mi></math>",
+    "$\\color{red\" onclick=\"alert(1)}{x}$",
+    "$\\mathrm{</math><script>alert(1)</script>}$",
+])
+def test_hostile_code_and_math_are_inert(hostile: str) -> None:
+    """Markup inside fences and formulas is text: only safe elements, no handlers, no href."""
+    for tag, attrs in elements(render(hostile)):
+        assert tag in SAFE_TAGS | MATH_TAGS | {"span"}, (hostile, tag)
+        for name, _ in attrs:
+            assert not name.startswith("on") and name not in {"style", "href", "src"}, (
+                hostile, name)
+            if name == "class":
+                assert tag in {"span", "pre", "code"}, (hostile, tag)
+
+
+def test_math_becomes_mathml_with_its_source() -> None:
+    html = render("Energy: $E=mc^2$.\n\n$$\n\\frac{a}{b} < \\sqrt{x}\n$$\n")
+    assert '<math display="inline"><semantics><mrow><mi>E</mi><mo>=</mo>' in html
+    assert "<msup><mi>c</mi><mn>2</mn></msup>" in html
+    assert '<math display="block"><semantics>' in html and "<mfrac>" in html
+    assert "<msqrt>" in html and "<mo>&lt;</mo>" in html
+    # The LaTeX stays in the page for copying, as the annotation browsers do not display.
+    assert '<annotation encoding="application/x-tex">E=mc^2</annotation>' in html
+    assert '<annotation encoding="application/x-tex">\\frac{a}{b} &lt; \\sqrt{x}' in html
+
+
+def test_malformed_math_is_shown_as_its_source() -> None:
+    html = render("before $\\frac{1}{$ after\n\n$$\n\\frac{\n$$\n\nend **ok**")
+    assert "<math" not in html
+    assert "<p>before <code>$\\frac{1}{$</code> after</p>" in html
+    assert "<pre><code>$$\n\\frac{\n$$</code></pre>" in html
+    assert "<strong>ok</strong>" in html  # the rest of the reply is rendered as usual
+
+
+def test_past_its_cpu_share_a_reply_renders_plain_instead_of_failing() -> None:
+    markdown = "**a** $x^2$\n\n```python\nx = 1\n```\n"
+    assert "<math" in render(markdown) and "<span" in render(markdown)
+    html = render(markdown, rich_cpu_s=0)
+    assert "<strong>a</strong> <code>$x^2$</code>" in html  # the formula as its source
+    assert '<pre><code class="language-python">x = 1\n</code></pre>' in html  # plain code
+
+
+@pytest.mark.parametrize("prose", [
+    "It costs $5 and $10 at most.",
+    "Between $5 and $10.",
+    "Pay $ 5 or $ 10.",
+    "A $ sign, then another $ sign.",
+    "Shell: echo $HOME and $PATH",
+])
+def test_dollars_in_prose_stay_text(prose: str) -> None:
+    html = render(prose)
+    assert "<math" not in html and text_of(html).strip() == prose, html
+
+
 def test_markdown_renders_and_links_are_safe() -> None:
     html = render("**bold** `code` [site](https://example.org) [mail](mailto:a@b.c)\n\n"
                   "```python\nprint(1)\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |")
     assert "<strong>bold</strong>" in html and "<code>code</code>" in html
     assert '<a href="https://example.org" target="_blank" rel="noopener noreferrer">' in html
     assert 'href="mailto:a@b.c"' in html
-    assert '<pre><code class="language-python">print(1)' in html and "<table>" in html
+    assert '<pre class="hl"><code class="language-python"><span class="nb">print</span>' in html
+    assert "<table>" in html
 
 
 def test_cache_drops_the_least_recently_used_beyond_its_bound() -> None:

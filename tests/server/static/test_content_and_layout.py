@@ -16,9 +16,11 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server import keys
+from server.middleware.headers import CSP
 from tests.support.paths import ROOT
 from tests.support.web import Web, messages, rows
 
+MATHML = "http://www.w3.org/1998/Math/MathML"
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 
@@ -152,6 +154,55 @@ async def test_copy_drawer_and_live_dark_mode(web: Web) -> None:
     await web.axe()
 
 
+# ---- code highlighting and math ----------------------------------------------------------------
+
+
+RICH = ("Code:\n\n```python\ndef area(r):\n    return \"circle\"  # note\n```\n\n"
+        "Inline $E=mc^2$ costs $5 and $10, and\n\n$$\n\\frac{a}{b}\n$$\n")
+CODE_CSS_IN = "() => [...document.styleSheets].some((s) => s.href?.endsWith('/static/code.css'))"
+COLOURS = """(reply) => Object.fromEntries(["k", "s2", "c1", "nf"].map((c) =>
+  [c, getComputedStyle(reply.querySelector("pre.hl ." + c)).color]))"""
+
+
+async def test_code_is_highlighted_light_and_dark_and_math_is_mathml(web: Web) -> None:
+    page = web.page
+    await web.user()
+    await web.sim_config(echo=True)
+    response = await page.goto("/")
+    assert response is not None
+    await expect(page.locator("#who")).not_to_be_empty()
+    csp = response.headers["content-security-policy"]
+    assert csp == CSP and "'unsafe-inline'" not in csp and "style-src 'self'" in csp
+    await web.send(RICH)
+    await web.idle()
+    reply = messages(page, "assistant").last
+    body = reply.locator(".body")
+    code = body.locator("pre.hl code.language-python")
+    await expect(code).to_have_text('def area(r):\n    return "circle"  # note\n')
+    await expect(body.locator("[style]")).to_have_count(0)  # classes only, under the CSP
+    await page.wait_for_function(CODE_CSS_IN)
+    element = await body.element_handle()
+    light = await page.evaluate(COLOURS, element)
+    assert len(set(light.values())) == 4, light  # keyword, string, comment, name: all differ
+    await page.emulate_media(color_scheme="dark")
+    dark = await page.evaluate(COLOURS, element)
+    assert len(set(dark.values())) == 4, dark
+    assert all(light[c] != dark[c] for c in light), (light, dark)  # a theme of its own each
+    await web.axe()  # token colours readable on the dark code block
+    await page.emulate_media(color_scheme="light")
+    await web.axe()
+    # Math is MathML laid out by the browser, its LaTeX kept (not shown); prose dollars stay.
+    maths = body.locator("math")
+    await expect(maths).to_have_count(2)
+    assert await maths.first.evaluate("(m) => m.namespaceURI") == MATHML
+    assert await maths.nth(1).get_attribute("display") == "block"
+    await expect(maths.first.locator("annotation")).to_have_text("E=mc^2")
+    await expect(maths.first.locator("msup")).to_be_visible()
+    box = await maths.nth(1).locator("mfrac").bounding_box()
+    assert box and box["height"] > 20  # a real fraction: numerator over denominator
+    await expect(body).to_contain_text("costs $5 and $10, and")
+
+
 SCREENSHOT_CHAT = [
     ("user", "How do I read a file line by line in Python without loading it all into memory?"),
     ("assistant", "Iterate over the file object: Python reads it lazily, one line at a time.\n\n"
@@ -190,6 +241,7 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
     await page.set_viewport_size({"width": 1280, "height": 860})
     await web.open(f"/#/c/{conv}")
     await expect(messages(page)).to_have_count(4)
+    await page.wait_for_function(CODE_CSS_IN)  # the code in its colours
     await page.locator("#input").fill("Thanks! Can it also follow the file as it grows?")
     await page.locator("#input").blur()
     await page.screenshot(path=str(out / "screenshot-light.png"))
