@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from server.config import RenderConfig
+from server.services import code_css
 from server.services.markdown import MATH_TAGS
 from server.services.render import _ENTRY_OVERHEAD, Renderer, _FairJobs, _HtmlCache, _Job, render
-from tools import code_css
 
 SAFE_TAGS = {"p", "a", "em", "strong", "code", "pre", "ul", "ol", "li", "br", "hr", "del",
              "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
@@ -83,7 +83,8 @@ def test_fences_are_highlighted_with_classes_only() -> None:
 
 
 def test_the_code_stylesheet_is_what_its_generator_writes() -> None:
-    """server/static/code.css is generated: regenerate it (tools/code_css.py), never hand-edit."""
+    """server/static/code.css is generated (python -m server.services.code_css): never edit
+    it by hand."""
     assert code_css.OUT.read_text() == code_css.stylesheet()
 
 
