@@ -1,8 +1,8 @@
 """Writes server/static/code.css: Pygments token colours for light and dark, and math layout.
 
 Run once after changing the styles: `python -m server.services.code_css`. The light style
-(xcode) and the dark one (one-dark) were picked because every token colour has at least 4.5:1 contrast
-on the code block's background (app.css --pre) in its theme.
+(xcode) and the dark one (one-dark) were picked because every token colour has at least
+4.5:1 contrast on the code block's background (app.css --pre) in its theme.
 """
 
 from __future__ import annotations
