@@ -71,6 +71,7 @@ function signedIn(who) {
   sidebar.resume();
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
   import("./turns.js").catch(() => {}); // streaming, ready before the first Send
+  import("./transfer.js").then((m) => m.setup(), () => {}); // export and import
   if (!started) {
     started = true;
     addEventListener("hashchange", () => route());
@@ -96,6 +97,7 @@ function forgetAll() {
   chat.reset();
   sidebar.reset();
   forgetKeys();
+  import("./transfer.js").then((m) => m.reset(), () => {});
   $("who").textContent = "";
   $("admin-link").hidden = true;
   history.replaceState(null, "", "#/");
