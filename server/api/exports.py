@@ -10,6 +10,7 @@ from aiohttp import web
 from .. import keys
 from ..middleware.auth import principal_of
 from ..middleware.errors import ApiError, invalid
+from ..services.transfer import account_filename
 from .responses import json_response
 from .validation import ident
 
@@ -42,8 +43,7 @@ async def export_all(request: web.Request) -> web.StreamResponse:
     user = principal_of(request).user
     response = web.StreamResponse(headers={
         "Content-Type": "application/x-ndjson; charset=utf-8",
-        "Content-Disposition": _attachment(f"chatgate-{user['username']}.jsonl"
-                                           if user["username"].isalnum() else "chatgate.jsonl"),
+        "Content-Disposition": _attachment(account_filename(user["username"])),
         "Cache-Control": "no-store"})
     async with aclosing(request.app[keys.TRANSFER].export_all(user["id"])) as lines:
         first = await anext(lines, None)  # a storage error before any byte: a JSON error

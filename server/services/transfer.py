@@ -39,6 +39,12 @@ def filename(conversation: ConversationRow, ext: str) -> str:
     return f"chatgate-{conversation['id']}{'-' + slug if slug else ''}.{ext}"
 
 
+def account_filename(username: str) -> str:
+    """The name of an account's whole export, as safe as `filename`."""
+    slug = _SLUG.sub("-", username.lower()).strip("-")[:40].strip("-")
+    return f"chatgate-{slug or 'export'}.jsonl"
+
+
 def markdown(conversation: ConversationRow, messages: list[MessageRow]) -> str:
     """The conversation as Markdown: its title, then each message under its role."""
     lines = [f"# {conversation['title']}", ""]

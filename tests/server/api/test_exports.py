@@ -126,9 +126,11 @@ async def test_export_all_streams_every_conversation_as_json_lines(
     assert [r["title"] for r in rows] == [f"chat {i}" for i in range(45)]
     assert all(r["format"] == "chatgate.conversation" for r in rows)
     assert rows[7]["messages"][1]["content"] == "answer 7"
-    empty = await register()
+    empty = await register("Ann.Lee_x")
     async with http.get("/api/export", headers=empty.headers) as resp:
         assert resp.status == 200 and await resp.read() == b""
+        assert resp.headers["Content-Disposition"] == \
+            'attachment; filename="chatgate-ann-lee-x.jsonl"'
 
 
 # --- round trip --------------------------------------------------------------------------------
