@@ -66,7 +66,12 @@ async def import_conversations(request: web.Request) -> web.Response:
                        "send the file as application/json (or application/x-ndjson)")
     config = request.app[keys.CONFIG]
     cap = config.limits.max_import_bytes
-    raw = await _read_capped(request, cap, config.server.body_timeout_s)
+    try:
+        raw = await _read_capped(request, cap, config.server.body_timeout_s)
+    except ApiError as err:  # 408, 413: the rest of the body is not worth reading
+        response = err.response()
+        response.force_close()
+        return response
     if not raw.strip():
         raise invalid("the body is empty: send an export file")
     principal = principal_of(request)

@@ -221,6 +221,11 @@ async def test_hostile_titles_are_cleaned_like_any_title(
     assert made["title"] == ("exe.txt " + "x" * 500)[:200]
     conv = await get_conv(http, user, made["id"])
     assert conv["title"] == made["title"] and texts(conv) == [("user", "ab")]
+    async with http.get(f"/api/conversations/{made['id']}/export", params={"format": "md"},
+                        headers=user.headers) as resp:
+        assert resp.headers["Content-Disposition"] == \
+            f'attachment; filename="chatgate-{made["id"]}-exe-txt-{"x" * 32}.md"'
+        assert (await resp.text()).startswith(f"# {made['title']}\n\n## User\n\nab\n")
     blank = {**body, "title": "\u202e\u200b"}
     resp = await import_body(http, user, json.dumps(blank).encode())
     assert (await resp.json())["imported"][0]["title"] == "Imported chat"
