@@ -43,6 +43,7 @@ from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import TokenService
+from .services.transfer import TransferService
 from .services.usage import UsageMeter
 from .storage import open_storage
 
@@ -85,6 +86,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[keys.STORAGE] = storage
     app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
                                                   app[keys.CAPS], app[keys.RENDERER])
+    app[keys.TRANSFER] = TransferService(storage.transfer, storage.conversations,
+                                         app[keys.CAPS])
     yield
     await storage.close()
 

@@ -23,6 +23,7 @@ from .services.passwords import Passwords
 from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import Principal, TokenService
+from .services.transfer import TransferService
 from .services.usage import UsageMeter
 from .storage import Storage
 
@@ -37,6 +38,7 @@ API_KEYS = web.AppKey("api_keys", ApiKeyService)
 USAGE = web.AppKey("usage", UsageMeter)
 COMPLETIONS = web.AppKey("completions", CompletionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationService)
+TRANSFER = web.AppKey("transfer", TransferService)
 RENDERER = web.AppKey("renderer", Renderer)
 ROUTER = web.AppKey("router", Router)
 POOL = web.AppKey("pool", WorkerPool)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, auth, chat, conversations, keys, openai, system, usage
+from . import admin, auth, chat, conversations, exports, keys, openai, system, usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -36,6 +36,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(r"/api/conversations/{id:\d+}", conversations.get_conversation)
     app.router.add_patch(r"/api/conversations/{id:\d+}", conversations.rename_conversation)
     app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
+    app.router.add_get(r"/api/conversations/{id:\d+}/export", exports.export_conversation)
+    app.router.add_post("/api/conversations/import", exports.import_conversations)
+    app.router.add_get("/api/export", exports.export_all)
     app.router.add_get("/api/search", conversations.search)
     app.router.add_post("/api/chat", chat.chat)
     app.router.add_get("/api/models", chat.models)

@@ -85,6 +85,7 @@ class LimitsConfig:
     max_conversations_per_user: int = 10_000  # 0 = no cap
     max_stored_chars_per_user: int = 100_000_000  # titles + message text; 0 = no cap
     max_api_keys_per_user: int = 100  # API keys one user may have at once; 0 = no cap
+    max_import_bytes: int = 20_971_520  # the largest body POST /api/conversations/import takes
 
 
 @dataclass(frozen=True)

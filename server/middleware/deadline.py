@@ -34,8 +34,10 @@ def setup_body_deadline(app: web.Application, timeout_s: float) -> None:
 
     @web.middleware
     async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A body that came whole with the headers (most JSON bodies) needs no deadline.
-        if request.body_exists and not request.content.is_eof():
+        # A body that came whole with the headers (most JSON bodies) needs no deadline; a
+        # handler marked `reads_own_body` (imports, past max_body_bytes) reads it itself.
+        own = getattr(request.match_info.handler, "reads_own_body", False)
+        if request.body_exists and not own and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # kept by the request: handlers read it from memory

@@ -32,6 +32,7 @@ from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
 from ..services.registry import TurnNotFound
 from ..services.tokens import AuthError
+from ..services.transfer import ImportUnreadable
 from ..services.usage import QuotaExceeded
 from ..storage import (
     Conflict,
@@ -145,6 +146,8 @@ def from_domain(err: BaseException) -> ApiError | None:
     mapped = _from_gate(err)
     if mapped is not None:
         return mapped
+    if isinstance(err, ImportUnreadable):
+        return ApiError(400, "unknown_import_format", str(err))
     if isinstance(err, NotSignedIn):
         return invalid(str(err))
     if isinstance(err, ModelNotFound):

@@ -11,12 +11,15 @@ from .base import (
     ConversationStore,
     KeyStore,
     MessageStore,
+    NewConversation,
+    NewMessage,
     Quota,
     QuotaStore,
     SearchStore,
     Storage,
     StorageStats,
     TokenStore,
+    TransferStore,
     UsageDelta,
     UsageStore,
     UserStore,
@@ -48,8 +51,9 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 __all__ = [
     "NO_QUOTA", "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor",
-    "KeyStore", "MessageStore", "NotFound", "OverQuota", "Quota", "QuotaStore", "SchemaTooNew",
-    "SearchStore", "Storage", "StorageError", "StorageQuotaExceeded", "StorageStats",
-    "TokenStore", "TooManyConversations", "TooManyKeys", "UsageDelta", "UsageStore", "UserStore",
+    "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
+    "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
+    "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
+    "TooManyKeys", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

@@ -33,6 +33,28 @@ class Quota:
 NO_QUOTA = Quota()
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of an imported conversation (created_at: as now_iso writes it)."""
+
+    role: str  # "user" | "assistant"
+    content: str
+    created_at: str
+    status: str = "complete"
+    model: str | None = None
+    error: str | None = None  # JSON text {"code", "message"}
+
+
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """A whole conversation to store at once (an import)."""
+
+    title: str
+    created_at: str
+    messages: tuple[NewMessage, ...]
+    model: str | None = None
+
+
 @dataclass
 class StorageStats:
     """Counters that tests and benchmarks read (a token-cache hit must not move them)."""
@@ -113,6 +135,20 @@ class ConversationStore(Protocol):
 
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation and its messages (NotFound)."""
+
+
+class TransferStore(Protocol):
+    """Whole conversations in and out: exports page through them, imports write each at once."""
+
+    async def export_page(self, user_id: int, after_id: int, limit: int
+                          ) -> list[tuple[ConversationRow, list[MessageRow]]]:
+        """Up to `limit` of the user's conversations with id > `after_id`, by id, each with
+        its messages oldest first, in one read."""
+
+    async def import_one(self, user_id: int, conversation: NewConversation,
+                         quota: Quota = NO_QUOTA) -> ConversationRow:
+        """Store a conversation and its messages in one transaction, within the user's caps
+        (TooManyConversations, StorageQuotaExceeded: nothing stored)."""
 
 
 class MessageStore(Protocol):
@@ -213,6 +249,7 @@ class Storage:
     tokens: TokenStore
     conversations: ConversationStore
     messages: MessageStore
+    transfer: TransferStore
     quotas: QuotaStore
     search: SearchStore
     keys: KeyStore

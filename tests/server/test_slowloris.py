@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.support.app import register_over_http
 from tests.support.procs import Proc, start_server_process
 
 GENEROUS = 60.0  # long enough for a loaded machine; the deadlines under test are 2 s
@@ -110,6 +111,24 @@ async def test_dripping_body_gets_408_and_is_closed(edge: Proc) -> None:
     reader, writer = await _connect(edge.url)
     writer.write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+    drip = asyncio.create_task(_drip(writer, b" ", 0.2))
+    try:
+        answer = await _closed_by_server(reader)
+    finally:
+        drip.cancel()
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == b"408"
+    assert orjson.loads(body)["error"]["code"] == "request_timeout"
+
+
+async def test_dripping_import_body_gets_408_and_is_closed(edge: Proc) -> None:
+    """An import reads its own (larger) body, under the same deadline."""
+    user = await register_over_http(edge.url, "dripper")
+    reader, writer = await _connect(edge.url)
+    writer.write(b"POST /api/conversations/import HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + user.token.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n[")
     drip = asyncio.create_task(_drip(writer, b" ", 0.2))
     try:
         answer = await _closed_by_server(reader)

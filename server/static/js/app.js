@@ -72,6 +72,7 @@ function signedIn(who) {
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
   import("./settings.js").catch(() => {}); // the conversation settings panel
   import("./turns.js").catch(() => {}); // streaming, ready before the first Send
+  import("./transfer.js").then((m) => m.setup(), () => {}); // export and import
   if (!started) {
     started = true;
     // Colours of the server's code highlighting and math layout: not needed on the login page.
@@ -99,6 +100,7 @@ function forgetAll() {
   chat.reset();
   sidebar.reset();
   forgetKeys();
+  import("./transfer.js").then((m) => m.reset(), () => {});
   $("who").textContent = "";
   $("admin-link").hidden = true;
   history.replaceState(null, "", "#/");

@@ -12,6 +12,7 @@ from .migrations import LATEST, migrate
 from .quotas import SqliteQuotas
 from .search import SqliteSearch
 from .tokens import SqliteTokens
+from .transfer import SqliteTransfer
 from .usage import SqliteUsage
 from .users import SqliteUsers
 
@@ -26,6 +27,7 @@ class SqliteStorage(Storage):
         self.tokens = SqliteTokens(db)
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
+        self.transfer = SqliteTransfer(db)
         self.quotas = SqliteQuotas(db)
         self.search = SqliteSearch(db)
         self.keys = SqliteKeys(db)

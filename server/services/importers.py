@@ -1,0 +1,232 @@
+"""Reading import files: chatgate's own JSON (one, a list, or JSON Lines) and ChatGPT's
+`conversations.json`; pure functions, run off the event loop (a body can be megabytes)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..storage import NewConversation, NewMessage
+from ..storage.rows import now_iso
+from .text import visible
+
+FORMAT = "chatgate.conversation"
+VERSION = 1
+MAX_TITLE = 200
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_ROLES = frozenset({"user", "assistant"})  # system prompts come from config, not history
+_STATUSES = frozenset({"complete", "incomplete", "error"})
+_LATEST_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+class UnknownFormat(ValueError):
+    """The body is none of the formats an import reads."""
+
+
+class BadConversation(ValueError):
+    """One conversation of an import cannot be read; the others still can."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One conversation found in an import: read, or refused with a reason."""
+
+    index: int
+    title: str | None
+    conversation: NewConversation | None = None
+    error: str = ""
+
+
+def parse(raw: bytes) -> list[Item]:
+    """Every conversation in an import body (UnknownFormat when it is no known format)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _json_lines(raw)
+    if isinstance(body, dict) and body.get("format") == FORMAT:
+        _shape(0, body)
+        return [_item(0, body, _chatgate)]
+    if isinstance(body, list) and body:
+        for index, conversation in enumerate(body):
+            _shape(index, conversation)
+        return [_item(i, c, _chatgate if c.get("format") == FORMAT else _chatgpt)
+                for i, c in enumerate(body)]
+    raise UnknownFormat(
+        "the body is not a chatgate export (JSON with \"format\": \"chatgate.conversation\", "
+        "or JSON Lines of them) nor a ChatGPT conversations.json (a list of conversations "
+        "with a \"mapping\")")
+
+
+def _shape(index: int, conversation: object) -> None:
+    """The outline the API document promises (a body that breaks it is refused whole);
+    what is inside each conversation is checked on its own."""
+    where = f"conversation {index}"
+    if not isinstance(conversation, dict):
+        raise UnknownFormat(f"{where} is not a JSON object")
+    if conversation.get("format") == FORMAT:
+        if not isinstance(conversation.get("messages"), list):
+            raise UnknownFormat(f"{where}: a chatgate conversation needs a 'messages' list")
+    elif not isinstance(conversation.get("mapping"), dict):
+        raise UnknownFormat(f"{where} is neither a chatgate conversation (\"format\": "
+                            f"\"{FORMAT}\") nor a ChatGPT one (with a \"mapping\" object)")
+
+
+def _json_lines(raw: bytes) -> list[Item]:
+    """chatgate's JSON Lines; a line that is not a conversation is refused on its own."""
+    lines = [line for line in raw.split(b"\n") if line.strip()]
+    items: list[Item] = []
+    for index, line in enumerate(lines):
+        try:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            if index == 0:
+                raise UnknownFormat(f"the body is not valid JSON nor JSON Lines: {err}") from err
+            items.append(Item(index, None, error=f"line {index + 1} is not valid JSON"))
+            continue
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            if index == 0:
+                raise UnknownFormat("JSON Lines must hold chatgate conversations, one a line")
+            items.append(Item(index, None, error="not a chatgate conversation"))
+            continue
+        items.append(_item(index, body, _chatgate))
+    if not items:
+        raise UnknownFormat("the body is empty")
+    return items
+
+
+def _item(index: int, body: dict[str, Any], read: Any) -> Item:
+    title = _title(body.get("title"))
+    try:
+        return Item(index, title, read(body, title))
+    except BadConversation as err:
+        return Item(index, title, error=str(err))
+
+
+def _title(value: object) -> str:
+    """A title shown as a label: no bidi controls or invisible characters, bounded."""
+    text = visible(value)[:MAX_TITLE].strip() if isinstance(value, str) else ""
+    return text or "Imported chat"
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "")
+
+
+def _iso(value: object) -> str | None:
+    """A timestamp as chatgate stores it, or None if it is not one."""
+    if isinstance(value, str) and _ISO.fullmatch(value):
+        try:
+            datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            return None
+        return value
+    return None
+
+
+def _epoch(value: object) -> str | None:
+    """Seconds since 1970 (ChatGPT's create_time) as chatgate's timestamp, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not 0 < value <= _LATEST_EPOCH:
+        return None
+    ms = int(value * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _chatgate(body: dict[str, Any], title: str) -> NewConversation:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadConversation("'messages' must be a list")
+    out: list[NewMessage] = []
+    now = now_iso()
+    for n, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise BadConversation(f"message {n} must be an object with a string 'content'")
+        if m.get("role") not in _ROLES:
+            raise BadConversation(f"message {n} has role {str(m.get('role'))[:20]!r}; "
+                                  "only 'user' and 'assistant' can be imported")
+        status = str(m["status"]) if m.get("status") in _STATUSES else "complete"
+        model = m.get("model") if isinstance(m.get("model"), str) else None
+        error = m.get("error")
+        error_json = None
+        if isinstance(error, dict) and all(isinstance(error.get(k), str)
+                                           for k in ("code", "message")):
+            error_json = orjson.dumps({"code": error["code"][:100],
+                                       "message": error["message"][:2000]}).decode()
+        out.append(NewMessage(m["role"], _clean(m["content"]),
+                              _iso(m.get("created_at")) or now, status,
+                              model[:200] if model else None, error_json))
+    created = _iso(body.get("created_at")) or (out[0].created_at if out else now)
+    model = body.get("model")
+    return NewConversation(title, created, tuple(out),
+                           model[:200] if isinstance(model, str) and model else None)
+
+
+def _chatgpt(body: dict[str, Any], title: str) -> NewConversation:
+    """The path from the root to `current_node` (the branch shown last); text parts only."""
+    mapping = body["mapping"]
+    if not isinstance(mapping, dict):
+        raise BadConversation("'mapping' must be an object")
+    path = _path(mapping, body.get("current_node"))
+    now = now_iso()
+    out: list[NewMessage] = []
+    for node in path:
+        message = node.get("message")
+        if not isinstance(message, dict):
+            continue
+        author = message.get("author")
+        role = author.get("role") if isinstance(author, dict) else None
+        if role not in _ROLES:
+            continue  # system, tool: not part of what the user sees
+        metadata = message.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        if metadata.get("is_visually_hidden_from_conversation"):
+            continue
+        content = message.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        text = "\n\n".join(p for p in parts if isinstance(p, str)) if isinstance(
+            parts, list) else ""
+        text = _clean(text)
+        if not text.strip():
+            continue
+        slug = metadata.get("model_slug")
+        out.append(NewMessage(role, text, _epoch(message.get("create_time")) or now,
+                              "complete",
+                              slug[:200] if role == "assistant" and isinstance(slug, str)
+                              and slug else None))
+    created = _epoch(body.get("create_time")) or (out[0].created_at if out else now)
+    return NewConversation(title, created, tuple(out))
+
+
+def _path(mapping: dict[str, Any], current: object) -> list[dict[str, Any]]:
+    """Nodes from the root to `current` (without it: the last child at every step)."""
+    nodes = {k: v for k, v in mapping.items() if isinstance(v, dict)}
+    if isinstance(current, str) and current in nodes:
+        path: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        key: object = current
+        while isinstance(key, str) and key in nodes and key not in seen:  # a cycle ends it
+            seen.add(key)
+            path.append(nodes[key])
+            key = nodes[key].get("parent")
+        return path[::-1]
+    roots = [k for k, v in nodes.items() if v.get("parent") not in nodes]
+    if not roots:
+        raise BadConversation("the conversation has no root node")
+    path, seen, key = [], set(), roots[0]
+    while isinstance(key, str) and key in nodes and key not in seen:
+        seen.add(key)
+        path.append(nodes[key])
+        children = nodes[key].get("children")
+        key = children[-1] if isinstance(children, list) and children else None
+    return path
+
+
+def chatgate_json(conversation: dict[str, Any]) -> dict[str, Any]:
+    """A conversation (with its messages) in chatgate's export format."""
+    return {"format": FORMAT, "version": VERSION, **conversation}
