@@ -14,7 +14,7 @@ from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
 from .quotas import check
 
-_COLUMNS = "id, title, created_at, updated_at, message_count, model, settings"
+COLUMNS = "id, title, created_at, updated_at, message_count, model, settings"
 
 
 class SqliteConversations:
@@ -49,15 +49,15 @@ class SqliteConversations:
         def op(conn: sqlite3.Connection) -> list[Any]:
             if after is None:
                 return conn.execute(
-                    f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? "
+                    f"SELECT {COLUMNS} FROM conversations WHERE user_id = ? "
                     "ORDER BY updated_at DESC, id DESC LIMIT ?", (user_id, limit + 1)).fetchall()
             return conn.execute(
-                f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? "
+                f"SELECT {COLUMNS} FROM conversations WHERE user_id = ? "
                 "AND (updated_at < ? OR (updated_at = ? AND id < ?)) "
                 "ORDER BY updated_at DESC, id DESC LIMIT ?",
                 (user_id, after[0], after[0], after[1], limit + 1)).fetchall()
 
-        rows = [_conversation(r) for r in await self._db.read(op)]
+        rows = [conversation_row(r) for r in await self._db.read(op)]
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
@@ -69,7 +69,7 @@ class SqliteConversations:
         """A conversation and all its messages oldest first, in one read."""
 
         def op(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
-            conv = conn.execute(f"SELECT {_COLUMNS} FROM conversations "
+            conv = conn.execute(f"SELECT {COLUMNS} FROM conversations "
                                 "WHERE id = ? AND user_id = ?",
                                 (conversation_id, user_id)).fetchone()
             if conv is None:
@@ -82,7 +82,7 @@ class SqliteConversations:
         conv, msgs = await self._db.read(op)
         if conv is None:
             raise NotFound("conversation not found")
-        return _conversation(conv), [message_row(m) for m in msgs]
+        return conversation_row(conv), [message_row(m) for m in msgs]
 
 
     async def rename(self, user_id: int, conversation_id: int, title: str,
@@ -98,13 +98,13 @@ class SqliteConversations:
                     check(conn, user_id, quota, chars=len(title) - old[0])
             return conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {COLUMNS}",
                 (title, conversation_id, user_id)).fetchone()
 
         row = await self._db.write(op)
         if row is None:
             raise NotFound("conversation not found")
-        return _conversation(row)
+        return conversation_row(row)
 
 
     async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
@@ -124,13 +124,13 @@ class SqliteConversations:
                 check(conn, user_id, quota, chars=len(text) - len(old[0]))
             return conn.execute(
                 "UPDATE conversations SET settings = ? WHERE id = ? AND user_id = ? "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {COLUMNS}",
                 (text, conversation_id, user_id)).fetchone()
 
         row = await self._db.write(op)
         if row is None:
             raise NotFound("conversation not found")
-        return _conversation(row)
+        return conversation_row(row)
 
     async def delete(self, user_id: int, conversation_id: int) -> None:
         """Delete a conversation; its messages (and their search entries) go with it."""
@@ -144,7 +144,8 @@ class SqliteConversations:
 
 
 
-def _conversation(row: Any) -> ConversationRow:
+def conversation_row(row: Any) -> ConversationRow:
+    """A row of COLUMNS as the API shows a conversation."""
     return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
             "message_count": row[4], "model": row[5],
             "settings": orjson.loads(row[6]) if row[6] else {}}

@@ -7,10 +7,9 @@ from typing import Any, cast
 
 from ..base import NO_QUOTA, NewConversation, Quota
 from ..rows import ConversationRow, MessageRow, message_row
+from .conversations import COLUMNS, conversation_row
 from .db import Database
 from .quotas import check
-
-_COLUMNS = "id, title, created_at, updated_at, message_count, model"
 
 
 class SqliteTransfer:
@@ -25,14 +24,14 @@ class SqliteTransfer:
 
         def op(conn: sqlite3.Connection) -> list[tuple[Any, list[Any]]]:
             convs = conn.execute(
-                f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? AND id > ? "
+                f"SELECT {COLUMNS} FROM conversations WHERE user_id = ? AND id > ? "
                 "ORDER BY id LIMIT ?", (user_id, after_id, limit)).fetchall()
             return [(c, conn.execute(
                 "SELECT id, role, content, status, created_at, usage, model, error "
                 "FROM messages WHERE conversation_id = ? ORDER BY id", (c[0],)).fetchall())
                 for c in convs]
 
-        return [(_conversation(c), [message_row(m) for m in msgs])
+        return [(conversation_row(c), [message_row(m) for m in msgs])
                 for c, msgs in await self._db.read(op)]
 
     async def import_one(self, user_id: int, conversation: NewConversation,
@@ -54,13 +53,8 @@ class SqliteTransfer:
                 [(ident, m.role, m.content, m.status, m.created_at, m.model, m.error, user_id)
                  for m in conv.messages])
             # The insert trigger moved updated_at to each message's time; keep the latest.
-            row = conn.execute(f"SELECT {_COLUMNS} FROM conversations WHERE id = ?",
+            row = conn.execute(f"SELECT {COLUMNS} FROM conversations WHERE id = ?",
                                (ident,)).fetchone()
-            return _conversation(row)
+            return conversation_row(row)
 
         return await self._db.write(op)
-
-
-def _conversation(row: Any) -> ConversationRow:
-    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
-            "message_count": row[4], "model": row[5]}
