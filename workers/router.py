@@ -196,6 +196,13 @@ class Router:
         """The models clients may ask for, in configured order (unlearned ones left out)."""
         return [route.name for route in self.routes if route.name]
 
+    async def named(self) -> list[ModelRoute]:
+        """The models clients may ask for, after asking the servers of any model without a
+        name yet what they call it."""
+        if any(not route.name for route in self.routes):
+            await self.learn_names()
+        return [route for route in self.routes if route.name]
+
     def find(self, name: str | None) -> ModelRoute:
         """The route for a model name (None or "": the default), or ModelNotFound."""
         if not name:
@@ -207,8 +214,8 @@ class Router:
 
     async def lookup(self, name: str | None) -> ModelRoute:
         """find(), but first ask the servers of an unnamed model what they call it."""
-        if name and any(not route.name for route in self.routes):
-            await self.learn_names()
+        if name:
+            await self.named()
         try:
             return self.find(name)
         except ModelNotFound:
@@ -259,10 +266,10 @@ class Router:
             route.starting -= 1
 
     def _route_of(self, job: Job) -> ModelRoute | None:
-        for route in self.routes:
-            if route.name == job.model or (not job.model and route is self.default):
-                return route
-        return None
+        try:
+            return self.find(job.model)
+        except ModelNotFound:
+            return None
 
     def changed(self) -> None:
         """Health or load changed: waiting attempts and the queue look again."""

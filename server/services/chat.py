@@ -67,10 +67,10 @@ class ChatService:
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
                  limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
                  caps: Caps, models: tuple[ModelConfig, ...] = (),
-                 turns: ChatConfig | None = None) -> None:
-        settings = turns or ChatConfig()
-        self.turns = TurnRegistry(settings.detached_grace_s, settings.finished_turn_ttl_s,
-                                  settings.max_detached_per_user)
+                 config: ChatConfig | None = None) -> None:
+        config = config or ChatConfig()
+        self.turns = TurnRegistry(config.detached_grace_s, config.finished_turn_ttl_s,
+                                  config.max_detached_per_user)
         self._memory = memory
         self._router = pool.router
         self._models = {model.name: model for model in models}
@@ -107,7 +107,7 @@ class ChatService:
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         quota = self._caps.quota(limits)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
-        keep = chosen.name or None if chosen is not None else None
+        keep = (chosen.name or None) if chosen is not None else None
         try:
             if conversation_id is not None and (regenerate or edit_message_id is not None):
                 edit = None if edit_message_id is None else (edit_message_id, message or "")
@@ -158,11 +158,9 @@ class ChatService:
 
     async def models(self) -> list[dict[str, object]]:
         """The models a chat may use, the default first, and whether each answers now."""
-        if not all(self._router.names()):
-            await self._router.learn_names()
         default = self._router.default
         return [{"name": route.name, "default": route is default, "available": route.available}
-                for route in self._router.routes if route.name]
+                for route in await self._router.named()]
 
     def _request(self, route: ModelRoute, own: dict[str, Any], history: list[dict[str, str]],
                  message: str, max_tokens: int | None,

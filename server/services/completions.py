@@ -89,11 +89,9 @@ class CompletionService:
 
     async def models(self) -> dict[str, Any]:
         """The configured models, in OpenAI's list shape."""
-        if not all(self._router.names()):
-            await self._router.learn_names()
         return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": self._created, "owned_by": "chatgate"}
-            for name in self._router.names()]}
+            {"id": route.name, "object": "model", "created": self._created,
+             "owned_by": "chatgate"} for route in await self._router.named()]}
 
     async def start(self, user_id: int, key: KeyGrant | None, path: str, body: dict[str, Any],
                     request_id: str, limits: Overrides = None,

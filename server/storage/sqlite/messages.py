@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import cast
+from typing import Any, cast
 
 import orjson
 
@@ -52,14 +52,15 @@ class SqliteMessages:
                     "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
                     "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
             else:
+                # One read checks the owner and gives the model and settings the turn uses.
+                found = conn.execute("SELECT model, settings FROM conversations "
+                                     "WHERE id = ? AND user_id = ?", (conv, user_id)).fetchone()
+                if found is None:
+                    raise NotFound("conversation not found")
+                use = _use(conn, conv, model, found)
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-                    "SELECT ?, 'user', ?, ?, ? WHERE EXISTS "
-                    "(SELECT 1 FROM conversations WHERE id = ? AND user_id = ?)",
-                    (conv, content, now, user_id, conv, user_id))
-                if cur.rowcount == 0:
-                    raise NotFound("conversation not found")
-                use = _use(conn, conv, model)
+                    "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
             ident = cast(int, cur.lastrowid)
             rows = _history(conn, conv, ident, history) if conversation_id is not None else []
             return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
@@ -107,8 +108,9 @@ class SqliteMessages:
 
         def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, ConversationUse]:
             row = conn.execute(
-                "SELECT m.id, m.role, m.content, m.status, m.created_at FROM messages m "
-                "JOIN conversations c ON c.id = m.conversation_id AND c.user_id = ? "
+                "SELECT m.id, m.role, m.content, m.status, m.created_at, c.model, c.settings "
+                "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "AND c.user_id = ? "
                 "WHERE m.conversation_id = ? AND m.role = 'user' ORDER BY m.id DESC LIMIT 1",
                 (user_id, conversation_id)).fetchone()
             if row is None or (edit is not None and edit[0] != row[0]):
@@ -123,19 +125,16 @@ class SqliteMessages:
                 conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
             return {"id": row[0], "role": "user", "content": content, "status": row[3],
                     "created_at": row[4]}, _history(conn, conversation_id, row[0], history), \
-                _use(conn, conversation_id, model)
+                _use(conn, conversation_id, model, row[5:7])
 
         return await self._db.write(op)
 
 
-def _use(conn: sqlite3.Connection, conversation_id: int,
-         model: str | None) -> ConversationUse:
-    """Set the conversation's model if one is given; return its model (None: the default)
-    and settings."""
-    if model is not None:
+def _use(conn: sqlite3.Connection, conversation_id: int, model: str | None,
+         found: Any) -> ConversationUse:
+    """The conversation's model and settings, from its `found` (model, settings) row; a
+    `model` given becomes its model."""
+    if model is not None and model != found[0]:
         conn.execute("UPDATE conversations SET model = ? WHERE id = ?", (model, conversation_id))
-    row = conn.execute("SELECT model, settings FROM conversations WHERE id = ?",
-                       (conversation_id,)).fetchone()
-    if row is None:
-        return ConversationUse(model, {})
-    return ConversationUse(row[0], orjson.loads(row[1]) if row[1] else {})
+    return ConversationUse(model if model is not None else found[0],
+                           orjson.loads(found[1]) if found[1] else {})
