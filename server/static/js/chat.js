@@ -16,7 +16,7 @@ const jump = $("jump");
 
 export let convId = null; // the conversation on screen (null: a new chat)
 let loaded = false;
-export let msgs = []; // { id, role, content, status, html, usage, el, body, meta, acts }
+export let msgs = []; // { id, role, content, status, html, usage, siblings, el, body, meta, acts }
 let loading = null; // AbortController of the conversation being fetched
 export let stick = true; // follow new text: true while the reader is at the bottom
 export let models = null; // js/models.js, after sign-in: the model picker, model errors in words
@@ -100,16 +100,20 @@ function clear() {
 
 export const lastUser = () => { for (let i = msgs.length - 1; i >= 0; i--) if (msgs[i].role === "user") return i; return -1; };
 
-/** Offer "edit" on the last user message and "regenerate" on the last message, when idle. */
+/** Edit on every user message, Regenerate on every reply (each starts a branch), and the
+ * versions of each message (js/branches.js), when no reply runs here. */
 export function refreshActions() {
-  for (const b of list.querySelectorAll("[data-act=edit],[data-act=regen]")) b.remove();
-  const u = msgs[lastUser()];
-  if (liveHere() || convId == null || !u || u.id == null) return;
-  u.acts.append(button("edit", "Edit and resend your last message", "edit", "Edit"));
+  for (const b of list.querySelectorAll("[data-act=edit],[data-act=regen],[data-act=drop],.versions")) b.remove();
+  const u = lastUser();
   const last = msgs[msgs.length - 1];
-  if (last.status !== "failed") last.acts.append(last.role === "user"
-    ? button("regen", "Get a reply to this message", "refresh", "Get reply")
-    : button("regen", "Regenerate the last reply", "refresh", "Regenerate"));
+  const idle = convId != null && !liveHere() && u >= 0 && msgs[u].id != null;
+  msgs.forEach((m, i) => {
+    if (idle && m.id != null && m.status !== "failed") m.acts.append(m.role === "user" // failed: Retry
+      ? button("edit", i === u ? "Edit and resend your last message" : "Edit this message", "edit", "Edit")
+      : button("regen", m === last ? "Regenerate the last reply" : "Regenerate this reply", "refresh", "Regenerate"));
+    B?.decorate(m, !idle);
+  });
+  if (idle && last.role === "user") last.acts.append(button("regen", "Get a reply to this message", "refresh", "Get reply"));
 }
 
 // ---- scrolling
@@ -163,7 +167,8 @@ export function openNew() {
 
 /** Show conversation `id` (fetched with server-rendered HTML), optionally at message `mid`. */
 export async function open(id, mid = null, force = false) {
-  if (id === convId && loaded && !force) {
+  // A message not on screen (a search hit on another branch) reloads to show its branch.
+  if (id === convId && loaded && !force && (mid == null || liveHere() || msgs.some((x) => x.id === mid))) {
     if (mid != null) focusMessage(mid);
     return;
   }
@@ -177,20 +182,16 @@ export async function open(id, mid = null, force = false) {
   showBusy();
   list.setAttribute("aria-busy", "true");
   try {
-    const [conv, t] = await Promise.all([
-      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal }), turns()]);
+    const signal = controller.signal;
+    let [conv] = await Promise.all([
+      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal }), turns(), branches()]);
+    if (mid != null && !conv.messages.some((x) => x.id === mid) && !lives.has(id) && !conv.running_turn_id) {
+      conv = await api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: mid }, { signal })
+        .catch((err) => { if (err.name === "AbortError") throw err; return conv; }); // gone: as it is
+    }
     if (controller !== loading) return;
-    setTitle(conv.title);
-    convModel = conv.model;
-    models?.show(convModel, conv.messages);
-    const l = lives.get(id);
-    for (const m of conv.messages) t.stored(add({ ...m }));
+    fill(conv);
     loaded = true;
-    if (l) attachLive(l);
-    else if (conv.running_turn_id) t.follow(id, conv.running_turn_id); // e.g. after a reload
-    sidebar.setRunning(id, lives.has(id));
-    empty.hidden = msgs.length > 0;
-    refreshActions();
     if (mid != null) focusMessage(mid); else toBottom();
   } catch (err) {
     if (err.name === "AbortError" || controller !== loading) return;
@@ -205,6 +206,21 @@ export async function open(id, mid = null, force = false) {
   } finally {
     if (controller === loading) { list.removeAttribute("aria-busy"); loading = null; }
   }
+}
+
+/** Show conversation `conv` as the server sent it (HTML rendered), its running reply included. */
+export function fill(conv) {
+  clear();
+  setTitle(conv.title);
+  convModel = conv.model;
+  models?.show(convModel, conv.messages);
+  for (const m of conv.messages) T.stored(add({ ...m }));
+  const l = lives.get(conv.id);
+  if (l) attachLive(l);
+  else if (conv.running_turn_id) T.follow(conv.id, conv.running_turn_id); // e.g. after a reload
+  sidebar.setRunning(conv.id, lives.has(conv.id));
+  empty.hidden = msgs.length > 0;
+  refreshActions();
 }
 
 /** Use the model picker module; replies name their model when there are several. */
@@ -239,6 +255,8 @@ export const lives = new Map();
 export const liveHere = () => lives.get(convId ?? "new");
 let T = null; // js/turns.js once loaded: then a click starts its turn at once, in the same task
 const turns = async () => (T ??= await import("./turns.js"));
+let B = null; // js/branches.js: the versions of a message ("‹ 2/3 ›"), loaded with the first conversation
+const branches = async () => (B ??= await import("./branches.js"));
 
 /** Send, Stop and the spinner follow the conversation on screen. */
 export function showBusy() {
@@ -260,11 +278,11 @@ export function named(id, text) {
 
 let starting = 0; // turns asked for before js/turns.js was in: busy at once all the same
 
-function turn(kind, text) {
-  if (T) { T.turn(kind, text); return; }
+function turn(kind, text, m) {
+  if (T) { T.turn(kind, text, m); return; }
   starting += 1;
   showBusy();
-  turns().then((t) => { starting -= 1; t.turn(kind, text); showBusy(); }, () => {
+  turns().then((t) => { starting -= 1; t.turn(kind, text, m); showBusy(); }, () => {
     starting -= 1;
     showBusy();
     announce("The page could not be loaded. Reload to try again.");
@@ -295,7 +313,7 @@ function startEdit(m) {
     e.preventDefault();
     const text = box.value.trim();
     close();
-    if (text && text !== m.content) turn("edit", text);
+    if (text && text !== m.content) turn("edit", text, m);
     else m.el.querySelector("[data-act=edit]")?.focus();
   });
   cancel.addEventListener("click", () => { close(); m.el.querySelector("[data-act=edit]")?.focus(); });
@@ -314,8 +332,11 @@ list.addEventListener("click", (event) => {
   switch (b.dataset.act) {
     case "copy": copyWith(b, m.content); break;
     case "code": copyWith(b, b.closest(".code").querySelector("pre").textContent); break;
-    case "regen": turn("regen"); break;
+    case "regen": turn("regen", "", m); break;
     case "edit": startEdit(m); break;
+    case "prev": B.step(m, -1); break;
+    case "next": B.step(m, 1); break;
+    case "drop": B.drop(m); break;
     case "retry": m.retry?.(); break;
   }
 });
@@ -330,7 +351,7 @@ export function autosize() {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value.trim();
-  if (!text || liveHere() || starting) return;
+  if (!text || liveHere() || starting || B?.moving) return; // moving: the branch is changing
   input.value = "";
   autosize();
   turn("new", text);

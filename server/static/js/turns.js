@@ -6,6 +6,7 @@ import { $, h, announce } from "./dom.js";
 import { api, streamChat } from "./api.js";
 import * as sidebar from "./sidebar.js";
 import * as chat from "./chat.js";
+import * as branches from "./branches.js";
 
 const input = $("input");
 const STALL_MS = 10_000; // no event for this long: say that we are still waiting
@@ -39,13 +40,12 @@ export function words(e, model) {
     : "The request was refused. Retry, or start a new chat.");
 }
 
-/** A finished message as stored: a failed turn gets its error and Retry back after a reload. */
+/** A finished message as stored: a failed turn gets its error and Retry back after a reload
+ * (Retry asks its question again, on a new branch when the reply is not the last). */
 export function stored(m) {
   if (m.status !== "error") return;
   const e = m.error || {};
-  const last = () => chat.msgs[chat.msgs.length - 1] === m;
-  showError(m, words(e), e, 0, () => { if (last()) turn("regen"); }, true);
-  if (!last()) m.el.querySelector("[data-act=retry]")?.remove();
+  showError(m, words(e), e, 0, () => turn("regen", "", m), true);
 }
 
 function showError(m, message, e, retryAfter, retry, quiet = false) {
@@ -128,8 +128,13 @@ function handlers(l, text) {
       l.turnId = d.turn_id ?? l.turnId;
       l.model ??= d.model;
       if (d.user_message_id != null && user) {
+        const old = user.id;
         user.id = d.user_message_id;
         user.el.dataset.id = d.user_message_id;
+        if (l.kind === "edit" && old != null && old !== user.id) { // a new version beside the old
+          user.siblings = [...(user.siblings ?? [old]), user.id];
+          if (here(l)) chat.refreshActions();
+        }
       }
       if (l.convId == null) adopt(l, d.conversation_id, text);
       else sidebar.touch(l.convId);
@@ -171,7 +176,7 @@ function handlers(l, text) {
       l.ended = true;
       const e = d.error || {};
       if (l.stopping) { stopped(l); return; }
-      showError(reply, words(e, l.model), e, 0, () => turn("regen"));
+      showError(reply, words(e, l.model), e, 0, () => turn("regen", "", user));
     },
   };
 }
@@ -228,6 +233,7 @@ function end(l) {
   chat.refreshActions();
   if (!here(l)) return; // another conversation is on screen; this one reloads when opened
   if (l.reload) { chat.open(l.convId, null, true); return; }
+  if (l.kind === "edit" || l.kind === "regen") branches.sync(l.convId); // the versions it made
   if (chat.stick) chat.toBottom();
   const focused = document.activeElement;
   if (!focused || focused === document.body || focused === $("stop") || focused === $("send")
@@ -273,8 +279,12 @@ async function run(l, first, failed) {
   }
 }
 
-/** Run one turn: "new" (send text), "regen" (re-ask the last message) or "edit" (replace it). */
-export async function turn(kind, text = "") {
+/**
+ * Run one turn: "new" (send text), "regen" (answer again the question `m`, or the question of
+ * reply `m`; default: the last question) or "edit" (a new version of user message `m`). Edit
+ * and regen start a branch: what followed `m` leaves the view and stays on the old branch.
+ */
+export async function turn(kind, text = "", m = null) {
   const target = chat.convId;
   if (chat.lives.has(target ?? "new")) return;
   const body = { stream: true, render: "html" };
@@ -287,10 +297,11 @@ export async function turn(kind, text = "") {
     body.message = text;
     user = chat.add({ id: null, role: "user", content: text, status: "complete" });
   } else {
-    const i = chat.lastUser();
-    if (i < 0 || target == null) return;
+    let i = m ? msgs.indexOf(m) : chat.lastUser();
+    if (m?.role === "assistant") i -= 1; // its question
+    if (i < 0 || msgs[i].role !== "user" || target == null) return;
     user = msgs[i];
-    for (const m of msgs.splice(i + 1)) m.el.remove();
+    for (const x of msgs.splice(i + 1)) x.el.remove();
     if (kind === "edit") {
       body.edit_message_id = user.id;
       body.message = text;
@@ -299,11 +310,13 @@ export async function turn(kind, text = "") {
       chat.renderMeta(user);
     } else {
       body.regenerate = true;
+      if (user.id != null) body.message_id = user.id;
     }
   }
   const reply = chat.add({ id: null, role: "assistant", content: "", status: "pending" });
   const l = begin(target ?? "new", user, reply);
   l.model = model;
+  l.kind = kind;
   chat.toBottom();
   announce("The assistant is replying.");
   await run(l, () => streamChat(body, handlers(l, text), l.controller.signal), (err) => {
@@ -320,8 +333,8 @@ export async function turn(kind, text = "") {
       user.el.dataset.id = d.user_message_id;
     }
     // Once the message is stored, Retry asks for a reply again: the text is never sent twice.
-    const retry = d.user_message_id != null ? () => turn("regen") : kind !== "new"
-      ? () => turn(kind, text)
+    const retry = d.user_message_id != null ? () => turn("regen", "", user) : kind !== "new"
+      ? () => turn(kind, text, user)
       : () => {
         for (const m of [user, reply]) { m.el.remove(); chat.msgs.splice(chat.msgs.indexOf(m), 1); }
         turn("new", text);

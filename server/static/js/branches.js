@@ -1,0 +1,103 @@
+// The branches of a conversation, loaded with the first conversation opened. A message with
+// alternatives (earlier versions of an edited question, other answers to a question) shows
+// "‹ 2/3 ›": switching asks the server to show that branch (POST .../branch) and draws what it
+// answers; "Delete this version" removes a message and all under it (DELETE .../messages/{id}).
+// While a reply runs in the conversation both are disabled: the reply is stored under its
+// question and becomes the branch on show, so the view must not move away under it.
+
+import { h, icon, announce } from "./dom.js";
+import { api } from "./api.js";
+import { confirm } from "./sidebar.js";
+import * as chat from "./chat.js";
+
+// The versions' styles come with this module, not with the first load.
+const sheet = h("link", { rel: "stylesheet", href: "/static/branches.css" });
+await new Promise((resolve) => {
+  sheet.addEventListener("load", resolve);
+  sheet.addEventListener("error", resolve); // unstyled is still usable
+  document.head.append(sheet);
+});
+
+/** A switch or a delete is on its way: one at a time, and Send waits. */
+export let moving = false;
+
+/** "‹ 2/3 ›" in front of the message's meta line, and "Delete this version", when it has siblings. */
+export function decorate(m, busy) {
+  const ids = m.siblings;
+  const at = ids ? ids.indexOf(m.id) : -1;
+  if (at < 0 || ids.length < 2) return;
+  const off = busy || moving;
+  const arrow = (act, label, by) => h("button", { type: "button", class: "act ver", "data-act": act,
+    "aria-label": label, title: label, disabled: off || !ids[at + by] }, icon(act));
+  m.meta.prepend(h("span", { class: "versions", role: "group", "aria-label": `Version ${at + 1} of ${ids.length}` },
+    arrow("prev", "Previous version", -1), h("span", { class: "count" }, `${at + 1}/${ids.length}`),
+    arrow("next", "Next version", 1)));
+  if (!busy) m.acts.append(chat.button("drop", "Delete this version", "trash", "Delete"));
+}
+
+/** Show the previous (-1) or next (1) version of message `m`, with the branch under it. */
+export function step(m, by) {
+  const to = m.siblings?.[m.siblings.indexOf(m.id) + by];
+  if (to == null) return;
+  move(m, by < 0 ? "prev" : "next", (id) => api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: to }),
+    "");
+}
+
+/** Delete message `m` (a version) and everything under it, after asking. */
+export async function drop(m) {
+  const what = m.role === "user" ? "this version of your message" : "this version of the reply";
+  if (!(await confirm(`Delete ${what} and everything after it? This cannot be undone.`))) {
+    m.el.querySelector("[data-act=drop]")?.focus();
+    return;
+  }
+  move(m, "prev", (id) => api("DELETE", `/api/conversations/${id}/messages/${m.id}?render=html`), "Version deleted.");
+}
+
+/**
+ * Ask the server (`call`), then draw the conversation it answers with, keeping the message in
+ * `m`'s place where it was on screen, and the focus on its versions (`act`: the arrow).
+ */
+async function move(m, act, call, said) {
+  const id = chat.convId;
+  const index = chat.msgs.indexOf(m);
+  if (moving || id == null || index < 0 || chat.liveHere()) return;
+  const top = m.el.getBoundingClientRect().top;
+  moving = true;
+  chat.refreshActions(); // the arrows wait for the answer
+  let conv;
+  try {
+    conv = await call(id);
+  } catch (err) {
+    if (err.status === 404) { chat.open(id, null, true); return; } // gone meanwhile: read it again
+    if (err.status !== 401) announce(`That did not work. Try again. (${err.message})`);
+    return;
+  } finally {
+    moving = false;
+    if (!conv) chat.refreshActions();
+  }
+  if (chat.convId !== id || chat.liveHere()) return; // the reader went elsewhere meanwhile
+  history.replaceState(null, "", `#/c/${id}`); // a reload shows this branch, not a search hit's
+  chat.fill(conv);
+  const here = chat.msgs[Math.min(index, chat.msgs.length - 1)];
+  if (!here) { chat.toBottom(); return; }
+  const scroller = here.el.closest(".scroller");
+  scroller.scrollTop += here.el.getBoundingClientRect().top - top;
+  const arrows = [...here.meta.querySelectorAll(".ver")];
+  const focus = arrows.find((b) => b.dataset.act === act && !b.disabled) ?? arrows.find((b) => !b.disabled) ?? here.el;
+  focus.focus({ preventScroll: true });
+  announce(said || `Version ${here.siblings ? here.siblings.indexOf(here.id) + 1 : 1} of ${here.siblings?.length ?? 1}.`);
+}
+
+/** After an edit or a regenerate: read the conversation's versions again (the ids are the server's). */
+export async function sync(id) {
+  let conv;
+  try {
+    conv = await api("GET", `/api/conversations/${id}`, undefined, { quiet: true });
+  } catch {
+    return; // the counts stay as they were; the next load has them right
+  }
+  if (chat.convId !== id || chat.liveHere()) return;
+  const byId = new Map(conv.messages.map((x) => [x.id, x]));
+  for (const m of chat.msgs) if (byId.has(m.id)) m.siblings = byId.get(m.id).siblings;
+  chat.refreshActions();
+}
