@@ -97,7 +97,10 @@ export async function sync(id) {
     return; // the counts stay as they were; the next load has them right
   }
   if (chat.convId !== id || chat.liveHere()) return;
-  const byId = new Map(conv.messages.map((x) => [x.id, x]));
-  for (const m of chat.msgs) if (byId.has(m.id)) m.siblings = byId.get(m.id).siblings;
+  chat.msgs.forEach((m, i) => {
+    const x = conv.messages[i];
+    if (m.id == null && x?.role === m.role) { m.id = x.id; m.el.dataset.id = x.id; } // e.g. a failed reply
+    if (x?.id === m.id) m.siblings = x.siblings;
+  });
   chat.refreshActions();
 }

@@ -184,7 +184,7 @@ export async function open(id, mid = null, force = false) {
   try {
     const signal = controller.signal;
     let [conv] = await Promise.all([
-      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal }), turns(), branches()]);
+      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal }), turns()]);
     if (mid != null && !conv.messages.some((x) => x.id === mid) && !lives.has(id) && !conv.running_turn_id) {
       conv = await api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: mid }, { signal })
         .catch((err) => { if (err.name === "AbortError") throw err; return conv; }); // gone: as it is
@@ -254,9 +254,8 @@ document.addEventListener("conv-deleted", (e) => { if (e.detail.id === convId) l
 export const lives = new Map();
 export const liveHere = () => lives.get(convId ?? "new");
 let T = null; // js/turns.js once loaded: then a click starts its turn at once, in the same task
-const turns = async () => (T ??= await import("./turns.js"));
-let B = null; // js/branches.js: the versions of a message ("‹ 2/3 ›"), loaded with the first conversation
-const branches = async () => (B ??= await import("./branches.js"));
+let B = null; // js/branches.js, which turns.js imports: the versions of a message ("‹ 2/3 ›")
+const turns = async () => { B ??= await import("./branches.js"); return (T ??= await import("./turns.js")); };
 
 /** Send, Stop and the spinner follow the conversation on screen. */
 export function showBusy() {

@@ -74,6 +74,9 @@ function typed() {
 }
 
 box.addEventListener("input", typed);
+resultList.addEventListener("click", (event) => { // the hit on show already: show it again
+  if (event.target.closest("a")?.getAttribute("href") === location.hash) dispatchEvent(new HashChangeEvent("hashchange"));
+});
 box.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && box.value) { event.stopPropagation(); clear(); }
 });

@@ -33,6 +33,13 @@ async def sent_to_model(web: Web) -> list[str]:
     return [m["content"] for m in sent if m["role"] != "system"]
 
 
+async def faults(web: Web, **body: Any) -> None:
+    """Make the simulator fail (or stop failing)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{web.sim.root_url}/sim/faults", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+
+
 async def three_turns(web: Web, user: dict[str, Any]) -> int:
     """A conversation of three echoed questions and answers, made over the API."""
     await web.sim_config(echo=True)
@@ -175,7 +182,12 @@ async def test_a_search_hit_on_a_hidden_branch_opens_it(web: Web) -> None:
     await expect(target).to_be_in_viewport()
     await expect(messages(page)).to_have_count(4)
     await expect(versions(target).locator(".count")).to_have_text("1/2")
+    await expect(target).to_be_focused()
     assert [m["id"] for m in await web.messages(user, conv)][0] == hidden, "the branch on show"
+    # The same hit once more (the address does not change): it is shown and focused again.
+    await page.locator("#input").focus()
+    await hit.click()
+    await expect(target).to_be_focused()
 
     # Switching away drops the hit from the address, so a reload keeps the branch chosen.
     await versions(target).get_by_role("button", name="Next version").click()
@@ -192,6 +204,37 @@ async def test_a_search_hit_on_a_hidden_branch_opens_it(web: Web) -> None:
     await hit.click()
     await expect(target).to_have_class(re.compile(r"\bhit\b"))
     await expect(messages(page)).to_have_count(4)
+
+
+async def test_a_new_chat_edited_and_a_failed_regenerate(web: Web) -> None:
+    page = web.page
+    await web.user()
+    await web.sim_config(echo=True)
+    await web.open("/")
+    await web.send("first words")
+    await web.idle()
+    await messages(page, "user").first.get_by_role(
+        "button", name="Edit and resend your last message").click()
+    editor = page.get_by_role("textbox", name="Edit your message")
+    await editor.fill("better words")
+    await editor.press("Enter")
+    await web.idle()
+    await expect(versions(messages(page, "user").first).locator(".count")).to_have_text("2/2")
+
+    # A regenerate that fails is a version too: it can be left, or deleted.
+    await faults(web, mode="500", count=3)
+    await messages(page, "assistant").last.get_by_role(
+        "button", name="Regenerate the last reply").click()
+    await web.idle()
+    failed = messages(page, "assistant").last
+    await expect(failed.locator(".failure")).to_be_visible()
+    await expect(versions(failed).locator(".count")).to_have_text("2/2")
+    await faults(web, mode="none")
+    await failed.get_by_role("button", name="Delete this version").click()
+    await page.locator("#confirm").get_by_role("button", name="Delete").click()
+    await expect(messages(page, "assistant").locator(".failure")).to_have_count(0)
+    await expect(versions(messages(page, "assistant").last)).to_have_count(0)
+    assert await shown(page) == ["better words", "better words"]
 
 
 async def test_versions_wait_while_a_reply_streams(web: Web) -> None:
