@@ -1,11 +1,11 @@
-// The branches of a conversation, loaded with the first conversation opened. A message with
-// alternatives (earlier versions of an edited question, other answers to a question) shows
-// "‹ 2/3 ›": switching asks the server to show that branch (POST .../branch) and draws what it
-// answers; "Delete this version" removes a message and all under it (DELETE .../messages/{id}).
-// While a reply runs in the conversation both are disabled: the reply is stored under its
-// question and becomes the branch on show, so the view must not move away under it.
+// The branches of a conversation, loaded with js/turns.js (before any message shows): the
+// actions of each message. A message with alternatives (earlier versions of an edited question,
+// other answers to a question) shows "‹ 2/3 ›": switching asks the server to show that branch
+// (POST .../branch) and draws what it answers; "Delete this version" removes a message and all
+// under it (DELETE .../messages/{id}). While a reply runs in the conversation both wait: the
+// reply belongs to the branch on show, which stays on screen until it ends.
 
-import { h, icon, announce } from "./dom.js";
+import { $, h, icon, announce } from "./dom.js";
 import { api } from "./api.js";
 import { confirm } from "./sidebar.js";
 import * as chat from "./chat.js";
@@ -21,8 +21,28 @@ await new Promise((resolve) => {
 /** A switch or a delete is on its way: one at a time, and Send waits. */
 export let moving = false;
 
+/**
+ * The actions of each message on screen: Edit on every question and Regenerate on every reply
+ * (both start a branch), "‹ 2/3 ›" and "Delete this version" on a message with versions. While
+ * a reply runs here, only the arrows show, disabled.
+ */
+export function actions() {
+  const { msgs } = chat;
+  for (const b of $("messages").querySelectorAll("[data-act=edit],[data-act=regen],[data-act=drop],.versions")) b.remove();
+  const u = chat.lastUser();
+  const last = msgs[msgs.length - 1];
+  const idle = chat.convId != null && !chat.liveHere() && u >= 0 && msgs[u].id != null;
+  msgs.forEach((m, i) => {
+    if (idle && m.id != null && m.status !== "failed") m.acts.append(m.role === "user" // failed: Retry
+      ? chat.button("edit", i === u ? "Edit and resend your last message" : "Edit this message", "edit", "Edit")
+      : chat.button("regen", m === last ? "Regenerate the last reply" : "Regenerate this reply", "refresh", "Regenerate"));
+    versions(m, !idle);
+  });
+  if (idle && last.role === "user") last.acts.append(chat.button("regen", "Get a reply to this message", "refresh", "Get reply"));
+}
+
 /** "‹ 2/3 ›" in front of the message's meta line, and "Delete this version", when it has siblings. */
-export function decorate(m, busy) {
+function versions(m, busy) {
   const ids = m.siblings;
   const at = ids ? ids.indexOf(m.id) : -1;
   if (at < 0 || ids.length < 2) return;

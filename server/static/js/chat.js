@@ -100,21 +100,8 @@ function clear() {
 
 export const lastUser = () => { for (let i = msgs.length - 1; i >= 0; i--) if (msgs[i].role === "user") return i; return -1; };
 
-/** Edit on every user message, Regenerate on every reply (each starts a branch), and the
- * versions of each message (js/branches.js), when no reply runs here. */
-export function refreshActions() {
-  for (const b of list.querySelectorAll("[data-act=edit],[data-act=regen],[data-act=drop],.versions")) b.remove();
-  const u = lastUser();
-  const last = msgs[msgs.length - 1];
-  const idle = convId != null && !liveHere() && u >= 0 && msgs[u].id != null;
-  msgs.forEach((m, i) => {
-    if (idle && m.id != null && m.status !== "failed") m.acts.append(m.role === "user" // failed: Retry
-      ? button("edit", i === u ? "Edit and resend your last message" : "Edit this message", "edit", "Edit")
-      : button("regen", m === last ? "Regenerate the last reply" : "Regenerate this reply", "refresh", "Regenerate"));
-    B?.decorate(m, !idle);
-  });
-  if (idle && last.role === "user") last.acts.append(button("regen", "Get a reply to this message", "refresh", "Get reply"));
-}
+/** Edit, Regenerate and the versions of each message: js/branches.js, in before any message is. */
+export const refreshActions = () => B?.actions();
 
 // ---- scrolling
 

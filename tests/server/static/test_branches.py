@@ -261,7 +261,7 @@ async def test_versions_wait_while_a_reply_streams(web: Web) -> None:
         "button", name="Delete this version")).to_be_visible()
 
 
-async def test_screenshot_of_versions(web: Web, tmp_path: Path) -> None:
+async def test_screenshots_of_versions(web: Web, tmp_path: Path) -> None:
     """Renders a reply with three versions; CHATGATE_SCREENSHOTS=1 refreshes docs/ with it."""
     out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
     page = web.page
