@@ -233,7 +233,7 @@ function end(l) {
   chat.refreshActions();
   if (!here(l)) return; // another conversation is on screen; this one reloads when opened
   if (l.reload) { chat.open(l.convId, null, true); return; }
-  if (l.kind === "edit" || l.kind === "regen") branches.sync(l.convId); // the versions it made
+  if (l.kind !== "new") branches.sync(l.convId); // the versions an edit or a regenerate made (or one followed after a reload)
   if (chat.stick) chat.toBottom();
   const focused = document.activeElement;
   if (!focused || focused === document.body || focused === $("stop") || focused === $("send")

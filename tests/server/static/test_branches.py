@@ -81,6 +81,9 @@ async def test_edit_the_first_question_then_switch_back_and_reload(web: Web) -> 
     await expect(group.locator(".count")).to_have_text("2/2")
     await expect(group.get_by_role("button", name="Next version")).to_be_disabled()
     await web.axe()
+    await page.emulate_media(color_scheme="dark")
+    await web.axe()
+    await page.emulate_media(color_scheme="light")
 
     # ‹ brings the old version back with everything that followed it.
     await group.get_by_role("button", name="Previous version").click()
@@ -127,9 +130,17 @@ async def test_regenerate_a_middle_reply_edit_a_middle_question_and_delete_a_ver
     await expect(versions(reply).locator(".count")).to_have_text("2/2")
     assert await sent_to_model(web) == QUESTIONS[:1] * 2 + QUESTIONS[1:2]
 
+    # Switching keeps the switched message where it was on screen (the page scrolls here).
+    await page.set_viewport_size({"width": 1280, "height": 420})
+    await reply.scroll_into_view_if_needed()
+    before = await reply.bounding_box()
     await versions(reply).get_by_role("button", name="Previous version").click()
     await expect(messages(page)).to_have_count(6)
-    await expect(versions(messages(page, "assistant").nth(1)).locator(".count")).to_have_text("1/2")
+    again = messages(page, "assistant").nth(1)
+    await expect(versions(again).locator(".count")).to_have_text("1/2")
+    after = await again.bounding_box()
+    assert before and after and abs(after["y"] - before["y"]) < 2, (before, after)
+    await page.set_viewport_size({"width": 1280, "height": 800})
     await versions(messages(page, "assistant").nth(1)).get_by_role(
         "button", name="Next version").click()
     await expect(messages(page)).to_have_count(4)
