@@ -7,13 +7,16 @@ from typing import TYPE_CHECKING
 
 from .base import (
     NO_QUOTA,
+    AccountSettingsStore,
     AuditStore,
     BranchStore,
     ConversationStore,
     KeyStore,
+    MemoryStore,
     MessageStore,
     NewConversation,
     NewMessage,
+    PromptStore,
     Quota,
     QuotaStore,
     SearchStore,
@@ -29,6 +32,7 @@ from .errors import (
     Conflict,
     DatabaseBusy,
     InvalidCursor,
+    MemoryNotFound,
     NotFound,
     OverQuota,
     SchemaTooNew,
@@ -36,6 +40,7 @@ from .errors import (
     StorageQuotaExceeded,
     TooManyConversations,
     TooManyKeys,
+    TooManyMemories,
 )
 from .sqlite import open_sqlite
 
@@ -51,10 +56,12 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AuditStore", "BranchStore", "Conflict", "ConversationStore", "DatabaseBusy",
-    "InvalidCursor", "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound",
-    "OverQuota", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "BranchStore", "Conflict",
+    "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound",
+    "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
+    "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
+    "StorageError",
     "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
-    "TooManyKeys", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
+    "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

@@ -77,6 +77,17 @@ class MessageRow(TypedDict):
     siblings: NotRequired[list[int]]  # it and its alternatives, oldest first (if several)
 
 
+class MemoryRow(TypedDict):
+    """A long-term memory as its owner sees it."""
+
+    id: int
+    content: str
+    enabled: bool
+    state: str  # "active" | "proposed" (waits for the user to accept it)
+    created_at: str
+    updated_at: str
+
+
 class KeyRow(TypedDict):
     """An API key as its owner sees it (never the key itself, nor its hash)."""
 
