@@ -13,6 +13,7 @@ from .config import Config
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
+from .services.background import BackgroundService
 from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
@@ -22,6 +23,7 @@ from .services.password_policy import PasswordPolicy
 from .services.passwords import Passwords
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.titles import TitleService
 from .services.tokens import Principal, TokenService
 from .services.transfer import TransferService
 from .services.usage import UsageMeter
@@ -43,6 +45,8 @@ RENDERER = web.AppKey("renderer", Renderer)
 ROUTER = web.AppKey("router", Router)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
+BACKGROUND = web.AppKey("background", BackgroundService)
+TITLES = web.AppKey("titles", TitleService)
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
 PRINCIPAL = web.RequestKey("principal", Principal)
