@@ -76,6 +76,7 @@ class BackgroundService:
         """A job's end: counted once, its result given."""
         if end.job is not None:
             self._jobs.discard(end.job)
+            end.job = None  # no job <-> sink cycle left for the collector
         self._metrics.background_ended(end.kind, outcome, usage)
         if not end.result.done():
             end.result.set_result(text)
