@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .base import (
     NO_QUOTA,
     AuditStore,
+    BranchStore,
     ConversationStore,
     KeyStore,
     MessageStore,
@@ -50,9 +51,9 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor",
-    "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
-    "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
+    "NO_QUOTA", "AuditStore", "BranchStore", "Conflict", "ConversationStore", "DatabaseBusy",
+    "InvalidCursor", "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound",
+    "OverQuota", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
     "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
     "TooManyKeys", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
