@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -84,6 +85,8 @@ class ChatService:
         self._metrics = metrics
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
         self._prompts = prompts
+        # Told of each complete reply once stored (the app sets it: generated titles).
+        self.replied: Callable[[Turn, MessageRow], None] = lambda turn, reply: None
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
@@ -226,6 +229,7 @@ class ChatService:
                 return Failed(err, None)
             if c.usage:
                 stored["usage"] = c.usage
+            self.replied(turn, stored)  # e.g. a generated title after the first reply
             return Done(stored, c.usage, c.finish_reason)
         # Stopped (by the user, nobody reading, shutdown): what came is kept, if anything.
         # Failed: kept even if empty, with why, so a later page shows the error and Retry.
