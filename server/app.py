@@ -47,6 +47,7 @@ from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.summaries import SummaryService
 from .services.titles import TitleService
 from .services.tokens import TokenService
 from .services.transfer import TransferService
@@ -227,14 +228,20 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Low-priority jobs through the same pool, and the generated titles that use them."""
+    """Low-priority jobs through the same pool, and what uses them: generated titles and
+    summaries of older turns."""
+    config = app[keys.CONFIG]
     background = BackgroundService(app[keys.POOL], app[keys.METRICS])
     app[keys.BACKGROUND] = background
     app[keys.TITLES] = titles = TitleService(background, app[keys.STORAGE].conversations,
-                                             app[keys.CONFIG].background.titles)
+                                             config.background.titles)
+    app[keys.SUMMARIES] = summaries = SummaryService(
+        background, app[keys.STORAGE].summaries, config.memory,
+        config.background.summary_max_tokens, config.background.summaries)
     yield
     await background.close()  # stopped, not drained: their results become None at once
-    await titles.close()  # ...so a title being stored is the only wait, before storage closes
+    # ...so a title or summary being stored is the only wait, before storage closes.
+    await asyncio.gather(titles.close(), summaries.close())
 
 
 async def _chat(app: web.Application) -> AsyncIterator[None]:
@@ -248,7 +255,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
                                         metrics, caps, config.model_list, config.chat,
                                         prompts=prompts)
-    chat.replied = app[keys.TITLES].after_reply
+    chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply]
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield

@@ -27,6 +27,7 @@ from .services.profile import Profiles
 from .services.prompt import PromptAssembler
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.summaries import SummaryService
 from .services.titles import TitleService
 from .services.tokens import Principal, TokenService
 from .services.transfer import TransferService
@@ -51,6 +52,7 @@ POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
 BACKGROUND = web.AppKey("background", BackgroundService)
 TITLES = web.AppKey("titles", TitleService)
+SUMMARIES = web.AppKey("summaries", SummaryService)
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached

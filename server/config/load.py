@@ -37,6 +37,7 @@ _POSITIVE = {
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
     "routing.affinity_size", "chat.finished_turn_ttl_s", "memories.max_per_user",
     "memories.cache_size", "background.share", "background.max_waiting",
+    "background.summary_max_tokens",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}

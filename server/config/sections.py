@@ -130,12 +130,14 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class BackgroundConfig:
-    """Low-priority jobs (generated titles; summaries and memory suggestions later): served
-    only when no chat turn may start, on at most a share of the workers."""
+    """Low-priority jobs (generated titles, summaries of older turns, memory suggestions):
+    served only when no chat turn may start, on at most a share of the workers."""
 
     share: float = 0.25  # of queue.workers background jobs may hold at once (at least one)
     max_waiting: int = 256  # background jobs waiting at most; more are dropped, not queued
     titles: bool = True  # a short title generated after a conversation's first reply
+    summaries: bool = True  # older turns summarised when a history outgrows its budget
+    summary_max_tokens: int = 400  # the longest summary asked for
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,18 @@ class MessageStore(Protocol):
         conversation's model (NotFound: no change)."""
 
 
+class SummaryStore(Protocol):
+    """Summaries of older turns, each kept on the last message it covers."""
+
+    async def since_last(self, user_id: int, conversation_id: int, message_id: int,
+                         limit: int) -> HistoryRows:
+        """Up to `limit` messages on the path to the message, newest first, back to the
+        latest summary on it (last, role "summary"); [] if it is not the user's."""
+
+    async def save(self, message_id: int, content: str, model: str | None) -> bool:
+        """Keep the summary of the path up to the message; False if it is gone."""
+
+
 class BranchStore(Protocol):
     """Branches of a conversation's tree of messages."""
 
@@ -329,6 +341,7 @@ class Storage:
     conversations: ConversationStore
     messages: MessageStore
     branches: BranchStore
+    summaries: SummaryStore
     transfer: TransferStore
     quotas: QuotaStore
     search: SearchStore

@@ -77,15 +77,22 @@ class SqliteConversations:
             if conv is None:
                 return None, []
             msgs = conn.execute(
-                "SELECT id, role, content, status, created_at, usage, model, error, parent_id "
-                "FROM messages WHERE conversation_id = ? ORDER BY id",
-                (conversation_id,)).fetchall()
+                "SELECT m.id, m.role, m.content, m.status, m.created_at, m.usage, m.model, "
+                "m.error, m.parent_id, s.content, s.created_at FROM messages m "
+                "LEFT JOIN summaries s ON s.message_id = m.id "
+                "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,)).fetchall()
             return conv, msgs
 
         conv, msgs = await self._db.read(op)
         if conv is None:
             raise NotFound("conversation not found")
-        return conversation_row(conv), [message_row(m) for m in msgs]
+        rows = []
+        for m in msgs:
+            row = message_row(m)
+            if m[9] is not None:  # the path up to it is summarised
+                row["summary"] = {"content": m[9], "created_at": m[10]}
+            rows.append(row)
+        return conversation_row(conv), rows
 
 
     async def rename(self, user_id: int, conversation_id: int, title: str,

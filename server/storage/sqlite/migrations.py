@@ -290,7 +290,19 @@ ALTER TABLE conversations ADD COLUMN title_source TEXT NOT NULL DEFAULT 'first_l
     CHECK (title_source IN ('first_line', 'generated', 'user'));
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12]
+# Summaries of older turns, each on the last message it covers: a turn's history walks up its
+# branch to the newest summary and sends it instead of what lies above. A branch that leaves
+# the path above a summary gets its own; deleting the message deletes its summary.
+V13 = """
+CREATE TABLE summaries (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    model TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13]
 LATEST = len(MIGRATIONS)
 
 
