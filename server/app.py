@@ -47,6 +47,7 @@ from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.suggestions import SuggestionService
 from .services.summaries import SummaryService
 from .services.titles import TitleService
 from .services.tokens import TokenService
@@ -228,8 +229,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Low-priority jobs through the same pool, and what uses them: generated titles and
-    summaries of older turns."""
+    """Low-priority jobs through the same pool, and what uses them: generated titles,
+    summaries of older turns and memory suggestions."""
     config = app[keys.CONFIG]
     background = BackgroundService(app[keys.POOL], app[keys.METRICS])
     app[keys.BACKGROUND] = background
@@ -238,10 +239,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[keys.SUMMARIES] = summaries = SummaryService(
         background, app[keys.STORAGE].summaries, config.memory,
         config.background.summary_max_tokens, config.background.summaries)
+    app[keys.SUGGESTIONS] = suggestions = SuggestionService(
+        background, app[keys.MEMORIES], config.memories.suggestions)
     yield
     await background.close()  # stopped, not drained: their results become None at once
-    # ...so a title or summary being stored is the only wait, before storage closes.
-    await asyncio.gather(titles.close(), summaries.close())
+    # ...so what is being stored is the only wait, before storage closes.
+    await asyncio.gather(titles.close(), summaries.close(), suggestions.close())
 
 
 async def _chat(app: web.Application) -> AsyncIterator[None]:
@@ -255,7 +258,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
                                         metrics, caps, config.model_list, config.chat,
                                         prompts=prompts)
-    chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply]
+    chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply,
+                     app[keys.SUGGESTIONS].after_reply]
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield

@@ -27,6 +27,7 @@ from .services.profile import Profiles
 from .services.prompt import PromptAssembler
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.suggestions import SuggestionService
 from .services.summaries import SummaryService
 from .services.titles import TitleService
 from .services.tokens import Principal, TokenService
@@ -53,6 +54,7 @@ CHAT = web.AppKey("chat", ChatService)
 BACKGROUND = web.AppKey("background", BackgroundService)
 TITLES = web.AppKey("titles", TitleService)
 SUMMARIES = web.AppKey("summaries", SummaryService)
+SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
