@@ -10,18 +10,26 @@ from workers.pool import WorkerPool
 from workers.router import Router
 
 from .config import Config
+from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
+from .services.background import BackgroundService
 from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
+from .services.memories import MemoryService
 from .services.metrics import Metrics
 from .services.password_policy import PasswordPolicy
 from .services.passwords import Passwords
+from .services.profile import Profiles
+from .services.prompt import PromptAssembler
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.suggestions import SuggestionService
+from .services.summaries import SummaryService
+from .services.titles import TitleService
 from .services.tokens import Principal, TokenService
 from .services.transfer import TransferService
 from .services.usage import UsageMeter
@@ -43,8 +51,16 @@ RENDERER = web.AppKey("renderer", Renderer)
 ROUTER = web.AppKey("router", Router)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
+BACKGROUND = web.AppKey("background", BackgroundService)
+TITLES = web.AppKey("titles", TitleService)
+SUMMARIES = web.AppKey("summaries", SummaryService)
+SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
+PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
+MEMORIES = web.AppKey("memories", MemoryService)  # long-term memories (not the history budget)
+ACCOUNT_SETTINGS = web.AppKey("account_settings", AccountSettingsService)
+PROMPTS = web.AppKey("prompts", PromptAssembler)
 PRINCIPAL = web.RequestKey("principal", Principal)
 VIA_COOKIE = web.RequestKey("via_cookie", bool)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -129,6 +129,18 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class BackgroundConfig:
+    """Low-priority jobs (generated titles, summaries of older turns, memory suggestions):
+    served only when no chat turn may start, on at most a share of the workers."""
+
+    share: float = 0.25  # of queue.workers background jobs may hold at once (at least one)
+    max_waiting: int = 256  # background jobs waiting at most; more are dropped, not queued
+    titles: bool = True  # a short title generated after a conversation's first reply
+    summaries: bool = True  # older turns summarised when a history outgrows its budget
+    summary_max_tokens: int = 400  # the longest summary asked for
+
+
+@dataclass(frozen=True)
 class ChatConfig:
     """Turns that outlive their connection: how long they wait for a reader to come back."""
 
@@ -144,6 +156,17 @@ class MemoryConfig:
     system_prompt: str = "You are a helpful assistant."
     max_history_messages: int = 20
     max_history_tokens: int = 3000
+
+
+@dataclass(frozen=True)
+class MemoriesConfig:
+    """Long-term memories: short facts each user keeps, added to the system prompt of every
+    turn (not `memory`, which is one conversation's history budget)."""
+
+    max_tokens: int = 300  # about this many tokens of memories per prompt, newest first
+    max_per_user: int = 200  # memories (active and proposed) one user may keep
+    suggestions: bool = False  # propose memories from what users say (a background job)
+    cache_size: int = 10_000  # users whose memories and settings are kept in memory
 
 
 @dataclass(frozen=True)
@@ -184,8 +207,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    memories: MemoriesConfig = field(default_factory=MemoriesConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)

@@ -7,18 +7,22 @@ from typing import TYPE_CHECKING
 
 from .base import (
     NO_QUOTA,
+    AccountSettingsStore,
     AuditStore,
     BranchStore,
     ConversationStore,
     KeyStore,
+    MemoryStore,
     MessageStore,
     NewConversation,
     NewMessage,
+    PromptStore,
     Quota,
     QuotaStore,
     SearchStore,
     Storage,
     StorageStats,
+    SummaryStore,
     TokenStore,
     TransferStore,
     UsageDelta,
@@ -29,6 +33,7 @@ from .errors import (
     Conflict,
     DatabaseBusy,
     InvalidCursor,
+    MemoryNotFound,
     NotFound,
     OverQuota,
     SchemaTooNew,
@@ -36,6 +41,7 @@ from .errors import (
     StorageQuotaExceeded,
     TooManyConversations,
     TooManyKeys,
+    TooManyMemories,
 )
 from .sqlite import open_sqlite
 
@@ -51,10 +57,12 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AuditStore", "BranchStore", "Conflict", "ConversationStore", "DatabaseBusy",
-    "InvalidCursor", "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound",
-    "OverQuota", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
-    "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
-    "TooManyKeys", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "BranchStore", "Conflict",
+    "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound",
+    "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
+    "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
+    "StorageError",
+    "StorageQuotaExceeded", "StorageStats", "SummaryStore", "TokenStore", "TooManyConversations",
+    "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

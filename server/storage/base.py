@@ -12,6 +12,7 @@ from .rows import (
     ConversationUse,
     HistoryRows,
     KeyRow,
+    MemoryRow,
     MessageRow,
     SearchHit,
     UsageRow,
@@ -115,8 +116,9 @@ class ConversationStore(Protocol):
     """Conversations, every call scoped to the owning user."""
 
     async def create(self, user_id: int, title: str,
-                     quota: Quota = NO_QUOTA) -> ConversationRow:
-        """Create an empty conversation (TooManyConversations, StorageQuotaExceeded)."""
+                     quota: Quota = NO_QUOTA, titled: bool = False) -> ConversationRow:
+        """Create an empty conversation (TooManyConversations, StorageQuotaExceeded);
+        `titled`: the user gave its title (never replaced by a generated one)."""
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -128,7 +130,17 @@ class ConversationStore(Protocol):
 
     async def rename(self, user_id: int, conversation_id: int, title: str,
                      quota: Quota = NO_QUOTA) -> ConversationRow:
-        """Change the title (NotFound; StorageQuotaExceeded if a longer title passes it)."""
+        """Change the title, the user's from now on (NotFound; StorageQuotaExceeded if a
+        longer title passes it)."""
+
+    async def title_source(self, user_id: int, conversation_id: int) -> str | None:
+        """Where the title came from: 'first_line' (automatic), 'generated' or 'user'; None
+        if the user has no such conversation."""
+
+    async def set_generated_title(self, user_id: int, conversation_id: int,
+                                  title: str) -> bool:
+        """Store a generated title only if the title is still the automatic first-line one;
+        True if stored."""
 
     async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
                         quota: Quota = NO_QUOTA) -> ConversationRow:
@@ -188,6 +200,18 @@ class MessageStore(Protocol):
         conversation's model (NotFound: no change)."""
 
 
+class SummaryStore(Protocol):
+    """Summaries of older turns, each kept on the last message it covers."""
+
+    async def since_last(self, user_id: int, conversation_id: int, message_id: int,
+                         limit: int) -> HistoryRows:
+        """Up to `limit` messages on the path to the message, newest first, back to the
+        latest summary on it (last, role "summary"); [] if it is not the user's."""
+
+    async def save(self, message_id: int, content: str, model: str | None) -> bool:
+        """Keep the summary of the path up to the message; False if it is gone."""
+
+
 class BranchStore(Protocol):
     """Branches of a conversation's tree of messages."""
 
@@ -196,6 +220,54 @@ class BranchStore(Protocol):
 
     async def delete(self, user_id: int, conversation_id: int, message_id: int) -> int:
         """Delete the message and its subtree; return how many went (NotFound)."""
+
+
+class MemoryStore(Protocol):
+    """A user's long-term memories, every call scoped to that user."""
+
+    async def all(self, user_id: int) -> list[MemoryRow]:
+        """The user's memories, newest first."""
+
+    async def add(self, user_id: int, content: str, max_count: int,
+                  quota: Quota = NO_QUOTA) -> MemoryRow:
+        """Store an active memory; TooManyMemories when the user keeps `max_count` already,
+        StorageQuotaExceeded past their stored-text cap (both checked inside the write)."""
+
+    async def update(self, user_id: int, memory_id: int, *, content: str | None = None,
+                     enabled: bool | None = None, accept: bool = False,
+                     quota: Quota = NO_QUOTA) -> MemoryRow:
+        """Change what is given (`accept`: a proposed memory becomes active);
+        MemoryNotFound."""
+
+    async def delete(self, user_id: int, memory_id: int) -> None:
+        """Delete one memory (MemoryNotFound for anyone else's)."""
+
+    async def propose(self, user_id: int, contents: list[str], max_count: int,
+                      quota: Quota = NO_QUOTA) -> list[MemoryRow]:
+        """Store proposed memories, skipping any the user keeps already (same words, case
+        and spacing aside) and stopping at `max_count` or the stored-text cap; the new rows."""
+
+    async def profile(self, user_id: int) -> tuple[dict[str, Any], list[str]]:
+        """The user's account settings and their enabled, active memories (newest first), in
+        one read."""
+
+
+class AccountSettingsStore(Protocol):
+    """Each account's own settings: a small JSON object on the user."""
+
+    async def configure(self, user_id: int, changes: dict[str, Any],
+                        quota: Quota = NO_QUOTA) -> dict[str, Any]:
+        """Change some settings (None removes one) and return them all (NotFound;
+        StorageQuotaExceeded: no change)."""
+
+
+class PromptStore(Protocol):
+    """What the next turn of a conversation would send, read without writing anything."""
+
+    async def next_turn(self, user_id: int, conversation_id: int,
+                        history: int) -> tuple[HistoryRows, ConversationUse]:
+        """Up to `history` messages a new turn would carry, newest first, and the
+        conversation's model and settings (NotFound)."""
 
 
 class QuotaStore(Protocol):
@@ -269,12 +341,16 @@ class Storage:
     conversations: ConversationStore
     messages: MessageStore
     branches: BranchStore
+    summaries: SummaryStore
     transfer: TransferStore
     quotas: QuotaStore
     search: SearchStore
     keys: KeyStore
     usage: UsageStore
     audit: AuditStore
+    memories: MemoryStore
+    account_settings: AccountSettingsStore
+    prompts: PromptStore
     stats: StorageStats
 
     async def close(self) -> None:

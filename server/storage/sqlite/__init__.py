@@ -8,10 +8,13 @@ from .branches import SqliteBranches
 from .conversations import SqliteConversations
 from .db import Database
 from .keys import SqliteKeys
+from .memories import SqliteAccountSettings, SqliteMemories
 from .messages import SqliteMessages
 from .migrations import LATEST, migrate
+from .prompts import SqlitePrompts
 from .quotas import SqliteQuotas
 from .search import SqliteSearch
+from .summaries import SqliteSummaries
 from .tokens import SqliteTokens
 from .transfer import SqliteTransfer
 from .usage import SqliteUsage
@@ -29,12 +32,16 @@ class SqliteStorage(Storage):
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
         self.branches = SqliteBranches(db)
+        self.summaries = SqliteSummaries(db)
         self.transfer = SqliteTransfer(db)
         self.quotas = SqliteQuotas(db)
         self.search = SqliteSearch(db)
         self.keys = SqliteKeys(db)
         self.usage = SqliteUsage(db)
         self.audit = SqliteAudit(db)
+        self.memories = SqliteMemories(db)
+        self.account_settings = SqliteAccountSettings(db)
+        self.prompts = SqlitePrompts(db)
 
     async def close(self) -> None:
         """Finish every queued write, then close the connections."""

@@ -250,7 +250,59 @@ CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10]
+# Long-term memories: short facts a user keeps, added to the system prompt of their turns
+# ('proposed' ones wait for the user to accept them), and account settings (JSON object; '' =
+# none). Both count towards the user's stored characters, like titles and messages.
+V11 = """
+ALTER TABLE users ADD COLUMN settings TEXT NOT NULL DEFAULT '';
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'proposed')),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX memories_by_user ON memories(user_id, id);
+CREATE TRIGGER user_storage_memory_ai AFTER INSERT ON memories BEGIN
+    UPDATE user_storage SET chars = chars + length(new.content) WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_memory_ad AFTER DELETE ON memories BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) WHERE user_id = old.user_id;
+END;
+CREATE TRIGGER user_storage_memory_au AFTER UPDATE OF content ON memories BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) + length(new.content)
+        WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_user_settings_au AFTER UPDATE OF settings ON users BEGIN
+    UPDATE user_storage SET chars = chars - length(old.settings) + length(new.settings)
+        WHERE user_id = new.id;
+END;
+"""
+
+# Where a conversation's title came from: 'first_line' (the first message's first line, or
+# "New chat": automatic, may be replaced by a generated title), 'generated' (asked of the
+# model after the first reply) or 'user' (renamed, given at creation, or imported: never
+# replaced). Existing conversations keep their title as automatic.
+V12 = """
+ALTER TABLE conversations ADD COLUMN title_source TEXT NOT NULL DEFAULT 'first_line'
+    CHECK (title_source IN ('first_line', 'generated', 'user'));
+"""
+
+# Summaries of older turns, each on the last message it covers: a turn's history walks up its
+# branch to the newest summary and sends it instead of what lies above. A branch that leaves
+# the path above a summary gets its own; deleting the message deletes its summary.
+V13 = """
+CREATE TABLE summaries (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    model TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13]
 LATEST = len(MIGRATIONS)
 
 
