@@ -55,8 +55,24 @@ function versions(m, busy) {
   if (!busy) m.acts.append(chat.button("drop", "Delete this version", "trash", "Delete"));
 }
 
+$("messages").addEventListener("click", (event) => {
+  const b = event.target.closest("button[data-act]");
+  const m = b && chat.msgs.find((x) => x.el.contains(b));
+  if (!m) return;
+  if (b.dataset.act === "drop") drop(m);
+  else if (b.classList.contains("ver")) step(m, b.dataset.act === "prev" ? -1 : 1);
+});
+
+/** The conversation to show for a link to message `mid`: on another branch, that branch is
+ * asked for first (not while a reply runs there: it belongs to the branch on show). */
+export async function reveal(conv, mid, signal) {
+  if (mid == null || conv.messages.some((x) => x.id === mid) || chat.lives.has(conv.id) || conv.running_turn_id) return conv;
+  return api("POST", `/api/conversations/${conv.id}/branch?render=html`, { message_id: mid }, { signal })
+    .catch((err) => { if (err.name === "AbortError") throw err; return conv; }); // gone: as it is
+}
+
 /** Show the previous (-1) or next (1) version of message `m`, with the branch under it. */
-export function step(m, by) {
+function step(m, by) {
   const to = m.siblings?.[m.siblings.indexOf(m.id) + by];
   if (to == null) return;
   move(m, by < 0 ? "prev" : "next", (id) => api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: to }),
@@ -64,7 +80,7 @@ export function step(m, by) {
 }
 
 /** Delete message `m` (a version) and everything under it, after asking. */
-export async function drop(m) {
+async function drop(m) {
   const what = m.role === "user" ? "this version of your message" : "this version of the reply";
   if (!(await confirm(`Delete ${what} and everything after it? This cannot be undone.`))) {
     m.el.querySelector("[data-act=drop]")?.focus();

@@ -16,7 +16,7 @@ const jump = $("jump");
 
 export let convId = null; // the conversation on screen (null: a new chat)
 let loaded = false;
-export let msgs = []; // { id, role, content, status, html, usage, siblings, el, body, meta, acts }
+export let msgs = []; // { id, role, content, status, html, usage, el, body, meta, acts }
 let loading = null; // AbortController of the conversation being fetched
 export let stick = true; // follow new text: true while the reader is at the bottom
 export let models = null; // js/models.js, after sign-in: the model picker, model errors in words
@@ -154,7 +154,6 @@ export function openNew() {
 
 /** Show conversation `id` (fetched with server-rendered HTML), optionally at message `mid`. */
 export async function open(id, mid = null, force = false) {
-  // A message not on screen (a search hit on another branch) reloads to show its branch.
   if (id === convId && loaded && !force && (mid == null || liveHere() || msgs.some((x) => x.id === mid))) {
     if (mid != null) focusMessage(mid);
     return;
@@ -169,13 +168,9 @@ export async function open(id, mid = null, force = false) {
   showBusy();
   list.setAttribute("aria-busy", "true");
   try {
-    const signal = controller.signal;
-    let [conv] = await Promise.all([
-      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal }), turns()]);
-    if (mid != null && !conv.messages.some((x) => x.id === mid) && !lives.has(id) && !conv.running_turn_id) {
-      conv = await api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: mid }, { signal })
-        .catch((err) => { if (err.name === "AbortError") throw err; return conv; }); // gone: as it is
-    }
+    const [got] = await Promise.all([
+      api("GET", `/api/conversations/${id}?render=html`, undefined, { signal: controller.signal }), turns()]);
+    const conv = await B.reveal(got, mid, controller.signal); // a message on another branch: show that one
     if (controller !== loading) return;
     fill(conv);
     loaded = true;
@@ -195,7 +190,7 @@ export async function open(id, mid = null, force = false) {
   }
 }
 
-/** Show conversation `conv` as the server sent it (HTML rendered), its running reply included. */
+/** Show conversation `conv` as the server sent it, its running reply included. */
 export function fill(conv) {
   clear();
   setTitle(conv.title);
@@ -241,7 +236,7 @@ document.addEventListener("conv-deleted", (e) => { if (e.detail.id === convId) l
 export const lives = new Map();
 export const liveHere = () => lives.get(convId ?? "new");
 let T = null; // js/turns.js once loaded: then a click starts its turn at once, in the same task
-let B = null; // js/branches.js, which turns.js imports: the versions of a message ("‹ 2/3 ›")
+let B = null; // js/branches.js: the actions of each message
 const turns = async () => { B ??= await import("./branches.js"); return (T ??= await import("./turns.js")); };
 
 /** Send, Stop and the spinner follow the conversation on screen. */
@@ -320,9 +315,6 @@ list.addEventListener("click", (event) => {
     case "code": copyWith(b, b.closest(".code").querySelector("pre").textContent); break;
     case "regen": turn("regen", "", m); break;
     case "edit": startEdit(m); break;
-    case "prev": B.step(m, -1); break;
-    case "next": B.step(m, 1); break;
-    case "drop": B.drop(m); break;
     case "retry": m.retry?.(); break;
   }
 });
@@ -337,7 +329,7 @@ export function autosize() {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value.trim();
-  if (!text || liveHere() || starting || B?.moving) return; // moving: the branch is changing
+  if (!text || liveHere() || starting || B?.moving) return;
   input.value = "";
   autosize();
   turn("new", text);
