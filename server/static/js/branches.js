@@ -75,8 +75,8 @@ export async function reveal(conv, mid, signal) {
 function step(m, by) {
   const to = m.siblings?.[m.siblings.indexOf(m.id) + by];
   if (to == null) return;
-  move(m, by < 0 ? "prev" : "next", (id) => api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: to }),
-    "");
+  const call = (id) => api("POST", `/api/conversations/${id}/branch?render=html`, { message_id: to });
+  move(m, by < 0 ? "prev" : "next", call, "");
 }
 
 /** Delete message `m` (a version) and everything under it, after asking. */

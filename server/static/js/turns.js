@@ -305,7 +305,7 @@ async function run(l, first, failed) {
  */
 export async function turn(kind, text = "", m = null) {
   const target = chat.convId;
-  if (chat.lives.has(target ?? "new")) return;
+  if (chat.lives.has(target ?? "new") || branches.moving) return; // moving: the branch on show changes
   const body = { stream: true, render: "html" };
   if (target != null) body.conversation_id = target;
   const model = chat.models?.picked();
