@@ -276,6 +276,7 @@ async def test_screenshots_of_versions(web: Web, tmp_path: Path) -> None:
     """Renders a reply with three versions; CHATGATE_SCREENSHOTS=1 refreshes docs/ with it."""
     out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
     page = web.page
+    await web.user(login=False)  # run alone, the first user would be an admin (and say so)
     user = await web.user(name="grace")
     await web.sim_config(echo=False, reply_tokens=40)
     conv = await web.chat(user, "Suggest a name for a small command-line tool that syncs notes")
