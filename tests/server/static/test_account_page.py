@@ -1,0 +1,200 @@
+"""The account page in a real browser: password, deleting the account, usage, the API keys link,
+theme, default system prompt, memories, and the prompt preview of the conversation settings.
+
+One simulator, one server and one browser serve the whole module; every test gets a fresh
+browser context (its own cookies) and a fresh user, and its page is watched for console
+errors, uncaught exceptions, JavaScript dialogs and a missing Content-Security-Policy
+(the fixtures are in conftest.py beside this file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.support.browser import login_context, new_page
+from tests.support.paths import ROOT
+from tests.support.web import Web
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+
+
+async def status_with(base: str, headers: dict[str, str], path: str = "/api/auth/verify") -> int:
+    """The status of a GET with these headers only (no cookie jar)."""
+    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.DummyCookieJar()) as s:
+        async with s.get(path, headers=headers) as resp:
+            return resp.status
+
+
+async def open_account(web: Web) -> Page:
+    """From the chat, through the user's name in the sidebar, to the account page."""
+    page = web.page
+    await web.open("/")
+    await page.locator("#who").click()
+    await expect(page).to_have_url(re.compile(r"#/account$"))
+    await expect(page.get_by_role("heading", name="Account", level=1)).to_be_focused()
+    return page
+
+
+def stat(page: Page, term: str) -> Any:
+    """The figure shown under a heading of the usage summary."""
+    return page.locator("#account-page .stats > div").filter(
+        has=page.get_by_text(term, exact=True)).locator("dd")
+
+
+async def test_password_change_signs_out_every_other_session(web: Web) -> None:
+    page = web.page
+    user = await web.user()
+    name = user["user"]["username"]
+    loaded: list[str] = []
+    page.on("request", lambda r: loaded.append(r.url))
+    # Another browser signed in as the same user.
+    other, watched = await new_page(web.browser, web.url)
+    pending(watched)
+    await login_context(other, web.url, user)
+    await watched.page.goto("/")
+    await expect(watched.page.locator("#who")).to_have_text(name)
+
+    await web.open("/")
+    assert not any(u.endswith(("/account.js", "/account.css", "/memories.js")) for u in loaded)
+    who = page.get_by_role("link", name=f"Account ({name})")
+    await who.focus()  # reached with the keyboard
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Account", level=1)).to_be_focused()
+    await expect(page.locator("#chat")).to_be_hidden()
+    await expect(who).to_have_attribute("aria-current", "page")
+    await expect(page).to_have_title("Account · chatgate")
+    await page.reload()  # the URL keeps the page
+    await expect(page.get_by_role("heading", name="Account", level=1)).to_be_visible()
+
+    # Two different new passwords never leave the browser; a wrong current one is refused.
+    await page.get_by_label("Current password").fill("not my password")
+    await page.get_by_label("New password", exact=True).fill("a fresh lantern")
+    await page.get_by_label("New password again").fill("a fresh lantren")
+    await page.get_by_role("button", name="Change password").click()
+    assert await page.get_by_label("New password again").evaluate("(el) => !el.validity.valid")
+    await page.get_by_label("New password again").fill("a fresh lantern")
+    web.watched.allow(403, "/api/auth/password")
+    await page.get_by_role("button", name="Change password").click()
+    await expect(page.locator("#account-page").get_by_role("alert").filter(
+        has_text="password")).to_have_text(
+        "The password was not changed. The current password is not correct.")
+
+    await page.get_by_label("Current password").fill(user["password"])
+    await page.get_by_role("button", name="Change password").click()
+    await expect(page.get_by_text("Password changed.")).to_be_visible()
+    await expect(page.get_by_label("Current password")).to_have_value("")
+
+    # This browser stays signed in (a new cookie), the other one is signed out, and the old
+    # bearer token is refused.
+    await page.reload()
+    await expect(page.locator("#who")).to_have_text(name)
+    await expect(page.get_by_role("heading", name="Account", level=1)).to_be_visible()
+    watched.allow(401, "/api/")
+    await watched.page.reload()
+    await expect(watched.page.locator("#auth")).to_be_visible()
+    assert await status_with(web.url, user["headers"]) == 401
+    await other.close()
+    watched.check()
+
+
+async def test_delete_account_asks_for_the_username_and_ends_at_sign_in(web: Web) -> None:
+    user = await web.user()
+    name = user["user"]["username"]
+    page = await open_account(web)
+    await page.get_by_role("button", name="Delete my account…").click()
+    dialog = page.get_by_role("dialog", name="Delete your account?")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_label(re.compile("Type your username"))).to_be_focused()
+    go = dialog.get_by_role("button", name="Delete my account")
+    await expect(go).to_be_disabled()
+    await dialog.get_by_label(re.compile("Type your username")).fill(name + "x")
+    await expect(go).to_be_disabled()
+    await dialog.get_by_label(re.compile("Type your username")).fill(name)
+    await expect(go).to_be_enabled()
+    await web.axe()
+    # Esc or Cancel keep the account.
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(page.get_by_role("button", name="Delete my account…")).to_be_focused()
+    await page.get_by_role("button", name="Delete my account…").click()
+    await dialog.get_by_label(re.compile("Type your username")).fill(name)
+    await dialog.get_by_label("Password").fill("not the password")
+    web.watched.allow(403, "/api/auth/account")
+    await go.click()
+    await expect(dialog.get_by_role("alert")).to_have_text(
+        "The account was not deleted. The password is not correct.")
+    assert await status_with(web.url, user["headers"]) == 200
+
+    await dialog.get_by_label("Password").fill(user["password"])
+    await go.click()
+    await expect(page.locator("#auth")).to_be_visible()
+    await expect(page.locator("#who")).to_be_empty()
+    await expect(page.locator("#account-page")).to_be_hidden()
+    assert await status_with(web.url, user["headers"]) == 401
+    # The account is gone: signing in with it fails.
+    web.watched.allow(401, "/api/auth/login")
+    await page.locator("#username").fill(name)
+    await page.locator("#password").fill(user["password"])
+    await page.locator("#auth-submit").click()
+    await expect(page.locator("#auth-error")).to_have_text("wrong username or password")
+
+
+async def test_usage_and_the_api_keys(web: Web) -> None:
+    user = await web.user()
+    await web.chat(user, "Count me in the usage.")
+    page = await open_account(web)
+    await expect(stat(page, "Requests, last 30 days")).to_have_text("1")
+    await expect(stat(page, "Tokens this month")).not_to_have_text("0")
+    table = page.locator("#account-page table")
+    await expect(table.get_by_role("row")).to_have_count(2)  # the header and today
+    await expect(table.get_by_role("row").nth(1).get_by_role("cell").first).to_have_text("1")
+    # The API keys page is one link away and works as before.
+    await page.get_by_role("link", name="Manage API keys and their usage").click()
+    await expect(page.get_by_role("heading", name="API keys", level=1)).to_be_focused()
+    await expect(page.locator("#account-page")).to_be_hidden()
+    await page.get_by_label("Name", exact=True).fill("from the account page")
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.get_by_label("Your new API key")).to_have_value(re.compile(r"^cg-"))
+    key = await page.get_by_label("Your new API key").input_value()
+    assert await status_with(web.url, {"Authorization": f"Bearer {key}"}, "/v1/models") == 200
+    await page.go_back()
+    await expect(page.get_by_role("heading", name="Account", level=1)).to_be_visible()
+
+
+def pending(w: Any) -> None:  # TEMPORARY until i15-memories is merged
+    w.allow(404, "/api/account")
+    w.allow(404, "/api/memories")
+
+
+@pytest.fixture(autouse=True)
+def _pending_api(web: Web) -> None:  # TEMPORARY until i15-memories is merged
+    pending(web.watched)
+
+
+async def test_accessible_light_and_dark_with_screenshots(web: Web, tmp_path: Path) -> None:
+    user = await web.user()
+    await web.chat(user, "A first question for the usage figures.")
+    page = await open_account(web)
+    await expect(stat(page, "Requests, last 30 days")).to_have_text("1")
+    await web.axe()
+    # CHATGATE_SCREENSHOTS=1 refreshes docs/screenshot-account-{light,dark}.png.
+    out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
+    await page.set_viewport_size({"width": 1280, "height": 1400})
+    await page.screenshot(path=str(out / "screenshot-account-light.png"))
+    await page.get_by_label("Dark").check()
+    await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    await web.axe()
+    await page.screenshot(path=str(out / "screenshot-account-dark.png"))
+    await page.set_viewport_size({"width": 390, "height": 760})
+    assert await page.evaluate(
+        "() => document.documentElement.scrollWidth <= innerWidth"
+        " && document.querySelector('#account-page .scroller').scrollWidth"
+        " <= document.querySelector('#account-page .scroller').clientWidth")
+    await web.axe()
