@@ -1,26 +1,22 @@
-// The theme (system, light or dark) as html[data-theme], which app.css reads. app.js imports this
-// module first, so the copy remembered on this device paints before anything else; after sign-in
-// the account's own setting (GET /api/account) wins, and the account page changes both.
+// The theme as html[data-theme] (read by app.css). Imported first by app.js, so the copy kept on
+// this device paints first; the account's setting (GET /api/account) wins after sign-in.
 
 const KEY = "chatgate-theme";
 export const THEMES = ["system", "light", "dark"];
 
-/** Apply a theme at once and remember it on this device ("system" leaves storage empty). */
+/** Apply a theme at once and remember it here ("system" leaves storage empty). */
 export function applyTheme(theme) {
   const t = THEMES.includes(theme) ? theme : "system";
-  const root = document.documentElement;
-  if (t === "system") delete root.dataset.theme;
-  else root.dataset.theme = t;
+  if (t === "system") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = t;
   try {
     if (t === "system") localStorage.removeItem(KEY);
     else localStorage.setItem(KEY, t);
-  } catch { /* storage refused: the theme still applies to this page */ }
+  } catch { /* storage refused: this page still shows it */ }
   return t;
 }
 
 /** The theme in force on this page. */
 export const currentTheme = () => document.documentElement.dataset.theme || "system";
 
-let stored = null;
-try { stored = localStorage.getItem(KEY); } catch { stored = null; }
-if (stored) applyTheme(stored);
+try { if (localStorage.getItem(KEY)) applyTheme(localStorage.getItem(KEY)); } catch { /* none */ }

@@ -168,6 +168,67 @@ async def test_usage_and_the_api_keys(web: Web) -> None:
     await expect(page.get_by_role("heading", name="Account", level=1)).to_be_visible()
 
 
+
+async def test_theme_applies_at_once_and_follows_the_account(web: Web) -> None:
+    user = await web.user()
+    page = await open_account(web)
+    html = page.locator("html")
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    assert await page.evaluate(background) == "rgb(255, 255, 255)"  # the system's: light
+    await expect(page.get_by_label("Same as the system")).to_be_checked()
+    await page.get_by_label("Dark").check()  # applied at once, saved on the server
+    await expect(html).to_have_attribute("data-theme", "dark")
+    assert await page.evaluate(background) == "rgb(22, 23, 27)"
+    await expect.poll(lambda: theme_of(web, user)).to_be("dark")
+    # A reload paints dark from this device's copy, before the account is read.
+    await page.reload()
+    await expect(html).to_have_attribute("data-theme", "dark")
+    await expect(page.get_by_label("Dark")).to_be_checked()
+    # A fresh browser (nothing stored) gets it from the account after sign-in.
+    fresh, watched = await new_page(web.browser, web.url)
+    pending(watched)
+    await login_context(fresh, web.url, user)
+    await watched.page.goto("/")
+    await expect(watched.page.locator("html")).to_have_attribute("data-theme", "dark")
+    # Light wins over a dark system; "system" follows the system again and stores nothing.
+    await page.emulate_media(color_scheme="dark")
+    await page.get_by_label("Light").check()
+    await expect(html).to_have_attribute("data-theme", "light")
+    assert await page.evaluate(background) == "rgb(255, 255, 255)"
+    await page.get_by_label("Same as the system").check()
+    await expect(html).not_to_have_attribute("data-theme", re.compile("."))
+    assert await page.evaluate(background) == "rgb(22, 23, 27)"
+    await expect.poll(lambda: theme_of(web, user)).to_be("system")
+    assert await page.evaluate("() => localStorage.length") == 0
+    await fresh.close()
+    watched.check()
+
+
+async def theme_of(web: Web, user: dict[str, Any]) -> str:
+    """The theme stored in the account."""
+    return str((await web.call(user, "GET", "/api/account"))["settings"]["theme"])
+
+
+async def test_default_system_prompt_is_saved_and_removed(web: Web) -> None:
+    user = await web.user()
+    page = await open_account(web)
+    field = page.get_by_label("Default system prompt")
+    await field.fill("Answer briefly.\nUse British spelling.")
+    await page.get_by_role("button", name="Save").click()
+    await expect.poll(lambda: prompt_of(web, user)).to_be("Answer briefly.\nUse British spelling.")
+    await page.reload()
+    await expect(field).to_have_value("Answer briefly.\nUse British spelling.")
+    await page.get_by_role("button", name="Remove").click()
+    await expect(field).to_have_value("")
+    await expect.poll(lambda: prompt_of(web, user)).to_be(None)
+
+
+async def prompt_of(web: Web, user: dict[str, Any]) -> str | None:
+    """The default system prompt stored in the account."""
+    value = (await web.call(user, "GET", "/api/account"))["settings"]["system_prompt"]
+    return None if value is None else str(value)
+
+
 def pending(w: Any) -> None:  # TEMPORARY until i15-memories is merged
     w.allow(404, "/api/account")
     w.allow(404, "/api/memories")
