@@ -29,6 +29,7 @@ from .middleware.headers import setup_headers
 from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
 from .secret import resolve_secret
+from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
@@ -36,9 +37,12 @@ from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
+from .services.memories import MemoryService
 from .services.memory import MemoryManager
 from .services.password_policy import PasswordPolicy, load_common
 from .services.passwords import Passwords
+from .services.profile import Profiles
+from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
 from .services.status import StatusService
@@ -88,6 +92,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
                                                   app[keys.CAPS], app[keys.RENDERER])
     app[keys.TRANSFER] = TransferService(storage.transfer, storage.conversations,
                                          app[keys.CAPS])
+    memories = app[keys.CONFIG].memories
+    app[keys.PROFILES] = profiles = Profiles(storage.memories, memories.max_tokens,
+                                             memories.cache_size)
+    app[keys.MEMORIES] = MemoryService(storage.memories, profiles, app[keys.CAPS], memories)
+    app[keys.ACCOUNT_SETTINGS] = AccountSettingsService(storage.account_settings, profiles,
+                                                        app[keys.CAPS])
     yield
     await storage.close()
 
@@ -215,8 +225,12 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
     limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
     meter, metrics, caps = app[keys.USAGE], app[keys.METRICS], app[keys.CAPS]
+    app[keys.PROMPTS] = prompts = PromptAssembler(
+        app[keys.PROFILES], app[keys.ROUTER], config.model_list, config.llm, config.memory,
+        memory, app[keys.STORAGE].prompts)
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
-                                        metrics, caps, config.model_list, config.chat)
+                                        metrics, caps, config.model_list, config.chat,
+                                        prompts=prompts)
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield

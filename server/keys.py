@@ -10,6 +10,7 @@ from workers.pool import WorkerPool
 from workers.router import Router
 
 from .config import Config
+from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
@@ -17,9 +18,12 @@ from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
+from .services.memories import MemoryService
 from .services.metrics import Metrics
 from .services.password_policy import PasswordPolicy
 from .services.passwords import Passwords
+from .services.profile import Profiles
+from .services.prompt import PromptAssembler
 from .services.render import Renderer
 from .services.status import StatusService
 from .services.tokens import Principal, TokenService
@@ -45,6 +49,10 @@ POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
+PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
+MEMORIES = web.AppKey("memories", MemoryService)  # long-term memories (not the history budget)
+ACCOUNT_SETTINGS = web.AppKey("account_settings", AccountSettingsService)
+PROMPTS = web.AppKey("prompts", PromptAssembler)
 PRINCIPAL = web.RequestKey("principal", Principal)
 VIA_COOKIE = web.RequestKey("via_cookie", bool)
 REQUEST_ID = web.RequestKey("request_id", str)

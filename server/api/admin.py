@@ -69,7 +69,9 @@ async def enable(request: web.Request) -> web.Response:
 
 async def delete_user(request: web.Request) -> web.Response:
     """Delete an account and everything it owns."""
-    await request.app[keys.ADMIN].delete(_actor(request), _user_id(request))
+    user_id = _user_id(request)
+    await request.app[keys.ADMIN].delete(_actor(request), user_id)
+    request.app[keys.PROFILES].forget(user_id)  # their cached settings and memories too
     return web.Response(status=204)
 
 

@@ -79,7 +79,9 @@ async def delete_account(request: web.Request) -> web.Response:
     body = await read_json(request, frozenset({"password"}))
     password = text(body, "password", min_len=1, max_len=MAX_LENGTH)
     assert password is not None
-    await request.app[keys.ACCOUNTS].delete(principal_of(request), password)
+    principal = principal_of(request)
+    await request.app[keys.ACCOUNTS].delete(principal, password)
+    request.app[keys.PROFILES].forget(principal.user["id"])  # cached settings and memories
     await end_session(request)
     return web.Response(status=204)
 

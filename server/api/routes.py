@@ -6,7 +6,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, auth, chat, conversations, exports, keys, openai, system, usage
+from . import (
+    account,
+    admin,
+    auth,
+    chat,
+    conversations,
+    exports,
+    keys,
+    memories,
+    openai,
+    system,
+    usage,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -39,7 +51,16 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(r"/api/conversations/{id:\d+}/export", exports.export_conversation)
     app.router.add_post("/api/conversations/import", exports.import_conversations)
     app.router.add_get("/api/export", exports.export_all)
+    app.router.add_get(r"/api/conversations/{id:\d+}/prompt", account.conversation_prompt)
+    app.router.add_get("/api/prompt", account.new_chat_prompt)
     app.router.add_get("/api/search", conversations.search)
+    app.router.add_get("/api/memories", memories.list_memories)
+    app.router.add_post("/api/memories", memories.create_memory)
+    app.router.add_patch(r"/api/memories/{id:\d+}", memories.update_memory)
+    app.router.add_delete(r"/api/memories/{id:\d+}", memories.delete_memory)
+    app.router.add_post(r"/api/memories/{id:\d+}/accept", memories.accept_memory)
+    app.router.add_get("/api/account", account.get_account)
+    app.router.add_patch("/api/account", account.update_account)
     app.router.add_post("/api/chat", chat.chat)
     app.router.add_get("/api/models", chat.models)
     app.router.add_get("/api/turns/{turn_id}/events", chat.follow)

@@ -35,7 +35,8 @@ _POSITIVE = {
     "render.cache_mb", "routing.probe_interval_s", "routing.probe_timeout_s",
     "routing.failure_window_s", "routing.failure_min_requests", "routing.cooldown_s",
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
-    "routing.affinity_size", "chat.finished_turn_ttl_s",
+    "routing.affinity_size", "chat.finished_turn_ttl_s", "memories.max_per_user",
+    "memories.cache_size",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}

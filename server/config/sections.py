@@ -147,6 +147,17 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class MemoriesConfig:
+    """Long-term memories: short facts each user keeps, added to the system prompt of every
+    turn (not `memory`, which is one conversation's history budget)."""
+
+    max_tokens: int = 300  # about this many tokens of memories per prompt, newest first
+    max_per_user: int = 200  # memories (active and proposed) one user may keep
+    suggestions: bool = False  # propose memories from what users say (a background job)
+    cache_size: int = 10_000  # users whose memories and settings are kept in memory
+
+
+@dataclass(frozen=True)
 class UsageConfig:
     """Token accounting."""
 
@@ -186,6 +197,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    memories: MemoriesConfig = field(default_factory=MemoriesConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)

@@ -27,6 +27,7 @@ from ..services.caps import ConversationsTooFast
 from ..services.chat import ChatRejected
 from ..services.failures import failure_of
 from ..services.gate import AccountDisabled, AccountPending, Forbidden, PasswordChangeRequired
+from ..services.memories import InvalidMemory
 from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
@@ -38,10 +39,12 @@ from ..storage import (
     Conflict,
     DatabaseBusy,
     InvalidCursor,
+    MemoryNotFound,
     NotFound,
     StorageQuotaExceeded,
     TooManyConversations,
     TooManyKeys,
+    TooManyMemories,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,8 @@ def from_domain(err: BaseException) -> ApiError | None:
                         limit="max_conversations_per_user")
     if isinstance(err, TooManyKeys):
         return ApiError(429, "too_many_keys", str(err), limit="max_api_keys_per_user")
+    if isinstance(err, TooManyMemories):
+        return ApiError(429, "too_many_memories", str(err), limit="memories.max_per_user")
     if isinstance(err, StorageQuotaExceeded):
         return ApiError(413, "storage_quota_exceeded", str(err),
                         limit="max_stored_chars_per_user")
@@ -150,6 +155,10 @@ def from_domain(err: BaseException) -> ApiError | None:
         return ApiError(400, "unknown_import_format", str(err))
     if isinstance(err, NotSignedIn):
         return invalid(str(err))
+    if isinstance(err, InvalidMemory):
+        return invalid(str(err), "content")
+    if isinstance(err, MemoryNotFound):
+        return ApiError(404, "memory_not_found", str(err))
     if isinstance(err, ModelNotFound):
         return ApiError(404, "model_not_found", str(err), field="model")
     if isinstance(err, QuotaExceeded):

@@ -22,6 +22,8 @@ from .caps import Caps, Overrides
 from .failures import failure_of
 from .memory import MemoryManager
 from .metrics import Metrics
+from .profile import Profile
+from .prompt import PromptAssembler
 from .ratelimit import KeyedRateLimiter, RateLimited
 from .registry import TurnRegistry
 from .text import visible
@@ -67,7 +69,7 @@ class ChatService:
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
                  limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
                  caps: Caps, models: tuple[ModelConfig, ...] = (),
-                 config: ChatConfig | None = None) -> None:
+                 config: ChatConfig | None = None, *, prompts: PromptAssembler) -> None:
         config = config or ChatConfig()
         self.turns = TurnRegistry(config.detached_grace_s, config.finished_turn_ttl_s,
                                   config.max_detached_per_user)
@@ -81,6 +83,7 @@ class ChatService:
         self._meter = meter
         self._metrics = metrics
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
+        self._prompts = prompts
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
@@ -105,6 +108,7 @@ class ChatService:
         if conversation_id is None:
             self._caps.new_conversation(user_id, limits)
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
+        profile = await self._prompts.profile(user_id)  # cached; read before anything is kept
         quota = self._caps.quota(limits)
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
         keep = (chosen.name or None) if chosen is not None else None
@@ -122,8 +126,8 @@ class ChatService:
             place.release()
             raise
         route = chosen or self._route_of(used.model)
-        request = self._request(route, used.settings, history, stored["content"], max_tokens,
-                                temperature)
+        request = self._request(profile, route, used.settings, history, stored["content"],
+                                max_tokens, temperature)
         # A conversation's turns go to one replica while it is healthy: its prefix cache
         # then holds the conversation's earlier turns.
         job = Job(owner=user_id, request=request, max_running=self._caps.running(limits),
@@ -162,24 +166,14 @@ class ChatService:
         return [{"name": route.name, "default": route is default, "available": route.available}
                 for route in await self._router.named()]
 
-    def _request(self, route: ModelRoute, own: dict[str, Any], history: list[dict[str, str]],
-                 message: str, max_tokens: int | None,
+    def _request(self, profile: Profile, route: ModelRoute, own: dict[str, Any],
+                 history: list[dict[str, str]], message: str, max_tokens: int | None,
                  temperature: float | None) -> CompletionRequest:
-        """What the model is asked: each setting from the turn, else the conversation's own
-        settings, else the model's defaults, else the `llm` and `memory` sections'."""
-        model = self._models.get(route.name)
-        system = own.get("system_prompt")
-        if system is None and model is not None:
-            system = model.system_prompt
-        tokens = max_tokens or own.get("max_tokens") or (model.max_tokens if model else 0) \
-            or self._defaults.max_tokens
-        if temperature is None:
-            temperature = own.get("temperature")
-        if temperature is None and model is not None:
-            temperature = model.temperature
-        return CompletionRequest(
-            self._memory.prompt(history, message, system), int(tokens),
-            float(temperature if temperature is not None else self._defaults.temperature))
+        """What the model is asked: the settings by precedence, with the user's memories
+        (see PromptAssembler.settings), then the history and the new message."""
+        turn = self._prompts.settings(profile, route.name, own, max_tokens, temperature)
+        return CompletionRequest(self._memory.prompt(history, message, turn.system),
+                                 turn.max_tokens, turn.temperature)
 
     def _route_of(self, model: str | None) -> ModelRoute:
         """The conversation's model, or the first one if it has none (or it is gone)."""

@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING
 
 from .base import (
     NO_QUOTA,
+    AccountSettingsStore,
     AuditStore,
     ConversationStore,
     KeyStore,
+    MemoryStore,
     MessageStore,
     NewConversation,
     NewMessage,
+    PromptStore,
     Quota,
     QuotaStore,
     SearchStore,
@@ -28,6 +31,7 @@ from .errors import (
     Conflict,
     DatabaseBusy,
     InvalidCursor,
+    MemoryNotFound,
     NotFound,
     OverQuota,
     SchemaTooNew,
@@ -35,6 +39,7 @@ from .errors import (
     StorageQuotaExceeded,
     TooManyConversations,
     TooManyKeys,
+    TooManyMemories,
 )
 from .sqlite import open_sqlite
 
@@ -50,10 +55,11 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AuditStore", "Conflict", "ConversationStore", "DatabaseBusy", "InvalidCursor",
-    "KeyStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "Conflict", "ConversationStore",
+    "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound", "MemoryStore",
+    "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota", "PromptStore",
     "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
     "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
-    "TooManyKeys", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
+    "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

@@ -12,6 +12,7 @@ from .rows import (
     ConversationUse,
     HistoryRows,
     KeyRow,
+    MemoryRow,
     MessageRow,
     SearchHit,
     UsageRow,
@@ -179,6 +180,54 @@ class MessageStore(Protocol):
         (StorageQuotaExceeded: no change)."""
 
 
+class MemoryStore(Protocol):
+    """A user's long-term memories, every call scoped to that user."""
+
+    async def all(self, user_id: int) -> list[MemoryRow]:
+        """The user's memories, newest first."""
+
+    async def add(self, user_id: int, content: str, max_count: int,
+                  quota: Quota = NO_QUOTA) -> MemoryRow:
+        """Store an active memory; TooManyMemories when the user keeps `max_count` already,
+        StorageQuotaExceeded past their stored-text cap (both checked inside the write)."""
+
+    async def update(self, user_id: int, memory_id: int, *, content: str | None = None,
+                     enabled: bool | None = None, accept: bool = False,
+                     quota: Quota = NO_QUOTA) -> MemoryRow:
+        """Change what is given (`accept`: a proposed memory becomes active);
+        MemoryNotFound."""
+
+    async def delete(self, user_id: int, memory_id: int) -> None:
+        """Delete one memory (MemoryNotFound for anyone else's)."""
+
+    async def propose(self, user_id: int, contents: list[str], max_count: int,
+                      quota: Quota = NO_QUOTA) -> list[MemoryRow]:
+        """Store proposed memories, skipping any the user keeps already (same words, case
+        and spacing aside) and stopping at `max_count` or the stored-text cap; the new rows."""
+
+    async def profile(self, user_id: int) -> tuple[dict[str, Any], list[str]]:
+        """The user's account settings and their enabled, active memories (newest first), in
+        one read."""
+
+
+class AccountSettingsStore(Protocol):
+    """Each account's own settings: a small JSON object on the user."""
+
+    async def configure(self, user_id: int, changes: dict[str, Any],
+                        quota: Quota = NO_QUOTA) -> dict[str, Any]:
+        """Change some settings (None removes one) and return them all (NotFound;
+        StorageQuotaExceeded: no change)."""
+
+
+class PromptStore(Protocol):
+    """What the next turn of a conversation would send, read without writing anything."""
+
+    async def next_turn(self, user_id: int, conversation_id: int,
+                        history: int) -> tuple[HistoryRows, ConversationUse]:
+        """Up to `history` messages a new turn would carry, newest first, and the
+        conversation's model and settings (NotFound)."""
+
+
 class QuotaStore(Protocol):
     """What each user keeps stored, counted by the database as it changes (never a scan)."""
 
@@ -255,6 +304,9 @@ class Storage:
     keys: KeyStore
     usage: UsageStore
     audit: AuditStore
+    memories: MemoryStore
+    account_settings: AccountSettingsStore
+    prompts: PromptStore
     stats: StorageStats
 
     async def close(self) -> None:

@@ -39,3 +39,11 @@ class StorageQuotaExceeded(OverQuota):
 
 class TooManyKeys(StorageError):
     """The user already has the most API keys they may; no key was made."""
+
+
+class MemoryNotFound(NotFound):
+    """The memory does not exist or belongs to someone else."""
+
+
+class TooManyMemories(StorageError):
+    """The user already keeps the most memories they may; nothing was added."""

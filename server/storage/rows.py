@@ -74,6 +74,17 @@ class MessageRow(TypedDict):
     error: NotRequired[dict[str, str]]  # on a failed reply: {"code", "message"}
 
 
+class MemoryRow(TypedDict):
+    """A long-term memory as its owner sees it."""
+
+    id: int
+    content: str
+    enabled: bool
+    state: str  # "active" | "proposed" (waits for the user to accept it)
+    created_at: str
+    updated_at: str
+
+
 class KeyRow(TypedDict):
     """An API key as its owner sees it (never the key itself, nor its hash)."""
 

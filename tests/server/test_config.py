@@ -20,6 +20,7 @@ from server.config import (
     DatabaseConfig,
     LimitsConfig,
     LLMConfig,
+    MemoriesConfig,
     MemoryConfig,
     MetricsConfig,
     ModelConfig,
@@ -98,7 +99,8 @@ def test_section_classes_are_the_ones_config_uses() -> None:
     hints = typing.get_type_hints(Config)
     assert hints == {"server": ServerConfig, "database": DatabaseConfig, "auth": AuthConfig,
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
-                     "chat": ChatConfig, "memory": MemoryConfig, "usage": UsageConfig,
+                     "chat": ChatConfig, "memory": MemoryConfig,
+                     "memories": MemoriesConfig, "usage": UsageConfig,
                      "metrics": MetricsConfig,
                      "render": RenderConfig, "models": tuple[ModelConfig, ...],
                      "routing": RoutingConfig}

@@ -7,8 +7,10 @@ from .audit import SqliteAudit
 from .conversations import SqliteConversations
 from .db import Database
 from .keys import SqliteKeys
+from .memories import SqliteAccountSettings, SqliteMemories
 from .messages import SqliteMessages
 from .migrations import LATEST, migrate
+from .prompts import SqlitePrompts
 from .quotas import SqliteQuotas
 from .search import SqliteSearch
 from .tokens import SqliteTokens
@@ -33,6 +35,9 @@ class SqliteStorage(Storage):
         self.keys = SqliteKeys(db)
         self.usage = SqliteUsage(db)
         self.audit = SqliteAudit(db)
+        self.memories = SqliteMemories(db)
+        self.account_settings = SqliteAccountSettings(db)
+        self.prompts = SqlitePrompts(db)
 
     async def close(self) -> None:
         """Finish every queued write, then close the connections."""

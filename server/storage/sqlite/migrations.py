@@ -222,7 +222,41 @@ CREATE TRIGGER user_storage_conv_ad AFTER DELETE ON conversations BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9]
+# V10 is the lead's (branches), merged separately: this placeholder keeps V11's number.
+V10 = ""
+
+# Long-term memories: short facts a user keeps, added to the system prompt of their turns
+# ('proposed' ones wait for the user to accept them), and account settings (JSON object; '' =
+# none). Both count towards the user's stored characters, like titles and messages.
+V11 = """
+ALTER TABLE users ADD COLUMN settings TEXT NOT NULL DEFAULT '';
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'proposed')),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX memories_by_user ON memories(user_id, id);
+CREATE TRIGGER user_storage_memory_ai AFTER INSERT ON memories BEGIN
+    UPDATE user_storage SET chars = chars + length(new.content) WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_memory_ad AFTER DELETE ON memories BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) WHERE user_id = old.user_id;
+END;
+CREATE TRIGGER user_storage_memory_au AFTER UPDATE OF content ON memories BEGIN
+    UPDATE user_storage SET chars = chars - length(old.content) + length(new.content)
+        WHERE user_id = new.user_id;
+END;
+CREATE TRIGGER user_storage_user_settings_au AFTER UPDATE OF settings ON users BEGIN
+    UPDATE user_storage SET chars = chars - length(old.settings) + length(new.settings)
+        WHERE user_id = new.id;
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11]
 LATEST = len(MIGRATIONS)
 
 
