@@ -15,7 +15,7 @@ function sentence(err) {
   return `${text[0].toUpperCase()}${text.slice(1)}${/[.!?]$/.test(text) ? "" : "."}`;
 }
 
-const input = h("input", { id: "memory-new", maxlength: "1000", autocomplete: "off", required: true,
+const input = h("input", { id: "memory-new", maxlength: "500", autocomplete: "off", required: true,
   placeholder: "e.g. I write Python 3.12", "aria-describedby": "memories-hint" });
 const addError = h("p", { class: "form-error", role: "alert" });
 const form = h("form", { class: "copy-row memory-add" },
@@ -127,7 +127,7 @@ form.addEventListener("submit", async (event) => {
 });
 
 function edit(li, m) {
-  const field = h("input", { class: "memory-edit", maxlength: "1000", required: true, "aria-label": "Memory" });
+  const field = h("input", { class: "memory-edit", maxlength: "500", required: true, "aria-label": "Memory" });
   field.value = m.content;
   const save = h("button", { type: "submit", class: "btn small primary" }, "Save");
   const cancel = h("button", { type: "button", class: "btn small" }, "Cancel");

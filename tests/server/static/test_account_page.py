@@ -9,8 +9,10 @@ errors, uncaught exceptions, JavaScript dialogs and a missing Content-Security-P
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
+from server import keys
 from tests.support.browser import login_context, new_page
 from tests.support.paths import ROOT
 from tests.support.web import Web
@@ -42,6 +45,14 @@ async def open_account(web: Web) -> Page:
     return page
 
 
+async def eventually(read: Callable[[], Awaitable[Any]], want: Any) -> None:
+    """Poll until `read()` gives `want` (a generous deadline, no timing asserted)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (got := await read()) != want:
+        assert asyncio.get_running_loop().time() < deadline, f"still {got!r}, not {want!r}"
+        await asyncio.sleep(0.05)
+
+
 def stat(page: Page, term: str) -> Any:
     """The figure shown under a heading of the usage summary."""
     return page.locator("#account-page .stats > div").filter(
@@ -56,7 +67,6 @@ async def test_password_change_signs_out_every_other_session(web: Web) -> None:
     page.on("request", lambda r: loaded.append(r.url))
     # Another browser signed in as the same user.
     other, watched = await new_page(web.browser, web.url)
-    pending(watched)
     await login_context(other, web.url, user)
     await watched.page.goto("/")
     await expect(watched.page.locator("#who")).to_have_text(name)
@@ -179,14 +189,13 @@ async def test_theme_applies_at_once_and_follows_the_account(web: Web) -> None:
     await page.get_by_label("Dark").check()  # applied at once, saved on the server
     await expect(html).to_have_attribute("data-theme", "dark")
     assert await page.evaluate(background) == "rgb(22, 23, 27)"
-    await expect.poll(lambda: theme_of(web, user)).to_be("dark")
+    await eventually(lambda: theme_of(web, user), "dark")
     # A reload paints dark from this device's copy, before the account is read.
     await page.reload()
     await expect(html).to_have_attribute("data-theme", "dark")
     await expect(page.get_by_label("Dark")).to_be_checked()
     # A fresh browser (nothing stored) gets it from the account after sign-in.
     fresh, watched = await new_page(web.browser, web.url)
-    pending(watched)
     await login_context(fresh, web.url, user)
     await watched.page.goto("/")
     await expect(watched.page.locator("html")).to_have_attribute("data-theme", "dark")
@@ -198,7 +207,7 @@ async def test_theme_applies_at_once_and_follows_the_account(web: Web) -> None:
     await page.get_by_label("Same as the system").check()
     await expect(html).not_to_have_attribute("data-theme", re.compile("."))
     assert await page.evaluate(background) == "rgb(22, 23, 27)"
-    await expect.poll(lambda: theme_of(web, user)).to_be("system")
+    await eventually(lambda: theme_of(web, user), "system")
     assert await page.evaluate("() => localStorage.length") == 0
     await fresh.close()
     watched.check()
@@ -212,15 +221,15 @@ async def theme_of(web: Web, user: dict[str, Any]) -> str:
 async def test_default_system_prompt_is_saved_and_removed(web: Web) -> None:
     user = await web.user()
     page = await open_account(web)
-    field = page.get_by_label("Default system prompt")
+    field = page.get_by_role("textbox", name="Default system prompt")
     await field.fill("Answer briefly.\nUse British spelling.")
     await page.get_by_role("button", name="Save").click()
-    await expect.poll(lambda: prompt_of(web, user)).to_be("Answer briefly.\nUse British spelling.")
+    await eventually(lambda: prompt_of(web, user), "Answer briefly.\nUse British spelling.")
     await page.reload()
     await expect(field).to_have_value("Answer briefly.\nUse British spelling.")
     await page.get_by_role("button", name="Remove").click()
     await expect(field).to_have_value("")
-    await expect.poll(lambda: prompt_of(web, user)).to_be(None)
+    await eventually(lambda: prompt_of(web, user), None)
 
 
 async def prompt_of(web: Web, user: dict[str, Any]) -> str | None:
@@ -229,30 +238,109 @@ async def prompt_of(web: Web, user: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-def pending(w: Any) -> None:  # TEMPORARY until i15-memories is merged
-    w.allow(404, "/api/account")
-    w.allow(404, "/api/memories")
+
+async def test_memories_add_edit_switch_delete_and_accept(web: Web) -> None:
+    user = await web.user()
+    uid = user["user"]["id"]
+    page = await open_account(web)
+    section = page.locator("#account-page section").filter(
+        has=page.get_by_role("heading", name="Memories"))
+    await expect(section).to_contain_text("No memories yet.")
+    new = page.get_by_label("New memory")
+    for text in ("I write Python 3.12", "Answer in Spanish"):
+        await new.fill(text)
+        await new.press("Enter")
+        await expect(section.get_by_text(text, exact=True)).to_be_visible()
+    await expect(new).to_be_focused()
+    rows = section.locator(".memory-list").last.locator("> li")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text("Answer in Spanish")  # newest first
+
+    # Edit in place (Enter saves), switch off, delete after asking.
+    await section.get_by_role("button", name="Edit “I write Python 3.12”").click()
+    await section.get_by_label("Memory", exact=True).fill("I write Python 3.13")
+    await section.get_by_label("Memory", exact=True).press("Enter")
+    await expect(section.get_by_role("button", name="Edit “I write Python 3.13”")).to_be_focused()
+    await section.get_by_label("Use “Answer in Spanish”").uncheck()
+    await expect(rows.first).to_have_class(re.compile(r"\boff\b"))
+    await section.get_by_role("button", name="Delete “I write Python 3.13”").click()
+    await page.locator("#confirm").get_by_role("button", name="Delete").click()
+    await expect(rows).to_have_count(1)
+    stored = (await web.call(user, "GET", "/api/memories"))["memories"]
+    assert [(m["content"], m["enabled"]) for m in stored] == [("Answer in Spanish", False)]
+
+    # Suggestions wait for the user: accept one, reject the other.
+    await web.app.app[keys.MEMORIES].propose(uid, ["Lives in Lisbon", "Has a cat"])
+    await page.reload()
+    suggested = section.locator(".proposed")
+    await expect(suggested.locator("li")).to_have_count(2)
+    await suggested.get_by_role("button", name="Accept “Lives in Lisbon”").click()
+    await suggested.get_by_role("button", name="Reject “Has a cat”").click()
+    await expect(suggested).to_be_hidden()
+    await expect(rows).to_have_count(2)
+    stored = (await web.call(user, "GET", "/api/memories"))["memories"]
+    assert {(m["content"], m["state"]) for m in stored} == {
+        ("Answer in Spanish", "active"), ("Lives in Lisbon", "active")}
+    await web.axe()
+    # A refusal is said in words, in the section.
+    web.watched.allow(400, "/api/memories")
+    await new.fill("x" * 500)
+    await page.locator("#memory-new").evaluate("(el) => { el.maxLength = 2000; }")
+    await new.fill("x" * 501)
+    await new.press("Enter")
+    await expect(section.get_by_role("alert").first).to_contain_text("The memory was not added.")
 
 
-@pytest.fixture(autouse=True)
-def _pending_api(web: Web) -> None:  # TEMPORARY until i15-memories is merged
-    pending(web.watched)
+async def test_prompt_preview_shows_what_the_model_will_see(web: Web) -> None:
+    user = await web.user()
+    await web.call(user, "POST", "/api/memories", {"content": "Likes <b>bold</b> answers"})
+    conv = await web.chat(user, "Hello there")
+    await web.call(user, "PATCH", f"/api/conversations/{conv}",
+                   {"settings": {"system_prompt": "Answer in verse."}})
+    page = web.page
+    await web.open(f"/#/c/{conv}")
+    await page.get_by_role("button", name="Conversation settings").click()
+    dialog = page.get_by_role("dialog", name="Conversation settings")
+    preview = dialog.locator("details.preview")
+    await expect(preview).not_to_have_attribute("open", re.compile(".*"))  # collapsed
+    await dialog.get_by_text("What the model will see").click()
+    items = preview.locator("li")
+    await expect(items.first).to_contain_text("Answer in verse.")
+    await expect(items.first).to_contain_text("Likes <b>bold</b> answers")  # as text
+    assert await preview.locator("b").count() == 0
+    await expect(items.nth(1)).to_contain_text("Hello there")
+    sent = (await web.call(user, "GET", f"/api/conversations/{conv}/prompt"))["messages"]
+    await expect(items).to_have_count(len(sent))
+    await web.axe()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
 
 
 async def test_accessible_light_and_dark_with_screenshots(web: Web, tmp_path: Path) -> None:
     user = await web.user()
     await web.chat(user, "A first question for the usage figures.")
+    for text in ("I write Python 3.12", "Answer in Spanish"):
+        await web.call(user, "POST", "/api/memories", {"content": text})
+    await web.app.app[keys.MEMORIES].propose(user["user"]["id"], ["Lives in Lisbon"])
+    await web.call(user, "PATCH", "/api/account", {"settings": {"system_prompt": "Be concise."}})
     page = await open_account(web)
     await expect(stat(page, "Requests, last 30 days")).to_have_text("1")
+    await expect(page.get_by_text("Lives in Lisbon")).to_be_visible()
+    await page.get_by_label("Light").check()
+    await expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    await page.emulate_media(color_scheme="dark")  # the account's choice wins over the system
     await web.axe()
     # CHATGATE_SCREENSHOTS=1 refreshes docs/screenshot-account-{light,dark}.png.
     out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
-    await page.set_viewport_size({"width": 1280, "height": 1400})
+    await page.set_viewport_size({"width": 1280, "height": 1680})
     await page.screenshot(path=str(out / "screenshot-account-light.png"))
     await page.get_by_label("Dark").check()
     await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    await page.emulate_media(color_scheme="light")
     await web.axe()
     await page.screenshot(path=str(out / "screenshot-account-dark.png"))
+    for name in ("light", "dark"):
+        assert (out / f"screenshot-account-{name}.png").read_bytes()[:4] == b"\x89PNG"
     await page.set_viewport_size({"width": 390, "height": 760})
     assert await page.evaluate(
         "() => document.documentElement.scrollWidth <= innerWidth"
