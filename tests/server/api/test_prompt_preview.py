@@ -78,15 +78,18 @@ async def test_the_preview_is_what_the_next_turn_sends(http: aiohttp.ClientSessi
 
 async def test_the_history_budget_applies_as_on_a_turn(custom: Any,
                                                        simulator: SimServer) -> None:
-    server = await custom(memory={"max_history_messages": 3, "system_prompt": ""})
+    # Long user messages (~54 tokens each; short replies) and a 100-token budget: the oldest
+    # one is left out by the token budget, not by the message count.
+    server = await custom(memory={"max_history_messages": 10, "max_history_tokens": 100,
+                                  "system_prompt": ""})
     async with aiohttp.ClientSession(server.url) as http:
         async with http.post("/api/auth/register",
                              json={"username": "budget", "password": "quiet-lantern-42"}) as r:
             user = User(await r.json(), "quiet-lantern-42")
-        conv = (await turn(http, user, "one"))["conversation_id"]
-        await turn(http, user, "two", conversation_id=conv)
+        conv = (await turn(http, user, "a " * 100))["conversation_id"]
+        await turn(http, user, "b " * 100, conversation_id=conv)
         shown = await preview(http, user, f"/api/conversations/{conv}/prompt")
-        assert len(shown["messages"]) == 3 and shown["messages"][0]["role"] == "assistant"
+        assert [m["role"] for m in shown["messages"]] == ["assistant", "user", "assistant"]
         await turn(http, user, "three", conversation_id=conv)
         assert sent_part(await last_sent(simulator)) == as_sent(shown, "three")
 

@@ -22,7 +22,10 @@ PHASES = "examples,coverage,fuzzing,stateful"
 # are documented as 400 instead: a common password or one holding the username (register,
 # adminCreateUser, changePassword; and changePassword's new one equal to the current one),
 # a prompt + max_tokens beyond the model's context (chat, decided by the model server), an
-# `expires_at` in the past (createKey), a `from` more than 366 days before today (getUsage).
+# `expires_at` in the past (createKey), a `from` more than 366 days before today (getUsage),
+# a memory with nothing visible or over 500 characters once cleaned, or past
+# memories.max_per_user (createMemory, updateMemory: 429), and a `model` that is not
+# configured (conversationPrompt, newChatPrompt: 404).
 # The stateful phase links UsageDay.key_id (0: "not an API key") to deleteKey's id, which the
 # schema says must be at least 1.
 # The admin's actions on an account answer 409 when its state does not fit (approve a
@@ -36,7 +39,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 
 [[operations]]
 include-operation-id = ["register", "adminCreateUser", "changePassword", "chat", "createKey",
-                        "deleteKey", "getUsage"]
+                        "deleteKey", "getUsage", "createMemory", "updateMemory",
+                        "conversationPrompt", "newChatPrompt"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409",
                                                      "429"]
 """
