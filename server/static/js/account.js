@@ -134,7 +134,10 @@ function renderUsage(usage) {
 // ---- password
 
 const pwField = (id, label, autocomplete, min) => h("div", { class: "field" }, h("label", { for: id }, label),
-  h("input", { id, type: "password", autocomplete, required: true, minlength: min, maxlength: "1024" }));
+  h("input", { id, type: "password", autocomplete, required: true, minlength: min, maxlength: "1024",
+    "aria-describedby": min === "8" ? "pw-hint" : null }));
+const pwHint = h("p", { class: "hint", id: "pw-hint" }, "8 or more characters; a few unrelated words make a good one. "
+  + "Common passwords and ones containing your username are refused. Changing it signs out every other browser.");
 const pwError = error();
 const pwForm = h("form", { class: "key-form" },
   pwField("pw-current", "Current password", "current-password", "1"),
@@ -239,10 +242,15 @@ const page = h("main", { class: "page", id: "account-page", "aria-labelledby": "
       h("p", { class: "hint" }, "Programs use API keys with the OpenAI-compatible API at ",
         h("code", null, `${location.origin}/v1`), ". Changing the password does not revoke them."),
       h("a", { class: "btn", href: "#/keys" }, "Manage API keys and their usage")),
-    section("password-title", "Password", pwForm, pwError, pwDone),
+    section("password-title", "Password", pwHint, pwForm, pwError, pwDone),
     section("delete-title", "Delete the account",
       h("p", { class: "hint" }, "Everything of the account goes with it."), delOpen))));
 $("chat").after(page);
+
+/** The theme and prompt controls are usable once the account's values are in. */
+function settingsReady(on) {
+  for (const el of [...themes.querySelectorAll("input"), prompt, promptSave, promptClear]) el.disabled = !on;
+}
 
 async function load() {
   loading?.abort();
@@ -250,6 +258,7 @@ async function load() {
   const { signal } = controller;
   const get = (path) => api("GET", path, undefined, { signal }).then((value) => ({ value }), (err) => ({ err }));
   usageStatus.textContent = "Loading…";
+  settingsReady(false); // nothing typed or picked may be overwritten by the answer
   const [account, usage] = await Promise.all([get("/api/account"), get("/api/usage"), memories.load(signal)]);
   if (controller !== loading) return;
   loading = null;
@@ -258,6 +267,7 @@ async function load() {
     const s = account.value.settings ?? {};
     showTheme(applyTheme(s.theme));
     prompt.value = s.system_prompt ?? "";
+    settingsReady(true);
   } else {
     themeError.textContent = failed(account.err, "Your settings could not be loaded.");
   }

@@ -66,11 +66,14 @@ function render() {
 /** Read the memories (never rejects: a failure is said in the section). */
 export async function load(signal) {
   const mine = generation;
+  const controls = [input, form.querySelector("button")];
+  for (const el of controls) el.disabled = true; // until the list is in (it would replace an addition)
   try {
     const { memories } = await api("GET", "/api/memories", undefined, { signal });
     if (mine !== generation) return;
     items = memories;
     render();
+    for (const el of controls) el.disabled = false;
   } catch (err) {
     if (mine !== generation || err.name === "AbortError" || err.status === 401) return;
     status.textContent = `Your memories could not be loaded. ${sentence(err)}`;
