@@ -89,7 +89,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[keys.CONFIG].database)
     app[keys.STORAGE] = storage
     app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
-                                                  app[keys.CAPS], app[keys.RENDERER])
+                                                  app[keys.CAPS], app[keys.RENDERER],
+                                                  storage.branches)
     app[keys.TRANSFER] = TransferService(storage.transfer, storage.conversations,
                                          app[keys.CAPS])
     memories = app[keys.CONFIG].memories

@@ -17,7 +17,7 @@ from .responses import dumps, json_response
 from .validation import boolean, ident, number, read_json, render_option, text
 
 _FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
-                     "regenerate", "edit_message_id", "render", "model"})
+                     "regenerate", "edit_message_id", "message_id", "render", "model"})
 MAX_MESSAGE_CHARS = 100_000
 PING_S = 10.0
 
@@ -35,6 +35,7 @@ class ChatBody:
     regenerate: bool
     edit_message_id: int | None
     model: str | None
+    message_id: int | None = None  # with regenerate: the message to answer again
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -48,7 +49,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     turn = await request.app[keys.CHAT].start(
         principal.user["id"], body.message, body.conversation_id, body.max_tokens,
         body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id,
-        key_id=principal.key.id if principal.key else None,
+        message_id=body.message_id, key_id=principal.key.id if principal.key else None,
         limits=principal.user.get("limits"), model=body.model)
     try:
         if body.stream:
@@ -74,6 +75,10 @@ def parse(body: dict[str, Any]) -> ChatBody:
         raise invalid("'message' must be absent when 'regenerate' is true", "message")
     if regenerate and edit_id is not None:
         raise invalid("use either 'regenerate' or 'edit_message_id'", "edit_message_id")
+    asked = body.get("message_id")
+    message_id = None if asked is None else ident(asked, "message_id")
+    if message_id is not None and not regenerate:
+        raise invalid("'message_id' is only used with 'regenerate'", "message_id")
     conv = body.get("conversation_id")
     conversation_id = None if conv is None else ident(conv, "conversation_id")
     if conversation_id is None and (regenerate or edit_id is not None):
@@ -84,7 +89,7 @@ def parse(body: dict[str, Any]) -> ChatBody:
                     render_option(body.get("render")),
                     None if max_tokens is None else int(max_tokens),
                     None if temperature is None else float(temperature), regenerate, edit_id,
-                    text(body, "model", min_len=1, max_len=200, required=False))
+                    text(body, "model", min_len=1, max_len=200, required=False), message_id)
 
 
 async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:

@@ -12,6 +12,7 @@ from .responses import json_response
 from .validation import ident, number, query_int, read_json, render_option, text
 
 _TITLE = frozenset({"title"})
+_BRANCH = frozenset({"message_id"})
 _PATCH = frozenset({"title", "settings"})
 _SETTINGS = frozenset({"system_prompt", "temperature", "max_tokens"})
 MAX_SYSTEM_PROMPT_CHARS = 8000
@@ -59,10 +60,34 @@ async def create_conversation(request: web.Request) -> web.Response:
 
 
 async def get_conversation(request: web.Request) -> web.Response:
-    """A conversation with its messages, oldest first."""
+    """A conversation with the messages of its branch on show, oldest first."""
+    return await _conversation(request, _conversation_id(request))
+
+
+async def show_branch(request: web.Request) -> web.Response:
+    """Show the branch through a message; answer with the conversation as GET does."""
+    body = await read_json(request, _BRANCH)
+    if "message_id" not in body:
+        raise invalid("'message_id' is required", "message_id")
+    conv_id = _conversation_id(request)
+    await request.app[keys.CONVERSATIONS].show_branch(
+        _user_id(request), conv_id, ident(body["message_id"], "message_id"))
+    return await _conversation(request, conv_id)
+
+
+async def delete_branch(request: web.Request) -> web.Response:
+    """Delete a message and everything under it; answer with the conversation as GET does
+    (on the branch left beside it)."""
+    conv_id = _conversation_id(request)
+    message_id = ident(request.match_info["message_id"], "message_id", from_path=True)
+    await request.app[keys.CONVERSATIONS].delete_branch(_user_id(request), conv_id, message_id)
+    return await _conversation(request, conv_id)
+
+
+async def _conversation(request: web.Request, conversation_id: int) -> web.Response:
     html = render_option(request.query.get("render"))
     conversation = await request.app[keys.CONVERSATIONS].get(
-        _user_id(request), _conversation_id(request), html)
+        _user_id(request), conversation_id, html)
     # A reply being generated now: a page that loads the conversation follows it live.
     running = request.app[keys.CHAT].running_turn_id(conversation["id"])
     return json_response({**conversation, "running_turn_id": running})

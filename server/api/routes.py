@@ -48,6 +48,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(r"/api/conversations/{id:\d+}", conversations.get_conversation)
     app.router.add_patch(r"/api/conversations/{id:\d+}", conversations.rename_conversation)
     app.router.add_delete(r"/api/conversations/{id:\d+}", conversations.delete_conversation)
+    app.router.add_post(r"/api/conversations/{id:\d+}/branch", conversations.show_branch)
+    app.router.add_delete(r"/api/conversations/{id:\d+}/messages/{message_id:\d+}",
+                          conversations.delete_branch)
     app.router.add_get(r"/api/conversations/{id:\d+}/export", exports.export_conversation)
     app.router.add_post("/api/conversations/import", exports.import_conversations)
     app.router.add_get("/api/export", exports.export_all)

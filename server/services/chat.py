@@ -88,14 +88,16 @@ class ChatService:
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
                     regenerate: bool = False, edit_message_id: int | None = None,
-                    key_id: int | None = None, limits: Overrides = None,
-                    model: str | None = None) -> Turn:
+                    message_id: int | None = None, key_id: int | None = None,
+                    limits: Overrides = None, model: str | None = None) -> Turn:
         """Accept a turn: commit the user's message first, then queue the job.
 
-        `regenerate` re-asks the conversation's last user message; `edit_message_id`
-        replaces that message's text first. Both drop the replies that followed it.
-        `limits` are the user's overrides of the caps. `model` (default: the conversation's,
-        else the first configured) becomes the conversation's model.
+        A message follows the conversation's active branch. `edit_message_id` stores a new
+        version of that message beside it; `regenerate` answers a message again
+        (`message_id`, or the question of the reply it names; default: the active branch's
+        last). Both start a new branch: what followed stays on the old one. `limits` are the
+        user's overrides of the caps. `model` (default: the conversation's, else the first
+        configured) becomes the conversation's model.
         """
         chosen = self._router.find(model) if model else None  # unknown: refused, nothing kept
         if chosen is None and conversation_id is None:
@@ -113,10 +115,13 @@ class ChatService:
         place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
         keep = (chosen.name or None) if chosen is not None else None
         try:
-            if conversation_id is not None and (regenerate or edit_message_id is not None):
-                edit = None if edit_message_id is None else (edit_message_id, message or "")
-                stored, history, used = await self._memory.rewind(
-                    user_id, conversation_id, edit, quota, keep)
+            if conversation_id is not None and edit_message_id is not None:
+                stored, history, used = await self._memory.edit(
+                    user_id, conversation_id, edit_message_id, message or "", quota, keep)
+                conv_id = conversation_id
+            elif conversation_id is not None and regenerate:
+                stored, history, used = await self._memory.regenerate(
+                    user_id, conversation_id, message_id, keep)
                 conv_id = conversation_id
             else:
                 assert message is not None
@@ -141,7 +146,8 @@ class ChatService:
         except WorkerError as err:
             place.release()
             # The message is kept: so is why it got no reply, for a page loaded later.
-            await self._store_quietly(conv_id, "", "error", route.name or None, err)
+            await self._store_quietly(conv_id, stored["id"], "", "error", route.name or None,
+                                      err)
             raise ChatRejected(err, conv_id, stored["id"]) from err
         self.turns.add(turn)
         return turn
@@ -213,8 +219,8 @@ class ChatService:
         if isinstance(outcome, Finished):
             c = outcome.completion
             try:
-                stored = await self._store(turn.conversation_id, turn.job.model or None, c.text,
-                                           "complete",
+                stored = await self._store(turn.conversation_id, turn.user_message["id"],
+                                           turn.job.model or None, c.text, "complete",
                                            orjson.dumps(c.usage).decode() if c.usage else None)
             except StorageError as err:  # e.g. the conversation was deleted meanwhile
                 return Failed(err, None)
@@ -227,11 +233,13 @@ class ChatService:
         if stopped and not outcome.partial:
             return Failed(outcome.error, None)
         kept = await self._store_quietly(
-            turn.conversation_id, outcome.partial, "incomplete" if stopped else "error",
+            turn.conversation_id, turn.user_message["id"], outcome.partial,
+            "incomplete" if stopped else "error",
             turn.job.model or None, None if stopped else outcome.error)
         return Failed(outcome.error, kept)
 
-    async def _store_quietly(self, conversation_id: int, content: str, status: str,
+    async def _store_quietly(self, conversation_id: int, parent_id: int, content: str,
+                             status: str,
                              model: str | None, error: WorkerError | None) -> MessageRow | None:
         """Store a reply that failed or was stopped; None if there is nowhere to keep it
         (e.g. the conversation was deleted meanwhile)."""
@@ -240,19 +248,21 @@ class ChatService:
             _, code, message, _ = failure_of(error)
             why = orjson.dumps({"code": code, "message": message}).decode()
         try:
-            return await self._store(conversation_id, model, content, status, error=why)
+            return await self._store(conversation_id, parent_id, model, content, status,
+                                     error=why)
         except StorageError:
             return None
 
-    async def _store(self, conversation_id: int, model: str | None, content: str,
-                     status: str, usage: str | None = None,
+    async def _store(self, conversation_id: int, parent_id: int, model: str | None,
+                     content: str, status: str, usage: str | None = None,
                      error: str | None = None) -> MessageRow:
-        """Store the reply; a busy database gets a few more tries (the user saw the text)."""
+        """Store the reply under its question; a busy database gets a few more tries (the user
+        saw the text)."""
         for delay in STORE_RETRY_S:
             try:
                 return await self._memory.append(conversation_id, "assistant", content, status,
-                                                 usage, model, error)
+                                                 usage, model, error, parent_id)
             except DatabaseBusy:
                 await asyncio.sleep(delay)
         return await self._memory.append(conversation_id, "assistant", content, status, usage,
-                                         model, error)
+                                         model, error, parent_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..storage import ConversationStore, SearchStore
+from ..storage import BranchStore, ConversationStore, SearchStore
 from ..storage.rows import ConversationRow, SearchHit
+from .branches import shown
 from .caps import Caps, Overrides
 from .render import Renderer
 
@@ -16,8 +17,9 @@ class ConversationService:
     """A user's conversations; every call is scoped to that user by the storage."""
 
     def __init__(self, conversations: ConversationStore, search: SearchStore,
-                 caps: Caps, renderer: Renderer) -> None:
+                 caps: Caps, renderer: Renderer, branches: BranchStore) -> None:
         self._conversations = conversations
+        self._branches = branches
         self._search = search
         self._caps = caps
         self._renderer = renderer
@@ -34,12 +36,14 @@ class ConversationService:
         return await self._conversations.create(user_id, title, self._caps.quota(limits))
 
     async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
-        """A conversation with its messages, oldest first; replies rendered when asked.
+        """A conversation with the messages of its branch on show, oldest first (each with its
+        alternatives' ids); replies rendered when asked.
 
         A reply the renderer declined (too long, over the request's budget, busy) has
         `html: null`: the caller shows its Markdown source as text.
         """
-        conv, msgs = await self._conversations.get(user_id, conversation_id)
+        conv, every = await self._conversations.get(user_id, conversation_id)
+        msgs = shown(every, conv["leaf_id"])
         if html:
             replies = [m for m in msgs if m["role"] == "assistant"]
             rendered_all = await self._renderer.html(
@@ -47,6 +51,15 @@ class ConversationService:
             for message, rendered in zip(replies, rendered_all, strict=True):
                 message["html"] = rendered  # type: ignore[typeddict-unknown-key]
         return {**conv, "messages": msgs}
+
+    async def show_branch(self, user_id: int, conversation_id: int, message_id: int) -> None:
+        """Show the branch through a message (its newest leaf becomes the active one)."""
+        await self._branches.switch(user_id, conversation_id, message_id)
+
+    async def delete_branch(self, user_id: int, conversation_id: int, message_id: int) -> int:
+        """Delete a message and everything under it (the active branch moves to the newest
+        one left beside it); return how many messages went."""
+        return await self._branches.delete(user_id, conversation_id, message_id)
 
     async def rename(self, user_id: int, conversation_id: int, title: str,
                      limits: Overrides = None) -> ConversationRow:

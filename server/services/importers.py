@@ -144,6 +144,7 @@ def _chatgate(body: dict[str, Any], title: str) -> NewConversation:
         raise BadConversation("'messages' must be a list")
     out: list[NewMessage] = []
     now = now_iso()
+    index: dict[object, int] = {}  # an exported message's id -> its place in `out`
     for n, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise BadConversation(f"message {n} must be an object with a string 'content'")
@@ -160,11 +161,27 @@ def _chatgate(body: dict[str, Any], title: str) -> NewConversation:
                                        "message": error["message"][:2000]}).decode()
         out.append(NewMessage(m["role"], _clean(m["content"]),
                               _iso(m.get("created_at")) or now, status,
-                              model[:200] if model else None, error_json))
+                              model[:200] if model else None, error_json, _parent(m, n, index)))
+        if isinstance(m.get("id"), int):
+            index[m["id"]] = n
     created = _iso(body.get("created_at")) or (out[0].created_at if out else now)
     model = body.get("model")
+    leaf = index.get(body.get("leaf_id"))
     return NewConversation(title, created, tuple(out),
-                           model[:200] if isinstance(model, str) and model else None)
+                           model[:200] if isinstance(model, str) and model else None, leaf)
+
+
+def _parent(message: dict[str, Any], n: int, index: dict[object, int]) -> int | None:
+    """Where a message hangs: its exported `parent_id` among the messages before it; null: a
+    first message; absent (a file from before branches): the message before it."""
+    if "parent_id" not in message:
+        return n - 1 if n else None
+    parent = message["parent_id"]
+    if parent is None:
+        return None
+    if parent not in index:
+        raise BadConversation(f"message {n} names a parent_id that no earlier message has")
+    return index[parent]
 
 
 def _chatgpt(body: dict[str, Any], title: str) -> NewConversation:
@@ -198,7 +215,7 @@ def _chatgpt(body: dict[str, Any], title: str) -> NewConversation:
         out.append(NewMessage(role, text, _epoch(message.get("create_time")) or now,
                               "complete",
                               slug[:200] if role == "assistant" and isinstance(slug, str)
-                              and slug else None))
+                              and slug else None, None, len(out) - 1 if out else None))
     created = _epoch(body.get("create_time")) or (out[0].created_at if out else now)
     return NewConversation(title, created, tuple(out))
 

@@ -23,10 +23,11 @@ class MemoryManager:
 
     async def append(self, conversation_id: int, role: str, content: str,
                      status: str = "complete", usage: str | None = None,
-                     model: str | None = None, error: str | None = None) -> MessageRow:
-        """Store one message in a conversation."""
+                     model: str | None = None, error: str | None = None,
+                     parent_id: int | None = None) -> MessageRow:
+        """Store one message in a conversation, under the message it answers."""
         return await self._messages.add(conversation_id, role, content, status, usage, model,
-                                        error)
+                                        error, parent_id)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, quota: Quota = NO_QUOTA, model: str | None = None
@@ -38,13 +39,23 @@ class MemoryManager:
             model)
         return conv, stored, self.within_budget(rows), used
 
-    async def rewind(self, user_id: int, conversation_id: int, edit: tuple[int, str] | None,
-                     quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, list[dict[str, str]], ConversationUse]:
-        """Drop the replies after the last user message (maybe editing it, within the user's
-        caps); return it, the history before it and the conversation's model."""
-        stored, rows, used = await self._messages.rewind(
-            user_id, conversation_id, edit, self._config.max_history_messages, quota, model)
+    async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
+                   quota: Quota = NO_QUOTA, model: str | None = None
+                   ) -> tuple[MessageRow, list[dict[str, str]], ConversationUse]:
+        """Store a new version of a user's message as a new branch (within the user's caps);
+        return it, the history before it and the conversation's model."""
+        stored, rows, used = await self._messages.edit(
+            user_id, conversation_id, message_id, content, self._config.max_history_messages,
+            quota, model)
+        return stored, self.within_budget(rows), used
+
+    async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
+                         model: str | None = None
+                         ) -> tuple[MessageRow, list[dict[str, str]], ConversationUse]:
+        """Take a user's message up again (earlier replies stay as alternatives); return it,
+        the history before it and the conversation's model."""
+        stored, rows, used = await self._messages.regenerate(
+            user_id, conversation_id, message_id, self._config.max_history_messages, model)
         return stored, self.within_budget(rows), used
 
     def within_budget(self, rows: HistoryRows) -> list[dict[str, str]]:

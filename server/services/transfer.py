@@ -12,6 +12,7 @@ import orjson
 
 from ..storage import ConversationStore, OverQuota, StorageQuotaExceeded, TransferStore
 from ..storage.rows import ConversationRow, MessageRow
+from .branches import shown
 from .caps import Caps, Overrides
 from .importers import UnknownFormat, chatgate_json, parse
 
@@ -46,9 +47,10 @@ def account_filename(username: str) -> str:
 
 
 def markdown(conversation: ConversationRow, messages: list[MessageRow]) -> str:
-    """The conversation as Markdown: its title, then each message under its role."""
+    """The conversation as Markdown: its title, then each message of the branch on show
+    under its role."""
     lines = [f"# {conversation['title']}", ""]
-    for m in messages:
+    for m in shown(messages, conversation["leaf_id"]):
         role = m["role"].capitalize()
         heading = f"## {role}" + (f" ({m['model']})" if m.get("model") else "")
         lines += [heading, "", m["content"], ""]

@@ -9,6 +9,7 @@ from .base import (
     NO_QUOTA,
     AccountSettingsStore,
     AuditStore,
+    BranchStore,
     ConversationStore,
     KeyStore,
     MemoryStore,
@@ -55,10 +56,11 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "Conflict", "ConversationStore",
-    "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound", "MemoryStore",
-    "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota", "PromptStore",
-    "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage", "StorageError",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "BranchStore", "Conflict",
+    "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound",
+    "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
+    "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
+    "StorageError",
     "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
     "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",

@@ -44,6 +44,7 @@ class NewMessage:
     status: str = "complete"
     model: str | None = None
     error: str | None = None  # JSON text {"code", "message"}
+    parent: int | None = None  # the index of its parent in the conversation's messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,9 @@ class NewConversation:
 
     title: str
     created_at: str
-    messages: tuple[NewMessage, ...]
+    messages: tuple[NewMessage, ...]  # each after its parent
     model: str | None = None
+    leaf: int | None = None  # the index of the active leaf (None: the last message)
 
 
 @dataclass
@@ -167,17 +169,34 @@ class MessageStore(Protocol):
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
-                  model: str | None = None, error: str | None = None) -> MessageRow:
-        """Append a message to a conversation the caller has already checked (NotFound);
-        `usage` and `error` are JSON text."""
+                  model: str | None = None, error: str | None = None,
+                  parent_id: int | None = None) -> MessageRow:
+        """Append a message under `parent_id` to a conversation the caller has already
+        checked (NotFound if it or the parent is gone); `usage` and `error` are JSON text."""
 
-    async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None = None, history: int = 0,
-                     quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
-        """Drop what followed the last user message (editing it if asked); return it, up to
-        `history` messages before it, newest first, and the conversation's model
-        (StorageQuotaExceeded: no change)."""
+    async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
+                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None
+                   ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """Store a new version of a user's message beside it (a new branch, made active);
+        return it, up to `history` messages before it, newest first, and the conversation's
+        model (NotFound, StorageQuotaExceeded: no change)."""
+
+    async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
+                         history: int = 0, model: str | None = None
+                         ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """Make a user's message (or the question of a reply; None: the active branch's
+        last) the active leaf to answer again; return it, the history before it and the
+        conversation's model (NotFound: no change)."""
+
+
+class BranchStore(Protocol):
+    """Branches of a conversation's tree of messages."""
+
+    async def switch(self, user_id: int, conversation_id: int, message_id: int) -> None:
+        """Make the newest leaf under the message active (NotFound)."""
+
+    async def delete(self, user_id: int, conversation_id: int, message_id: int) -> int:
+        """Delete the message and its subtree; return how many went (NotFound)."""
 
 
 class MemoryStore(Protocol):
@@ -298,6 +317,7 @@ class Storage:
     tokens: TokenStore
     conversations: ConversationStore
     messages: MessageStore
+    branches: BranchStore
     transfer: TransferStore
     quotas: QuotaStore
     search: SearchStore

@@ -52,6 +52,7 @@ class ConversationRow(TypedDict):
     message_count: int
     model: str | None  # the model its turns use (None: the first configured)
     settings: dict[str, Any]  # its own system_prompt, temperature, max_tokens ({}: none)
+    leaf_id: int | None  # the last message of the branch shown (None: no messages)
 
 
 class ConversationUse(NamedTuple):
@@ -72,6 +73,8 @@ class MessageRow(TypedDict):
     usage: NotRequired[dict[str, Any]]
     model: NotRequired[str]  # on a reply: the model that wrote it
     error: NotRequired[dict[str, str]]  # on a failed reply: {"code", "message"}
+    parent_id: NotRequired[int | None]  # the message it follows (None: the first)
+    siblings: NotRequired[list[int]]  # it and its alternatives, oldest first (if several)
 
 
 class MemoryRow(TypedDict):
@@ -148,8 +151,8 @@ def now_iso() -> str:
 
 
 def message_row(row: Any) -> MessageRow:
-    """(id, role, content, status, created_at[, usage[, model[, error]]]) as a MessageRow;
-    usage, model and error only if stored."""
+    """(id, role, content, status, created_at[, usage[, model[, error[, parent_id]]]]) as a
+    MessageRow; usage, model and error only if stored."""
     message: MessageRow = {"id": row[0], "role": row[1], "content": row[2], "status": row[3],
                            "created_at": row[4]}
     if len(row) > 5 and row[5]:
@@ -158,4 +161,6 @@ def message_row(row: Any) -> MessageRow:
         message["model"] = row[6]
     if len(row) > 7 and row[7]:
         message["error"] = orjson.loads(row[7])
+    if len(row) > 8:
+        message["parent_id"] = row[8]
     return message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..base import Storage
 from .audit import SqliteAudit
+from .branches import SqliteBranches
 from .conversations import SqliteConversations
 from .db import Database
 from .keys import SqliteKeys
@@ -29,6 +30,7 @@ class SqliteStorage(Storage):
         self.tokens = SqliteTokens(db)
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
+        self.branches = SqliteBranches(db)
         self.transfer = SqliteTransfer(db)
         self.quotas = SqliteQuotas(db)
         self.search = SqliteSearch(db)

@@ -14,7 +14,7 @@ from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
 from .quotas import check
 
-COLUMNS = "id, title, created_at, updated_at, message_count, model, settings"
+COLUMNS = "id, title, created_at, updated_at, message_count, model, settings, leaf_id"
 
 
 class SqliteConversations:
@@ -36,7 +36,8 @@ class SqliteConversations:
                 (user_id, title, now, now),
             )
             return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
-                    "updated_at": now, "message_count": 0, "model": None, "settings": {}}
+                    "updated_at": now, "message_count": 0, "model": None, "settings": {},
+                    "leaf_id": None}
 
         return await self._db.write(op)
 
@@ -66,7 +67,7 @@ class SqliteConversations:
 
     async def get(self, user_id: int,
                   conversation_id: int) -> tuple[ConversationRow, list[MessageRow]]:
-        """A conversation and all its messages oldest first, in one read."""
+        """A conversation and all its messages (every branch) oldest first, in one read."""
 
         def op(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
             conv = conn.execute(f"SELECT {COLUMNS} FROM conversations "
@@ -75,8 +76,9 @@ class SqliteConversations:
             if conv is None:
                 return None, []
             msgs = conn.execute(
-                "SELECT id, role, content, status, created_at, usage, model, error FROM messages "
-                "WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
+                "SELECT id, role, content, status, created_at, usage, model, error, parent_id "
+                "FROM messages WHERE conversation_id = ? ORDER BY id",
+                (conversation_id,)).fetchall()
             return conv, msgs
 
         conv, msgs = await self._db.read(op)
@@ -148,7 +150,7 @@ def conversation_row(row: Any) -> ConversationRow:
     """A row of COLUMNS as the API shows a conversation."""
     return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
             "message_count": row[4], "model": row[5],
-            "settings": orjson.loads(row[6]) if row[6] else {}}
+            "settings": orjson.loads(row[6]) if row[6] else {}, "leaf_id": row[7]}
 
 
 # A cursor is the last row's sort key as text, "<updated_at>_<id>", e.g.

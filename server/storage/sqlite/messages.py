@@ -1,4 +1,5 @@
-"""SQL for messages: appending, and reading a conversation's recent history."""
+"""SQL for messages: a user's turn (new, edited or asked again) with the history before it, and
+replies."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ import orjson
 from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
 from ..rows import ConversationUse, HistoryRows, MessageRow, now_iso
+from .branches import owned_message, path_rows
 from .db import Database
 from .quotas import check
 
-
-def _history(conn: sqlite3.Connection, conversation_id: int, before_id: int,
-             limit: int) -> HistoryRows:
-    """Up to `limit` newest (id, role, content) with text before `before_id`, newest first."""
-    if limit <= 0:
-        return []
-    return [(r[0], r[1], r[2]) for r in conn.execute(
-        "SELECT id, role, content FROM messages WHERE conversation_id = ? AND id < ? "
-        "AND content != '' ORDER BY id DESC LIMIT ?", (conversation_id, before_id, limit))]
 
 class SqliteMessages:
     """Messages in SQLite."""
@@ -33,8 +26,9 @@ class SqliteMessages:
                                content: str, title: str, history: int = 0,
                                quota: Quota = NO_QUOTA, model: str | None = None
                                ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
-        """Store a user's message (creating the conversation when none is given) and return up to
-        `history` earlier messages, newest first, all in one transaction: no separate read.
+        """Store a user's message after the conversation's active leaf (creating the conversation
+        when none is given) and return up to `history` messages on the path before it, newest
+        first, all in one transaction: no separate read.
         The user's caps are checked in the same transaction: over one, nothing is stored.
         `model` (if given) becomes the conversation's; its model and settings are returned."""
         now = now_iso()
@@ -48,31 +42,29 @@ class SqliteMessages:
                 conv = cast(int, conn.execute(
                     "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
                     "VALUES (?, ?, ?, ?, ?)", (user_id, title, now, now, model)).lastrowid)
-                cur = conn.execute(
-                    "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-                    "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
+                parent = None
             else:
-                # One read checks the owner and gives the model and settings the turn uses.
-                found = conn.execute("SELECT model, settings FROM conversations "
+                # One read checks the owner and gives the model, settings and leaf the turn uses.
+                found = conn.execute("SELECT model, settings, leaf_id FROM conversations "
                                      "WHERE id = ? AND user_id = ?", (conv, user_id)).fetchone()
                 if found is None:
                     raise NotFound("conversation not found")
                 use = _use(conn, conv, model, found)
-                cur = conn.execute(
-                    "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-                    "VALUES (?, 'user', ?, ?, ?)", (conv, content, now, user_id))
-            ident = cast(int, cur.lastrowid)
-            rows = _history(conn, conv, ident, history) if conversation_id is not None else []
-            return conv, {"id": ident, "role": "user", "content": content, "status": "complete",
-                          "created_at": now}, rows, ConversationUse(model, {}) if new else use
+                parent = found[2]
+            ident = _insert_user(conn, conv, parent, content, now, user_id)
+            rows = path_rows(conn, parent, history)
+            return conv, _user_row(ident, content, now, parent), rows, \
+                ConversationUse(model, {}) if new else use
 
         return await self._db.write(op)
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
-                  model: str | None = None, error: str | None = None) -> MessageRow:
-        """Append a message (a reply: with the model that wrote it) to a conversation the
-        caller has already checked."""
+                  model: str | None = None, error: str | None = None,
+                  parent_id: int | None = None) -> MessageRow:
+        """Append a message (a reply: with the model that wrote it, under the message it
+        answers) to a conversation the caller has already checked. NotFound if the
+        conversation, or that message, was deleted meanwhile."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> MessageRow:
@@ -80,16 +72,17 @@ class SqliteMessages:
                 cur = conn.execute(
                     "INSERT INTO messages "
                     "(conversation_id, role, content, status, created_at, usage, model, "
-                    "error, owner) SELECT ?, ?, ?, ?, ?, ?, ?, ?, user_id FROM conversations "
-                    "WHERE id = ?",
+                    "error, parent_id, owner) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, user_id "
+                    "FROM conversations c WHERE id = ? AND (? IS NULL OR EXISTS ("
+                    "SELECT 1 FROM messages p WHERE p.id = ? AND p.conversation_id = c.id))",
                     (conversation_id, role, content, status, now, usage, model, error,
-                     conversation_id))
+                     parent_id, conversation_id, parent_id, parent_id))
                 if cur.rowcount == 0:
                     raise NotFound("conversation not found")
             except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
                 raise NotFound("conversation not found") from err
             row: MessageRow = {"id": cast(int, cur.lastrowid), "role": role, "content": content,
-                               "status": status, "created_at": now}
+                               "status": status, "created_at": now, "parent_id": parent_id}
             if model:
                 row["model"] = model
             if error:
@@ -98,36 +91,82 @@ class SqliteMessages:
 
         return await self._db.write(op)
 
-    async def rewind(self, user_id: int, conversation_id: int,
-                     edit: tuple[int, str] | None = None, history: int = 0,
-                     quota: Quota = NO_QUOTA, model: str | None = None
-                     ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
-        """Drop everything after the conversation's last user message (editing it if asked);
-        return that message, up to `history` messages before it, newest first, and the
-        conversation's model (set to `model` if given)."""
+    async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
+                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None
+                   ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """A new version of one of the user's messages: a sibling of it (what followed the old
+        one stays, on its own branch) that becomes the active leaf. Returns it, up to `history`
+        messages on the path before it, newest first, and the conversation's model."""
+        now = now_iso()
 
         def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, ConversationUse]:
-            row = conn.execute(
-                "SELECT m.id, m.role, m.content, m.status, m.created_at, c.model, c.settings "
-                "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                "AND c.user_id = ? "
-                "WHERE m.conversation_id = ? AND m.role = 'user' ORDER BY m.id DESC LIMIT 1",
-                (user_id, conversation_id)).fetchone()
-            if row is None or (edit is not None and edit[0] != row[0]):
-                raise NotFound("no such user message at the end of this conversation")
-            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id > ?",
-                         (conversation_id, row[0]))
-            content = row[2]
-            if edit is not None:
-                content = edit[1]
-                # After the replies went: an edit is refused only if it passes the cap anyway.
-                check(conn, user_id, quota, chars=len(content) - len(row[2]))
-                conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, row[0]))
-            return {"id": row[0], "role": "user", "content": content, "status": row[3],
-                    "created_at": row[4]}, _history(conn, conversation_id, row[0], history), \
-                _use(conn, conversation_id, model, row[5:7])
+            _, role, parent = owned_message(conn, user_id, conversation_id, message_id)
+            if role != "user":
+                raise NotFound("only a user's message can be edited")
+            check(conn, user_id, quota, chars=len(content))
+            ident = _insert_user(conn, conversation_id, parent, content, now, user_id)
+            return _user_row(ident, content, now, parent), path_rows(conn, parent, history), \
+                _use(conn, conversation_id, model, _settings(conn, conversation_id))
 
         return await self._db.write(op)
+
+    async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
+                         history: int = 0, model: str | None = None
+                         ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """Ask a user's message again: `message_id` (or the question of the reply it names;
+        None: the last question on the active branch). Earlier replies stay as alternatives,
+        but for failed ones with no text; the question becomes the active leaf until the new
+        reply comes. Returns it, the history before it, newest first, and the model."""
+
+        def op(conn: sqlite3.Connection) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+            asked = message_id
+            if asked is None:
+                asked = conn.execute(
+                    "SELECT leaf_id FROM conversations WHERE id = ? AND user_id = ?",
+                    (conversation_id, user_id)).fetchone()
+                asked = asked[0] if asked else None
+                if asked is None:
+                    raise NotFound("this conversation has no message to answer again")
+            _, role, parent = owned_message(conn, user_id, conversation_id, asked)
+            if role == "assistant" and parent is not None:
+                asked = parent
+                _, role, parent = owned_message(conn, user_id, conversation_id, asked)
+            if role != "user":
+                raise NotFound("no user's message to answer again")
+            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND parent_id = ? "
+                         "AND role = 'assistant' AND content = '' AND NOT EXISTS (SELECT 1 FROM "
+                         "messages c WHERE c.conversation_id = messages.conversation_id "
+                         "AND c.parent_id = messages.id)", (conversation_id, asked))
+            conn.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?",
+                         (asked, conversation_id))
+            row = conn.execute("SELECT content, status, created_at FROM messages WHERE id = ?",
+                               (asked,)).fetchone()
+            stored: MessageRow = {"id": asked, "role": "user", "content": row[0],
+                                  "status": row[1], "created_at": row[2], "parent_id": parent}
+            return stored, path_rows(conn, parent, history), \
+                _use(conn, conversation_id, model, _settings(conn, conversation_id))
+
+        return await self._db.write(op)
+
+
+def _insert_user(conn: sqlite3.Connection, conversation_id: int, parent: int | None,
+                 content: str, now: str, user_id: int) -> int:
+    """A user's message under `parent`; the insert trigger makes it the active leaf."""
+    return cast(int, conn.execute(
+        "INSERT INTO messages (conversation_id, role, content, created_at, parent_id, owner) "
+        "VALUES (?, 'user', ?, ?, ?, ?)",
+        (conversation_id, content, now, parent, user_id)).lastrowid)
+
+
+def _user_row(ident: int, content: str, now: str, parent: int | None) -> MessageRow:
+    return {"id": ident, "role": "user", "content": content, "status": "complete",
+            "created_at": now, "parent_id": parent}
+
+
+def _settings(conn: sqlite3.Connection, conversation_id: int) -> Any:
+    """The conversation's (model, settings) row."""
+    return conn.execute("SELECT model, settings FROM conversations WHERE id = ?",
+                        (conversation_id,)).fetchone()
 
 
 def _use(conn: sqlite3.Connection, conversation_id: int, model: str | None,

@@ -222,8 +222,33 @@ CREATE TRIGGER user_storage_conv_ad AFTER DELETE ON conversations BEGIN
 END;
 """
 
-# V10 is the lead's (branches), merged separately: this placeholder keeps V11's number.
-V10 = ""
+# Branches: each message hangs from the one it answers or follows (`parent_id`; NULL for a
+# conversation's first), and the conversation shows the path to its active leaf (`leaf_id`).
+# Existing conversations become one branch. No foreign key on parent_id: a cascade down a long
+# chain passes SQLite's trigger depth; the storage code deletes a branch's subtree itself.
+# A new message becomes the leaf when it follows the leaf (the usual turn) or is the user's
+# (an edit starts a branch and shows it), in the insert trigger: no extra statement per turn.
+V10 = """
+ALTER TABLE messages ADD COLUMN parent_id INTEGER;
+ALTER TABLE conversations ADD COLUMN leaf_id INTEGER;
+UPDATE messages SET parent_id = (SELECT max(p.id) FROM messages p
+    WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id);
+UPDATE conversations SET leaf_id =
+    (SELECT max(id) FROM messages WHERE messages.conversation_id = conversations.id);
+CREATE INDEX messages_by_parent ON messages(conversation_id, parent_id);
+DROP TRIGGER messages_ai;
+CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content, owner) VALUES (new.id, new.content, new.owner);
+    -- A write that did not name the owner (plain SQL) gets it here; messages_au re-indexes.
+    UPDATE messages SET owner =
+        (SELECT user_id FROM conversations WHERE conversations.id = new.conversation_id)
+        WHERE id = new.id AND new.owner IS NULL;
+    UPDATE conversations SET message_count = message_count + 1, updated_at = new.created_at,
+        leaf_id = CASE WHEN new.role = 'user' OR leaf_id IS NULL
+                       OR leaf_id IS new.parent_id THEN new.id ELSE leaf_id END
+        WHERE id = new.conversation_id;
+END;
+"""
 
 # Long-term memories: short facts a user keeps, added to the system prompt of their turns
 # ('proposed' ones wait for the user to accept them), and account settings (JSON object; '' =

@@ -9,29 +9,28 @@ import orjson
 
 from ..errors import NotFound
 from ..rows import ConversationUse, HistoryRows
+from .branches import path_rows
 from .db import Database
-from .messages import _history
-
-_AFTER_ALL = 2**62  # a message id past every stored one: the history of a turn not yet stored
 
 
 class SqlitePrompts:
-    """Reads the history a new turn would get, as add_user_message would, without writing."""
+    """Reads the history a new turn would get, as add_user_message does, without writing."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def next_turn(self, user_id: int, conversation_id: int,
                         history: int) -> tuple[HistoryRows, ConversationUse]:
-        """Up to `history` messages, newest first, and the conversation's model and settings."""
+        """Up to `history` messages on the path to the active leaf (where the next user
+        message goes), newest first, and the conversation's model and settings."""
 
         def op(conn: sqlite3.Connection) -> tuple[Any, HistoryRows]:
-            found = conn.execute("SELECT model, settings FROM conversations "
+            found = conn.execute("SELECT model, settings, leaf_id FROM conversations "
                                  "WHERE id = ? AND user_id = ?",
                                  (conversation_id, user_id)).fetchone()
             if found is None:
                 return None, []
-            return found, _history(conn, conversation_id, _AFTER_ALL, history)
+            return found, path_rows(conn, found[2], history)
 
         found, rows = await self._db.read(op)
         if found is None:

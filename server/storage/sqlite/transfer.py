@@ -27,7 +27,7 @@ class SqliteTransfer:
                 f"SELECT {COLUMNS} FROM conversations WHERE user_id = ? AND id > ? "
                 "ORDER BY id LIMIT ?", (user_id, after_id, limit)).fetchall()
             return [(c, conn.execute(
-                "SELECT id, role, content, status, created_at, usage, model, error "
+                "SELECT id, role, content, status, created_at, usage, model, error, parent_id "
                 "FROM messages WHERE conversation_id = ? ORDER BY id", (c[0],)).fetchall())
                 for c in convs]
 
@@ -47,11 +47,17 @@ class SqliteTransfer:
                 "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (user_id, conv.title, conv.created_at, conv.created_at, conv.model)).lastrowid)
-            conn.executemany(
-                "INSERT INTO messages (conversation_id, role, content, status, created_at, "
-                "model, error, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(ident, m.role, m.content, m.status, m.created_at, m.model, m.error, user_id)
-                 for m in conv.messages])
+            ids: list[int] = []  # each message's new id, by its index
+            for m in conv.messages:
+                parent = ids[m.parent] if m.parent is not None else None
+                ids.append(cast(int, conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content, status, created_at, "
+                    "model, error, parent_id, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ident, m.role, m.content, m.status, m.created_at, m.model, m.error, parent,
+                     user_id)).lastrowid))
+            if ids:
+                leaf = ids[-1] if conv.leaf is None else ids[conv.leaf]
+                conn.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?", (leaf, ident))
             # The insert trigger moved updated_at to each message's time; keep the latest.
             row = conn.execute(f"SELECT {COLUMNS} FROM conversations WHERE id = ?",
                                (ident,)).fetchone()

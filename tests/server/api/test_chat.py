@@ -375,7 +375,8 @@ async def test_chat_in_someone_elses_conversation_is_404(http, register) -> None
     assert len(await messages_of(http, alice, conv)) == 2
 
 
-async def test_regenerate_replaces_the_last_reply(http, register, simulator) -> None:
+async def test_regenerate_keeps_the_last_reply_as_an_alternative(http, register,
+                                                                 simulator) -> None:
     user = await register()
     async with await chat(http, user, message="first question") as resp:
         conv = (await resp.json())["conversation_id"]
@@ -388,12 +389,13 @@ async def test_regenerate_replaces_the_last_reply(http, register, simulator) -> 
     assert [m["content"] for m in stored][:3] == ["first question", stored[1]["content"],
                                                   "second question"]
     assert len(stored) == 4 and stored[3]["id"] == new["id"] != old["id"]
+    assert stored[3]["siblings"] == [old["id"], new["id"]]
     sent = (await sim(simulator, "/sim/requests"))[-1]["messages"]
     assert [m["content"] for m in sent][-1] == "second question"
     assert sum(1 for m in sent if m["content"] == "second question") == 1
 
 
-async def test_edit_last_user_message_and_resend(http, register, simulator) -> None:
+async def test_edit_a_user_message_and_resend(http, register, simulator) -> None:
     user = await register()
     async with await chat(http, user, message="typo qestion") as resp:
         conv = (await resp.json())["conversation_id"]
@@ -403,16 +405,21 @@ async def test_edit_last_user_message_and_resend(http, register, simulator) -> N
         stream = await collect(resp)
     assert stream[-1][0] == "done"
     after = await messages_of(http, user, conv)
-    assert [(m["id"], m["content"]) for m in after][:1] == [(stored[0]["id"], "fixed question")]
+    assert [m["content"] for m in after][:1] == ["fixed question"]
+    assert after[0]["siblings"] == [stored[0]["id"], after[0]["id"]]
     assert len(after) == 2 and after[1]["id"] == stream[-1][1]["message_id"]
     async with http.get("/api/search?q=qestion", headers=user.headers) as resp:
-        assert (await resp.json())["results"] == []  # the old text left the index
-    # Only the last user message can be edited; others are 404, as is another's conversation.
+        # The old version is kept, on its own branch, and still found.
+        assert stored[0]["id"] in [h["message_id"] for h in (await resp.json())["results"]]
+    # Only a user's message can be edited; a reply is 404, as is another's conversation.
     async with await chat(http, user, conversation_id=conv, message="x",
                           edit_message_id=after[1]["id"]) as resp:
         await error_of(resp, 404)
     bob = await register()
     async with await chat(http, bob, conversation_id=conv, regenerate=True) as resp:
+        await error_of(resp, 404)
+    async with await chat(http, bob, conversation_id=conv, message="x",
+                          edit_message_id=after[0]["id"]) as resp:
         await error_of(resp, 404)
     assert len(await messages_of(http, user, conv)) == 2
 

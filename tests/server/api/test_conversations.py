@@ -18,8 +18,8 @@ from server.services.memory import MemoryManager
 from tests.support.app import User, db_of, error_of, make_config, storage_of
 
 CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count", "model",
-             "running_turn_id", "settings"}
-MSG_KEYS = {"id", "role", "content", "status", "created_at"}
+             "running_turn_id", "settings", "leaf_id"}
+MSG_KEYS = {"id", "role", "content", "status", "created_at", "parent_id"}
 
 
 async def create(http: aiohttp.ClientSession, user: User,
@@ -283,7 +283,10 @@ async def test_get_returns_messages_oldest_first(http: aiohttp.ClientSession, re
     mem = memory(server, config)
     contents = [("user", "first question"), ("assistant", "first answer"),
                 ("user", "second question"), ("assistant", "second answer")]
-    stored = [await mem.append(conv["id"], role, text) for role, text in contents]
+    stored: list[Any] = []
+    for role, text in contents:
+        stored.append(await mem.append(conv["id"], role, text,
+                                       parent_id=stored[-1]["id"] if stored else None))
     body = await get_conv(http, user, conv["id"])
     assert set(body) == CONV_KEYS | {"messages"}
     assert body["id"] == conv["id"] and body["title"] == "chat"

@@ -150,7 +150,10 @@ async def test_export_then_import_gives_the_same_messages(
     [new] = result["imported"]
     assert new["title"] == "Round trip one" and new["id"] != conv
     old, copy = await get_conv(http, user, conv), await get_conv(http, user, new["id"])
-    strip = [{k: v for k, v in m.items() if k not in ("id", "usage")} for m in old["messages"]]
+    # The same tree under new ids: each message hangs from the copy of its parent.
+    new_id = {o["id"]: c["id"] for o, c in zip(old["messages"], copy["messages"], strict=True)}
+    strip = [{k: new_id.get(v) if k == "parent_id" else v for k, v in m.items()
+              if k not in ("id", "usage")} for m in old["messages"]]
     assert [{k: v for k, v in m.items() if k != "id"} for m in copy["messages"]] == strip
     assert copy["created_at"] == old["created_at"]
     assert copy["updated_at"] == old["messages"][-1]["created_at"]

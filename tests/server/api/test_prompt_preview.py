@@ -119,3 +119,25 @@ async def test_model_choice_and_refusals(http: aiohttp.ClientSession, register: 
     assert shown["messages"] == [{"role": "system", "content": "You are a helpful assistant."}]
     async with http.get("/api/prompt") as resp:
         await error_of(resp, 401, "unauthorized")
+
+
+async def test_the_preview_follows_the_branch_shown(http: aiohttp.ClientSession,
+                                                    register: Any,
+                                                    simulator: SimServer) -> None:
+    user = await register()
+    first = await turn(http, user, "one")
+    conv = first["conversation_id"]
+    second = await turn(http, user, "two", conversation_id=conv)
+    await turn(http, user, "deux", conversation_id=conv,
+               edit_message_id=second["message"]["parent_id"])  # a new branch beside "two"
+    path = f"/api/conversations/{conv}/prompt"
+    shown = await preview(http, user, path)
+    assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == ["one", "deux"]
+    async with http.post(f"/api/conversations/{conv}/branch",
+                         json={"message_id": second["message"]["parent_id"]},
+                         headers=user.headers) as resp:
+        assert resp.status == 200, await resp.text()
+    shown = await preview(http, user, path)
+    assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == ["one", "two"]
+    await turn(http, user, "three", conversation_id=conv)
+    assert sent_part(await last_sent(simulator)) == as_sent(shown, "three")

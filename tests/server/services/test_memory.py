@@ -11,7 +11,8 @@ from server.config import MemoryConfig
 from server.runner import Running
 from server.services.memory import MemoryManager, approx_tokens
 from server.storage import NotFound
-from server.storage.sqlite.messages import _history
+from server.storage.rows import MessageRow
+from server.storage.sqlite.branches import path_rows
 from tests.support.app import User, db_of, storage_of
 
 
@@ -31,11 +32,20 @@ async def next_turn(m: MemoryManager, user_id: int, conv: int) -> list[dict[str,
     return history
 
 
-async def older_than(server: Running, m: MemoryManager, conv: int,
-                     before_id: int) -> list[dict[str, str]]:
-    """The budgeted history older than one message, as a rewind or a turn reads it."""
+async def chain(m: MemoryManager, conv: int, *turns: tuple[str, str],
+                status: str = "complete") -> list[MessageRow]:
+    """Messages appended one under the other, as turns leave them."""
+    rows: list[MessageRow] = []
+    for role, text in turns:
+        rows.append(await m.append(conv, role, text, status=status,
+                                   parent_id=rows[-1]["id"] if rows else None))
+    return rows
+
+
+async def up_to(server: Running, m: MemoryManager, message_id: int) -> list[dict[str, str]]:
+    """The budgeted history on the path up to a message (included), as a turn reads it."""
     rows = await db_of(server).read(
-        lambda c: _history(c, conv, before_id, m._config.max_history_messages))
+        lambda c: path_rows(c, message_id, m._config.max_history_messages))
     return m.within_budget(rows)
 
 
@@ -46,11 +56,11 @@ async def test_append_and_history_oldest_first(server: Running, http: aiohttp.Cl
     m = manager(server)
     turns = [("user", "hi"), ("assistant", "hello!"), ("user", "how are you?"),
              ("assistant", "fine, thanks")]
-    stored = [await m.append(conv, role, text) for role, text in turns]
+    stored = await chain(m, conv, *turns)
     assert [s["role"] for s in stored] == [r for r, _ in turns]
     assert stored == sorted(stored, key=lambda s: s["id"])
     assert all(s["status"] == "complete" and s["created_at"] for s in stored)
-    assert await older_than(server, m, conv, 2**62) == \
+    assert await up_to(server, m, stored[-1]["id"]) == \
         [{"role": r, "content": c} for r, c in turns]
     # What append stored is what the API shows.
     async with http.get(f"/api/conversations/{conv}", headers=user.headers) as resp:
@@ -74,8 +84,8 @@ async def test_max_history_messages_cuts_oldest_first(server: Running, http: aio
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=3)
-    for i in range(7):
-        await m.append(conv, "user" if i % 2 == 0 else "assistant", f"message {i}")
+    await chain(m, conv, *[("user" if i % 2 == 0 else "assistant", f"message {i}")
+                           for i in range(7)])
     assert [h["content"] for h in await next_turn(m, user.id, conv)] == \
         ["message 4", "message 5", "message 6"]
     none = manager(server, max_history_messages=0)
@@ -90,9 +100,8 @@ async def test_max_history_tokens_cuts_oldest_first(server: Running, http: aioht
     cost = approx_tokens(text)
     assert cost == 14
     m = manager(server, max_history_tokens=cost * 2 + cost // 2, max_history_messages=20)
-    for i in range(5):
-        await m.append(conv, "user", f"{i}" + text[1:])
-    history = await older_than(server, m, conv, 2**62)
+    rows = await chain(m, conv, *[("user", f"{i}" + text[1:]) for i in range(5)])
+    history = await up_to(server, m, rows[-1]["id"])
     assert [h["content"][0] for h in history] == ["3", "4"]
     exact = manager(server, max_history_tokens=cost * 3, max_history_messages=20)
     assert [h["content"][0] for h in await next_turn(exact, user.id, conv)] == ["2", "3", "4"]
@@ -104,36 +113,36 @@ async def test_token_budget_stops_at_the_first_message_that_does_not_fit(
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server, max_history_tokens=100)
-    await m.append(conv, "user", "tiny old")
-    await m.append(conv, "assistant", "y" * 1000)
-    await m.append(conv, "user", "tiny new")
+    await chain(m, conv, ("user", "tiny old"), ("assistant", "y" * 1000), ("user", "tiny new"))
     assert await next_turn(m, user.id, conv) == [{"role": "user", "content": "tiny new"}]
 
 
-async def test_before_id_excludes_the_newest(server: Running, http: aiohttp.ClientSession,
-                                             register: Any) -> None:
+async def test_regenerate_reads_the_history_before_the_question(
+        server: Running, http: aiohttp.ClientSession, register: Any) -> None:
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=2)
-    rows = [await m.append(conv, "user", f"m{i}") for i in range(4)]
+    rows = await chain(m, conv, *[("user", f"m{i}") for i in range(4)])
     # A regenerate re-asks the last user message: its history is what came before it.
-    stored, history, _ = await m.rewind(user.id, conv, None)
+    stored, history, _ = await m.regenerate(user.id, conv, None)
     assert stored["id"] == rows[-1]["id"]
     assert [h["content"] for h in history] == ["m1", "m2"]  # still two, newest left out
-    assert await older_than(server, m, conv, rows[0]["id"]) == []
+    first, history, _ = await m.regenerate(user.id, conv, rows[0]["id"])
+    assert first["id"] == rows[0]["id"] and history == []
 
 
-async def test_before_id_with_newer_messages_still_fills_the_count(
+async def test_history_follows_the_branch_not_the_newest_messages(
         server: Running, http: aiohttp.ClientSession, register: Any) -> None:
-    """'Older than before_id within the budget': a message that arrived after `before_id`
-    (say, a second turn in the same conversation) must not shrink the history."""
+    """The history is the path to the message: newer messages on other branches (an edit
+    made later, say) neither enter it nor shrink it."""
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=2)
-    rows = [await m.append(conv, "user", f"m{i}") for i in range(4)]
-    rows_before = await db_of(server).read(lambda c: _history(c, conv, rows[2]["id"], 2))
-    history = m.within_budget(rows_before)
-    assert [h["content"] for h in history] == ["m0", "m1"]
+    rows = await chain(m, conv, *[("user", f"m{i}") for i in range(4)])
+    await m.edit(user.id, conv, rows[2]["id"], "m2 edited")  # a sibling of m2, newer than m3
+    assert [h["content"] for h in await up_to(server, m, rows[2]["id"])] == ["m1", "m2"]
+    assert [h["content"] for h in await up_to(server, m, rows[1]["id"])] == ["m0", "m1"]
+    assert [h["content"] for h in await next_turn(m, user.id, conv)] == ["m1", "m2 edited"]
 
 
 async def test_empty_content_messages_are_skipped(server: Running, http: aiohttp.ClientSession,
@@ -141,11 +150,10 @@ async def test_empty_content_messages_are_skipped(server: Running, http: aiohttp
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server, max_history_messages=2)
-    await m.append(conv, "user", "question one")
-    await m.append(conv, "assistant", "answer one")
-    await m.append(conv, "user", "question two")
-    await m.append(conv, "assistant", "", status="error")
-    await m.append(conv, "assistant", "", status="incomplete")
+    rows = await chain(m, conv, ("user", "question one"), ("assistant", "answer one"),
+                       ("user", "question two"))
+    failed = await m.append(conv, "assistant", "", "error", parent_id=rows[-1]["id"])
+    await m.append(conv, "assistant", "", "incomplete", parent_id=failed["id"])
     history = await next_turn(m, user.id, conv)
     assert [h["content"] for h in history] == ["answer one", "question two"]
     assert all(h["content"] for h in history)
@@ -160,7 +168,7 @@ async def test_another_users_conversation_gives_no_history(
     with pytest.raises(NotFound):  # nothing is stored, nothing is read
         await next_turn(m, other.id, conv)
     with pytest.raises(NotFound):
-        await m.rewind(other.id, conv, None)
+        await m.regenerate(other.id, conv, None)
     assert await next_turn(m, owner.id, conv) == [{"role": "user", "content": "owner's secret"}]
     with pytest.raises(NotFound):
         await next_turn(m, owner.id, conv + 1000)
@@ -198,8 +206,7 @@ async def test_default_prompt_from_history(server: Running, http: aiohttp.Client
     user = await register()
     conv = await new_conversation(http, user)
     m = manager(server)
-    await m.append(conv, "user", "earlier")
-    await m.append(conv, "assistant", "reply")
-    prompt = m.prompt(await older_than(server, m, conv, 2**62), "now")
+    rows = await chain(m, conv, ("user", "earlier"), ("assistant", "reply"))
+    prompt = m.prompt(await up_to(server, m, rows[-1]["id"]), "now")
     assert prompt[0] == {"role": "system", "content": MemoryConfig().system_prompt}
     assert [p["content"] for p in prompt[1:]] == ["earlier", "reply", "now"]

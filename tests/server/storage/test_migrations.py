@@ -186,7 +186,7 @@ async def test_search_index_stays_consistent_through_every_write_path(tmp_path: 
         await db.write(lambda c: c.execute(  # plain SQL, owner left out
             "INSERT INTO messages (conversation_id, role, content, created_at) "
             "VALUES (?, 'user', 'epsilon', 't')", (conv,)))
-        await SqliteMessages(db).rewind(user["id"], conv, None)
+        await SqliteMessages(db).regenerate(user["id"], conv, None)
         await db.write(lambda c: c.execute("UPDATE messages SET content = 'zeta' "
                                            "WHERE content = 'alpha beta'"))
         assert [h["snippet"] for h in await SqliteSearch(db).search(user["id"], "epsilon", 5)] == \
