@@ -33,6 +33,7 @@ from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
+from .services.background import BackgroundService
 from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
@@ -46,6 +47,9 @@ from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.suggestions import SuggestionService
+from .services.summaries import SummaryService
+from .services.titles import TitleService
 from .services.tokens import TokenService
 from .services.transfer import TransferService
 from .services.usage import UsageMeter
@@ -73,7 +77,8 @@ async def create_app(config: Config) -> web.Application:
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _router, _pool, _chat])
+    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _router, _pool,
+                           _background, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -205,7 +210,9 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     q = config.queue
     pool = WorkerPool(app[keys.ROUTER], workers=q.workers, max_queue=q.max_size,
                       max_per_owner=q.max_per_user, max_running_per_owner=q.running_cap,
-                      rps=config.limits.upstream_rps)
+                      rps=config.limits.upstream_rps,
+                      background_share=config.background.share,
+                      background_max_waiting=config.background.max_waiting)
     pool.start()
     app[keys.POOL] = pool
     storage = app[keys.STORAGE]
@@ -221,6 +228,25 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     await pool.stop()
 
 
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Low-priority jobs through the same pool, and what uses them: generated titles,
+    summaries of older turns and memory suggestions."""
+    config = app[keys.CONFIG]
+    background = BackgroundService(app[keys.POOL], app[keys.METRICS])
+    app[keys.BACKGROUND] = background
+    app[keys.TITLES] = titles = TitleService(background, app[keys.STORAGE].conversations,
+                                             config.background.titles)
+    app[keys.SUMMARIES] = summaries = SummaryService(
+        background, app[keys.STORAGE].summaries, config.memory,
+        config.background.summary_max_tokens, config.background.summaries)
+    app[keys.SUGGESTIONS] = suggestions = SuggestionService(
+        background, app[keys.MEMORIES], config.memories.suggestions)
+    yield
+    await background.close()  # stopped, not drained: their results become None at once
+    # ...so what is being stored is the only wait, before storage closes.
+    await asyncio.gather(titles.close(), summaries.close(), suggestions.close())
+
+
 async def _chat(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
@@ -232,6 +258,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
                                         metrics, caps, config.model_list, config.chat,
                                         prompts=prompts)
+    chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply,
+                     app[keys.SUGGESTIONS].after_reply]
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
     yield

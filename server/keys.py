@@ -14,6 +14,7 @@ from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
 from .services.apikeys import ApiKeyService
+from .services.background import BackgroundService
 from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
@@ -26,6 +27,9 @@ from .services.profile import Profiles
 from .services.prompt import PromptAssembler
 from .services.render import Renderer
 from .services.status import StatusService
+from .services.suggestions import SuggestionService
+from .services.summaries import SummaryService
+from .services.titles import TitleService
 from .services.tokens import Principal, TokenService
 from .services.transfer import TransferService
 from .services.usage import UsageMeter
@@ -47,6 +51,10 @@ RENDERER = web.AppKey("renderer", Renderer)
 ROUTER = web.AppKey("router", Router)
 POOL = web.AppKey("pool", WorkerPool)
 CHAT = web.AppKey("chat", ChatService)
+BACKGROUND = web.AppKey("background", BackgroundService)
+TITLES = web.AppKey("titles", TitleService)
+SUMMARIES = web.AppKey("summaries", SummaryService)
+SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached

@@ -95,9 +95,11 @@ class EventSink(Protocol):
 
 @dataclass(slots=True)
 class Times:
-    """When the job was queued, taken by a worker, answered first, and ended (monotonic s)."""
+    """When the job was queued, taken off the queue by a worker, started, answered first, and
+    ended (monotonic s)."""
 
     queued: float
+    taken: float | None = None  # stamped by the queue the moment it hands the job out
     started: float | None = None
     first: float | None = None
     ended: float | None = None
@@ -135,6 +137,9 @@ class Job:
     affinity: Hashable | None = None
     replica: str | None = field(default=None, repr=False)  # the replica tried last (shown URL)
     failovers: int = 0  # attempts moved to another replica before the first token
+    # Low priority (a title, a summary): served only when no interactive job may start, never
+    # past the queue's background cap, and dropped rather than refused when there is no room.
+    background: bool = False
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

@@ -45,6 +45,7 @@ class PoolStats:
     failed: int = 0
     cancelled: int = 0
     running: int = 0
+    dropped: int = 0  # background jobs not queued: no room among them, closed, or blocked
 
 
 class WorkerPool:
@@ -53,12 +54,17 @@ class WorkerPool:
 
     def __init__(self, router: Router, *, workers: int, max_queue: int,
                  max_per_owner: int = 0, max_running_per_owner: int = 0,
-                 rps: float = 100.0) -> None:
+                 rps: float = 100.0, background_share: float = 0.25,
+                 background_max_waiting: int = 256) -> None:
         # max_running_per_owner: how many workers one owner's jobs may hold at once, for jobs
         # that carry no cap of their own (0 = no cap).
         # A worker takes a job only when its model has room, so workers do not pile up
         # waiting on one full model while another's jobs wait behind them.
-        self.queue = FairQueue(max_queue, max_running_per_owner, router.can_start)
+        # Background jobs may hold at most this share of the workers (at least one).
+        self.background_cap = max(1, int(workers * background_share))
+        self.queue = FairQueue(max_queue, max_running_per_owner, router.can_start,
+                               background_cap=self.background_cap,
+                               background_max=background_max_waiting)
         router.on_change = self.queue.kick
         self.stats = PoolStats()
         self.router = router
@@ -111,6 +117,16 @@ class WorkerPool:
         self.queue.put_nowait(job)  # room is guaranteed: reservations count as taken
         self.stats.submitted += 1
 
+    def offer(self, job: Job) -> bool:
+        """Queue a background job if there is room for it among the background ones; never
+        waits, never raises. False (counted as dropped) when closed, the owner is blocked or
+        `background_max_waiting` jobs wait: a background job is worth nothing to wait for."""
+        if self._closed or job.owner in self._blocked or not self.queue.put_background(job):
+            self.stats.dropped += 1
+            return False
+        self.stats.submitted += 1
+        return True
+
     def _check_room(self, owner: Hashable) -> None:
         if self._closed:
             raise ShuttingDown(self._closed)
@@ -145,10 +161,13 @@ class WorkerPool:
         self._blocked.pop(owner, None)
 
     def close_intake(self, reason: str = "the server is shutting down") -> None:
-        """Refuse new jobs and fail every queued one; running jobs go on."""
+        """Refuse new jobs and fail every queued one; running interactive jobs go on, running
+        background ones are stopped (their workers are free for the interactive ones)."""
         self._closed = reason
         for job in self.queue.drain():
             job.fail(ShuttingDown(reason))
+        for job in [j for j in self._active if j.background]:
+            job.cancel(ShuttingDown(reason))
 
     async def stop(self) -> None:
         """Cancel the workers (and so any job still running)."""

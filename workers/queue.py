@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
 
@@ -101,8 +102,13 @@ class FairQueue(asyncio.Queue[Job]):
     running jobs ask of the model; a job's `weight`, 1 for most).
 
     `empty()` means "no job a worker may take now": `get()` waits while every waiting job's
-    owner is at their running cap; `qsize()` still counts every waiting job. Whoever takes a
-    job calls `done(job)` when it ends, which lets that owner's next job go.
+    owner is at their running cap; `qsize()` still counts every waiting interactive job.
+    Whoever takes a job calls `done(job)` when it ends, which lets that owner's next job go.
+
+    Background jobs (`job.background`) wait in lanes of their own, put with `put_background`:
+    a worker takes one only when no interactive job may start now, and at most
+    `background_cap` of them run at once. They take none of the interactive places (`maxsize`,
+    `qsize()`, owners' running caps): `background_max` bounds them.
     """
 
     _queue: _Lanes
@@ -111,10 +117,15 @@ class FairQueue(asyncio.Queue[Job]):
     _getters: deque[asyncio.Future[None]]
 
     def __init__(self, maxsize: int = 0, max_running: int = 0,
-                 can_start: Callable[[Job], bool] | None = None) -> None:
+                 can_start: Callable[[Job], bool] | None = None, *,
+                 background_cap: int = 1, background_max: int = 0) -> None:
         super().__init__(maxsize)
         self._queue.max_running = max_running
         self._queue.can_start = can_start
+        self._background = _Lanes(0, can_start)
+        self.background_cap = max(1, background_cap)
+        self.background_max = background_max  # most background jobs waiting; 0 = no bound
+        self.background_running = 0
 
     def _init(self, maxsize: int) -> None:
         self._queue = _Lanes(0)
@@ -123,18 +134,51 @@ class FairQueue(asyncio.Queue[Job]):
         item.on_cancel_queued = self.remove
         self._queue.push(item)
 
+    def _next(self) -> _Lanes | None:
+        """The lanes a worker takes from now: interactive first; background only when no
+        interactive job may start and fewer than the cap run."""
+        if self._queue.next_owner() is not None:
+            return self._queue
+        if self.background_running < self.background_cap and \
+                self._background.next_owner() is not None:
+            return self._background
+        return None
+
     def _get(self) -> Job:
-        job = self._queue.pop()
+        lanes = self._next()
+        if lanes is None:
+            raise asyncio.QueueEmpty
+        job = lanes.pop()
+        job.times.taken = time.monotonic()
+        if job.background:
+            self.background_running += 1
         # One ending job can free room for several (weights): pass the wake-up along while
         # jobs are ready, as asyncio only wakes one waiting worker per put or done.
-        if self._queue.next_owner() is not None:
+        if self._next() is not None:
             self._wakeup_next(self._getters)  # type: ignore[attr-defined]
         return job
 
+    def put_background(self, job: Job) -> bool:
+        """Queue a background job unless `background_max` wait already; never waits, never
+        raises: False means it was not queued (the caller drops it)."""
+        if self.background_max and len(self._background) >= self.background_max:
+            return False
+        job.background = True
+        job.on_cancel_queued = self.remove
+        self._background.push(job)
+        self._unfinished_tasks += 1
+        self._finished.clear()
+        self._wakeup_next(self._getters)  # type: ignore[attr-defined]
+        return True
+
+    def background_waiting(self) -> int:
+        """How many background jobs wait."""
+        return len(self._background)
+
     def empty(self) -> bool:
-        """True when no waiting job may be taken now (none waits, or their owners are at
-        their running cap)."""
-        return self._queue.next_owner() is None
+        """True when no waiting job may be taken now (none waits, their owners are at their
+        running cap, or only background jobs wait and their cap is reached)."""
+        return self._next() is None
 
     def kick(self) -> None:
         """Room was made outside the queue (a replica came back): wake a worker if a job may
@@ -143,34 +187,40 @@ class FairQueue(asyncio.Queue[Job]):
             self._wakeup_next(self._getters)  # type: ignore[attr-defined]
 
     def running(self, owner: Hashable) -> int:
-        """The weight (sequences asked of the model) of this owner's jobs taken and not done
-        yet: the number of jobs when each asks for one."""
+        """The weight (sequences asked of the model) of this owner's interactive jobs taken
+        and not done yet: the number of jobs when each asks for one."""
         return self._queue.taken[owner]
 
     def done(self, job: Job) -> None:
         """A job taken from the queue has ended: its owner may run another."""
-        self._queue.done(job)
+        if job.background:
+            self._background.done(job)
+            self.background_running -= 1
+        else:
+            self._queue.done(job)
         if not self.empty():
             self._wakeup_next(self._getters)  # type: ignore[attr-defined]
 
     def remove(self, job: Job) -> bool:
         """Take a waiting job out (its client left); True if it was still queued."""
-        if not self._queue.remove(job):
+        if not (self._background if job.background else self._queue).remove(job):
             return False
         self._unfinished_tasks -= 1
         if self._unfinished_tasks == 0:
             self._finished.set()
-        self._wakeup_next(self._putters)  # type: ignore[attr-defined]
+        if not job.background:
+            self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         return True
 
     def owner_count(self, owner: Hashable) -> int:
-        """How many jobs this owner has waiting."""
+        """How many interactive jobs this owner has waiting."""
         lane = self._queue.lanes.get(owner)
         return len(lane) if lane else 0
 
     def jobs_of(self, owner: Hashable) -> list[Job]:
-        """This owner's waiting jobs, in order (a copy: cancelling one removes it)."""
-        return list(self._queue.lanes.get(owner, ()))
+        """This owner's waiting jobs, background ones too, in order (a copy: cancelling one
+        removes it)."""
+        return [*self._queue.lanes.get(owner, ()), *self._background.lanes.get(owner, ())]
 
     def position(self, job: Job) -> int | None:
         """How many queued jobs will be served before this one; None if not queued.
@@ -198,10 +248,11 @@ class FairQueue(asyncio.Queue[Job]):
 
     def drain(self) -> list[Job]:
         """Remove and return every waiting job in rotation order (at shutdown), capped
-        owners' too."""
+        owners' too, then the background ones."""
         jobs: list[Job] = []
-        while self._queue.lanes:
-            jobs.append(self._queue.take(next(iter(self._queue.lanes))))
-            self.task_done()
+        for lanes in (self._queue, self._background):
+            while lanes.lanes:
+                jobs.append(lanes.take(next(iter(lanes.lanes))))
+                self.task_done()
         self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         return jobs

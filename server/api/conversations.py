@@ -53,9 +53,9 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def create_conversation(request: web.Request) -> web.Response:
     """Create an empty conversation."""
     body = await read_json(request, _TITLE) if request.body_exists else {}
-    title = _title(body, required=False) or "New chat"
-    row = await request.app[keys.CONVERSATIONS].create(_user_id(request), title,
-                                                       _limits(request))
+    given = _title(body, required=False)
+    row = await request.app[keys.CONVERSATIONS].create(_user_id(request), given or "New chat",
+                                                       _limits(request), given is not None)
     return json_response({**row, "running_turn_id": None}, status=201)
 
 

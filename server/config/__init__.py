@@ -7,6 +7,7 @@ and checks them.
 from .load import ENV_PREFIX, build_config, load_config
 from .sections import (
     AuthConfig,
+    BackgroundConfig,
     ChatConfig,
     Config,
     ConfigError,
@@ -27,6 +28,7 @@ from .sections import (
 __all__ = [
     "ENV_PREFIX",
     "AuthConfig",
+    "BackgroundConfig",
     "ChatConfig",
     "Config",
     "ConfigError",

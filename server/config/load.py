@@ -36,7 +36,8 @@ _POSITIVE = {
     "routing.failure_window_s", "routing.failure_min_requests", "routing.cooldown_s",
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
     "routing.affinity_size", "chat.finished_turn_ttl_s", "memories.max_per_user",
-    "memories.cache_size",
+    "memories.cache_size", "background.share", "background.max_waiting",
+    "background.summary_max_tokens",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
@@ -181,6 +182,8 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         if result < 0 or (name in _POSITIVE and result == 0):
             bound = "greater than 0" if name in _POSITIVE else "0 or more"
             raise ConfigError(f"{name}: must be {bound}, got {result}{where}")
+    if name == "background.share" and result > 1:
+        raise ConfigError(f"{name}: must be more than 0 and at most 1, got {result}{where}")
     if name == "routing.failure_ratio" and not 0 < result < 1:
         raise ConfigError(f"{name}: must be between 0 and 1, got {result}{where}")
     if name == "server.port" and result > 65535:

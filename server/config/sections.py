@@ -129,6 +129,18 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class BackgroundConfig:
+    """Low-priority jobs (generated titles, summaries of older turns, memory suggestions):
+    served only when no chat turn may start, on at most a share of the workers."""
+
+    share: float = 0.25  # of queue.workers background jobs may hold at once (at least one)
+    max_waiting: int = 256  # background jobs waiting at most; more are dropped, not queued
+    titles: bool = True  # a short title generated after a conversation's first reply
+    summaries: bool = True  # older turns summarised when a history outgrows its budget
+    summary_max_tokens: int = 400  # the longest summary asked for
+
+
+@dataclass(frozen=True)
 class ChatConfig:
     """Turns that outlive their connection: how long they wait for a reader to come back."""
 
@@ -195,6 +207,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     memories: MemoriesConfig = field(default_factory=MemoriesConfig)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -84,6 +85,9 @@ class ChatService:
         self._metrics = metrics
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
         self._prompts = prompts
+        # Told of each complete reply once stored (the app adds them: generated titles,
+        # summaries of older turns, memory suggestions); each must return at once.
+        self.replied: list[Callable[[Turn, MessageRow], None]] = []
 
     async def start(self, user_id: int, message: str | None, conversation_id: int | None,
                     max_tokens: int | None = None, temperature: float | None = None, *,
@@ -139,6 +143,7 @@ class ChatService:
                   model=route.name, affinity=("conversation", conv_id))
         turn = Turn(secrets.token_urlsafe(12), conv_id, stored, job, self._pool.queue.position,
                     self._ended, user_id, key_id, self.turns.attached, self.turns.detached)
+        turn.history_full = history.full  # older turns left out: worth a summary
         try:
             if chosen is None:
                 self._router.check(route)  # the conversation's model, known only now
@@ -226,6 +231,8 @@ class ChatService:
                 return Failed(err, None)
             if c.usage:
                 stored["usage"] = c.usage
+            for follow_up in self.replied:  # e.g. a generated title after the first reply
+                follow_up(turn, stored)
             return Done(stored, c.usage, c.finish_reason)
         # Stopped (by the user, nobody reading, shutdown): what came is kept, if anything.
         # Failed: kept even if empty, with why, so a later page shows the error and Retry.

@@ -30,10 +30,12 @@ class ConversationService:
         return await self._conversations.page(user_id, limit, cursor)
 
     async def create(self, user_id: int, title: str,
-                     limits: Overrides = None) -> ConversationRow:
-        """An empty conversation, within the user's creation rate and storage caps."""
+                     limits: Overrides = None, titled: bool = False) -> ConversationRow:
+        """An empty conversation, within the user's creation rate and storage caps
+        (`titled`: the user gave the title, so no generated one replaces it)."""
         self._caps.new_conversation(user_id, limits)
-        return await self._conversations.create(user_id, title, self._caps.quota(limits))
+        return await self._conversations.create(user_id, title, self._caps.quota(limits),
+                                                titled)
 
     async def get(self, user_id: int, conversation_id: int, html: bool) -> dict[str, Any]:
         """A conversation with the messages of its branch on show, oldest first (each with its

@@ -123,6 +123,14 @@ class Metrics:
                            registry=r)
         self.not_ready = family("chatgate_ready_failures",
                                 "Readiness checks that found a problem, by kind", ["kind"])
+        self.background = family("chatgate_background_jobs",
+                                 "Background jobs (titles, ...) by kind and how they ended: "
+                                 "done, failed, cancelled, or dropped (no room: never queued)",
+                                 ["kind", "outcome"])
+        self.background_waiting = Gauge("chatgate_background_waiting",
+                                        "Background jobs waiting for a worker", registry=r)
+        self.background_running = Gauge("chatgate_background_running",
+                                        "Workers running a background job", registry=r)
         self.replica_ttft = family("chatgate_replica_first_token_seconds",
                                    "Time to the first token, per replica", ["model", "replica"],
                                    buckets=_SLOW)
@@ -152,6 +160,17 @@ class Metrics:
         """Read the queue depth and busy workers at scrape time (never on the hot path)."""
         self.queue_depth.set_function(depth)
         self.workers_busy.set_function(busy)
+
+    def watch_background(self, waiting: Callable[[], int], running: Callable[[], int]) -> None:
+        """Background jobs waiting and running, read at scrape time."""
+        self.background_waiting.set_function(waiting)
+        self.background_running.set_function(running)
+
+    def background_ended(self, kind: str, outcome: str, usage: dict[str, Any]) -> None:
+        """One background job's end (`kind` and `outcome` are fixed words) and its tokens."""
+        self.background.inc(kind, outcome)
+        self.tokens.inc("in", by=_int(usage.get("prompt_tokens")))
+        self.tokens.inc("out", by=_int(usage.get("completion_tokens")))
 
     def watch_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Token-cache hits and misses, read at scrape time."""

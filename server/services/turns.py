@@ -145,6 +145,7 @@ class Turn:
         self.outcome: Outcome | None = None  # how the job ended, once it has
         self.end: Done | Failed | None = None  # the last event, once the outcome is stored
         self.followers = 0
+        self.history_full = False  # its prompt left older turns out for the history budget
         self.grace: asyncio.TimerHandle | None = None  # the owner's timer while unfollowed
         # The reply's pieces are the job's own (one per delta event: `job.partial`), joined
         # into one string once the turn has ended; `_ends[i]` is the reply's length after

@@ -22,6 +22,7 @@ from .base import (
     SearchStore,
     Storage,
     StorageStats,
+    SummaryStore,
     TokenStore,
     TransferStore,
     UsageDelta,
@@ -61,7 +62,7 @@ __all__ = [
     "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
     "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
     "StorageError",
-    "StorageQuotaExceeded", "StorageStats", "TokenStore", "TooManyConversations",
+    "StorageQuotaExceeded", "StorageStats", "SummaryStore", "TokenStore", "TooManyConversations",
     "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
     "open_storage",
 ]

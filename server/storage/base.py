@@ -116,8 +116,9 @@ class ConversationStore(Protocol):
     """Conversations, every call scoped to the owning user."""
 
     async def create(self, user_id: int, title: str,
-                     quota: Quota = NO_QUOTA) -> ConversationRow:
-        """Create an empty conversation (TooManyConversations, StorageQuotaExceeded)."""
+                     quota: Quota = NO_QUOTA, titled: bool = False) -> ConversationRow:
+        """Create an empty conversation (TooManyConversations, StorageQuotaExceeded);
+        `titled`: the user gave its title (never replaced by a generated one)."""
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -129,7 +130,17 @@ class ConversationStore(Protocol):
 
     async def rename(self, user_id: int, conversation_id: int, title: str,
                      quota: Quota = NO_QUOTA) -> ConversationRow:
-        """Change the title (NotFound; StorageQuotaExceeded if a longer title passes it)."""
+        """Change the title, the user's from now on (NotFound; StorageQuotaExceeded if a
+        longer title passes it)."""
+
+    async def title_source(self, user_id: int, conversation_id: int) -> str | None:
+        """Where the title came from: 'first_line' (automatic), 'generated' or 'user'; None
+        if the user has no such conversation."""
+
+    async def set_generated_title(self, user_id: int, conversation_id: int,
+                                  title: str) -> bool:
+        """Store a generated title only if the title is still the automatic first-line one;
+        True if stored."""
 
     async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
                         quota: Quota = NO_QUOTA) -> ConversationRow:
@@ -187,6 +198,18 @@ class MessageStore(Protocol):
         """Make a user's message (or the question of a reply; None: the active branch's
         last) the active leaf to answer again; return it, the history before it and the
         conversation's model (NotFound: no change)."""
+
+
+class SummaryStore(Protocol):
+    """Summaries of older turns, each kept on the last message it covers."""
+
+    async def since_last(self, user_id: int, conversation_id: int, message_id: int,
+                         limit: int) -> HistoryRows:
+        """Up to `limit` messages on the path to the message, newest first, back to the
+        latest summary on it (last, role "summary"); [] if it is not the user's."""
+
+    async def save(self, message_id: int, content: str, model: str | None) -> bool:
+        """Keep the summary of the path up to the message; False if it is gone."""
 
 
 class BranchStore(Protocol):
@@ -318,6 +341,7 @@ class Storage:
     conversations: ConversationStore
     messages: MessageStore
     branches: BranchStore
+    summaries: SummaryStore
     transfer: TransferStore
     quotas: QuotaStore
     search: SearchStore

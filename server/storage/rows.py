@@ -75,6 +75,7 @@ class MessageRow(TypedDict):
     error: NotRequired[dict[str, str]]  # on a failed reply: {"code", "message"}
     parent_id: NotRequired[int | None]  # the message it follows (None: the first)
     siblings: NotRequired[list[int]]  # it and its alternatives, oldest first (if several)
+    summary: NotRequired[dict[str, str]]  # the path up to it, summarised: {content, created_at}
 
 
 class MemoryRow(TypedDict):
@@ -134,8 +135,10 @@ def user_row(row: Any, at: int = 0) -> UserRow:
             "must_change_password": bool(row[at + 5]), "limits": orjson.loads(row[at + 6])}
 
 
-# A conversation's earlier messages as (id, role, content), newest first.
+# A conversation's earlier messages as (id, role, content), newest first; the oldest may be
+# the summary of the path up to that message, with the role SUMMARY.
 HistoryRows = list[tuple[int, str, str]]
+SUMMARY = "summary"
 
 
 @lru_cache(maxsize=4)
@@ -162,5 +165,5 @@ def message_row(row: Any) -> MessageRow:
     if len(row) > 7 and row[7]:
         message["error"] = orjson.loads(row[7])
     if len(row) > 8:
-        message["parent_id"] = row[8]
+        message["parent_id"] = row[8]  # later columns, if any, are the caller's
     return message

@@ -14,6 +14,7 @@ import yaml
 
 from server.config import (
     AuthConfig,
+    BackgroundConfig,
     ChatConfig,
     Config,
     ConfigError,
@@ -99,9 +100,9 @@ def test_section_classes_are_the_ones_config_uses() -> None:
     hints = typing.get_type_hints(Config)
     assert hints == {"server": ServerConfig, "database": DatabaseConfig, "auth": AuthConfig,
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
-                     "chat": ChatConfig, "memory": MemoryConfig,
-                     "memories": MemoriesConfig, "usage": UsageConfig,
-                     "metrics": MetricsConfig,
+                     "background": BackgroundConfig, "chat": ChatConfig,
+                     "memory": MemoryConfig, "memories": MemoriesConfig,
+                     "usage": UsageConfig, "metrics": MetricsConfig,
                      "render": RenderConfig, "models": tuple[ModelConfig, ...],
                      "routing": RoutingConfig}
 
@@ -392,3 +393,15 @@ def test_proxy_hops_from_trust_forwarded_or_the_hop_count(trust: bool, hops: int
 def test_a_bad_metrics_allow_from_entry_is_refused_at_load() -> None:
     with pytest.raises(ConfigError, match="metrics.allow_from: '10.0.0.0/33'"):
         build_config({"metrics": {"allow_from": ["127.0.0.1", "10.0.0.0/33"]}})
+
+
+@pytest.mark.parametrize("share", [0, 1.5, -0.1])
+def test_background_share_must_be_more_than_0_and_at_most_1(share: float) -> None:
+    with pytest.raises(ConfigError, match=r"^background\.share: must be"):
+        build_config({"background": {"share": share}})
+
+
+def test_background_share_of_one_and_the_defaults_load() -> None:
+    assert build_config({"background": {"share": 1}}).background.share == 1.0
+    background = build_config({}).background
+    assert (background.share, background.max_waiting, background.titles) == (0.25, 256, True)

@@ -28,6 +28,9 @@ def make_config(tmp_path: Path, llm_url: str, **sections: Any) -> Config:
         "chat": {"detached_grace_s": 0.3},  # a turn whose client left stops soon
         # The render process starts on first use: a loaded test machine may take seconds.
         "render": {"wait_s": 60, "max_render_cpu_s": 60},
+        # No title or summary jobs unless a test asks for them: the simulator then sees only the
+        # requests a test makes (tests read its last request).
+        "background": {"titles": False, "summaries": False},
     }
     for name, values in sections.items():
         if isinstance(values, list):

@@ -23,7 +23,7 @@ from tests.support.routing import (
 )
 from vllm_sim import SimServer, SimSettings, start_simulator
 from workers.errors import JobCancelled, OwnerBlocked, QueueFull, ShuttingDown, UpstreamError
-from workers.job import Delta, Failed, Finished, Started
+from workers.job import Delta, Failed, Finished, Job, Started
 from workers.pool import WorkerPool
 
 MakePool = Callable[..., WorkerPool]
@@ -44,13 +44,15 @@ async def make_pool(sim: SimServer, routes: Routes) -> AsyncIterator[MakePool]:
 
     def _make(workers: int = 2, max_queue: int = 64, max_per_owner: int = 0, rps: float = 100.0,
               pool_size: int = 0, start: bool = True, max_running: int = 0,
-              retries: int = 2) -> WorkerPool:
+              retries: int = 2, background_share: float = 0.25,
+              background_max_waiting: int = 256) -> WorkerPool:
         # pool_size: the session's connection limit; the replica has no limit of its own.
         replica = routes.replica(sim.url, pool_size=pool_size or workers)
         router = routes.router(routes.route([replica]), retries=retries)
         pool = WorkerPool(router, workers=workers, max_queue=max_queue,
                           max_per_owner=max_per_owner, max_running_per_owner=max_running,
-                          rps=rps)
+                          rps=rps, background_share=background_share,
+                          background_max_waiting=background_max_waiting)
         if start:
             pool.start()
         made.append(pool)
@@ -394,3 +396,72 @@ async def test_a_blocked_owner_cannot_queue_a_job_after_their_jobs_were_cancelle
     again = job("mallory")
     pool.submit(again)
     assert_finished(await collect(again))
+
+
+# --- background jobs -----------------------------------------------------------------------
+
+
+def background(owner: str, text: str) -> Job:
+    """A low-priority job asking the echoing simulator to repeat `text`."""
+    j = job(owner, text)
+    j.background = True
+    return j
+
+
+async def test_a_background_job_waits_behind_interactive_ones_queued_after_it(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    sim.settings.tpot_ms = 20
+    pool = make_pool(workers=1)
+    running = job("a", TEXT)
+    pool.submit(running)
+    await next_event(running, Delta)
+    bg = background("a", "title please")
+    assert pool.offer(bg)
+    later = [job("b", "later b"), job("c", "later c")]
+    for j in later:
+        pool.submit(j)
+    results = await asyncio.gather(collect(running), *(collect(j) for j in later), collect(bg))
+    assert all(isinstance(r[-1], Finished) for r in results)
+    assert await sim_messages(control, sim) == [TEXT, "later b", "later c", "title please"]
+    assert pool.stats.dropped == 0 and pool.queue.background_running == 0
+
+
+async def test_background_jobs_beyond_their_bound_are_dropped_not_refused(
+        make_pool: MakePool, sim: SimServer) -> None:
+    sim.settings.tpot_ms = 40
+    pool = make_pool(workers=1, background_max_waiting=2)
+    running = job("a", TEXT)
+    pool.submit(running)
+    await next_event(running, Delta)
+    kept = [background("a", "one"), background("b", "two")]
+    assert all(pool.offer(j) for j in kept)
+    assert not pool.offer(background("c", "three"))  # no exception: just not queued
+    assert pool.stats.dropped == 1 and pool.queue.qsize() == 0
+    pool.submit(job("d", "interactive"))  # the interactive places are untouched
+    pool.cancel_owner("e", JobCancelled("gone"), block=True)
+    assert not pool.offer(background("e", "blocked"))
+    assert pool.stats.dropped == 2
+    for j in kept:
+        assert isinstance((await collect(j))[-1], Finished)
+
+
+async def test_at_shutdown_background_jobs_are_stopped_and_interactive_ones_go_on(
+        make_pool: MakePool, sim: SimServer, control: aiohttp.ClientSession) -> None:
+    sim.settings.tpot_ms = 40  # each job streams for ~0.3 s
+    pool = make_pool(workers=2, background_share=0.5)
+    bg_running = background("a", "a long background job")
+    assert pool.offer(bg_running)
+    await next_event(bg_running, Delta)
+    interactive = job("b", TEXT)
+    pool.submit(interactive)
+    await next_event(interactive, Delta)
+    bg_queued = background("c", "never sent")
+    assert pool.offer(bg_queued)  # the cap (one) is taken: it waits
+    pool.close_intake()
+    for j in (bg_running, bg_queued):
+        end = (await collect(j))[-1]
+        assert isinstance(end, Failed) and isinstance(end.error, ShuttingDown)
+    assert not pool.offer(background("d", "too late")) and pool.stats.dropped == 1
+    rest = await collect(interactive)
+    assert isinstance(rest[-1], Finished) and rest[-1].completion.text == TEXT
+    assert "never sent" not in await sim_messages(control, sim)

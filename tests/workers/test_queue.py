@@ -178,3 +178,98 @@ async def test_one_ending_job_that_frees_room_for_several_wakes_as_many_workers(
     q.done(heavy)
     taken = await asyncio.wait_for(asyncio.gather(*workers), 5)
     assert sorted(map(id, taken)) == sorted(map(id, light)) and q.running("a") == 3
+
+
+# --- background jobs ---------------------------------------------------------------------
+
+
+def background(owner: str) -> Job:
+    """A low-priority job (a title, a summary) for an owner."""
+    j = job(owner)
+    j.background = True
+    return j
+
+
+async def test_interactive_jobs_are_served_before_background_ones_queued_earlier() -> None:
+    q = FairQueue(100, background_cap=2)
+    early = [background("a"), background("b")]
+    for j in early:
+        assert q.put_background(j)
+    later = [job("c"), job("d")]
+    for j in later:
+        q.put_nowait(j)
+    assert [q.get_nowait() for _ in range(4)] == [*later, *early]
+
+
+async def test_a_background_job_goes_only_when_no_interactive_job_may_start() -> None:
+    q = FairQueue(100, max_running=1, background_cap=1)
+    first, second, bg = job("a"), job("a"), background("a")
+    q.put_nowait(first)
+    q.put_nowait(second)
+    assert q.put_background(bg)
+    assert q.get_nowait() is first
+    # a's second job waits for their cap: it may not start, so the background one may...
+    assert q.get_nowait() is bg
+    # ...and it does not count against a's interactive running cap.
+    assert q.running("a") == 1 and q.background_running == 1
+    q.done(first)
+    assert q.get_nowait() is second
+
+
+async def test_background_jobs_running_at_once_never_pass_the_cap() -> None:
+    q = FairQueue(100, background_cap=2)
+    jobs = [background(owner) for owner in "abcde"]
+    for j in jobs:
+        assert q.put_background(j)
+    taken = [q.get_nowait(), q.get_nowait()]
+    assert q.background_running == 2 and q.empty() and q.background_waiting() == 3
+    with pytest.raises(asyncio.QueueEmpty):
+        q.get_nowait()
+    interactive = job("z")
+    q.put_nowait(interactive)  # the cap holds back background jobs only
+    assert q.get_nowait() is interactive
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    q.done(taken[0])  # one ends: a waiting worker takes the next background job at once
+    assert await asyncio.wait_for(waiter, 1) is jobs[2]
+    assert q.background_running == 2
+
+
+async def test_background_jobs_take_turns_across_owners() -> None:
+    q = FairQueue(100, background_cap=10)
+    for owner in "aaab":
+        assert q.put_background(background(owner))
+    assert [q.get_nowait().owner for _ in range(4)] == ["a", "b", "a", "a"]
+
+
+async def test_background_jobs_have_their_own_bound_and_take_no_interactive_place() -> None:
+    q = FairQueue(2, background_max=3)
+    for _ in range(3):
+        assert q.put_background(background("a"))
+    assert not q.put_background(background("b"))  # full among themselves: not queued
+    assert q.qsize() == 0 and q.owner_count("a") == 0  # no interactive place taken
+    q.put_nowait(job("a"))
+    q.put_nowait(job("b"))  # the interactive places are all still there
+    with pytest.raises(asyncio.QueueFull):
+        q.put_nowait(job("c"))
+    assert q.background_waiting() == 3
+
+
+async def test_a_cancelled_background_job_leaves_the_queue() -> None:
+    q = FairQueue(10)
+    j = background("a")
+    assert q.put_background(j)
+    assert q.jobs_of("a") == [j]
+    j.cancel()
+    assert q.background_waiting() == 0 and q.empty() and j.state == "done"
+    await asyncio.wait_for(q.join(), 1)
+
+
+async def test_drain_takes_background_jobs_too() -> None:
+    q = FairQueue(10)
+    bg, fg = background("a"), job("b")
+    assert q.put_background(bg)
+    q.put_nowait(fg)
+    assert q.drain() == [fg, bg] and q.empty() and q.background_waiting() == 0
+    await asyncio.wait_for(q.join(), 1)

@@ -129,6 +129,12 @@ export function touch(id, title) {
   if (list.firstElementChild !== r.li) list.prepend(r.li);
 }
 
+/** The server titled a conversation anew (a generated title): show it. */
+export function retitle(id, title) {
+  const r = rows.get(id);
+  if (r && title && title !== r.c.title) { setTitle(r, title); emit("conv-renamed", { id, title }); }
+}
+
 /** A yes/no question in a modal dialog. */
 export function confirm(text, ok = "Delete") {
   const dialog = $("confirm");

@@ -159,6 +159,7 @@ function handlers(l, text) {
       Object.assign(reply, { id: d.message_id, status, html: d.html ?? null, usage: d.usage,
         finish: d.finish_reason, model: l.model ?? d.model });
       if (d.message_id != null) reply.el.dataset.id = d.message_id;
+      if (l.firstTitle && status === "complete") awaitTitle(l.convId, l.firstTitle);
       reply.el.classList.remove("pending");
       if (status === "incomplete" && reply.html == null && !reply.content) {
         reply.body.replaceChildren(h("span", { class: "muted" }, "Stopped before any text arrived."));
@@ -192,8 +193,26 @@ function titleFrom(message, limit = 60) {
   return (space > 0 ? cut.slice(0, space) : cut) + "…";
 }
 
+// A new conversation's title is generated on the server after its first reply, by a
+// background job that takes a moment (docs/web-client.md): look for it twice, then stop.
+const TITLE_LOOKS_MS = [2500, 6000];
+
+function awaitTitle(id, first) {
+  let looks = 0;
+  const look = async () => {
+    try {
+      const page = await api("GET", "/api/conversations?limit=5", undefined, { quiet: true });
+      const c = page.conversations.find((x) => x.id === id);
+      if (c && c.title !== first) { sidebar.retitle(id, c.title); return; }
+    } catch { /* signed out or offline: the list shows it when next loaded */ }
+    if (++looks < TITLE_LOOKS_MS.length) setTimeout(look, TITLE_LOOKS_MS[looks]);
+  };
+  setTimeout(look, TITLE_LOOKS_MS[0]);
+}
+
 function adopt(l, id, text) { // a new chat got its conversation id from the server
   const title = titleFrom(text);
+  l.firstTitle = title; // its first reply may bring a generated title
   chat.lives.delete("new");
   l.convId = id;
   chat.lives.set(id, l);

@@ -14,6 +14,7 @@ from .migrations import LATEST, migrate
 from .prompts import SqlitePrompts
 from .quotas import SqliteQuotas
 from .search import SqliteSearch
+from .summaries import SqliteSummaries
 from .tokens import SqliteTokens
 from .transfer import SqliteTransfer
 from .usage import SqliteUsage
@@ -31,6 +32,7 @@ class SqliteStorage(Storage):
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
         self.branches = SqliteBranches(db)
+        self.summaries = SqliteSummaries(db)
         self.transfer = SqliteTransfer(db)
         self.quotas = SqliteQuotas(db)
         self.search = SqliteSearch(db)

@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from ..errors import NotFound
-from ..rows import HistoryRows
+from ..rows import SUMMARY, HistoryRows
 from .db import Database
 
 # Every message of the subtree under ? (itself included) in conversation ?, via the
@@ -25,18 +25,29 @@ SUBTREE = (
 
 def path_rows(conn: sqlite3.Connection, start: int | None, limit: int) -> HistoryRows:
     """Up to `limit` messages with text on the path from the root to `start` (included),
-    as (id, role, content), newest first."""
+    as (id, role, content), newest first. The walk stops at a message with a summary of
+    the path up to it: that message is given as (id, "summary", the summary's text)."""
     if limit <= 0 or start is None:
         return []
     # `kept`: how many messages with text lie below a node on the path; the walk stops at the
     # limit-th, so empty ones (failed replies) do not use up the count.
-    return [(r[0], r[1], r[2]) for r in conn.execute(
+    rows = conn.execute(
         "WITH RECURSIVE path(id, kept) AS (SELECT ?, 0 UNION ALL "
         "SELECT m.parent_id, path.kept + (m.content != '') FROM messages m "
         "JOIN path ON m.id = path.id "
-        "WHERE m.parent_id IS NOT NULL AND path.kept + (m.content != '') < ?) "
-        "SELECT m.id, m.role, m.content FROM path JOIN messages m ON m.id = path.id "
-        "WHERE m.content != '' ORDER BY path.kept", (start, limit))]
+        "WHERE m.parent_id IS NOT NULL AND path.kept + (m.content != '') < ? "
+        "AND NOT EXISTS (SELECT 1 FROM summaries s WHERE s.message_id = m.id)) "
+        "SELECT m.id, m.role, m.content, s.content FROM path JOIN messages m ON m.id = path.id "
+        "LEFT JOIN summaries s ON s.message_id = m.id "
+        "WHERE m.content != '' OR s.content IS NOT NULL ORDER BY path.kept, m.id DESC",
+        (start, limit)).fetchall()
+    out: HistoryRows = []
+    for ident, role, content, summary in rows:
+        if summary is not None:
+            out.append((ident, SUMMARY, summary))
+            break
+        out.append((ident, role, content))
+    return out
 
 
 def newest_under(conn: sqlite3.Connection, conversation_id: int,

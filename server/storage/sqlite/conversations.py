@@ -24,16 +24,17 @@ class SqliteConversations:
         self._db = db
 
     async def create(self, user_id: int, title: str,
-                     quota: Quota = NO_QUOTA) -> ConversationRow:
-        """Create an empty conversation, within the user's caps."""
+                     quota: Quota = NO_QUOTA, titled: bool = False) -> ConversationRow:
+        """Create an empty conversation, within the user's caps (`titled`: the user gave
+        the title, never replaced by a generated one)."""
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> ConversationRow:
             check(conn, user_id, quota, conversations=1, chars=len(title))
             cur = conn.execute(
-                "INSERT INTO conversations (user_id, title, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?)",
-                (user_id, title, now, now),
+                "INSERT INTO conversations (user_id, title, created_at, updated_at, "
+                "title_source) VALUES (?, ?, ?, ?, ?)",
+                (user_id, title, now, now, "user" if titled else "first_line"),
             )
             return {"id": cast(int, cur.lastrowid), "title": title, "created_at": now,
                     "updated_at": now, "message_count": 0, "model": None, "settings": {},
@@ -76,15 +77,22 @@ class SqliteConversations:
             if conv is None:
                 return None, []
             msgs = conn.execute(
-                "SELECT id, role, content, status, created_at, usage, model, error, parent_id "
-                "FROM messages WHERE conversation_id = ? ORDER BY id",
-                (conversation_id,)).fetchall()
+                "SELECT m.id, m.role, m.content, m.status, m.created_at, m.usage, m.model, "
+                "m.error, m.parent_id, s.content, s.created_at FROM messages m "
+                "LEFT JOIN summaries s ON s.message_id = m.id "
+                "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,)).fetchall()
             return conv, msgs
 
         conv, msgs = await self._db.read(op)
         if conv is None:
             raise NotFound("conversation not found")
-        return conversation_row(conv), [message_row(m) for m in msgs]
+        rows = []
+        for m in msgs:
+            row = message_row(m)
+            if m[9] is not None:  # the path up to it is summarised
+                row["summary"] = {"content": m[9], "created_at": m[10]}
+            rows.append(row)
+        return conversation_row(conv), rows
 
 
     async def rename(self, user_id: int, conversation_id: int, title: str,
@@ -99,8 +107,8 @@ class SqliteConversations:
                 if old is not None:
                     check(conn, user_id, quota, chars=len(title) - old[0])
             return conn.execute(
-                "UPDATE conversations SET title = ? WHERE id = ? AND user_id = ? "
-                f"RETURNING {COLUMNS}",
+                "UPDATE conversations SET title = ?, title_source = 'user' "
+                f"WHERE id = ? AND user_id = ? RETURNING {COLUMNS}",
                 (title, conversation_id, user_id)).fetchone()
 
         row = await self._db.write(op)
@@ -108,6 +116,31 @@ class SqliteConversations:
             raise NotFound("conversation not found")
         return conversation_row(row)
 
+
+    async def title_source(self, user_id: int, conversation_id: int) -> str | None:
+        """Where the title came from ('first_line', 'generated', 'user'); None if no such
+        conversation of this user."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute("SELECT title_source FROM conversations "
+                                "WHERE id = ? AND user_id = ?",
+                                (conversation_id, user_id)).fetchone()
+
+        row = await self._db.read(op)
+        return None if row is None else str(row[0])
+
+    async def set_generated_title(self, user_id: int, conversation_id: int,
+                                  title: str) -> bool:
+        """Replace the title with a generated one only while it is still the automatic
+        first-line one (a rename meanwhile wins); True if it was replaced."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE conversations SET title = ?, title_source = 'generated' "
+                "WHERE id = ? AND user_id = ? AND title_source = 'first_line'",
+                (title, conversation_id, user_id)).rowcount
+
+        return await self._db.write(op) > 0
 
     async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
                         quota: Quota = NO_QUOTA) -> ConversationRow:

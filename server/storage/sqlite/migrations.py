@@ -281,7 +281,28 @@ CREATE TRIGGER user_storage_user_settings_au AFTER UPDATE OF settings ON users B
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11]
+# Where a conversation's title came from: 'first_line' (the first message's first line, or
+# "New chat": automatic, may be replaced by a generated title), 'generated' (asked of the
+# model after the first reply) or 'user' (renamed, given at creation, or imported: never
+# replaced). Existing conversations keep their title as automatic.
+V12 = """
+ALTER TABLE conversations ADD COLUMN title_source TEXT NOT NULL DEFAULT 'first_line'
+    CHECK (title_source IN ('first_line', 'generated', 'user'));
+"""
+
+# Summaries of older turns, each on the last message it covers: a turn's history walks up its
+# branch to the newest summary and sends it instead of what lies above. A branch that leaves
+# the path above a summary gets its own; deleting the message deletes its summary.
+V13 = """
+CREATE TABLE summaries (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    model TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13]
 LATEST = len(MIGRATIONS)
 
 

@@ -44,8 +44,8 @@ class SqliteTransfer:
             chars = len(conv.title) + sum(len(m.content) for m in conv.messages)
             check(conn, user_id, quota, conversations=1, chars=chars)
             ident = cast(int, conn.execute(
-                "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO conversations (user_id, title, created_at, updated_at, model, "
+                "title_source) VALUES (?, ?, ?, ?, ?, 'user')",
                 (user_id, conv.title, conv.created_at, conv.created_at, conv.model)).lastrowid)
             ids: list[int] = []  # each message's new id, by its index
             for m in conv.messages:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from server import keys
+from server.runner import Running
 from server.services.chat import title_from
 from server.services.text import visible
+from tests.support.app import User, register_over_http, storage_of
+from tests.support.sse import events
+from vllm_sim import SimServer
 
 SPOOF = "invoice_\u202egnp.exe"  # shows as "invoice_exe.png"
 HIDDEN = [
@@ -78,3 +85,153 @@ async def test_a_title_of_only_invisible_characters_is_new_chat(http: aiohttp.Cl
                           headers=user.headers) as resp:
         assert resp.status == 200
         assert (await resp.json())["title"] == "New chat"
+
+
+# --- generated titles (a background job after the first reply) ---------------------------
+
+
+async def sim_post(sim: SimServer, path: str, body: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{sim.root_url}{path}", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+async def sim_bodies(sim: SimServer) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{sim.root_url}/sim/requests") as resp:
+            return list(await resp.json())
+
+
+def title_jobs(running: Running, outcome: str) -> int:
+    """Title jobs that ended so (chatgate_background_jobs_total{kind="title"})."""
+    return int(running.app[keys.METRICS].background.counts.get(("title", outcome), 0))
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Poll with a generous deadline (a safety net, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.02)
+
+
+async def titled(custom: Any, simulator: SimServer) -> tuple[Running, User]:
+    """A server that generates titles, an echoing simulator (a title is then the prompt's
+    first line) and a user."""
+    await sim_post(simulator, "/sim/config", {"echo": True})
+    running = await custom(background={"titles": True})
+    return running, await register_over_http(running.url, "titler")
+
+
+async def chat(running: Running, user: User, message: str,
+               conv: int | None = None) -> dict[str, Any]:
+    async with aiohttp.ClientSession(running.url) as s:
+        body: dict[str, Any] = {"message": message}
+        if conv is not None:
+            body["conversation_id"] = conv
+        async with s.post("/api/chat", json=body, headers=user.headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return dict(await resp.json())
+
+
+async def conversation(running: Running, user: User, conv: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession(running.url) as s:
+        async with s.get(f"/api/conversations/{conv}", headers=user.headers) as resp:
+            assert resp.status == 200
+            return dict(await resp.json())
+
+
+async def test_the_first_reply_brings_a_generated_title(custom: Any,
+                                                        simulator: SimServer) -> None:
+    running, user = await titled(custom, simulator)
+    first = await chat(running, user, "Plan a **trip** to Lisbon\nwith two kids in May")
+    conv = first["conversation_id"]
+    await until(lambda: title_jobs(running, "done") == 1)
+    # The echoing model repeats the prompt: its first line, cleaned, is the title.
+    assert (await conversation(running, user, conv))["title"] == "User: Plan a trip to Lisbon"
+    asked = (await sim_bodies(simulator))[-1]
+    assert asked["max_tokens"] <= 32 and asked["messages"][0]["role"] == "system"
+    prompt = asked["messages"][-1]["content"]
+    assert "with two kids in May" in prompt and first["message"]["content"][:40] in prompt
+    await chat(running, user, "And in June?", conv)  # not a first reply: no other title
+    assert (await conversation(running, user, conv))["title"] == "User: Plan a trip to Lisbon"
+    assert await storage_of(running).conversations.title_source(user.id, conv) == "generated"
+
+
+async def test_an_empty_conversation_gets_one_but_a_title_given_at_creation_is_kept(
+        custom: Any, simulator: SimServer) -> None:
+    running, user = await titled(custom, simulator)
+    ids = []
+    async with aiohttp.ClientSession(running.url) as s:
+        for body in ({}, {"title": "Mine"}):
+            async with s.post("/api/conversations", json=body, headers=user.headers) as resp:
+                ids.append((await resp.json())["id"])
+    for conv in ids:
+        await chat(running, user, "hello there", conv)
+    await until(lambda: title_jobs(running, "done") == 1)  # the one titled "Mine" asks none
+    assert [(await conversation(running, user, c))["title"] for c in ids] == \
+        ["User: hello there", "Mine"]
+
+
+async def test_a_title_renamed_by_the_user_is_never_replaced(custom: Any,
+                                                             simulator: SimServer) -> None:
+    running, user = await titled(custom, simulator)
+    # Renamed while the first reply streams: no title job at all.
+    await sim_post(simulator, "/sim/config", {"tpot_ms": 30})
+    async with aiohttp.ClientSession(running.url) as s:
+        resp = await s.post("/api/chat", json={"message": "one two three four five six",
+                                               "stream": True}, headers=user.headers)
+        async for name, data in events(resp):
+            if name == "meta":
+                early = data["conversation_id"]
+            if name == "message":
+                async with s.patch(f"/api/conversations/{early}", json={"title": "Early"},
+                                   headers=user.headers) as renamed:
+                    assert renamed.status == 200
+                break
+        async for name, _ in events(resp):
+            assert name != "error"
+        resp.release()
+    # Renamed after the reply, while its title job waits for the (slow) model: kept too.
+    await sim_post(simulator, "/sim/config", {"tpot_ms": 1, "ttft_ms": 1500})
+    late = (await chat(running, user, "a later chat"))["conversation_id"]
+    async with aiohttp.ClientSession(running.url) as s:
+        async with s.patch(f"/api/conversations/{late}", json={"title": "Late"},
+                           headers=user.headers) as renamed:
+            assert renamed.status == 200
+    await until(lambda: title_jobs(running, "done") == 1)  # the later chat's only
+    assert (await conversation(running, user, early))["title"] == "Early"
+    assert (await conversation(running, user, late))["title"] == "Late"
+    asked = [b["messages"][-1]["content"] for b in await sim_bodies(simulator)]
+    assert sum(a.startswith("User: ") for a in asked) == 1  # none for the early one
+
+
+async def test_a_failed_title_job_keeps_the_first_line_title(custom: Any,
+                                                             simulator: SimServer) -> None:
+    running, user = await titled(custom, simulator)
+    await sim_post(simulator, "/sim/config", {"tpot_ms": 30})
+    async with aiohttp.ClientSession(running.url) as s:
+        resp = await s.post("/api/chat", json={"message": "Budget for the new office",
+                                               "stream": True}, headers=user.headers)
+        async for name, data in events(resp):
+            if name == "meta":
+                conv = data["conversation_id"]
+            if name == "message":  # the reply is under way: the next requests fail
+                await sim_post(simulator, "/sim/faults", {"mode": "500", "count": 10})
+            assert name != "error"
+    await until(lambda: title_jobs(running, "failed") == 1)
+    assert (await conversation(running, user, conv))["title"] == "Budget for the new office"
+    assert await storage_of(running).conversations.title_source(user.id, conv) == "first_line"
+
+
+async def test_an_imported_conversation_keeps_its_title(custom: Any,
+                                                        simulator: SimServer) -> None:
+    running, user = await titled(custom, simulator)
+    body = {"format": "chatgate.conversation", "version": 1, "title": "From elsewhere",
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession(running.url) as s:
+        async with s.post("/api/conversations/import", json=body,
+                          headers=user.headers) as resp:
+            assert resp.status == 200, await resp.text()
+            conv = (await resp.json())["imported"][0]["id"]
+    assert await storage_of(running).conversations.title_source(user.id, conv) == "user"

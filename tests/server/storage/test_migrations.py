@@ -100,6 +100,20 @@ async def test_version_1_database_is_upgraded_in_place(tmp_path: Path, make_db: 
     assert len(await SqliteSearch(db).search(1, "echidna", 10)) == 2
     assert (await SqliteConversations(db).get(1, 10))[0]["message_count"] == 4
     assert await SqliteQuotas(db).stored(1) == (2, sum(map(len, texts)) + 17)
+    # V12: existing titles are automatic ones; a generated title may replace one only so.
+    conversations = SqliteConversations(db)
+    assert await conversations.title_source(1, 10) == "first_line"
+    assert await conversations.title_source(2, 10) is None  # another user's: not there
+    assert not await conversations.set_generated_title(2, 10, "Theirs")
+    assert await conversations.set_generated_title(1, 11, "Empty no more")
+    await conversations.rename(1, 10, "Mine")
+    assert not await conversations.set_generated_title(1, 10, "Generated")
+    assert [(await conversations.get(1, c))[0]["title"] for c in (10, 11)] == \
+        ["Mine", "Empty no more"]
+    assert await conversations.title_source(1, 11) == "generated"
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.write(lambda c: c.execute(
+            "UPDATE conversations SET title_source = 'guessed' WHERE id = 10"))
 
 
 async def test_database_newer_than_program_refuses_to_open(tmp_path: Path) -> None:
