@@ -1,22 +1,19 @@
-// The theme as html[data-theme] (read by app.css). Imported first by app.js, so the copy kept on
-// this device paints first; the account's setting (GET /api/account) wins after sign-in.
+// The theme as html[data-theme], read by app.css. app.js imports this first, so this device's
+// copy paints first; after sign-in the account's setting wins (app.js, js/account.js).
 
 const KEY = "chatgate-theme";
 export const THEMES = ["system", "light", "dark"];
 
-/** Apply a theme at once and remember it here ("system" leaves storage empty). */
+/** Apply a theme now and keep it on this device ("system" keeps nothing). */
 export function applyTheme(theme) {
   const t = THEMES.includes(theme) ? theme : "system";
-  if (t === "system") delete document.documentElement.dataset.theme;
-  else document.documentElement.dataset.theme = t;
-  try {
-    if (t === "system") localStorage.removeItem(KEY);
-    else localStorage.setItem(KEY, t);
-  } catch { /* storage refused: this page still shows it */ }
+  const root = document.documentElement;
+  if (t === "system") delete root.dataset.theme;
+  else root.dataset.theme = t;
+  try { if (t === "system") localStorage.removeItem(KEY); else localStorage.setItem(KEY, t); } catch { /* off */ }
   return t;
 }
 
-/** The theme in force on this page. */
 export const currentTheme = () => document.documentElement.dataset.theme || "system";
 
-try { if (localStorage.getItem(KEY)) applyTheme(localStorage.getItem(KEY)); } catch { /* none */ }
+try { const t = localStorage.getItem(KEY); if (t) applyTheme(t); } catch { /* storage off */ }
