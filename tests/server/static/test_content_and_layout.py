@@ -232,9 +232,11 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
         conv = int(conn.execute(
             "INSERT INTO conversations (user_id, title, created_at, updated_at) "
             "VALUES (?, ?, ?, ?)", (uid, "Reading a file line by line", now, now)).lastrowid)
-        conn.executemany(
-            "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
-            [(conv, role, text, now) for role, text in SCREENSHOT_CHAT])
+        parent = None
+        for role, text in SCREENSHOT_CHAT:  # each under the one before: one branch
+            parent = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at, parent_id) "
+                "VALUES (?, ?, ?, ?, ?)", (conv, role, text, now, parent)).lastrowid
         return conv
 
     conv = await web.app.app[keys.STORAGE].db.write(seed)
