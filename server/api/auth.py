@@ -93,5 +93,7 @@ async def change_password(request: web.Request) -> web.Response:
     current = text(body, "current_password", min_len=1, max_len=1024)
     new = text(body, "new_password", min_len=8, max_len=1024)
     assert current is not None and new is not None
-    await request.app[keys.ACCOUNTS].change_password(principal_of(request), current, new)
-    return web.Response(status=204)
+    signed = await request.app[keys.ACCOUNTS].change_password(principal_of(request), current, new)
+    # Every other session and token is dead now; the caller carries on with a new one: a new
+    # cookie for a browser (its token never shown), the token in the body for anyone else.
+    return await _signed_in(request, signed, cookie_only=bool(request.get(keys.VIA_COOKIE)))

@@ -121,8 +121,9 @@ class AccountService:
         self._failures.succeeded(key)
         return found[0], found[2]
 
-    async def change_password(self, principal: Principal, current: str, new: str) -> None:
-        """Set a new password once the current one is confirmed (ends a forced change)."""
+    async def change_password(self, principal: Principal, current: str, new: str) -> SignedIn:
+        """Set a new password once the current one is confirmed (ends a forced change). Every
+        token and session of the user dies (a new epoch); the caller gets a fresh token."""
         user = principal.user
         await self.confirm_password(principal, current, "the current password is not correct")
         if new == current:
@@ -131,9 +132,14 @@ class AccountService:
             hashed = await self.new_password_hash(user["username"], new)
         except WeakPassword as err:
             raise WeakPassword(str(err), "new_password") from None
-        await self._users.update(user["id"], password_hash=hashed, must_change_password=False)
-        self._tokens.refresh_user(user["id"])  # cached principals still say "must change"
-        self._api_keys.forget_user(user["id"])
+        await self._users.update(user["id"], password_hash=hashed, must_change_password=False,
+                                 new_epoch=True)
+        self._tokens.forget_user(user["id"])  # cached tokens die too, not only stored ones
+        self._api_keys.forget_user(user["id"])  # keys stay; cached ones still say "must change"
+        found = await self._users.credentials(user["username"])
+        if found is None:  # deleted meanwhile
+            raise WrongCredentials("the account no longer exists")
+        return SignedIn(found[0], self._tokens.issue(found[0], found[2]))
 
     async def bootstrap(self) -> list[str]:
         """At start-up: make the accounts listed in `auth.admins` active admins (the config

@@ -41,11 +41,11 @@ def declarations(style: StyleMeta, full: bool) -> dict[str, str]:
     return out
 
 
-def rules(decls: dict[str, str]) -> str:
-    """One rule per distinct declaration, its classes grouped."""
+def rules(decls: dict[str, str], scope: str = "") -> str:
+    """One rule per distinct declaration, its classes grouped (each under `scope`)."""
     groups: dict[str, list[str]] = defaultdict(list)
     for short, css in sorted(decls.items()):
-        groups[css].append(f".hl .{short}")
+        groups[css].append(f"{scope}.hl .{short}")
     return "\n".join(f"{','.join(sel)}{{{css}}}" for css, sel in sorted(groups.items()))
 
 
@@ -56,8 +56,11 @@ def stylesheet() -> str:
     # A reset matters only where the light style set something.
     dark = {k: v for k, v in dark.items() if k in light or "#" in v or "bold" in v
             or "italic" in v}
+    # Dark follows the system unless the account's theme (html[data-theme]) says otherwise.
     return (HEAD.format(light=LIGHT, dark=DARK) + rules(light) + "\n"
-            + "@media (prefers-color-scheme:dark){\n" + rules(dark) + "\n}\n")
+            + "@media (prefers-color-scheme:dark){\n"
+            + rules(dark, ":root:not([data-theme=light]) ") + "\n}\n"
+            + rules(dark, "[data-theme=dark] ") + "\n")
 
 
 def main() -> None:

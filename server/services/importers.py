@@ -185,63 +185,74 @@ def _parent(message: dict[str, Any], n: int, index: dict[object, int]) -> int | 
 
 
 def _chatgpt(body: dict[str, Any], title: str) -> NewConversation:
-    """The path from the root to `current_node` (the branch shown last); text parts only."""
+    """Every branch of the tree (`mapping`), text parts only; the branch shown last
+    (`current_node`) is the one shown. Nodes the user never saw (system, tool, hidden,
+    empty) are left out and their children hang from the nearest message kept above them."""
     mapping = body["mapping"]
     if not isinstance(mapping, dict):
         raise BadConversation("'mapping' must be an object")
-    path = _path(mapping, body.get("current_node"))
-    now = now_iso()
-    out: list[NewMessage] = []
-    for node in path:
-        message = node.get("message")
-        if not isinstance(message, dict):
-            continue
-        author = message.get("author")
-        role = author.get("role") if isinstance(author, dict) else None
-        if role not in _ROLES:
-            continue  # system, tool: not part of what the user sees
-        metadata = message.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
-        if metadata.get("is_visually_hidden_from_conversation"):
-            continue
-        content = message.get("content")
-        parts = content.get("parts") if isinstance(content, dict) else None
-        text = "\n\n".join(p for p in parts if isinstance(p, str)) if isinstance(
-            parts, list) else ""
-        text = _clean(text)
-        if not text.strip():
-            continue
-        slug = metadata.get("model_slug")
-        out.append(NewMessage(role, text, _epoch(message.get("create_time")) or now,
-                              "complete",
-                              slug[:200] if role == "assistant" and isinstance(slug, str)
-                              and slug else None, None, len(out) - 1 if out else None))
-    created = _epoch(body.get("create_time")) or (out[0].created_at if out else now)
-    return NewConversation(title, created, tuple(out))
-
-
-def _path(mapping: dict[str, Any], current: object) -> list[dict[str, Any]]:
-    """Nodes from the root to `current` (without it: the last child at every step)."""
     nodes = {k: v for k, v in mapping.items() if isinstance(v, dict)}
-    if isinstance(current, str) and current in nodes:
-        path: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        key: object = current
-        while isinstance(key, str) and key in nodes and key not in seen:  # a cycle ends it
-            seen.add(key)
-            path.append(nodes[key])
-            key = nodes[key].get("parent")
-        return path[::-1]
     roots = [k for k, v in nodes.items() if v.get("parent") not in nodes]
     if not roots:
         raise BadConversation("the conversation has no root node")
-    path, seen, key = [], set(), roots[0]
-    while isinstance(key, str) and key in nodes and key not in seen:
+    now = now_iso()
+    out: list[NewMessage] = []
+    kept: dict[str, int] = {}  # node key -> its message's index in `out`
+    # Depth first, children in their order (an edit's branch comes after the one it replaced,
+    # so the newest branch gets the newest ids); a node seen twice (a cycle) is not followed.
+    stack: list[tuple[str, int | None]] = [(roots[0], None)]
+    seen: set[str] = set()
+    while stack:
+        key, parent = stack.pop()
+        if key in seen or key not in nodes:
+            continue
         seen.add(key)
-        path.append(nodes[key])
+        message = _visible(nodes[key].get("message"), now, parent)
+        if message is not None:
+            kept[key] = parent = len(out)
+            out.append(message)
         children = nodes[key].get("children")
-        key = children[-1] if isinstance(children, list) and children else None
-    return path
+        if isinstance(children, list):
+            stack.extend((c, parent) for c in reversed(children) if isinstance(c, str))
+    created = _epoch(body.get("create_time")) or (out[0].created_at if out else now)
+    return NewConversation(title, created, tuple(out), None,
+                           _shown(nodes, kept, body.get("current_node")))
+
+
+def _visible(message: object, now: str, parent: int | None) -> NewMessage | None:
+    """A node's message as imported, or None if the user never saw it."""
+    if not isinstance(message, dict):
+        return None
+    author = message.get("author")
+    role = author.get("role") if isinstance(author, dict) else None
+    if role not in _ROLES:
+        return None  # system, tool: not part of what the user sees
+    metadata = message.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    if metadata.get("is_visually_hidden_from_conversation"):
+        return None
+    content = message.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    text = _clean("\n\n".join(p for p in parts if isinstance(p, str))
+                  if isinstance(parts, list) else "")
+    if not text.strip():
+        return None
+    slug = metadata.get("model_slug")
+    return NewMessage(str(role), text, _epoch(message.get("create_time")) or now, "complete",
+                      slug[:200] if role == "assistant" and isinstance(slug, str) and slug
+                      else None, None, parent)
+
+
+def _shown(nodes: dict[str, Any], kept: dict[str, int], current: object) -> int | None:
+    """The index of the message to show: `current_node`, or the nearest kept above it."""
+    seen: set[str] = set()
+    key = current
+    while isinstance(key, str) and key in nodes and key not in seen:
+        if key in kept:
+            return kept[key]
+        seen.add(key)
+        key = nodes[key].get("parent")
+    return None  # none named: the last message imported (the last child at every step)
 
 
 def chatgate_json(conversation: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/keys, #/admin).
-// No token, no storage: the HttpOnly session cookie is the only credential.
+// Boot: one GET /api/auth/verify, then everything runs from the URL hash (#/c/<id>, #/account,
+// #/keys, #/admin). No token in storage: the HttpOnly session cookie is the only credential.
 
+import { applyTheme } from "./theme.js"; // first: the remembered theme paints before the rest
 import { $, announce, h } from "./dom.js";
 import { api, onUnauthorized } from "./api.js";
 import * as auth from "./auth.js";
@@ -19,6 +20,7 @@ function parse() {
 
 // The pages beside the chat, each its own module imported on its first visit.
 const PAGES = {
+  "#/account": { link: "who", file: "./account.js", what: "account" },
   "#/keys": { link: "keys-link", file: "./keys.js", what: "API keys" },
   "#/admin": { link: "admin-link", file: "./admin.js", what: "admin" },
 };
@@ -38,7 +40,7 @@ function route(force = false) {
     const p = PAGES[here];
     const backTo = chat.current() == null ? "#/" : `#/c/${chat.current()}`;
     sidebar.setActive(null);
-    (p.module ??= import(p.file)).then((m) => { if (location.hash === here) m.show(backTo, user); }, () => {
+    (p.module ??= import(p.file)).then((m) => { if (location.hash === here) m.show(backTo, user, { signedOut }); }, () => {
       p.module = null;
       $("chat").hidden = false;
       announce(`The ${p.what} page could not be loaded. Reload to try again.`);
@@ -61,6 +63,8 @@ function signedIn(who) {
   const returning = user != null || started;
   user = who;
   $("who").textContent = who.username;
+  $("who").setAttribute("aria-label", `Account (${who.username})`);
+  $("who").hidden = false;
   $("admin-link").hidden = who.role !== "admin";
   if (changed) { // someone else logged in over the page: show nothing of the previous user
     chat.reset();
@@ -69,6 +73,9 @@ function signedIn(who) {
     history.replaceState(null, "", "#/");
   }
   sidebar.resume();
+  // The account's theme wins over this device's copy (a new device, or changed elsewhere).
+  api("GET", "/api/account", undefined, { quiet: true })
+    .then((account) => applyTheme(account.settings?.theme), () => {});
   import("./models.js").then((m) => m.load(), () => {}); // the model picker
   import("./settings.js").catch(() => {}); // the conversation settings panel
   import("./turns.js").catch(() => {}); // streaming, ready before the first Send
@@ -102,6 +109,7 @@ function forgetAll() {
   forgetKeys();
   import("./transfer.js").then((m) => m.reset(), () => {});
   $("who").textContent = "";
+  $("who").hidden = true;
   $("admin-link").hidden = true;
   history.replaceState(null, "", "#/");
 }
@@ -114,10 +122,15 @@ $("logout").addEventListener("click", logOut);
 async function logOut() {
   chat.stop();
   try { await api("POST", "/api/auth/logout", undefined, { quiet: true }); } catch { /* ends locally anyway */ }
+  signedOut("You are logged out.");
+}
+
+/** Back to the login form with nothing of the user left (logout, or the account deleted). */
+function signedOut(message) {
   forgetAll();
   auth.clear();
   auth.show();
-  announce("You are logged out.");
+  announce(message);
 }
 
 // ---- the drawer (narrow screens)

@@ -1,7 +1,8 @@
 // The conversation's own settings (system prompt, temperature, max tokens), loaded after sign-in:
 // a button in the chat header opens a <dialog> that shows them (GET /api/conversations/{id})
-// and saves them (PATCH .../{id} with {settings}). A new chat has no conversation yet, so the
-// button stays disabled until its first turn has made one.
+// and saves them (PATCH .../{id} with {settings}), with a preview of the prompt the next turn sends
+// (GET .../{id}/prompt). A new chat has no conversation yet, so the button stays disabled until
+// its first turn has made one.
 
 import { $, h, icon, announce } from "./dom.js";
 import { api } from "./api.js";
@@ -50,13 +51,16 @@ const fields = [
     "The longest a reply may be, from 1 to 32,768 tokens."),
 ];
 const status = h("p", { class: "form-error", id: "set-error", role: "alert" });
+const previewBody = h("div", { class: "preview-body", "aria-live": "polite" });
+const preview = h("details", { class: "preview" },
+  h("summary", null, "What the model will see"), previewBody);
 const save = h("button", { type: "submit", class: "btn primary" }, "Save");
 const cancel = h("button", { type: "button", class: "btn" }, "Cancel");
 const form = h("form", { class: "set-form" },
   h("h2", { id: "set-title" }, "Conversation settings"),
   h("p", { class: "hint" }, "These apply to every turn of this conversation. "
     + "A setting left on its default follows the model's."),
-  ...fields.map((f) => f.row), status, h("div", { class: "row" }, cancel, save));
+  ...fields.map((f) => f.row), preview, status, h("div", { class: "row" }, cancel, save));
 const dialog = h("dialog", { class: "settings", id: "settings", "aria-labelledby": "set-title" }, form);
 document.body.append(dialog);
 
@@ -100,6 +104,8 @@ open.addEventListener("click", async () => {
   conv = chat.current();
   if (conv == null) return;
   status.textContent = "";
+  preview.open = false;
+  previewBody.replaceChildren();
   fill({});
   busyWith(true);
   dialog.showModal();
@@ -153,3 +159,32 @@ dialog.addEventListener("keydown", (event) => {
   close();
 });
 dialog.addEventListener("close", () => { busy?.abort(); busy = null; });
+
+// ---- the prompt preview: the saved settings, memories and history as the next turn sends them
+
+const ROLES = { system: "System", user: "You", assistant: "Assistant" };
+let previewing = null; // AbortController of the preview's read
+
+preview.addEventListener("toggle", async () => {
+  previewing?.abort();
+  if (!preview.open || conv == null) return;
+  const controller = (previewing = new AbortController());
+  previewBody.replaceChildren(h("p", { class: "hint" }, "Loading…"));
+  try {
+    const p = await api("GET", `/api/conversations/${conv}/prompt`, undefined, { signal: controller.signal });
+    if (controller !== previewing) return;
+    const facts = [p.model && `Model: ${p.model}`, p.temperature != null && `temperature ${p.temperature}`,
+      p.max_tokens != null && `max tokens ${p.max_tokens}`].filter(Boolean).join(", ");
+    // The server's text goes in as text only (textContent), never as HTML.
+    previewBody.replaceChildren(
+      h("p", { class: "hint" }, "As saved: the next turn sends this, then your new message. ", facts),
+      p.messages.length ? h("ol", { class: "preview-list" }, ...p.messages.map((m) => h("li", null,
+        h("span", { class: "preview-role" }, ROLES[m.role] ?? m.role), h("div", { class: "preview-text" }, m.content))))
+        : h("p", null, "Nothing yet: the next turn sends only your message."));
+  } catch (err) {
+    if (err.name === "AbortError" || controller !== previewing) return;
+    previewBody.replaceChildren(h("p", { class: "form-error" }, err.status === 401 ? ""
+      : `The preview could not be loaded: ${err.message}`));
+  }
+});
+dialog.addEventListener("close", () => { preview.open = false; });

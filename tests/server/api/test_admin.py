@@ -81,9 +81,11 @@ async def test_closed_mode_admin_creates_accounts_that_must_change_password(cust
     status, body = await call(running, newbie, "GET", "/api/conversations")
     assert (status, code(body)) == (403, "password_change_required")
     assert (await call(running, newbie, "GET", "/api/auth/verify"))[0] == 200
-    status, _ = await call(running, newbie, "POST", "/api/auth/password",
-                           {"current_password": temp, "new_password": "a fresh secret"})
-    assert status == 204
+    status, body = await call(running, newbie, "POST", "/api/auth/password",
+                              {"current_password": temp, "new_password": "a fresh secret"})
+    assert status == 200
+    assert (await call(running, newbie, "GET", "/api/conversations"))[0] == 401  # old token
+    newbie = User(body, "a fresh secret")  # the change answers a new one
     assert (await call(running, newbie, "GET", "/api/conversations"))[0] == 200
 
 
@@ -191,9 +193,10 @@ async def test_password_reset_forces_a_change_and_ends_sessions(server, register
     status, body = await call(server, fresh, "POST", "/api/auth/password",
                               {"current_password": temp, "new_password": temp})
     assert status == 400
-    status, _ = await call(server, fresh, "POST", "/api/auth/password",
-                           {"current_password": temp, "new_password": "brand new pass"})
-    assert status == 204
+    status, body = await call(server, fresh, "POST", "/api/auth/password",
+                              {"current_password": temp, "new_password": "brand new pass"})
+    assert status == 200
+    fresh = User(body, "brand new pass")  # the old token died with the change
     assert (await call(server, fresh, "GET", "/api/conversations"))[0] == 200
     assert (await sign_in(server, user.name, "brand new pass"))[0] == 200
     status, body = await call(server, admin, "POST", f"/api/admin/users/{admin.id}/password")

@@ -246,3 +246,66 @@ async def test_password_never_in_any_response(server: Running) -> None:
     for text in texts:
         assert secret_password not in text
         assert "argon2" not in text and "password_hash" not in text
+
+
+# --- changing the password -------------------------------------------------------------------
+
+
+async def test_password_change_ends_every_other_session_and_token(server: Running,
+                                                                  register: Any) -> None:
+    user = await register("changer")
+    key_status, key = await _api_key(server, user.headers)
+    assert key_status == 201, key
+    old_bearer = user.headers
+    async with cookie_session(server) as browser, cookie_session(server) as other:
+        for s in (browser, other):
+            await post_json(s, "/api/auth/login", {"username": "changer", "password": PASSWORD})
+            async with s.get("/api/auth/verify") as resp:
+                assert resp.status == 200  # cached as valid before the change
+        old_cookie = jar_cookie(browser)
+        resp, body, text = await post_json(
+            browser, "/api/auth/password",
+            {"current_password": PASSWORD, "new_password": "a fresh lantern"},
+            headers={"Origin": server.url})
+        assert resp.status == 200, text
+        # A browser gets a new cookie and no token in the body; it stays signed in.
+        assert set(body) == {"user", "token_type", "expires_in"}
+        assert body["user"]["username"] == "changer"
+        assert jar_cookie(browser) not in (None, old_cookie)
+        async with browser.get("/api/auth/verify") as resp:
+            assert resp.status == 200
+        # Every other session, the old cookie replayed and the old bearer token are refused.
+        async with other.get("/api/auth/verify") as resp:
+            assert resp.status == 401
+    assert await verify_status(server, {"Cookie": f"{COOKIE_NAME}={old_cookie}"}) == 401
+    assert await verify_status(server, old_bearer) == 401
+    # API keys are not sign-in tokens: they stay until revoked.
+    assert await verify_status(server, {"Authorization": f"Bearer {key['key']}"}) == 200
+    # Only the new password signs in.
+    async with bare_session(server) as s:
+        resp, _, _ = await post_json(s, "/api/auth/login",
+                                     {"username": "changer", "password": PASSWORD})
+        assert resp.status == 401
+        resp, fresh, _ = await post_json(s, "/api/auth/login",
+                                         {"username": "changer", "password": "a fresh lantern"})
+        assert resp.status == 200
+
+
+async def test_password_change_with_a_bearer_token_answers_a_new_token(server: Running,
+                                                                       register: Any) -> None:
+    user = await register("bearer-changer")
+    async with bare_session(server) as s:
+        resp, body, text = await post_json(
+            s, "/api/auth/password",
+            {"current_password": PASSWORD, "new_password": "quiet orchard 7"},
+            headers=user.headers)
+    assert resp.status == 200, text
+    assert body["access_token"] != user.token
+    assert await verify_status(server, user.headers) == 401
+    assert await verify_status(server, {"Authorization": f"Bearer {body['access_token']}"}) == 200
+
+
+async def _api_key(server: Running, headers: dict[str, str]) -> tuple[int, Any]:
+    async with bare_session(server) as s:
+        resp, body, _ = await post_json(s, "/api/keys", {"name": "script"}, headers=headers)
+        return resp.status, body

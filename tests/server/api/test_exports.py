@@ -171,7 +171,7 @@ async def test_export_then_import_gives_the_same_messages(
 # --- ChatGPT's conversations.json ----------------------------------------------------------------
 
 
-async def test_chatgpt_export_imports_the_current_branch_only(
+async def test_chatgpt_export_imports_every_branch_showing_the_current_one(
         http: aiohttp.ClientSession, register: Register) -> None:
     user = await register()
     resp = await import_body(http, user, json.dumps(chatgpt_sample()).encode())
@@ -186,6 +186,13 @@ async def test_chatgpt_export_imports_the_current_branch_only(
     assert conv["messages"][0]["created_at"] == "2023-11-14T22:13:21.000Z"
     assert conv["messages"][3]["model"] == "gpt-4o"
     assert conv["model"] is None  # not a configured model: turns use the default
+    # The other branch is there too: the edited question's first version and its reply.
+    assert len(conv["messages"][2]["siblings"]) == 2
+    async with http.post(f"/api/conversations/{conv['id']}/branch", headers=user.headers,
+                         json={"message_id": conv["messages"][2]["siblings"][0]}) as r:
+        assert texts(await r.json()) == [("user", "Where to in June?"),
+                                         ("assistant", "Try Lisbon."), ("user", "Cheaper please"),
+                                         ("assistant", "Porto.")]
     second = await get_conv(http, user, result["imported"][1]["id"])
     assert texts(second) == [("user", "hi"), ("assistant", "hello")]
     # Imported text is searchable like any other.

@@ -233,7 +233,7 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
             "INSERT INTO conversations (user_id, title, created_at, updated_at) "
             "VALUES (?, ?, ?, ?)", (uid, "Reading a file line by line", now, now)).lastrowid)
         parent = None
-        for role, text in SCREENSHOT_CHAT:  # each message hangs from the one before it
+        for role, text in SCREENSHOT_CHAT:  # each under the one before: one branch
             parent = conn.execute(
                 "INSERT INTO messages (conversation_id, role, content, created_at, parent_id) "
                 "VALUES (?, ?, ?, ?, ?)", (conv, role, text, now, parent)).lastrowid
