@@ -1,7 +1,7 @@
 """First-load transfer of the web client, measured in Chromium: the login page, the signed-in app
 (every file a first visit downloads until it is idle on a new chat) and the account page's first
-visit. Prints each file's size as sent, gzipped (level 6, as a compressing proxy would send it)
-and the Content-Encoding the server used.
+visit. Prints each file's size uncompressed, on the wire (the body as the server sent it) and
+the Content-Encoding the server used (the server sends gzip copies of its text files).
 
     .venv/bin/python bench/first_load.py
 
@@ -12,7 +12,6 @@ loopback ports, in a temporary directory.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,8 @@ from vllm_sim import SimSettings, start_simulator
 
 
 class Files:
-    """The non-API responses of a page, by URL: (bytes as sent, gzip bytes, encoding)."""
+    """The non-API responses of a page, by URL: (bytes uncompressed, bytes on the wire,
+    encoding)."""
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -40,9 +40,10 @@ class Files:
             self._pending.append(asyncio.ensure_future(self._size(resp)))
 
     async def _size(self, resp: Response) -> None:
-        body = await resp.body()
+        body = await resp.body()  # decoded by the browser
         encoding = (await resp.all_headers()).get("content-encoding", "none")
-        self.seen[resp.url] = (len(body), len(gzip.compress(body, 6)), encoding)
+        sizes = await resp.request.sizes()
+        self.seen[resp.url] = (len(body), sizes["responseBodySize"], encoding)
 
     async def settle(self) -> None:
         await asyncio.gather(*self._pending)
@@ -52,8 +53,8 @@ class Files:
 def report(title: str, files: dict[str, tuple[int, int, str]], base: str) -> None:
     raw = sum(v[0] for v in files.values())
     packed = sum(v[1] for v in files.values())
-    print(f"\n{title}: {len(files)} files, {raw / 1000:.1f} KB as sent,"
-          f" {packed / 1000:.1f} KB gzip")
+    print(f"\n{title}: {len(files)} files, {raw / 1000:.1f} KB uncompressed,"
+          f" {packed / 1000:.1f} KB on the wire")
     for url, (size, gz, enc) in sorted(files.items()):
         print(f"  {url.removeprefix(base):32} {size:7} {gz:7}  content-encoding: {enc}")
 

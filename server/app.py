@@ -17,6 +17,7 @@ from workers.router import ModelRoute, Router
 from workers.upstream import UpstreamClient, create_session
 
 from . import keys
+from .api import assets
 from .api.routes import setup_routes
 from .config import Config
 from .middleware.access import setup_access
@@ -76,7 +77,8 @@ async def create_app(config: Config) -> web.Application:
     setup_auth(app)
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
-    setup_routes(app)
+    app[keys.ASSETS] = await assets.prepare(app)
+    setup_routes(app, app[keys.ASSETS])
     app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _router, _pool,
                            _background, _chat])
     app.on_shutdown.append(_stop_intake)

@@ -20,11 +20,10 @@ from . import (
     usage,
 )
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
-
-def setup_routes(app: web.Application) -> None:
-    """Register the routes."""
+def setup_routes(app: web.Application, static: Path) -> None:
+    """Register the routes; the web client's files are served from `static` (the copy with
+    compressed files that `assets.prepare` made)."""
     app.router.add_get("/health", system.health)
     app.router.add_get("/ready", system.ready)
     app.router.add_get("/openapi.json", system.openapi)
@@ -78,4 +77,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", system.metrics)
     app.router.add_get("/", system.index)
     # FileResponse answers If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
-    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+    app.router.add_static("/static/", static, name="static", append_version=False)

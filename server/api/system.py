@@ -18,7 +18,6 @@ from ..services.gate import is_admin
 from .responses import json_response
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
-INDEX_PATH = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -74,4 +73,5 @@ async def openapi(request: web.Request) -> web.FileResponse:
 
 async def index(request: web.Request) -> web.FileResponse:
     """The web client's page (revalidated on each load through its ETag)."""
-    return web.FileResponse(INDEX_PATH, headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(request.app[keys.ASSETS] / "index.html",
+                            headers={"Cache-Control": "no-cache"})
