@@ -39,6 +39,16 @@ export function actions() {
     versions(m, !idle);
   });
   if (idle && last.role === "user") last.acts.append(chat.button("regen", "Get a reply to this message", "refresh", "Get reply"));
+  for (const m of msgs) summarised(m);
+}
+
+/** Under a message up to which older turns were summarised: the summary the model is sent
+ * instead of them, collapsed (plain text). */
+function summarised(m) {
+  if (!m.summary || m.sumEl?.isConnected) return;
+  m.sumEl = h("details", { class: "summary" },
+    h("summary", null, "Earlier turns, summarised for the model"), h("p", null, m.summary.content));
+  m.el.append(m.sumEl);
 }
 
 /** "‹ 2/3 ›" in front of the message's meta line, and "Delete this version", when it has siblings. */
