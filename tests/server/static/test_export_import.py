@@ -38,6 +38,7 @@ async def test_import_then_export(web: Web) -> None:
     await expect(page.locator("#title")).to_have_text("Trip planning")
     await expect(page.locator("#messages")).to_contain_text("Try Tromsø.")
     await expect(page.locator("#messages")).not_to_contain_text("Porto.")  # another branch
+    await expect(page.get_by_role("group", name="Version 2 of 2")).to_be_visible()  # ...kept
     await expect(page.locator("#conv-list")).to_contain_text("Second")
     conv = int(page.url.rsplit("/", 1)[1])
 
@@ -51,7 +52,8 @@ async def test_import_then_export(web: Web) -> None:
     async with page.expect_download() as info:
         await page.get_by_role("link", name="Export this conversation as JSON").click()
     exported = json.loads(Path(await (await info.value).path()).read_bytes())
-    assert exported["id"] == conv and len(exported["messages"]) == 4
+    assert exported["id"] == conv and len(exported["messages"]) == 6  # both branches
+    assert exported["leaf_id"] == exported["messages"][-1]["id"]
 
     # Export all: one line per conversation, which imports back (the round trip).
     async with page.expect_download() as info:
