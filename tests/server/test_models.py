@@ -319,7 +319,8 @@ async def test_run_py_serves_the_models_of_the_environment(sim_cluster: Sims,
                "replicas": [{"url": sim.url} for sim in alpha]}]
     server = await start_server_process(tmp_path / "env.db", "http://127.0.0.1:9/v1",
                                         MODELS=json.dumps(listed),
-                                        ROUTING__PROBE_INTERVAL_S="0.3")
+                                        ROUTING__PROBE_INTERVAL_S="0.3",
+                                        BACKGROUND__TITLES="false")  # chats only
     try:
         user = await register_over_http(server.url, "someone")
         async with aiohttp.ClientSession(server.url) as s:
