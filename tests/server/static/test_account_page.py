@@ -317,8 +317,9 @@ async def test_prompt_preview_shows_what_the_model_will_see(web: Web) -> None:
 
 
 async def test_accessible_light_and_dark_with_screenshots(web: Web, tmp_path: Path) -> None:
-    user = await web.user()
-    await web.chat(user, "A first question for the usage figures.")
+    await web.user(login=False)  # run alone, the first user would be an admin (and say so)
+    user = await web.user(name="grace")
+    await web.chat(user, "How do I undo the last git commit but keep the changes?")
     for text in ("I write Python 3.12", "Answer in Spanish"):
         await web.call(user, "POST", "/api/memories", {"content": text})
     await web.app.app[keys.MEMORIES].propose(user["user"]["id"], ["Lives in Lisbon"])

@@ -156,6 +156,7 @@ async def test_create_use_list_and_revoke_a_key(web: Web) -> None:
 
 async def test_usage_by_key_errors_and_accessibility(web: Web, tmp_path: Path) -> None:
     page = web.page
+    await web.user(login=False)  # run alone, the first user would be an admin (and say so)
     user = await web.user(name="ada")
     await web.chat(user, "A turn through the web API")  # key_id 0: not through a key
     made = await web.call(user, "POST", "/api/keys", {"name": "batch job", "tpm": 100000})

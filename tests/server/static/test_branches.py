@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
+from server import keys
 from tests.support.paths import ROOT
 from tests.support.web import Web, messages
 
@@ -272,16 +273,40 @@ async def test_versions_wait_while_a_reply_streams(web: Web) -> None:
         "button", name="Delete this version")).to_be_visible()
 
 
+NAMES = [
+    "**notesync**: it says what it does, it is short to type, and it reads well in a "
+    "crontab line: `notesync push`.",
+    "**Tether**: your notes stay tied together across machines. One word, easy to remember, "
+    "and `tether pull` / `tether push` read naturally.",
+    "**Shuttle**: it carries notes back and forth. Check that the name is free on PyPI and "
+    "Homebrew before you settle on it.",
+]
+
+
 async def test_screenshots_of_versions(web: Web, tmp_path: Path) -> None:
     """Renders a reply with three versions; CHATGATE_SCREENSHOTS=1 refreshes docs/ with it."""
     out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
     page = web.page
     await web.user(login=False)  # run alone, the first user would be an admin (and say so)
     user = await web.user(name="grace")
-    await web.sim_config(echo=False, reply_tokens=40)
-    conv = await web.chat(user, "Suggest a name for a small command-line tool that syncs notes")
-    for _ in range(2):
-        await web.call(user, "POST", "/api/chat", {"conversation_id": conv, "regenerate": True})
+    uid, now = user["user"]["id"], "2030-01-01T00:00:00.000Z"
+
+    def seed(conn: Any) -> int:  # three replies to one question, written by hand
+        conv = int(conn.execute(
+            "INSERT INTO conversations (user_id, title, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?)", (uid, "A name for a notes sync tool", now, now)).lastrowid)
+        question = conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
+            (conv, "user", "Suggest a name for a small command-line tool that syncs notes "
+                           "between my laptops", now)).lastrowid
+        for text in NAMES:  # siblings: each a version of the reply
+            leaf = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at, parent_id) "
+                "VALUES (?, ?, ?, ?, ?)", (conv, "assistant", text, now, question)).lastrowid
+        conn.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?", (leaf, conv))
+        return conv
+
+    conv = await web.app.app[keys.STORAGE].db.write(seed)
     await page.set_viewport_size({"width": 1280, "height": 560})
     await web.open(f"/#/c/{conv}")
     reply = messages(page, "assistant").last

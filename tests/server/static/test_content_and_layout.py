@@ -223,6 +223,7 @@ async def test_screenshots_light_and_dark(web: Web, tmp_path: Path) -> None:
     """Renders the chat view light and dark; CHATGATE_SCREENSHOTS=1 refreshes docs/ with them."""
     out = ROOT / "docs" if os.environ.get("CHATGATE_SCREENSHOTS") == "1" else tmp_path
     page = web.page
+    await web.user(login=False)  # run alone, the first user would be an admin (and say so)
     user = await web.user(name="ada")
     for title in ("Trip ideas for the Alps", "Explain SQLite WAL mode", "Regex for ISO dates"):
         await web.chat(user, title)
