@@ -24,7 +24,6 @@ export function setup() {
   links = h("span", { id: "export", hidden: true },
     h("a", { class: "btn ghost", id: "export-json", download: "", "aria-label": "Export this conversation as JSON" }, "JSON"),
     h("a", { class: "btn ghost", id: "export-md", download: "", "aria-label": "Export this conversation as Markdown" }, "Markdown"));
-  links.style.marginLeft = "auto"; // CSSOM, allowed under the CSP (no style attribute)
   $("title").after(links);
   addEventListener("hashchange", follow);
   follow();
