@@ -10,9 +10,8 @@ from .. import keys
 from ..middleware.auth import principal_of
 from ..middleware.errors import invalid
 from ..services.account_settings import DEFAULTS, THEMES
-from .conversations import MAX_SYSTEM_PROMPT_CHARS
 from .responses import json_response
-from .validation import ident, read_json, text
+from .validation import ident, read_json, settings_changes
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -34,17 +33,7 @@ async def update_account(request: web.Request) -> web.Response:
 
 def _settings(value: object) -> dict[str, Any]:
     """The settings to change; nothing unknown, each value checked."""
-    if not isinstance(value, dict):
-        raise invalid("'settings' must be an object", "settings")
-    unknown = set(value) - set(DEFAULTS)
-    if unknown:
-        raise invalid(f"unknown setting {sorted(unknown)[0]!r} (known: "
-                      f"{', '.join(sorted(DEFAULTS))})", "settings")
-    changes: dict[str, Any] = {key: None for key in value if value[key] is None}
-    present = {key: v for key, v in value.items() if v is not None}
-    if "system_prompt" in present:
-        changes["system_prompt"] = text(present, "system_prompt",
-                                        max_len=MAX_SYSTEM_PROMPT_CHARS)
+    changes, present = settings_changes(value, frozenset(DEFAULTS))
     if "theme" in present:
         if present["theme"] not in THEMES:
             raise invalid(f"'theme' must be one of {', '.join(THEMES)}", "theme")

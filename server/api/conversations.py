@@ -9,13 +9,20 @@ from ..middleware.auth import principal_of
 from ..middleware.errors import invalid
 from ..services.text import visible
 from .responses import json_response
-from .validation import ident, number, query_int, read_json, render_option, text
+from .validation import (
+    ident,
+    number,
+    query_int,
+    read_json,
+    render_option,
+    settings_changes,
+    text,
+)
 
 _TITLE = frozenset({"title"})
 _BRANCH = frozenset({"message_id"})
 _PATCH = frozenset({"title", "settings"})
 _SETTINGS = frozenset({"system_prompt", "temperature", "max_tokens"})
-MAX_SYSTEM_PROMPT_CHARS = 8000
 
 
 def _conversation_id(request: web.Request) -> int:
@@ -112,17 +119,7 @@ async def rename_conversation(request: web.Request) -> web.Response:
 
 def _settings(value: object) -> dict[str, object]:
     """The settings to change: each key once, `null` to remove it; nothing else."""
-    if not isinstance(value, dict):
-        raise invalid("'settings' must be an object", "settings")
-    unknown = set(value) - _SETTINGS
-    if unknown:
-        raise invalid(f"unknown setting {sorted(unknown)[0]!r} (known: "
-                      f"{', '.join(sorted(_SETTINGS))})", "settings")
-    changes: dict[str, object] = {key: None for key in value if value[key] is None}
-    present = {key: v for key, v in value.items() if v is not None}
-    if "system_prompt" in present:
-        changes["system_prompt"] = text(present, "system_prompt",
-                                        max_len=MAX_SYSTEM_PROMPT_CHARS)
+    changes, present = settings_changes(value, _SETTINGS)
     if "temperature" in present:
         changes["temperature"] = number(present, "temperature", low=0, high=2)
     if "max_tokens" in present:

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from ..middleware.errors import ApiError, invalid
 
+MAX_SYSTEM_PROMPT_CHARS = 8000  # a conversation's or an account's own system prompt
+
 
 async def read_json(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     """The body as a JSON object with only the allowed keys.
@@ -106,6 +108,25 @@ def query_int(request: web.Request, key: str, default: int, low: int, high: int)
     if not low <= value <= high:
         raise invalid(f"'{key}' must be between {low} and {high}", key)
     return value
+
+
+def settings_changes(value: Any, known: frozenset[str]
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A `settings` object as (the changes so far: each key given `null`, to remove it; the
+    keys given a value, for the caller to check): anything else than an object of `known`
+    keys is 400. A system prompt given is checked here (both kinds of settings have one)."""
+    if not isinstance(value, dict):
+        raise invalid("'settings' must be an object", "settings")
+    unknown = set(value) - known
+    if unknown:
+        raise invalid(f"unknown setting {sorted(unknown)[0]!r} (known: "
+                      f"{', '.join(sorted(known))})", "settings")
+    changes: dict[str, Any] = {key: None for key in value if value[key] is None}
+    present = {key: v for key, v in value.items() if v is not None}
+    if "system_prompt" in present:
+        changes["system_prompt"] = text(present, "system_prompt",
+                                        max_len=MAX_SYSTEM_PROMPT_CHARS)
+    return changes, present
 
 
 def render_option(value: Any) -> bool:

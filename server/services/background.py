@@ -1,5 +1,5 @@
-"""Background jobs: low-priority model calls through the chat queue (titles now; summaries and
-memory suggestions later), each ending in its text, or None.
+"""Background jobs: low-priority model calls through the chat queue (titles, summaries of
+older turns, memory suggestions), each ending in its text, or None.
 
 They never delay a chat turn: the queue serves them only when no interactive job may start,
 on at most `background.share` of the workers, and drops them (never an error for the user)
@@ -10,13 +10,33 @@ decides what to keep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
+from typing import Any
 
 from workers.errors import JobCancelled, ShuttingDown
 from workers.job import CompletionRequest, Event, Failed, Finished, Job
 from workers.pool import WorkerPool
 
 from .metrics import Metrics
+
+
+class FollowUp:
+    """The base of what runs after a stored reply (titles, summaries, suggestions): each piece
+    of work in a task of its own, never awaited by the turn; `close` waits for them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` in the background, kept until it ends."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Wait for the work under way (close the background jobs first: their results then
+        come at once, so only what is being stored is waited for)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class _End:

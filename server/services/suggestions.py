@@ -4,13 +4,12 @@ silently). Off unless `memories.suggestions` is on."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
 from ..storage import StorageError
 from ..storage.rows import MessageRow
-from .background import BackgroundService
+from .background import BackgroundService, FollowUp
 from .memories import MemoryService
 from .turns import Turn
 
@@ -43,16 +42,16 @@ def suggestions_from(answer: str | None) -> list[str]:
     return facts
 
 
-class SuggestionService:
+class SuggestionService(FollowUp):
     """Proposes memories from users' messages through low-priority background jobs."""
 
     def __init__(self, background: BackgroundService, memories: MemoryService,
                  enabled: bool = False) -> None:
+        super().__init__()
         self._background = background
         self._memories = memories
         self._enabled = enabled
         self._busy: set[int] = set()  # users with a suggestion job: one at a time each
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def after_reply(self, turn: Turn, reply: MessageRow) -> None:
         """A turn's reply was stored complete: look for facts in the user's message, in the
@@ -62,10 +61,7 @@ class SuggestionService:
                 or turn.user_id in self._busy:
             return
         self._busy.add(turn.user_id)
-        task = asyncio.create_task(self._suggest(turn.user_id, turn.job.model, message),
-                                   name="memory-suggestion")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._suggest(turn.user_id, turn.job.model, message), "memory-suggestion")
 
     async def _suggest(self, user_id: int, model: str, message: str) -> None:
         try:
@@ -85,6 +81,3 @@ class SuggestionService:
         finally:
             self._busy.discard(user_id)
 
-    async def close(self) -> None:
-        """Wait for the suggestions being made or stored (background jobs closed first)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -4,13 +4,12 @@ summarised by a background job after its reply, kept on the last message covered
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ..config import MemoryConfig
 from ..storage import StorageError, SummaryStore
 from ..storage.rows import SUMMARY, HistoryRows, MessageRow
-from .background import BackgroundService
+from .background import BackgroundService, FollowUp
 from .memory import approx_tokens
 from .turns import Turn
 
@@ -65,18 +64,18 @@ def summary_prompt(rows: HistoryRows, max_tokens: int) -> list[dict[str, str]]:
                                         f"most {words} words."}]
 
 
-class SummaryService:
+class SummaryService(FollowUp):
     """Asks for a summary after a reply whose prompt left older turns out, and keeps it."""
 
     def __init__(self, background: BackgroundService, summaries: SummaryStore,
                  memory: MemoryConfig, max_tokens: int, enabled: bool = True) -> None:
+        super().__init__()
         self._background = background
         self._summaries = summaries
         self._memory = memory
         self._max_tokens = max_tokens
         self._enabled = enabled
         self._busy: set[int] = set()  # conversations with a summary being made
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def after_reply(self, turn: Turn, reply: MessageRow) -> None:
         """A reply was stored complete: if its prompt left older turns out, summarise them in
@@ -84,10 +83,8 @@ class SummaryService:
         if not self._enabled or not turn.history_full or turn.conversation_id in self._busy:
             return
         self._busy.add(turn.conversation_id)
-        task = asyncio.create_task(self._summarise(
-            turn.user_id, turn.conversation_id, reply["id"], turn.job.model), name="summary")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._summarise(
+            turn.user_id, turn.conversation_id, reply["id"], turn.job.model), "summary")
 
     async def _summarise(self, user_id: int, conversation_id: int, reply_id: int,
                          model: str) -> None:
@@ -111,6 +108,3 @@ class SummaryService:
         finally:
             self._busy.discard(conversation_id)
 
-    async def close(self) -> None:
-        """Wait for the summaries being made or stored (background jobs closed first)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)

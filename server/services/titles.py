@@ -4,7 +4,6 @@ set a title meanwhile."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -12,7 +11,7 @@ from workers.job import CompletionRequest
 
 from ..storage import ConversationStore, StorageError
 from ..storage.rows import MessageRow
-from .background import BackgroundService
+from .background import BackgroundService, FollowUp
 from .chat import title_from
 from .turns import Turn
 
@@ -59,15 +58,15 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
-class TitleService:
+class TitleService(FollowUp):
     """Asks for a conversation's title after its first reply, and stores it if still wanted."""
 
     def __init__(self, background: BackgroundService, conversations: ConversationStore,
                  enabled: bool = True) -> None:
+        super().__init__()
         self._background = background
         self._conversations = conversations
         self._enabled = enabled
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def after_reply(self, turn: Turn, reply: MessageRow) -> None:
         """A turn's reply was stored complete: on a conversation's first exchange (the prompt
@@ -76,11 +75,9 @@ class TitleService:
         if not self._enabled or not isinstance(request, CompletionRequest) or \
                 any(m.get("role") == "assistant" for m in request.messages):
             return
-        task = asyncio.create_task(self._title(
+        self.spawn(self._title(
             turn.user_id, turn.conversation_id, turn.job.model, turn.user_message["content"],
-            reply["content"]), name="title")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            reply["content"]), "title")
 
     async def _title(self, user_id: int, conversation_id: int, model: str, message: str,
                      reply: str) -> None:
@@ -99,7 +96,3 @@ class TitleService:
         except Exception:
             log.exception("the title of conversation %d was not generated", conversation_id)
 
-    async def close(self) -> None:
-        """Wait for the titles being asked for or stored (close the background jobs first:
-        their results then come at once)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)

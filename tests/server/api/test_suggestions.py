@@ -12,21 +12,17 @@ import aiohttp
 from server import keys
 from server.runner import Running
 from server.services.suggestions import SYSTEM, suggestions_from
+from tests.support import admin
 from tests.support.app import User, register_over_http
+from tests.support.replicas import seen_by
 from vllm_sim import SimServer
-
-
-async def sent(simulator: SimServer) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{simulator.root_url}/sim/requests") as r:
-        return list(await r.json())
 
 
 async def call(running: Running, user: User, method: str, path: str,
                body: Any = None) -> Any:
-    async with aiohttp.ClientSession(running.url) as s, \
-            s.request(method, path, json=body, headers=user.headers) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
+    status, answer = await admin.call(running, user, method, path, body)
+    assert status == 200, answer
+    return answer
 
 
 def jobs(running: Running, outcome: str = "done") -> int:
@@ -57,7 +53,7 @@ async def test_proposals_wait_for_the_user_and_only_accepted_ones_reach_the_mode
     chat = await call(running, user, "POST", "/api/chat",
                       {"message": "I write Python 3.12 every day\nPlease answer in Spanish"})
     await until_jobs(running, 1)
-    asked = (await sent(simulator))[-1]["messages"]
+    asked = (seen_by(simulator))[-1]["messages"]
     assert asked[0] == {"role": "system", "content": SYSTEM}
     memories = (await call(running, user, "GET", "/api/memories"))["memories"]
     assert sorted(m["content"] for m in memories) == ["I write Python 3.12 every day",
@@ -65,11 +61,11 @@ async def test_proposals_wait_for_the_user_and_only_accepted_ones_reach_the_mode
     assert {m["state"] for m in memories} == {"proposed"}
     conv = chat["conversation_id"]
     await call(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
-    assert "Spanish" not in (await sent(simulator))[-1]["messages"][0]["content"]
+    assert "Spanish" not in (seen_by(simulator))[-1]["messages"][0]["content"]
     spanish = next(m for m in memories if "Spanish" in m["content"])
     await call(running, user, "POST", f"/api/memories/{spanish['id']}/accept")
     await call(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
-    system = (await sent(simulator))[-1]["messages"][0]["content"]
+    system = (seen_by(simulator))[-1]["messages"][0]["content"]
     assert "Please answer in Spanish" in system and "Python 3.12" not in system
     # The same facts again are not proposed twice.
     await call(running, user, "POST", "/api/chat", {"message": "please  answer in SPANISH"})

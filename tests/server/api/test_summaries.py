@@ -7,27 +7,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-
 from server import keys
 from server.runner import Running
 from server.services.memory import SUMMARY_HEADING
 from server.services.summaries import SYSTEM
+from tests.support import admin
 from tests.support.app import User, register_over_http
+from tests.support.replicas import seen_by
 from vllm_sim import SimServer
-
-
-async def sent(simulator: SimServer) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{simulator.root_url}/sim/requests") as r:
-        return list(await r.json())
 
 
 async def call(running: Running, user: User, method: str, path: str,
                body: Any = None) -> Any:
-    async with aiohttp.ClientSession(running.url) as s, \
-            s.request(method, path, json=body, headers=user.headers) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
+    status, answer = await admin.call(running, user, method, path, body)
+    assert status == 200, answer
+    return answer
 
 
 async def say(running: Running, user: User, message: str, conv: int | None = None,
@@ -63,7 +57,7 @@ async def test_older_turns_are_summarised_and_sent_ahead_of_the_recent_ones(
     assert summary_jobs(running) == 0  # everything still fits: nothing to summarise
     await say(running, user, "q3", conv)  # its history (4 messages) is at the limit
     await until_summaries(running, 1)
-    job = (await sent(simulator))[-1]["messages"]
+    job = (seen_by(simulator))[-1]["messages"]
     assert job[0]["content"] == SYSTEM
     assert "q1 my cat is called Miso" in job[1]["content"] and "q2" in job[1]["content"]
     shown = (await call(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
@@ -74,14 +68,14 @@ async def test_older_turns_are_summarised_and_sent_ahead_of_the_recent_ones(
     preview = await call(running, user, "GET", f"/api/conversations/{conv}/prompt")
     assert f"{SUMMARY_HEADING}\n{summary}" in preview["messages"][0]["content"]
     await say(running, user, "q4", conv)
-    turn = (await sent(simulator))[-1]["messages"]
+    turn = (seen_by(simulator))[-1]["messages"]
     assert turn[0]["role"] == "system" and f"{SUMMARY_HEADING}\n{summary}" in turn[0]["content"]
     assert [m["content"] for m in turn[1:]] == ["q3", shown[5]["content"], "q4"]
     assert turn[0]["content"] == preview["messages"][0]["content"]
     # A turn later its history is full again: the next summary takes the first one in.
     await say(running, user, "q5", conv)
     await until_summaries(running, 2)
-    job = (await sent(simulator))[-1]["messages"][1]["content"]
+    job = (seen_by(simulator))[-1]["messages"][1]["content"]
     assert summary in job and "q3" in job
 
 
@@ -94,7 +88,7 @@ async def test_a_branch_that_leaves_the_summarised_path_does_without(
     await until_summaries(running, 1)
     shown = (await call(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
     await say(running, user, "q2 again", conv, edit_message_id=shown[2]["id"])
-    turn = (await sent(simulator))[-1]["messages"]
+    turn = (seen_by(simulator))[-1]["messages"]
     assert SUMMARY_HEADING not in turn[0]["content"]
     assert [m["content"] for m in turn[1:]] == ["q1", shown[1]["content"], "q2 again"]
     # Deleting the summarised message deletes its summary: the old branch goes without too.
@@ -112,6 +106,6 @@ async def test_no_summary_when_they_are_off(custom: Any, simulator: SimServer) -
         await say(running, user, text, conv)
     await asyncio.sleep(0.3)
     assert summary_jobs(running) == 0
-    assert all(SYSTEM not in str(r["messages"]) for r in await sent(simulator))
-    turn = (await sent(simulator))[-1]["messages"]
+    assert all(SYSTEM not in str(r["messages"]) for r in seen_by(simulator))
+    turn = (seen_by(simulator))[-1]["messages"]
     assert [m["content"] for m in turn[1:]][0] == "q2"  # older turns dropped, as before
