@@ -86,10 +86,24 @@ def synth_reply(
     return " ".join(words[:n_tokens])
 
 
+def demo_title(text: str) -> str:
+    """A short title for a request that asks for one: the first words of the conversation it
+    quotes ("User: ..."), else of the request itself."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    quoted = [ln.split(":", 1)[1] for ln in lines if ln.lower().startswith("user:")]
+    words = _words((quoted or lines or ["Simulated chat"])[0], 6).rstrip(".?!:;,")
+    return words[:1].upper() + words[1:] if words else "Simulated chat"
+
+
 def demo_reply(messages: list[Message]) -> str:
-    """A canned Markdown answer picked by the last user message, marked as simulated."""
+    """A canned Markdown answer picked by the last user message, marked as simulated; a
+    request whose system message asks for a title gets a short title instead (the web
+    client's sidebar then reads like a real one)."""
     users = _users(messages)
     last = text_of((users or messages)[-1].get("content"))
+    system = " ".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
+    if "title" in system.lower():
+        return demo_title(last)
     parts = [DEMO_MARKER]
     if len(users) > 1:  # show that the history arrived: quote the conversation's first message
         parts.append(f"> You first said: {_words(text_of(users[0].get('content')), 12)}")

@@ -62,6 +62,19 @@ async def test_second_turn_quotes_first_message(make_sim: MakeSim, session: Sess
     assert "```python" in second
 
 
+async def test_a_request_for_a_title_gets_a_short_title(make_sim: MakeSim,
+                                                       session: Session) -> None:
+    """As chatgate asks for a conversation's title: the demo's sidebar then reads well."""
+    sim = await make_sim(demo=True)
+    asked = {"messages": [
+        {"role": "system", "content": "You write titles for chat conversations."},
+        {"role": "user", "content": "User: how do I read a big file line by line?\n\n"
+                                    "Assistant: Use a loop.\n\nWrite a title."}]}
+    assert await reply(session, sim, asked) == "How do I read a big"
+    plain = await reply(session, sim, ask("Suggest a title for my essay"))  # not a system ask
+    assert plain.startswith(MARKER)
+
+
 async def test_streamed_token_by_token(make_sim: MakeSim, session: Session) -> None:
     sim = await make_sim(demo=True)
     body = ask("Give me a table comparing tea and coffee")
