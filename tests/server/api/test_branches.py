@@ -210,6 +210,8 @@ async def test_a_reply_whose_question_was_deleted_meanwhile_is_dropped(
     body = await resp.read()
     resp.close()
     assert b"event: error" in body or b"event: done" in body
+    if b"event: error" in body:  # says what went, not that the conversation did
+        assert b"the message this reply answers was deleted" in body, body
     after = await shown(http, user, conv)
     assert texts(after)[:1] == ["q1"] and len(after["messages"]) == 2
     assert after["message_count"] == 2  # no reply hangs from a deleted question
