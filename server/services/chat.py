@@ -174,6 +174,8 @@ class ChatService:
         turn = Turn(secrets.token_urlsafe(12), conv_id, stored, job, self._pool.queue.position,
                     self._ended, user_id, key_id, self.turns.attached, self.turns.detached)
         turn.history_full = history.full  # older turns left out: worth a summary
+        turn.first_exchange = edit_message_id is None and not regenerate \
+            and stored.get("parent_id") is None
         try:
             if chosen is None:
                 self._router.check(route)  # the conversation's model, known only now
