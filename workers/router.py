@@ -83,13 +83,20 @@ class ModelRoute:
     def has_room(self) -> bool:
         """Whether one more request could start now on some routable replica, besides the
         jobs workers took already and that hold no replica yet."""
-        free = 0
+        return self.room_for(background=False)
+
+    def room_for(self, background: bool) -> bool:
+        """`has_room`; a background job also leaves the model's last place to a chat turn
+        (unless the model has a single place), so a turn never waits for one to end."""
+        free = total = 0
         for r in self.replicas:
             if r.routable:
                 if not r.spec.max_concurrency:
                     return True
+                total += r.spec.max_concurrency
                 free += max(0, r.spec.max_concurrency - r.in_flight)
-        return free > self.starting
+        spare = 1 if background and total > 1 else 0
+        return free > self.starting + spare
 
     def others_routable(self, replica: Replica) -> bool:
         """Whether a replica besides this one may take requests now."""
@@ -249,7 +256,7 @@ class Router:
         route = self._route_of(job)
         if route is None:
             return True  # an unknown model fails when run
-        return route.has_room or not route.available
+        return route.room_for(job.background) or not route.available
 
     def claim(self, job: Job) -> None:
         """A worker took the job: its model's room is held for it until it holds a replica,

@@ -24,7 +24,7 @@ from ..services.accounts import (
 )
 from ..services.admin import AdminConflict, InvalidAdminRequest
 from ..services.caps import ConversationsTooFast
-from ..services.chat import ChatRejected
+from ..services.chat import ChatRejected, TurnRunning
 from ..services.failures import failure_of
 from ..services.gate import AccountDisabled, AccountPending, Forbidden, PasswordChangeRequired
 from ..services.memories import InvalidMemory
@@ -123,6 +123,8 @@ def from_domain(err: BaseException) -> ApiError | None:
             mapped.extra.update(conversation_id=err.conversation_id,
                                 user_message_id=err.user_message_id)
         return mapped
+    if isinstance(err, TurnRunning):
+        return ApiError(409, "turn_running", str(err))
     if isinstance(err, TurnNotFound):
         return ApiError(404, "turn_not_found", str(err))
     if isinstance(err, ConversationsTooFast):

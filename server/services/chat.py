@@ -35,6 +35,11 @@ STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while t
 log = logging.getLogger(__name__)
 
 
+class TurnRunning(Exception):
+    """A reply is being generated in this conversation: a turn started now would hang from a
+    question whose answer is not stored yet (the tree's next message needs a settled leaf)."""
+
+
 class ChatRejected(Exception):
     """The job could not be queued; the user's message is stored and can be retried."""
 
@@ -84,6 +89,9 @@ class ChatService:
         self._meter = meter
         self._metrics = metrics
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
+        # (user, conversation) with a turn from its start until its outcome is stored: one at
+        # a time. Keyed by the user too: another user's id must still answer 404, not 409.
+        self._busy: set[tuple[int, int]] = set()
         self._prompts = prompts
         # Told of each complete reply once stored (the app adds them: generated titles,
         # summaries of older turns, memory suggestions); each must return at once.
@@ -103,6 +111,28 @@ class ChatService:
         user's overrides of the caps. `model` (default: the conversation's, else the first
         configured) becomes the conversation's model.
         """
+        held = None if conversation_id is None else (user_id, conversation_id)
+        if held is not None:
+            if held in self._busy:
+                raise TurnRunning("a reply is being generated in this conversation; wait for "
+                                  "it to end (or stop it) before sending another turn")
+            self._busy.add(held)  # before any await: a parallel start sees it
+        try:
+            turn = await self._start(user_id, message, conversation_id, max_tokens,
+                                     temperature, regenerate, edit_message_id, message_id,
+                                     key_id, limits, model)
+        except BaseException:
+            if held is not None:
+                self._busy.discard(held)
+            raise
+        self._busy.add((user_id, turn.conversation_id))  # a new conversation's too
+        return turn
+
+    async def _start(self, user_id: int, message: str | None, conversation_id: int | None,
+                     max_tokens: int | None, temperature: float | None, regenerate: bool,
+                     edit_message_id: int | None, message_id: int | None, key_id: int | None,
+                     limits: Overrides, model: str | None) -> Turn:
+        """`start` once the conversation is held for this turn."""
         chosen = self._router.find(model) if model else None  # unknown: refused, nothing kept
         if chosen is None and conversation_id is None:
             chosen = self._router.default
@@ -144,6 +174,8 @@ class ChatService:
         turn = Turn(secrets.token_urlsafe(12), conv_id, stored, job, self._pool.queue.position,
                     self._ended, user_id, key_id, self.turns.attached, self.turns.detached)
         turn.history_full = history.full  # older turns left out: worth a summary
+        turn.first_exchange = edit_message_id is None and not regenerate \
+            and stored.get("parent_id") is None
         try:
             if chosen is None:
                 self._router.check(route)  # the conversation's model, known only now
@@ -217,6 +249,8 @@ class ChatService:
         except Exception:  # whatever happens, the follower gets an end
             log.exception("storing the reply of conversation %d failed", turn.conversation_id)
             event = Failed(StorageError("the reply could not be stored"), None)
+        # The leaf is settled: the next turn may come.
+        self._busy.discard((turn.user_id, turn.conversation_id))
         turn.push(event)
         self.turns.finished(turn)
 

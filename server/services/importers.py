@@ -107,6 +107,12 @@ def _item(index: int, body: dict[str, Any], read: Any) -> Item:
         return Item(index, title, error=str(err))
 
 
+def _key(value: object) -> str | int | None:
+    """A value usable as an id or a name (a string or an integer), else None: a list or an
+    object in its place is the file's mistake, not a reason to fail the whole import."""
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
 def _title(value: object) -> str:
     """A title shown as a label: no bidi controls or invisible characters, bounded."""
     text = visible(value)[:MAX_TITLE].strip() if isinstance(value, str) else ""
@@ -148,10 +154,10 @@ def _chatgate(body: dict[str, Any], title: str) -> NewConversation:
     for n, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise BadConversation(f"message {n} must be an object with a string 'content'")
-        if m.get("role") not in _ROLES:
+        if _key(m.get("role")) not in _ROLES:
             raise BadConversation(f"message {n} has role {str(m.get('role'))[:20]!r}; "
                                   "only 'user' and 'assistant' can be imported")
-        status = str(m["status"]) if m.get("status") in _STATUSES else "complete"
+        status = str(m["status"]) if _key(m.get("status")) in _STATUSES else "complete"
         model = m.get("model") if isinstance(m.get("model"), str) else None
         error = m.get("error")
         error_json = None
@@ -162,11 +168,11 @@ def _chatgate(body: dict[str, Any], title: str) -> NewConversation:
         out.append(NewMessage(m["role"], _clean(m["content"]),
                               _iso(m.get("created_at")) or now, status,
                               model[:200] if model else None, error_json, _parent(m, n, index)))
-        if isinstance(m.get("id"), int):
+        if _key(m.get("id")) is not None:
             index[m["id"]] = n
     created = _iso(body.get("created_at")) or (out[0].created_at if out else now)
     model = body.get("model")
-    leaf = index.get(body.get("leaf_id"))
+    leaf = index.get(_key(body.get("leaf_id")))
     return NewConversation(title, created, tuple(out),
                            model[:200] if isinstance(model, str) and model else None, leaf)
 
@@ -179,7 +185,7 @@ def _parent(message: dict[str, Any], n: int, index: dict[object, int]) -> int | 
     parent = message["parent_id"]
     if parent is None:
         return None
-    if parent not in index:
+    if _key(parent) not in index:
         raise BadConversation(f"message {n} names a parent_id that no earlier message has")
     return index[parent]
 
@@ -192,7 +198,7 @@ def _chatgpt(body: dict[str, Any], title: str) -> NewConversation:
     if not isinstance(mapping, dict):
         raise BadConversation("'mapping' must be an object")
     nodes = {k: v for k, v in mapping.items() if isinstance(v, dict)}
-    roots = [k for k, v in nodes.items() if v.get("parent") not in nodes]
+    roots = [k for k, v in nodes.items() if _key(v.get("parent")) not in nodes]
     if not roots:
         raise BadConversation("the conversation has no root node")
     now = now_iso()
@@ -225,7 +231,7 @@ def _visible(message: object, now: str, parent: int | None) -> NewMessage | None
         return None
     author = message.get("author")
     role = author.get("role") if isinstance(author, dict) else None
-    if role not in _ROLES:
+    if _key(role) not in _ROLES:
         return None  # system, tool: not part of what the user sees
     metadata = message.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}

@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import re
 
-from workers.job import CompletionRequest
-
 from ..storage import ConversationStore, StorageError
 from ..storage.rows import MessageRow
 from .background import BackgroundService, FollowUp
@@ -69,11 +67,11 @@ class TitleService(FollowUp):
         self._enabled = enabled
 
     def after_reply(self, turn: Turn, reply: MessageRow) -> None:
-        """A turn's reply was stored complete: on a conversation's first exchange (the prompt
-        held no earlier reply), ask for a title in the background. Never waits."""
-        request = turn.job.request
-        if not self._enabled or not isinstance(request, CompletionRequest) or \
-                any(m.get("role") == "assistant" for m in request.messages):
+        """A turn's reply was stored complete: on a conversation's first exchange (its first
+        message, sent as new), ask for a title in the background. Never waits."""
+        # Not an edit or a regenerate of the first message either: their prompt holds no
+        # reply too, but a title V12 took for automatic may be one the user chose.
+        if not self._enabled or not turn.first_exchange:
             return
         self.spawn(self._title(
             turn.user_id, turn.conversation_id, turn.job.model, turn.user_message["content"],

@@ -146,6 +146,9 @@ class Turn:
         self.end: Done | Failed | None = None  # the last event, once the outcome is stored
         self.followers = 0
         self.history_full = False  # its prompt left older turns out for the history budget
+        # A new message with nothing before it (not an edit or a regenerate): the
+        # conversation's first exchange, which may ask for a generated title.
+        self.first_exchange = False
         self.grace: asyncio.TimerHandle | None = None  # the owner's timer while unfollowed
         # The reply's pieces are the job's own (one per delta event: `job.partial`), joined
         # into one string once the turn has ended; `_ends[i]` is the reply's length after

@@ -78,7 +78,11 @@ class SqliteMessages:
                     (conversation_id, role, content, status, now, usage, model, error,
                      parent_id, conversation_id, parent_id, parent_id))
                 if cur.rowcount == 0:
-                    raise NotFound("conversation not found")
+                    gone = conn.execute("SELECT 1 FROM conversations WHERE id = ?",
+                                        (conversation_id,)).fetchone() is None
+                    # Say which went: the client shows this message to the user.
+                    raise NotFound("conversation not found" if gone else
+                                   "the message this reply answers was deleted")
             except sqlite3.IntegrityError as err:  # the conversation was deleted meanwhile
                 raise NotFound("conversation not found") from err
             row: MessageRow = {"id": cast(int, cur.lastrowid), "role": role, "content": content,

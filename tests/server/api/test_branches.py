@@ -210,6 +210,8 @@ async def test_a_reply_whose_question_was_deleted_meanwhile_is_dropped(
     body = await resp.read()
     resp.close()
     assert b"event: error" in body or b"event: done" in body
+    if b"event: error" in body:  # says what went, not that the conversation did
+        assert b"the message this reply answers was deleted" in body, body
     after = await shown(http, user, conv)
     assert texts(after)[:1] == ["q1"] and len(after["messages"]) == 2
     assert after["message_count"] == 2  # no reply hangs from a deleted question
@@ -232,3 +234,36 @@ def test_migration_makes_each_conversation_one_branch(tmp_path: Path) -> None:
     assert rows == [(1, 1, None), (2, 2, None), (3, 1, 1), (4, 1, 3), (5, 2, 2)]
     assert conn.execute("SELECT id, leaf_id FROM conversations ORDER BY id").fetchall() == \
         [(1, 4), (2, 5)]
+
+
+async def test_a_turn_while_a_reply_runs_in_the_conversation_is_409(
+        http, register, simulator) -> None:
+    """A second turn would hang from a question whose answer is not stored yet (that answer
+    then showed as a "version" of the new question, and a regenerate's reply was not the one
+    shown). Another user's id still answers 404, not whether it is busy."""
+    user, other = await register(), await register()
+    conv = (await say(http, user, message="q1"))["conversation_id"]
+    async with aiohttp.ClientSession() as s, \
+            s.post(simulator.root_url + "/sim/config", json={"tpot_ms": 50}) as r:
+        assert r.status == 200
+    resp = await http.post("/api/chat", json={"conversation_id": conv, "message": "q2",
+                                              "stream": True, "max_tokens": 20},
+                           headers=user.headers)
+    seen = b""
+    while b"event: meta" not in seen:  # the turn is under way
+        seen += await resp.content.readline()
+    for body in ({"message": "q3"}, {"regenerate": True},
+                 {"edit_message_id": (await shown(http, user, conv))["messages"][0]["id"],
+                  "message": "q1 b"}):
+        async with http.post("/api/chat", json={"conversation_id": conv, **body},
+                             headers=user.headers) as busy:
+            assert (await error_of(busy, 409))["code"] == "turn_running"
+    async with http.post("/api/chat", json={"conversation_id": conv, "message": "x"},
+                         headers=other.headers) as theirs:
+        await error_of(theirs, 404)
+    await resp.read()
+    resp.close()
+    await say(http, user, conversation_id=conv, message="q3")  # once it ended: fine
+    after = await shown(http, user, conv)
+    assert texts(after)[::2] == ["q1", "q2", "q3"]
+    assert all("siblings" not in m for m in after["messages"])

@@ -220,6 +220,27 @@ async def test_each_bad_conversation_is_rejected_on_its_own(
     assert len(await listed(http, user)) == 1
 
 
+async def test_a_list_or_object_where_an_id_or_role_goes_rejects_that_conversation_only(
+        http: aiohttp.ClientSession, register: Register) -> None:
+    user = await register()
+    good = {"format": "chatgate.conversation", "version": 1, "title": "ok",
+            "messages": [{"role": "user", "content": "fine", "id": 1}]}
+    odd = [{**good, "messages": [{"role": "user", "content": "x", "parent_id": [1]}]},
+           {**good, "messages": [{"role": ["user"], "content": "x"}]},
+           {**good, "messages": [{"role": "user", "content": "x", "status": {}}]},
+           {**good, "leaf_id": [1]},
+           {"title": "gpt", "current_node": "a", "mapping": {
+               "a": {"parent": [1], "children": [], "message": {
+                   "author": {"role": "user"}, "content": {"parts": ["hi"]}}}}},
+           {"title": "gpt", "mapping": {"a": {"parent": None, "children": [], "message": {
+               "author": {"role": {"x": 1}}, "content": {"parts": ["hi"]}}}}}]
+    resp = await import_body(http, user, json.dumps([good, *odd]).encode())
+    assert resp.status in (200, 207), await resp.text()  # never a 500
+    result = await resp.json()
+    assert [r["index"] for r in result["rejected"]] == [1, 2]
+    assert len(result["imported"]) == 5
+
+
 async def test_hostile_titles_are_cleaned_like_any_title(
         http: aiohttp.ClientSession, register: Register) -> None:
     user = await register()

@@ -235,3 +235,27 @@ async def test_an_imported_conversation_keeps_its_title(custom: Any,
             assert resp.status == 200, await resp.text()
             conv = (await resp.json())["imported"][0]["id"]
     assert await storage_of(running).conversations.title_source(user.id, conv) == "user"
+
+
+async def test_a_title_from_before_generated_titles_survives_an_edit_of_the_first_message(
+        custom: Any, simulator: SimServer) -> None:
+    """V12 marks every older title automatic, renamed ones too: only a conversation's very
+    first exchange may ask for a title, not a later edit (or regenerate) of its first message,
+    whose prompt holds no reply either."""
+    running, user = await titled(custom, simulator)
+    first = await chat(running, user, "hello there")
+    conv = first["conversation_id"]
+    await until(lambda: title_jobs(running, "done") == 1)
+    db = storage_of(running).conversations._db  # as V12 left a title renamed before it
+    await db.write(lambda conn: conn.execute(
+        "UPDATE conversations SET title = 'Renamed long ago', title_source = 'first_line' "
+        "WHERE id = ?", (conv,)))
+    shown = await conversation(running, user, conv)
+    async with aiohttp.ClientSession(running.url) as s:
+        for body in ({"edit_message_id": shown["messages"][0]["id"], "message": "hi again"},
+                     {"regenerate": True}):
+            async with s.post("/api/chat", json={"conversation_id": conv, **body},
+                              headers=user.headers) as resp:
+                assert resp.status == 200, await resp.text()
+    await until(lambda: not running.app[keys.TITLES]._tasks)  # any title job has ended
+    assert (await conversation(running, user, conv))["title"] == "Renamed long ago"

@@ -159,3 +159,45 @@ async def test_under_load_no_interactive_turn_waits_for_a_background_job(
     # The load did make turns wait and go ahead of background jobs queued before them.
     assert any(b.times.queued < i.times.queued and i.times.taken < b.times.taken  # type: ignore[operator]
                for b in bg_jobs for i in interactive)
+
+
+async def test_background_jobs_never_take_a_models_last_room_from_a_turn(
+        tmp_path: Path, make_sim: MakeSim) -> None:
+    """A replica with `max_concurrency`: background jobs (within their share of the workers)
+    must not hold all of its room, or a chat turn waits for them to end."""
+    sim = await make_sim(ttft_ms=20, tpot_ms=20, reply_tokens=200)  # 4 s a background job
+    models = [{"name": "chat", "served_name": sim.settings.model,
+               "replicas": [{"url": sim.url, "max_concurrency": 2}]}]
+    # 8 workers x 0.25: two background jobs may run, as many as the replica takes.
+    running = await start(make_config(tmp_path, sim.url, models=models, queue={
+        "workers": 8, "max_size": 64, "max_per_user": 0}, background={"share": 0.25}))
+    app = running.app
+    background, chat = app[keys.BACKGROUND], app[keys.CHAT]
+    try:
+        user = await register_over_http(running.url, "turns")
+        results = [background.submit("summary", f"owner{i}", "", ask(f"long {i}"), 400)
+                   for i in range(2)]
+        bg_jobs = background.jobs()
+        queue = app[keys.POOL].queue
+        for _ in range(2000):  # taken as far as they may be (a generous deadline, polled)
+            if any(j.times.taken is not None for j in bg_jobs) and queue.empty():
+                break
+            await asyncio.sleep(0.01)
+        seen: list[Job] = []
+        async with aiohttp.ClientSession(running.url) as s:
+            post = asyncio.create_task(s.post("/api/chat", json={
+                "message": "a turn", "max_tokens": 2}, headers=user.headers))
+            while not chat.turns.running() and not post.done():
+                await asyncio.sleep(0.001)
+            seen += [t.job for t in chat.turns.running()]
+            async with await post as resp:
+                assert resp.status == 200, await resp.text()
+        for result in results:
+            result.cancel()
+    finally:
+        await running.stop()
+    [turn] = seen
+    assert turn.times.taken is not None
+    # The turn was taken while the background job still ran, not after it ended.
+    assert all(j.times.ended is None or j.times.ended > turn.times.taken for j in bg_jobs), \
+        "the chat turn waited for a background job to free the model's room"
