@@ -77,10 +77,9 @@ async def create_app(config: Config) -> web.Application:
     setup_auth(app)
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
-    app[keys.ASSETS] = await assets.prepare(app)
-    setup_routes(app, app[keys.ASSETS])
-    app.cleanup_ctx.extend([_render, _storage, _accounts(secret), _usage, _router, _pool,
-                           _background, _chat])
+    setup_routes(app)
+    app.cleanup_ctx.extend([assets.compressed, _render, _storage, _accounts(secret), _usage,
+                            _router, _pool, _background, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -37,7 +36,6 @@ from .services.usage import UsageMeter
 from .storage import Storage
 
 CONFIG = web.AppKey("config", Config)
-ASSETS = web.AppKey("assets", Path)  # the web client's files, with compressed copies
 STORAGE = web.AppKey("storage", Storage)
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)

@@ -83,10 +83,11 @@ async def show_branch(request: web.Request) -> web.Response:
 
 
 async def delete_branch(request: web.Request) -> web.Response:
-    """Delete a message and everything under it; answer with the conversation as GET does
-    (on the branch left beside it)."""
+    """Delete a message and everything under it (not while a reply runs in the conversation:
+    409); answer with the conversation as GET does (on the branch left beside it)."""
     conv_id = _conversation_id(request)
     message_id = ident(request.match_info["message_id"], "message_id", from_path=True)
+    request.app[keys.CHAT].check_idle(_user_id(request), conv_id)  # 409 while a reply runs
     await request.app[keys.CONVERSATIONS].delete_branch(_user_id(request), conv_id, message_id)
     return await _conversation(request, conv_id)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
 from . import (
@@ -19,11 +17,11 @@ from . import (
     system,
     usage,
 )
+from .assets import STATIC_DIR
 
 
-def setup_routes(app: web.Application, static: Path) -> None:
-    """Register the routes; the web client's files are served from `static` (the copy with
-    compressed files that `assets.prepare` made)."""
+def setup_routes(app: web.Application) -> None:
+    """Register the routes."""
     app.router.add_get("/health", system.health)
     app.router.add_get("/ready", system.ready)
     app.router.add_get("/openapi.json", system.openapi)
@@ -77,4 +75,6 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/metrics", system.metrics)
     app.router.add_get("/", system.index)
     # FileResponse answers If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
-    app.router.add_static("/static/", static, name="static", append_version=False)
+    # FileResponse sends a file's `.gz` (assets.py) to a client that takes gzip, and answers
+    # If-None-Match/If-Modified-Since with 304 (ETag + Last-Modified).
+    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)

@@ -15,6 +15,7 @@ from .. import keys
 from ..middleware.auth import optional_principal
 from ..middleware.forwarded import client_ip
 from ..services.gate import is_admin
+from .assets import STATIC_DIR
 from .responses import json_response
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
@@ -73,5 +74,4 @@ async def openapi(request: web.Request) -> web.FileResponse:
 
 async def index(request: web.Request) -> web.FileResponse:
     """The web client's page (revalidated on each load through its ETag)."""
-    return web.FileResponse(request.app[keys.ASSETS] / "index.html",
-                            headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})

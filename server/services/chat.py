@@ -128,6 +128,13 @@ class ChatService:
         self._busy.add((user_id, turn.conversation_id))  # a new conversation's too
         return turn
 
+    def check_idle(self, user_id: int, conversation_id: int) -> None:
+        """TurnRunning while a turn of this user runs in the conversation (a branch is not
+        deleted under a reply being generated)."""
+        if (user_id, conversation_id) in self._busy:
+            raise TurnRunning("a reply is being generated in this conversation; wait for it "
+                              "to end (or stop it) first")
+
     async def _start(self, user_id: int, message: str | None, conversation_id: int | None,
                      max_tokens: int | None, temperature: float | None, regenerate: bool,
                      edit_message_id: int | None, message_id: int | None, key_id: int | None,

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from server.storage import NotFound
 from server.storage.sqlite import migrate
-from tests.support.app import User, error_of
+from tests.support.app import User, error_of, storage_of
 from vllm_sim import SimServer
 
 
@@ -192,8 +194,8 @@ async def test_a_search_hit_in_a_hidden_branch_opens_it(http, register, simulato
     assert hit["message_id"] in [m["id"] for m in opened["messages"]]
 
 
-async def test_a_reply_whose_question_was_deleted_meanwhile_is_dropped(
-        http, register, simulator) -> None:
+async def test_no_branch_is_deleted_under_a_running_reply(http, register, simulator,
+                                                         server) -> None:
     user = await register()
     conv = (await say(http, user, message="q1"))["conversation_id"]
     async with aiohttp.ClientSession() as s, \
@@ -206,15 +208,18 @@ async def test_a_reply_whose_question_was_deleted_meanwhile_is_dropped(
         seen += await resp.content.readline()
     q2 = (await shown(http, user, conv))["messages"][-1]
     assert q2["content"] == "q2"
-    await call(http, user, "DELETE", f"/api/conversations/{conv}/messages/{q2['id']}")
+    async with http.delete(f"/api/conversations/{conv}/messages/{q2['id']}",
+                           headers=user.headers) as gone:
+        await error_of(gone, 409, "turn_running")
     body = await resp.read()
     resp.close()
-    assert b"event: error" in body or b"event: done" in body
-    if b"event: error" in body:  # says what went, not that the conversation did
-        assert b"the message this reply answers was deleted" in body, body
-    after = await shown(http, user, conv)
-    assert texts(after)[:1] == ["q1"] and len(after["messages"]) == 2
-    assert after["message_count"] == 2  # no reply hangs from a deleted question
+    assert b"event: done" in body
+    after = await call(http, user, "DELETE", f"/api/conversations/{conv}/messages/{q2['id']}")
+    assert texts(after) == texts(await shown(http, user, conv))
+    assert after["message_count"] == 2
+    # Under the API, a reply whose question went meanwhile is not stored: nothing dangles.
+    with pytest.raises(NotFound, match="answers was deleted"):
+        await storage_of(server).messages.add(conv, "assistant", "late", parent_id=q2["id"])
 
 
 def test_migration_makes_each_conversation_one_branch(tmp_path: Path) -> None:
