@@ -387,3 +387,4 @@ async def test_stream_options_that_are_not_an_object_are_a_400_and_hold_no_place
     reply = await client(server, key).chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
     assert reply.choices[0].message.content
+
