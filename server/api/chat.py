@@ -14,6 +14,7 @@ from ..middleware.auth import principal_of
 from ..middleware.errors import ApiError, from_domain, invalid
 from ..services.turns import Delta, Done, Failed, Followable, Queued, Turn
 from .responses import dumps, json_response
+from .snapshots import Snapshots
 from .validation import boolean, ident, number, read_json, render_option, text
 
 _FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
@@ -139,30 +140,44 @@ async def _stream(request: web.Request, turn: Followable, html: bool,
         # `meta` goes out at once, not with the first token: a page reloaded before it comes
         # must already know the conversation and the turn to come back to.
         pending = b""
+        # The text so far rendered now and then, when the whole reply goes through here.
+        interval = request.app[keys.CONFIG].render.stream_interval_s
+        snapshots = Snapshots(request, interval) if html and interval > 0 and not after \
+            else None
         if after is None:
             await sse.write(_event(
                 "meta", {"conversation_id": turn.conversation_id, "turn_id": turn.id,
                          "user_message_id": turn.user_message["id"],
                          "model": turn.model or None}, 0))
-        async with aclosing(turn.follow(after or 0)) as events:
-            async for event in events:
-                if isinstance(event, Delta):
-                    pending += _event(None, {"delta": event.text}, event.id)
-                elif isinstance(event, Queued):
-                    pending += _event("queued", {"position": event.position})
-                elif isinstance(event, Done):
-                    done: dict[str, Any] = {"message_id": event.message["id"],
-                                            "usage": event.usage,
-                                            "finish_reason": event.finish_reason}
-                    if html:
-                        done["html"] = await _html(request, event)
-                    pending += _event("done", done, turn.end_id)
-                elif isinstance(event, Failed):
-                    pending += _event("error", _error(event, turn).body(), turn.end_id)
+        try:
+            async with aclosing(turn.follow(after or 0)) as events:
+                async for event in events:
+                    if isinstance(event, Delta):
+                        pending += _event(None, {"delta": event.text}, event.id)
+                        if snapshots is not None:
+                            rendered = snapshots.ready()
+                            if rendered is not None:  # before this delta: its text is not in it
+                                pending = _event("render", {"upto": rendered[0],
+                                                            "html": rendered[1]}) + pending
+                            snapshots.grow(event.text)
+                    elif isinstance(event, Queued):
+                        pending += _event("queued", {"position": event.position})
+                    elif isinstance(event, Done):
+                        done: dict[str, Any] = {"message_id": event.message["id"],
+                                                "usage": event.usage,
+                                                "finish_reason": event.finish_reason}
+                        if html:
+                            done["html"] = await _html(request, event)
+                        pending += _event("done", done, turn.end_id)
+                    elif isinstance(event, Failed):
+                        pending += _event("error", _error(event, turn).body(), turn.end_id)
+                    await sse.write(pending)
+                    pending = b""
+            if pending:
                 await sse.write(pending)
-                pending = b""
-        if pending:
-            await sse.write(pending)
+        finally:
+            if snapshots is not None:
+                snapshots.close()
     return sse
 
 

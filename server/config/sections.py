@@ -195,6 +195,7 @@ class RenderConfig:
     max_pending_chars: int = 500_000
     wait_s: float = 2.0
     cache_mb: int = 64
+    stream_interval_s: float = 1.0  # a streaming reply's text so far rendered this often; 0 = off
 
 
 @dataclass(frozen=True)

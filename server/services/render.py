@@ -98,6 +98,7 @@ class _Job:
     digest: int
     text: str
     future: asyncio.Future[str | None]
+    keep: bool = True  # cache the HTML (not for a streaming reply's text so far)
 
 
 class _FairJobs:
@@ -151,6 +152,7 @@ class Renderer:
         self._pending_by_owner: dict[int, int] = {}
         self._jobs = _FairJobs()
         self._workers: list[asyncio.Task[None]] = []
+        self._snapshots = 0  # numbers the streaming snapshots (negative ids: no message's)
         # The process limits itself by CPU time; this wall-clock bound only catches a stuck one.
         self._wall_s = 10 * config.max_render_cpu_s + 10
         self.stats = RenderStats()
@@ -188,6 +190,20 @@ class Renderer:
     async def one(self, owner: int, message_id: int, text: str) -> str | None:
         """HTML for one reply (see `html`)."""
         return (await self.html(owner, [(message_id, text)]))[0]
+
+    async def snapshot(self, owner: int, text: str) -> str | None:
+        """HTML for a streaming reply's text so far: within the same caps as a stored reply,
+        never cached (the text grows); None if declined or not done within `wait_s`."""
+        if not self._affordable(owner, len(text), self._config.max_chars_per_request):
+            self.stats.skipped += 1
+            return None
+        self._snapshots += 1
+        future = self._submit(_Job(owner, -self._snapshots, hash(text), text,
+                                   asyncio.get_running_loop().create_future(), keep=False))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._config.wait_s)
+        except TimeoutError:
+            return None
 
     async def close(self) -> None:
         """Stop the render processes; renders still waiting are dropped."""
@@ -258,7 +274,7 @@ class Renderer:
         left = self._pending_by_owner.pop(job.owner) - len(job.text)
         if left:
             self._pending_by_owner[job.owner] = left
-        if remember:
+        if remember and job.keep:
             self._cache.put(job.message_id, job.digest, html)
         if html is None:
             self.stats.failed += 1

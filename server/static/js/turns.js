@@ -51,7 +51,7 @@ export function stored(m) {
 function showError(m, message, e, retryAfter, retry, quiet = false) {
   m.status = "failed"; // shown by the box below, not by a badge
   m.el.classList.remove("pending");
-  if (m.text) m.text.data = m.content;
+  if (m.text) m.text.data = m.content.slice(m.upto ?? 0); // after a rendered part, if any
   else if (!m.content) m.body.replaceChildren();
   chat.renderMeta(m);
   m.el.querySelector(".failure")?.remove();
@@ -79,7 +79,7 @@ const here = (l) => l.reply.el.isConnected;
 
 function paint(l) { // at most once per animation frame, and only the streaming message
   l.frame = 0;
-  l.reply.text.data = l.reply.content;
+  l.reply.text.data = l.reply.content.slice(l.reply.upto ?? 0); // after the rendered part
   if (chat.stick && here(l)) chat.toBottom();
 }
 
@@ -157,9 +157,18 @@ function handlers(l, text) {
       reply.content += d.delta;
       if (!l.frame) l.frame = requestAnimationFrame(() => paint(l));
     },
+    render(d) { // the text so far, rendered by the server (about once a second)
+      if (reply.status !== "streaming" || !(d.upto <= reply.content.length)) return;
+      reply.html = d.html;
+      chat.renderBody(reply); // the server's sanitised HTML, as for a stored reply
+      reply.upto = d.upto;
+      reply.text = document.createTextNode(reply.content.slice(d.upto));
+      reply.body.append(reply.text); // what came after it, as text until the next render
+    },
     done(d, id) {
       seen(id);
       l.ended = true;
+      reply.upto = 0;
       const status = d.status ?? (l.stopping && !["stop", "length"].includes(d.finish_reason) ? "incomplete" : "complete");
       Object.assign(reply, { id: d.message_id, status, html: d.html ?? null, usage: d.usage,
         finish: d.finish_reason, model: l.model ?? d.model });
@@ -231,7 +240,7 @@ function stopped(l) { // ended by Stop: keep what arrived, marked incomplete
   const { reply } = l;
   reply.status = "incomplete";
   reply.el.classList.remove("pending");
-  if (reply.text) reply.text.data = reply.content;
+  if (reply.text) reply.text.data = reply.content.slice(reply.upto ?? 0);
   else reply.body.replaceChildren(h("span", { class: "muted" }, "Stopped before any text arrived."));
   chat.renderMeta(reply);
   if (here(l)) announce("The reply was stopped.");
@@ -242,7 +251,7 @@ function end(l) {
   clearInterval(l.watch);
   l.stall?.remove();
   const { reply } = l;
-  if (reply.text && reply.status === "streaming") reply.text.data = reply.content;
+  if (reply.text && reply.status === "streaming") reply.text.data = reply.content.slice(reply.upto ?? 0);
   reply.el.classList.remove("streaming", "pending");
   reply.el.removeAttribute("aria-busy");
   const key = l.convId ?? "new";

@@ -116,6 +116,25 @@ async def test_register_chat_stream_reload(web: Web) -> None:
     await web.axe()
 
 
+async def test_markdown_shows_formatted_while_the_reply_streams(web: Web) -> None:
+    """The server renders the text so far about once a second (event: render): the code
+    block is a block before the reply ends, and the end shows each word once."""
+    page = web.page
+    await web.user()
+    await web.sim_config(demo=True, tpot_ms=80)
+    await web.open("/")
+    await web.send("How do I write a Python function that greets?")
+    streaming = page.locator(".msg.assistant.streaming")
+    await expect(streaming.locator(".body pre")).to_be_visible(timeout=15_000)
+    await expect(streaming).to_have_count(1)  # still streaming when it was seen
+    await web.idle(timeout=30_000)
+    reply = messages(page, "assistant").last
+    await expect(reply.locator("pre.hl")).to_have_count(1)
+    body = await reply.locator(".body").inner_text()
+    assert body.count("simulated reply") == 1 and body.count("def ") == 1, body
+    await web.sim_config(demo=False)
+
+
 # ---- stop, regenerate, edit, rename, delete ---------------------------------------------------
 
 
