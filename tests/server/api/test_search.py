@@ -10,6 +10,7 @@ import pytest
 from server.config import Config
 from server.runner import Running
 from server.services.memory import MemoryManager
+from server.storage.sqlite.search import CANDIDATES, rank
 from tests.support.app import User, db_of, error_of, storage_of
 
 HIT_KEYS = {"conversation_id", "message_id", "title", "snippet", "highlights", "created_at"}
@@ -195,3 +196,36 @@ async def test_limit(http: aiohttp.ClientSession, register: Any, server: Running
                             headers=user.headers) as resp:
             err = await error_of(resp, 400, "invalid_request")
         assert err["field"] == "limit", bad
+
+
+async def test_a_search_ranks_the_newest_matches_only(
+        http: aiohttp.ClientSession, register: Any, server: Running, config: Config) -> None:
+    """Cost follows the results shown: among more than CANDIDATES matches, the best of the
+    newest ones win, not an older one, however good (docs/api.md says so)."""
+    user = await register()
+    conv = await new_conversation(http, user, "Many")
+    uid, now = user.id, "2026-01-01T00:00:00.000Z"
+
+    def seed(conn: Any) -> None:
+        conn.execute("INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                     "VALUES (?, 'user', 'wombat wombat wombat wombat', ?, ?)", (conv, now, uid))
+        conn.executemany(
+            "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+            "VALUES (?, 'user', ?, ?, ?)",
+            [(conv, f"a wombat and {n} more words of filler text here", now, uid)
+             for n in range(CANDIDATES + 20)])
+        conn.execute("INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+                     "VALUES (?, 'user', 'wombat wombat, the newest', ?, ?)", (conv, now, uid))
+
+    await db_of(server).write(seed)
+    hits = await search(http, user, "wombat", limit=5)
+    contents = [h["snippet"] for h in hits]
+    assert contents[0] == "wombat wombat, the newest"  # the best of the newest
+    assert "wombat wombat wombat wombat" not in contents  # the oldest is past the candidates
+
+
+def test_ranking_counts_words_folds_case_and_accents_and_prefers_the_newest_on_ties() -> None:
+    rows = [(1, "Café au lait"), (2, "cafe cafe CAFÉ"), (3, "café crème"), (4, "café noir")]
+    assert [r[0] for r in rank(rows, "CAFE")] == [2, 4, 3, 1]
+    prefixed = [(1, "caffeine"), (2, "cafeteria cafeteria")]
+    assert [r[0] for r in rank(prefixed, "caf")] == [2, 1]  # the last word is a prefix
