@@ -21,7 +21,6 @@ class Snapshots:
         self._owner = principal_of(request).user["id"]
         self._interval = interval
         self._pieces: list[str] = []
-        self._size = 0
         self._last = time.monotonic()  # the first render waits an interval: short replies none
         self._task: asyncio.Task[str | None] | None = None
         self._upto = 0
@@ -29,7 +28,6 @@ class Snapshots:
     def grow(self, text: str) -> None:
         """More of the reply was sent: render the whole so far if it is time."""
         self._pieces.append(text)
-        self._size += len(text)
         now = time.monotonic()
         if self._task is None and now - self._last >= self._interval:
             self._last = now

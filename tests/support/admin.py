@@ -20,6 +20,14 @@ async def call(server: Running, user: User | dict[str, str], method: str, path: 
             return resp.status, (await resp.json() if text else None)
 
 
+async def call_ok(server: Running, user: User, method: str, path: str,
+                  body: Any = None) -> Any:
+    """One request as `user` that must answer 200; its parsed JSON body."""
+    status, answer = await call(server, user, method, path, body)
+    assert status == 200, answer
+    return answer
+
+
 async def sign_in(server: Running, name: str, password: str) -> tuple[int, Any]:
     """POST /api/auth/login; the status and body."""
     async with aiohttp.ClientSession(server.url) as s:

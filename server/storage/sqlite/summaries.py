@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..rows import SUMMARY, HistoryRows, now_iso
+from ..rows import HistoryRows, now_iso
 from .branches import path_rows
 from .db import Database
 
@@ -41,6 +41,3 @@ class SqliteSummaries:
                 (content, model, now, message_id)).rowcount)
 
         return await self._db.write(op)
-
-
-__all__ = ["SUMMARY", "SqliteSummaries"]

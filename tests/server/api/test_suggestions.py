@@ -12,17 +12,10 @@ import aiohttp
 from server import keys
 from server.runner import Running
 from server.services.suggestions import SYSTEM, suggestions_from
-from tests.support import admin
+from tests.support.admin import call_ok
 from tests.support.app import User, register_over_http
 from tests.support.replicas import seen_by
 from vllm_sim import SimServer
-
-
-async def call(running: Running, user: User, method: str, path: str,
-               body: Any = None) -> Any:
-    status, answer = await admin.call(running, user, method, path, body)
-    assert status == 200, answer
-    return answer
 
 
 def jobs(running: Running, outcome: str = "done") -> int:
@@ -50,38 +43,38 @@ async def echoing(custom: Any, simulator: SimServer, name: str = "remembered",
 async def test_proposals_wait_for_the_user_and_only_accepted_ones_reach_the_model(
         custom: Any, simulator: SimServer) -> None:
     running, user = await echoing(custom, simulator, suggestions=True)
-    chat = await call(running, user, "POST", "/api/chat",
+    chat = await call_ok(running, user, "POST", "/api/chat",
                       {"message": "I write Python 3.12 every day\nPlease answer in Spanish"})
     await until_jobs(running, 1)
     asked = (seen_by(simulator))[-1]["messages"]
     assert asked[0] == {"role": "system", "content": SYSTEM}
-    memories = (await call(running, user, "GET", "/api/memories"))["memories"]
+    memories = (await call_ok(running, user, "GET", "/api/memories"))["memories"]
     assert sorted(m["content"] for m in memories) == ["I write Python 3.12 every day",
                                                       "Please answer in Spanish"]
     assert {m["state"] for m in memories} == {"proposed"}
     conv = chat["conversation_id"]
-    await call(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
+    await call_ok(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
     assert "Spanish" not in (seen_by(simulator))[-1]["messages"][0]["content"]
     spanish = next(m for m in memories if "Spanish" in m["content"])
-    await call(running, user, "POST", f"/api/memories/{spanish['id']}/accept")
-    await call(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
+    await call_ok(running, user, "POST", f"/api/memories/{spanish['id']}/accept")
+    await call_ok(running, user, "POST", "/api/chat", {"message": "ok", "conversation_id": conv})
     system = (seen_by(simulator))[-1]["messages"][0]["content"]
     assert "Please answer in Spanish" in system and "Python 3.12" not in system
     # The same facts again are not proposed twice.
-    await call(running, user, "POST", "/api/chat", {"message": "please  answer in SPANISH"})
+    await call_ok(running, user, "POST", "/api/chat", {"message": "please  answer in SPANISH"})
     await until_jobs(running, 2)
-    assert len((await call(running, user, "GET", "/api/memories"))["memories"]) == 2
+    assert len((await call_ok(running, user, "GET", "/api/memories"))["memories"]) == 2
 
 
 async def test_off_by_default_and_no_job_for_a_short_message(custom: Any,
                                                              simulator: SimServer) -> None:
     running, user = await echoing(custom, simulator)
-    await call(running, user, "POST", "/api/chat", {"message": "I live in Porto, Portugal"})
+    await call_ok(running, user, "POST", "/api/chat", {"message": "I live in Porto, Portugal"})
     on, other = await echoing(custom, simulator, "brief", suggestions=True)
-    await call(on, other, "POST", "/api/chat", {"message": "thanks!"})
+    await call_ok(on, other, "POST", "/api/chat", {"message": "thanks!"})
     await asyncio.sleep(0.3)
     assert jobs(running) == 0 and jobs(on) == 0
-    assert (await call(running, user, "GET", "/api/memories"))["memories"] == []
+    assert (await call_ok(running, user, "GET", "/api/memories"))["memories"] == []
 
 
 def test_answers_become_at_most_three_short_facts() -> None:

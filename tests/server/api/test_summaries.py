@@ -11,23 +11,16 @@ from server import keys
 from server.runner import Running
 from server.services.memory import SUMMARY_HEADING
 from server.services.summaries import SYSTEM
-from tests.support import admin
+from tests.support.admin import call_ok
 from tests.support.app import User, register_over_http
 from tests.support.replicas import seen_by
 from vllm_sim import SimServer
 
 
-async def call(running: Running, user: User, method: str, path: str,
-               body: Any = None) -> Any:
-    status, answer = await admin.call(running, user, method, path, body)
-    assert status == 200, answer
-    return answer
-
-
 async def say(running: Running, user: User, message: str, conv: int | None = None,
               **more: Any) -> int:
     body = {"message": message, "conversation_id": conv, **more}
-    return int((await call(running, user, "POST", "/api/chat", body))["conversation_id"])
+    return int((await call_ok(running, user, "POST", "/api/chat", body))["conversation_id"])
 
 
 def summary_jobs(running: Running) -> int:
@@ -60,12 +53,12 @@ async def test_older_turns_are_summarised_and_sent_ahead_of_the_recent_ones(
     job = (seen_by(simulator))[-1]["messages"]
     assert job[0]["content"] == SYSTEM
     assert "q1 my cat is called Miso" in job[1]["content"] and "q2" in job[1]["content"]
-    shown = (await call(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
+    shown = (await call_ok(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
     marked = [m for m in shown if "summary" in m]
     assert [m["content"] for m in marked] == [shown[3]["content"]]  # q1 a1 q2 a2 covered
     summary = marked[0]["summary"]["content"]
     # The preview shows the system message the next turn will send.
-    preview = await call(running, user, "GET", f"/api/conversations/{conv}/prompt")
+    preview = await call_ok(running, user, "GET", f"/api/conversations/{conv}/prompt")
     assert f"{SUMMARY_HEADING}\n{summary}" in preview["messages"][0]["content"]
     await say(running, user, "q4", conv)
     turn = (seen_by(simulator))[-1]["messages"]
@@ -86,13 +79,13 @@ async def test_a_branch_that_leaves_the_summarised_path_does_without(
     for text in ("q2", "q3"):
         await say(running, user, text, conv)
     await until_summaries(running, 1)
-    shown = (await call(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
+    shown = (await call_ok(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
     await say(running, user, "q2 again", conv, edit_message_id=shown[2]["id"])
     turn = (seen_by(simulator))[-1]["messages"]
     assert SUMMARY_HEADING not in turn[0]["content"]
     assert [m["content"] for m in turn[1:]] == ["q1", shown[1]["content"], "q2 again"]
     # Deleting the summarised message deletes its summary: the old branch goes without too.
-    await call(running, user, "DELETE", f"/api/conversations/{conv}/messages/{shown[2]['id']}")
+    await call_ok(running, user, "DELETE", f"/api/conversations/{conv}/messages/{shown[2]['id']}")
     rows = await running.app[keys.STORAGE].db.read(
         lambda c: c.execute("SELECT count(*) FROM summaries").fetchone()[0])
     assert rows == 0
