@@ -32,6 +32,26 @@ async def test_openapi_is_json(http: aiohttp.ClientSession) -> None:
     assert isinstance(body, dict)
 
 
+async def test_every_integer_path_id_is_bounded_like_the_server(http: aiohttp.ClientSession
+                                                                ) -> None:
+    """The server takes ids of at most 18 digits; the document must not promise more."""
+    async with http.get("/openapi.json") as resp:
+        body = await resp.json()
+    unbounded = []
+    for path, item in body["paths"].items():
+        params = list(item.get("parameters", []))
+        for op in item.values():
+            if isinstance(op, dict):
+                params += op.get("parameters", [])
+        for param in params:
+            schema = param.get("schema", {})
+            if param.get("in") == "path" and schema.get("type") == "integer" \
+                    and not (schema.get("minimum") == 1
+                             and schema.get("maximum") == 10**18 - 1):
+                unbounded.append(f"{path} {param['name']}")
+    assert unbounded == []
+
+
 @pytest.mark.parametrize("path", ["/nope", "/api/nope", "/api/conversations/x/y", "/health/",
                                   "/api", "/api/auth"])
 async def test_unknown_route_is_404_json(http: aiohttp.ClientSession, path: str) -> None:
