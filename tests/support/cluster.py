@@ -26,6 +26,7 @@ from tests.support.procs import Proc, free_port, start_simulator_process, wait_u
 from tests.support.redis import RedisServer
 
 MODEL = "chat"
+REPLICAS = 2  # simulated replicas of MODEL (deploy/docker-compose.yml: model1, model2)
 ADMIN = "root"  # made admin at start-up on every node (auth.admins)
 PASSWORD = "quiet-lantern-42"  # register_over_http's
 
@@ -73,7 +74,7 @@ class Cluster:
         self.workdir = workdir
         self.shape = shape
         self.secret = secrets.token_urlsafe(48)  # every node signs and checks with it
-        self.pg = PgCluster()
+        self.pg: PgCluster | None = None  # made (a tmp dir) when started
         self.redis = RedisServer(workdir / "redis")
         self.sims: list[Proc] = []
         self.nodes = [Node(name, free_port(), workdir / name) for name in NODE_NAMES]
@@ -89,6 +90,7 @@ class Cluster:
     @property
     def database_url(self) -> str:
         """The nodes' database.url."""
+        assert self.pg is not None
         return self.pg.url("chatgate")
 
     async def start(self) -> None:
@@ -101,9 +103,10 @@ class Cluster:
         self.admin = await self.register(ADMIN)
 
     async def _start_postgres(self) -> None:
-        await asyncio.to_thread(self.pg.init)
-        await asyncio.to_thread(self.pg.start)
-        conn = await asyncpg.connect(self.pg.url())
+        self.pg = pg = PgCluster()
+        await asyncio.to_thread(pg.init)
+        await asyncio.to_thread(pg.start)
+        conn = await asyncpg.connect(pg.url())
         try:
             await conn.execute("CREATE DATABASE chatgate")
         finally:
@@ -113,7 +116,7 @@ class Cluster:
         # Fast by default; tests slow them down with set_replicas for a load to build up.
         self.sims = list(await asyncio.gather(*(
             start_simulator_process("--ttft-ms", "10", "--tpot-ms", "10", "--reply-tokens", "8")
-            for _ in range(2))))
+            for _ in range(REPLICAS))))
 
     def node_env(self, node: Node) -> dict[str, str]:
         """The CHATGATE_* environment of a node (the same for all but the port)."""
@@ -168,10 +171,12 @@ class Cluster:
 
     async def stop_postgres(self) -> None:
         """Stop PostgreSQL (fast shutdown: every node's connections are ended)."""
+        assert self.pg is not None
         await asyncio.to_thread(self.pg.stop)
 
     async def start_postgres(self) -> None:
         """Start PostgreSQL again on the same port and data."""
+        assert self.pg is not None
         await asyncio.to_thread(self.pg.start)
 
     async def replica_stats(self) -> list[dict[str, int]]:
@@ -215,7 +220,8 @@ class Cluster:
         for sim in self.sims:
             await sim.stop()
         await self.redis.stop()
-        await asyncio.to_thread(self.pg.destroy)  # nothing to stop without PostgreSQL
+        if self.pg is not None:
+            await asyncio.to_thread(self.pg.destroy)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -249,4 +255,5 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
         await asyncio.sleep(0.02)
 
 
-__all__ = ["ADMIN", "MODEL", "PASSWORD", "Cluster", "Node", "Shape", "start_cluster", "until"]
+__all__ = ["ADMIN", "MODEL", "PASSWORD", "REPLICAS", "Cluster", "Node", "Shape", "start_cluster",
+           "until"]
