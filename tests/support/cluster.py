@@ -97,7 +97,9 @@ class Cluster:
         """PostgreSQL, Redis and the replicas together, then the nodes, then HAProxy."""
         await asyncio.gather(self._start_postgres() if self.shape.postgres else asyncio.sleep(0),
                              self.redis.start(), self._start_sims())
-        await asyncio.gather(*(self.start_node(n) for n in self.nodes))
+        # The first node migrates the schema alone (the others then find it done).
+        await self.start_node(self.nodes[0])
+        await asyncio.gather(*(self.start_node(n) for n in self.nodes[1:]))
         self.lb = await start_haproxy(self.workdir / "haproxy", [n.address for n in self.nodes])
         await self.lb.wait_states(dict.fromkeys(NODE_NAMES, "UP"))
         self.admin = await self.register(ADMIN)
