@@ -87,16 +87,26 @@ async def test_a_per_user_chat_limit_is_one_limit_across_the_nodes(cluster: Clus
 
 async def test_a_replica_never_sees_more_than_its_cap_from_all_nodes(cluster: Cluster) -> None:
     """Each replica's max_concurrency is 3; 36 streaming chats at once through the LB, on all
-    three nodes: neither replica ever answers more than 3 at a time (its own count), and
-    every chat is answered."""
+    three nodes: neither replica ever answers more than 3 at a time (its own count, sampled
+    during the load and its peak), and every chat is answered."""
     await cluster.set_replicas(tpot_ms=20, reply_tokens=15)
     await cluster.reset_replicas()
     users = [await cluster.register(f"capped{i}") for i in range(12)]
+    samples: list[list[int]] = []
+
+    async def sample() -> None:  # what each replica answers, read while the load runs
+        while True:
+            samples.append(await cluster.in_flight())
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
     try:
         turns = await asyncio.gather(*(stream_chat(cluster.url, user, f"cap {i}")
                                        for user in users for i in range(3)))
     finally:
+        sampler.cancel()
         await cluster.set_replicas(tpot_ms=10, reply_tokens=8)
+    assert samples and max(max(s) for s in samples) <= CAP, max(samples, key=max)
     assert [t.end for t in turns] == ["done"] * 36, [t.end_data for t in turns if t.end != "done"]
     stats = await cluster.replica_stats()
     assert all(1 <= s["max_in_flight"] <= CAP for s in stats), stats
