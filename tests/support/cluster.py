@@ -36,7 +36,7 @@ class Shape:
     """What a test module needs of its cluster."""
 
     replica_cap: int = 4  # each replica's max_concurrency, for the sum of the nodes
-    workers: int = 16  # queue.workers per node
+    workers: int = 16  # queue.workers (the whole deployment's with Redis leases)
     env: dict[str, str] = field(default_factory=dict)  # more CHATGATE_* for every node
     postgres: bool = True  # False: the nodes share one SQLite file (one machine only; for
     # trying the topology's other parts without the PostgreSQL backend)
