@@ -14,6 +14,7 @@ from aiohttp import web
 
 from workers.upstream import redact_url
 
+from . import keys
 from .app import create_app
 from .config import Config
 from .listener import CappedSite
@@ -91,10 +92,20 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
           "new database is the administrator). Ctrl-C stops.", flush=True)
     try:
         await stop.wait()
+        await _drain(running, config.server.drain_s)
     finally:
         log.info("shutting down: finishing running replies for up to %.0fs",
                  config.server.shutdown_grace_s)
         await running.stop()
+
+
+async def _drain(running: Running, seconds: float) -> None:
+    """Answer /ready with 503 for `seconds` while serving on, so a load balancer stops sending
+    requests before the listener closes (one queued in its backlog then would be reset)."""
+    if seconds > 0:
+        log.info("draining: /ready answers 503 for %.1fs, then the listener closes", seconds)
+        running.app[keys.STATUS].draining = True
+        await asyncio.sleep(seconds)
 
 
 def _warn_plain_http(config: Config) -> None:

@@ -24,6 +24,7 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 1_048_576
     shutdown_grace_s: float = 30.0
+    drain_s: float = 0.0
     cors_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
     trusted_proxy_hops: int = 0

@@ -45,6 +45,7 @@ class StatusService:
         self._router = router
         self._workers = workers
         self._metrics = metrics
+        self.draining = False  # SIGTERM with server.drain_s: not ready, still serving
 
     async def ready(self) -> Readiness:
         """Every reason the service cannot take chat work now (none: ready)."""
@@ -52,6 +53,8 @@ class StatusService:
         problems: list[Problem] = []
         if pool.closed:
             problems.append(Problem("shutting_down", pool.closed))
+        elif self.draining:
+            problems.append(Problem("shutting_down", "draining before stopping"))
         if pool.live_workers < self._workers:
             problems.append(Problem("workers_down", f"only {pool.live_workers} workers alive"))
         # The prober checks every replica every few seconds: this reads its findings.

@@ -59,7 +59,8 @@ def test_the_services_are_the_tested_topology(compose: dict[str, Any]) -> None:
     for name in nodes:  # every node: the same image and environment, drained before a kill
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
         assert services[name]["environment"] == services[nodes[0]]["environment"]
-        grace = int(_env(services[name])["CHATGATE_SERVER__SHUTDOWN_GRACE_S"])
+        env = _env(services[name])
+        grace = int(env["CHATGATE_SERVER__SHUTDOWN_GRACE_S"]) + int(env["CHATGATE_SERVER__DRAIN_S"])
         assert int(services[name]["stop_grace_period"].rstrip("s")) > grace
     assert (ROOT / services[nodes[0]]["build"]["dockerfile"]).is_file()
 
@@ -81,6 +82,18 @@ def test_the_nodes_environment_is_a_valid_config_on_the_shared_engines(
     assert len(model.replicas) == REPLICAS
     assert {re.sub(r"^http://([^:/]+):.*$", r"\1", r.url) for r in model.replicas} == aliases
     assert all(r.max_concurrency for r in model.replicas)
+
+
+def test_a_node_drains_longer_than_haproxy_takes_to_mark_it_down(
+        compose: dict[str, Any]) -> None:
+    """server.drain_s outlasts HAProxy's detection (fall x inter): no new request reaches a
+    node whose listener is closing."""
+    text = TEMPLATE.read_text()
+    inter = re.search(r'inter "\$\{CHECK_INTER-(\d+)s\}"', text)
+    fall = re.search(r" fall (\d+) ", text)
+    assert inter is not None and fall is not None
+    drain = float(_env(compose["services"]["node1"])["CHATGATE_SERVER__DRAIN_S"])
+    assert drain > int(inter.group(1)) * int(fall.group(1))
 
 
 def test_haproxy_in_compose_runs_the_tested_config(compose: dict[str, Any]) -> None:

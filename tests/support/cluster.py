@@ -127,6 +127,7 @@ class Cluster:
         env = {
             "SERVER__HOST": "127.0.0.1", "SERVER__PORT": str(node.port),
             "SERVER__TRUST_FORWARDED": "true", "SERVER__SHUTDOWN_GRACE_S": "5",
+            "SERVER__DRAIN_S": "1",  # HAProxy's test checks: 2 x 250 ms
             "DATABASE__PATH": str(self.workdir / "shared.db"),  # used without PostgreSQL
             "COORDINATION__REDIS_URL": self.redis.url,
             "AUTH__SECRET": self.secret, "AUTH__ADMINS": ADMIN,
