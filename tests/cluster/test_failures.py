@@ -89,7 +89,7 @@ async def test_a_node_killed_mid_stream_loses_nothing_acknowledged(cluster: Clus
 async def test_a_node_drained_by_sigterm_drops_no_stream(cluster: Cluster) -> None:
     """One step of a rolling deploy: node2 gets SIGTERM in the middle of 12 streams while
     12 users keep chatting. Every stream ends with its whole reply (node2's within
-    server.shutdown_grace_s), each of the 96 chats sent meanwhile is answered (node2 drains:
+    server.shutdown_grace_s), each of the 144 chats sent meanwhile is answered (node2 drains:
     out of HAProxy's rotation before its listener closes), and node2 exits cleanly, then
     rejoins."""
     await cluster.set_replicas(tpot_ms=40, reply_tokens=30)  # ~1.2 s, within the 5 s grace
@@ -103,17 +103,17 @@ async def test_a_node_drained_by_sigterm_drops_no_stream(cluster: Cluster) -> No
         await asyncio.wait_for(asyncio.gather(*(t.first_delta.wait() for t in turns)), 60)
         draining = asyncio.create_task(node.proc.signal(signal.SIGTERM))
 
-        async def keep_chatting(user: User) -> int:  # each reply must come: 200
-            for i in range(8):
-                await _chat(cluster.url, user, f"meanwhile {i}")
-            return 8
+        async def keep_chatting(user: User) -> int:  # short replies, many: each must come
+            for i in range(12):
+                await _chat(cluster.url, user, f"meanwhile {i}", max_tokens=2)
+            return 12
         meanwhile = await asyncio.gather(*(keep_chatting(user) for user in users))
         await tasks
         assert await draining == 0
     finally:
         await cluster.set_replicas(tpot_ms=10, reply_tokens=8)
         await cluster.restart_node(node)
-    assert sum(meanwhile) == 8 * len(users)
+    assert sum(meanwhile) == 12 * len(users)
     assert [t.end for t in turns] == ["done"] * len(turns), [t.end_data for t in turns]
     for user, turn in zip(users, turns, strict=True):
         await _check_stored(cluster, user, turn)
