@@ -82,6 +82,11 @@ def test_the_nodes_environment_is_a_valid_config_on_the_shared_engines(
     assert len(model.replicas) == REPLICAS
     assert {re.sub(r"^http://([^:/]+):.*$", r"\1", r.url) for r in model.replicas} == aliases
     assert all(r.max_concurrency for r in model.replicas)
+    for service in services.values():  # vLLM runs as many sequences as chatgate sends it
+        if service.get("profiles") == ["gpu"]:
+            command = service["command"]
+            seqs = int(command[command.index("--max-num-seqs") + 1])
+            assert all(r.max_concurrency == seqs for r in model.replicas)
 
 
 def test_a_node_drains_longer_than_haproxy_takes_to_mark_it_down(
