@@ -16,10 +16,11 @@ import itertools
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .batch import Batch
 from .line import Line
 from .link import DOWN, RedisLink
 from .scripts import ACQUIRE, ADMIT, RELEASE, RENEW
@@ -45,9 +46,9 @@ class Claim(Protocol):
     def background(self) -> bool: ...
 
 
-def process_share(total: int, processes: int) -> int:
-    """This process's equal share of a cap (at least 1) while nothing is shared."""
-    return max(1, total // max(1, processes))
+def whole(total: int) -> int:
+    """One process alone: its share of a cap is all of it."""
+    return total
 
 
 @dataclass
@@ -68,15 +69,17 @@ class RedisLeases:
     """workers.leases.Leases on Redis; one per process."""
 
     def __init__(self, link: RedisLink, *, workers: int, background_cap: int,
-                 ttl_s: float = 10.0, renew_s: float = 3.0, processes: int = 1,
-                 backoff_s: float = 0.5) -> None:
+                 ttl_s: float = 10.0, renew_s: float = 3.0,
+                 share: Callable[[int], int] = whole, backoff_s: float = 0.5) -> None:
+        # share: this process's part of a cap while Redis is down (server.processes: each
+        # process an equal share, the procs' split()).
         self._link = link
         self._client: Any = link.client
         self._workers = workers
         self._background_cap = background_cap
         self._ttl_ms = int(ttl_s * 1000)
         self._renew_s = renew_s
-        self._processes = processes
+        self._share = share
         self._token = f"{link.node_id}/{secrets.token_hex(3)}"  # unique per process start
         self._holds: dict[int, _Hold] = {}
         self._in_flight = 0  # attempts running in this process (the fallback's counts)
@@ -87,6 +90,7 @@ class RedisLeases:
         self._tasks: list[asyncio.Task[None]] = []
         self.line = Line(backoff_s)
         self.channel = link.key("{leases}", "freed")
+        self.batch = Batch(self._client)  # calls of the same loop turn share a round trip
         self._acquire = self._client.register_script(ACQUIRE)
         self._admit = self._client.register_script(ADMIT)
         self._release = self._client.register_script(RELEASE)
@@ -111,6 +115,7 @@ class RedisLeases:
         self.line.close()
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
+        await self.batch.close()
 
     def _hold(self, claim: Claim) -> _Hold:
         hold = self._holds.get(claim.id)
@@ -120,12 +125,12 @@ class RedisLeases:
 
     async def admit(self, claim: Claim, max_queued: int) -> bool:
         """Count a waiting job of the owner's across the deployment; False at `max_queued`."""
+        if not max_queued or not self._link.up:
+            return True  # no cap, or this process's own count decides
         hold = self._hold(claim)
-        if not self._link.up:
-            return True  # this process's own count decided
         try:
-            ok = await self._admit(keys=[self.key("queued", hold.owner)],
-                                   args=[self._ttl_ms, hold.member, max_queued])
+            ok = await self.batch.call(self._admit, [self.key("queued", hold.owner)],
+                                       [self._ttl_ms, hold.member, max_queued])
         except DOWN as err:
             self._link.mark_down(err)
             return True
@@ -169,7 +174,7 @@ class RedisLeases:
         args = [self._ttl_ms, hold.member, self._workers, bg, claim.running_cap,
                 claim.weight, 1 if claim.background else 0, *(cap for _, cap in slots)]
         try:
-            code = int(await self._acquire(keys=keys, args=args))
+            code = int(await self.batch.call(self._acquire, keys, args))
         except DOWN as err:
             self._link.mark_down(err)
             return self._local(claim, hold, slots)
@@ -189,10 +194,10 @@ class RedisLeases:
         """Redis is down: this process keeps to its share of the workers and replicas (a
         user's caps are the pool's own, per process)."""
         spare = 1 if claim.background else 0
-        if not _fits(self._in_flight, process_share(self._workers, self._processes), spare):
+        if not _fits(self._in_flight, self._share(self._workers), spare):
             return None, True
         for i, (label, cap) in enumerate(slots):
-            if not cap or _fits(self._per_slot[label], process_share(cap, self._processes),
+            if not cap or _fits(self._per_slot[label], self._share(cap),
                                 spare):
                 self._granted(claim, hold, slots, i, shared=False)
                 self.stats["local"] += 1
@@ -251,7 +256,7 @@ class RedisLeases:
                 batch, self._pending = self._pending, []
                 if self._link.up:
                     try:
-                        await self._release(keys=[k for k, *_ in batch], args=[
+                        await self.batch.call(self._release, [k for k, *_ in batch], [
                             self.channel, *itertools.chain.from_iterable(
                                 (m, w, c) for _, m, w, c in batch)])
                     except DOWN as err:  # they expire unrenewed
@@ -280,7 +285,7 @@ class RedisLeases:
         keys, members = self._entries()
         if keys and self._link.up:
             try:
-                await self._renew(keys=keys, args=[self._ttl_ms, mode, *members])
+                await self.batch.call(self._renew, keys, [self._ttl_ms, mode, *members])
             except DOWN as err:
                 self._link.mark_down(err)
 

@@ -65,8 +65,8 @@ return 1
 
 # Many releases in one call. KEYS: a key per lease; ARGV: channel, then per key its member,
 # weight (0: the member itself; w: member#1..#w) and cap (0: nobody waits on it). A release
-# from a cap that was full (or one short of it: background jobs leave a place) publishes on
-# the channel, so waiting workers on every node look again.
+# from a cap that was full publishes on the channel, so waiting workers on every node look
+# again (background jobs, which leave a cap's last place, wait for the nodes' backoff).
 RELEASE = """
 local freed = 0
 for i = 1, #KEYS do
@@ -82,7 +82,7 @@ for i = 1, #KEYS do
   else
     redis.call('ZREM', KEYS[i], m)
   end
-  if cap > 0 and before + 1 >= cap then freed = 1 end
+  if cap > 0 and before >= cap then freed = 1 end
 end
 if freed == 1 then redis.call('PUBLISH', ARGV[1], '1') end
 return freed
