@@ -235,6 +235,7 @@ async def _leases(app: web.Application) -> AsyncIterator[None]:
                          background_cap=max(1, int(q.workers * config.background.share)),
                          ttl_s=c.lease_ttl_s, renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2))
     app[keys.LEASES] = leases
+    app[keys.METRICS].watch_leases(lambda: len(leases.line))
     await leases.start_tasks()
     yield
     await leases.close()

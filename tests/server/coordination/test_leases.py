@@ -15,7 +15,7 @@ from server import keys
 from server.runner import Running, start
 from tests.support.app import User, make_config, register_over_http
 from tests.support.redis import RedisServer
-from tests.support.replicas import chat, until
+from tests.support.replicas import chat, metrics_text, until
 from vllm_sim import SimServer, SimSettings, start_replicas
 
 Nodes = Callable[..., Awaitable[tuple[Running, Running]]]
@@ -136,6 +136,7 @@ async def test_a_killed_nodes_leases_come_back_after_their_expiry(
         leases = b.app[keys.LEASES]
         assert leases is not None
         await until(lambda: len(leases.line) == 1, what="node b waits for a lease")
+        assert "chatgate_lease_waiting 1.0" in await metrics_text(b)
         await proc.signal(9)  # SIGKILL: nothing is given back
         status, body = await asyncio.wait_for(late, 30)  # the leases expire: b's turn runs
         assert status == 200 and body["message"]["status"] == "complete", body
