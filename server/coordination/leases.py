@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .batch import Batch
+from .batch import Batcher
 from .line import Line
 from .link import DOWN, RedisLink
 from .scripts import ACQUIRE, ADMIT, RELEASE, RENEW
@@ -70,7 +70,8 @@ class RedisLeases:
 
     def __init__(self, link: RedisLink, *, workers: int, background_cap: int,
                  ttl_s: float = 10.0, renew_s: float = 3.0,
-                 share: Callable[[int], int] = whole, backoff_s: float = 0.5) -> None:
+                 share: Callable[[int], int] = whole, backoff_s: float = 0.5,
+                 batcher: Batcher | None = None) -> None:
         # share: this process's part of a cap while Redis is down (server.processes: each
         # process an equal share, the procs' split()).
         self._link = link
@@ -90,11 +91,13 @@ class RedisLeases:
         self._tasks: list[asyncio.Task[None]] = []
         self.line = Line(backoff_s)
         self.channel = link.key("{leases}", "freed")
-        self.batch = Batch(self._client)  # calls of the same loop turn share a round trip
-        self._acquire = self._client.register_script(ACQUIRE)
-        self._admit = self._client.register_script(ADMIT)
-        self._release = self._client.register_script(RELEASE)
-        self._renew = self._client.register_script(RENEW)
+        # Calls made while one pipeline is in flight go together in the next (share the
+        # process's one batcher with the limits, so a turn's calls share round trips too).
+        self.batcher = batcher or Batcher(link)
+        self._acquire = self.batcher.script(ACQUIRE)
+        self._admit = self.batcher.script(ADMIT)
+        self._release = self.batcher.script(RELEASE)
+        self._renew = self.batcher.script(RENEW)
         self.stats: Counter[str] = Counter()  # granted, refused, local (granted while down)
 
     def key(self, *parts: object) -> str:
@@ -115,7 +118,6 @@ class RedisLeases:
         self.line.close()
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
-        await self.batch.close()
 
     def _hold(self, claim: Claim) -> _Hold:
         hold = self._holds.get(claim.id)
@@ -129,8 +131,8 @@ class RedisLeases:
             return True  # no cap, or this process's own count decides
         hold = self._hold(claim)
         try:
-            ok = await self.batch.call(self._admit, [self.key("queued", hold.owner)],
-                                       [self._ttl_ms, hold.member, max_queued])
+            ok = await self._admit([self.key("queued", hold.owner)],
+                                   [self._ttl_ms, hold.member, max_queued])
         except DOWN as err:
             self._link.mark_down(err)
             return True
@@ -174,7 +176,7 @@ class RedisLeases:
         args = [self._ttl_ms, hold.member, self._workers, bg, claim.running_cap,
                 claim.weight, 1 if claim.background else 0, *(cap for _, cap in slots)]
         try:
-            code = int(await self.batch.call(self._acquire, keys, args))
+            code = int(await self._acquire(keys, args))
         except DOWN as err:
             self._link.mark_down(err)
             return self._local(claim, hold, slots)
@@ -256,7 +258,7 @@ class RedisLeases:
                 batch, self._pending = self._pending, []
                 if self._link.up:
                     try:
-                        await self.batch.call(self._release, [k for k, *_ in batch], [
+                        await self._release([k for k, *_ in batch], [
                             self.channel, *itertools.chain.from_iterable(
                                 (m, w, c) for _, m, w, c in batch)])
                     except DOWN as err:  # they expire unrenewed
@@ -285,7 +287,7 @@ class RedisLeases:
         keys, members = self._entries()
         if keys and self._link.up:
             try:
-                await self.batch.call(self._renew, keys, [self._ttl_ms, mode, *members])
+                await self._renew(keys, [self._ttl_ms, mode, *members])
             except DOWN as err:
                 self._link.mark_down(err)
 

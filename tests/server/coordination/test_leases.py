@@ -177,3 +177,51 @@ async def test_redis_killed_mid_load_costs_no_request_and_caps_return(
     sim.stats.reset()
     assert await load(pairs, per_pair=2) == [200] * 32
     assert sim.stats.max_in_flight == 3  # shared again
+
+
+async def _commands(redis_server: RedisServer, during: Awaitable[Any]) -> list[str]:
+    """The commands clients sent Redis while `during` ran (MONITOR; a script's own commands
+    and the nodes' health PINGs left out)."""
+    client = aioredis.Redis(port=redis_server.port)
+    sent: list[str] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with client.monitor() as monitor:
+            ready.set()
+            async for entry in monitor.listen():
+                name = str(entry["command"]).split()[0].upper()
+                if entry.get("client_type") != "lua" and name != "PING":
+                    sent.append(name)
+
+    task = asyncio.create_task(watch())
+    await ready.wait()
+    await asyncio.sleep(0.05)
+    try:
+        await during
+        await asyncio.sleep(0.3)  # the release goes after the reply
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+    return sent
+
+
+@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 3), (0, 2)])
+async def test_what_a_chat_turn_costs_in_lease_calls(
+        tmp_path: Path, redis_server: RedisServer, simulator: SimServer,
+        max_per_user: int, calls: int) -> None:
+    # Waiting jobs counted (before the message is stored), the lease (when a worker starts
+    # it), the release (after the reply, off its path); no count when max_per_user is 0.
+    config = make_config(tmp_path, simulator.url, queue={"max_per_user": max_per_user},
+                         coordination={"redis_url": redis_server.url, "lease_renew_s": 60,
+                                       "lease_ttl_s": 180, "health_interval_s": 60})
+    node = await start(config)
+    try:
+        user = (await users(node, 1, "cost"))[0]
+        assert (await chat(node, user, "warm up"))[0] == 200  # scripts loaded
+        await asyncio.sleep(0.3)
+        sent = await _commands(redis_server, chat(node, user, "counted"))
+        assert sent == ["EVALSHA"] * calls, sent
+    finally:
+        await node.stop()
