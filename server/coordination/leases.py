@@ -20,6 +20,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from ..logthrottle import Throttle
 from .batch import Batcher
 from .line import Line
 from .link import DOWN, RedisLink
@@ -87,6 +90,7 @@ class RedisLeases:
         self._per_slot: Counter[str] = Counter()
         self._order = itertools.count()
         self._pending: list[tuple[str, str, int, int]] = []  # releases not sent yet
+        self._unsent: list[tuple[str, str, int, int]] = []  # releases Redis was down for
         self._flushing: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.line = Line(backoff_s)
@@ -136,6 +140,9 @@ class RedisLeases:
         except DOWN as err:
             self._link.mark_down(err)
             return True
+        except RedisError as err:  # never a refusal for our own fault: this process decides
+            _failed("admit", err)
+            return True
         hold.queued = bool(ok)
         if not ok:
             del self._holds[claim.id]
@@ -179,6 +186,9 @@ class RedisLeases:
             code = int(await self._acquire(keys, args))
         except DOWN as err:
             self._link.mark_down(err)
+            return self._local(claim, hold, slots)
+        except RedisError as err:  # no job fails for it: this process's share decides
+            _failed("acquire", err)
             return self._local(claim, hold, slots)
         except asyncio.CancelledError:  # it may have been granted: give back what it asked
             self._queue_release(hold.member, [(k, 0, 0) for k in keys[:2] + keys[4:]]
@@ -247,7 +257,10 @@ class RedisLeases:
             self._queue_release(hold.member, [(self.key("queued", hold.owner), 0, 0)])
 
     def _queue_release(self, member: str, held: Sequence[tuple[str, int, int]]) -> None:
-        self._pending.extend((key, member, weight, cap) for key, weight, cap in held)
+        self._queue_release_entries([(key, member, weight, cap) for key, weight, cap in held])
+
+    def _queue_release_entries(self, entries: list[tuple[str, str, int, int]]) -> None:
+        self._pending += entries
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush(), name="lease-release")
 
@@ -256,13 +269,18 @@ class RedisLeases:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                if self._link.up:
+                if not self._link.up:
+                    self._unsent += batch  # sent when Redis answers again
+                else:
                     try:
                         await self._release([k for k, *_ in batch], [
                             self.channel, *itertools.chain.from_iterable(
                                 (m, w, c) for _, m, w, c in batch)])
-                    except DOWN as err:  # they expire unrenewed
+                    except DOWN as err:
                         self._link.mark_down(err)
+                        self._unsent += batch
+                    except RedisError as err:  # not renewed: they expire
+                        _failed("release", err)
                 self.line.notify()  # waiting workers of this node look at once
         finally:
             self._flushing = None
@@ -290,6 +308,8 @@ class RedisLeases:
                 await self._renew(keys, [self._ttl_ms, mode, *members])
             except DOWN as err:
                 self._link.mark_down(err)
+            except RedisError as err:
+                _failed("renew", err)
 
     async def _renewing(self) -> None:
         while True:
@@ -311,6 +331,9 @@ class RedisLeases:
         for hold in self._holds.values():
             hold.shared = hold.shared or hold.granted
         await self.renew("ADD")
+        if self._unsent:  # a blip, not a restart: what ended meanwhile is still counted
+            unsent, self._unsent = self._unsent, []
+            self._queue_release_entries(unsent)
         self.line.notify()
 
     async def _listening(self) -> None:
@@ -330,6 +353,16 @@ class RedisLeases:
             finally:
                 await pubsub.aclose()
             await asyncio.sleep(self._renew_s / 3)
+
+
+_errors = Throttle(60.0)
+
+
+def _failed(what: str, err: Exception) -> None:
+    """Redis answered with an error (not down): said at most once a minute."""
+    if _errors.allow() is not None:
+        log.error("lease %s failed in Redis (%s: %s): this process's share decides meanwhile",
+                  what, type(err).__name__, str(err)[:200])
 
 
 def _fits(count: int, cap: int, spare: int) -> bool:
