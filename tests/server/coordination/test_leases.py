@@ -48,6 +48,26 @@ async def nodes(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Node
         await running.stop()
 
 
+async def held(redis_server: RedisServer) -> dict[str, int]:
+    """Every lease set in Redis that still holds something, and how many."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        found = {}
+        async for key in r.scan_iter(match="chatgate:{leases}:*", _type="zset"):
+            if await r.zcard(key):
+                found[key.decode()] = await r.zcard(key)
+        return found
+    finally:
+        await r.aclose()
+
+
+async def none_held(redis_server: RedisServer) -> None:
+    """Every lease given back (releases are sent after the replies: poll)."""
+    async def empty() -> bool:
+        return not await held(redis_server)
+    await until(empty, what="every lease given back")
+
+
 async def load(pairs: list[tuple[Running, User]], per_pair: int) -> list[int]:
     """Chats through both nodes at once; every status."""
     results = await asyncio.gather(*(chat(node, user, f"hello {i}")
@@ -61,7 +81,8 @@ async def users(node: Running, n: int, prefix: str) -> list[User]:
 
 
 async def test_a_replica_never_carries_more_than_its_cap_across_nodes(
-        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]]) -> None:
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
     sim = await make_sim(ttft_ms=30, tpot_ms=5, reply_tokens=6)
     a, b = await nodes([sim], cap=3)
     people = await users(a, 8, "cap")
@@ -69,6 +90,7 @@ async def test_a_replica_never_carries_more_than_its_cap_across_nodes(
     assert statuses == [200] * len(statuses)
     # Each node alone would allow 3 (6 together); the deployment's cap is 3.
     assert sim.stats.max_in_flight == 3
+    await none_held(redis_server)
 
 
 async def test_workers_hold_across_nodes_over_two_replicas(
@@ -84,13 +106,15 @@ async def test_workers_hold_across_nodes_over_two_replicas(
 
 
 async def test_a_users_running_cap_holds_across_nodes(
-        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]]) -> None:
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
     sim = await make_sim(ttft_ms=30, tpot_ms=5, reply_tokens=6)
     a, b = await nodes([sim], cap=0, queue={"max_running_per_user": 1})
     user = (await users(a, 1, "run"))[0]
     statuses = await load([(a, user), (b, user)], per_pair=3)
     assert statuses == [200] * 6
     assert sim.stats.max_in_flight == 1  # one at a time for this user, whichever node
+    await none_held(redis_server)
 
 
 async def test_a_users_waiting_cap_holds_across_nodes(
@@ -111,6 +135,7 @@ async def test_a_users_waiting_cap_holds_across_nodes(
     status, body = await chat(a, user, "one too many")  # node a has nothing waiting itself
     assert status == 429 and body["error"]["code"] == "too_many_queued", body
     assert [s for s, _ in await asyncio.gather(first, second)] == [200, 200]
+    await none_held(redis_server)
 
 
 async def test_a_killed_nodes_leases_come_back_after_their_expiry(
@@ -177,6 +202,7 @@ async def test_redis_killed_mid_load_costs_no_request_and_caps_return(
     sim.stats.reset()
     assert await load(pairs, per_pair=2) == [200] * 32
     assert sim.stats.max_in_flight == 3  # shared again
+    await none_held(redis_server)
 
 
 async def _commands(redis_server: RedisServer, during: Awaitable[Any]) -> list[str]:
@@ -225,3 +251,29 @@ async def test_what_a_chat_turn_costs_in_lease_calls(
         assert sent == ["EVALSHA"] * calls, sent
     finally:
         await node.stop()
+
+
+async def test_a_turn_stopped_while_it_waits_for_a_place_gives_its_count_back(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=1, tpot_ms=100, reply_tokens=30)  # 3 s a reply
+    a, b = await nodes([sim], cap=0, queue={"max_running_per_user": 1})
+    user = (await users(a, 1, "stop"))[0]
+    first = asyncio.create_task(chat(a, user, "runs"))
+    await until(lambda: sim.stats.in_flight == 1, what="the first chat runs")
+    leaving = asyncio.create_task(chat(b, user, "waits, then its client leaves"))
+    leases = b.app[keys.LEASES]
+    assert leases is not None
+    await until(lambda: len(leases.line) == 1, what="node b's turn waits for a place")
+    leaving.cancel()  # the client leaves: the turn is stopped after chat.detached_grace_s
+    await asyncio.gather(leaving, return_exceptions=True)
+    await until(lambda: not len(leases.line), what="the stopped turn left the line")
+    assert not first.done() and sim.stats.requests_total == 1  # it never reached the model
+    waiting = f"chatgate:{{leases}}:queued:{user.id}"
+
+    async def given_back() -> bool:
+        return waiting not in await held(redis_server)
+    await until(given_back, what="its count among the user's waiting jobs given back")
+    assert not first.done()  # ...while the first still runs
+    assert (await first)[0] == 200
+    await none_held(redis_server)
