@@ -4,16 +4,20 @@ pointed at simulators that count the requests they carry at once."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from server import keys
 from server.runner import Running, start
 from tests.support.app import User, make_config, register_over_http
+from tests.support.procs import start_server_process
 from tests.support.redis import RedisServer
 from tests.support.replicas import chat, metrics_text, until
 from vllm_sim import SimServer, SimSettings, start_replicas
@@ -141,20 +145,18 @@ async def test_a_users_waiting_cap_holds_across_nodes(
 async def test_a_killed_nodes_leases_come_back_after_their_expiry(
         tmp_path: Path, redis_server: RedisServer,
         make_sim: Callable[..., Awaitable[SimServer]]) -> None:
-    from tests.support.procs import start_server_process
-
     sim = await make_sim(ttft_ms=1, tpot_ms=1000, reply_tokens=100)  # 100 s a reply
     models = replicas([sim], cap=2)
     env = {"coordination__redis_url": redis_server.url, "coordination__lease_ttl_s": 2,
            "coordination__lease_renew_s": 0.5, "queue__workers": 4,
-           "models": __import__("json").dumps(models)}
+           "models": json.dumps(models)}
     config = make_config(tmp_path, sim.url, models=models, coordination={
         "redis_url": redis_server.url, "lease_ttl_s": 2, "lease_renew_s": 0.5})
     b = await start(config)  # first: it writes the secret file the other node reads
     proc = await start_server_process(Path(config.database.path), sim.url, **env)
     try:
         people = await users(b, 2, "kill")
-        held = [asyncio.create_task(_chat_url(proc.url, u, "held")) for u in people]
+        holding = [asyncio.create_task(_chat_url(proc.url, u, "held")) for u in people]
         await until(lambda: sim.stats.in_flight == 2, what="the doomed node holds both places")
         sim.settings.tpot_ms = 1  # later requests are quick
         late = asyncio.create_task(chat(b, people[0], "after the crash"))
@@ -162,21 +164,20 @@ async def test_a_killed_nodes_leases_come_back_after_their_expiry(
         assert leases is not None
         await until(lambda: len(leases.line) == 1, what="node b waits for a lease")
         assert "chatgate_lease_waiting 1.0" in await metrics_text(b)
-        await proc.signal(9)  # SIGKILL: nothing is given back
+        await proc.signal(signal.SIGKILL)  # nothing is given back
         status, body = await asyncio.wait_for(late, 30)  # the leases expire: b's turn runs
         assert status == 200 and body["message"]["status"] == "complete", body
         assert sim.stats.max_in_flight == 2
-        for task in held:
+        for task in holding:
             task.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
+        await asyncio.gather(*holding, return_exceptions=True)
     finally:
         await proc.stop()
         await b.stop()
 
 
 async def _chat_url(url: str, user: User, message: str) -> int:
-    import aiohttp
-
+    """POST /api/chat to a node by URL (a process of its own); the status."""
     async with aiohttp.ClientSession(url) as s, s.post(
             "/api/chat", json={"message": message}, headers=user.headers) as resp:
         await resp.read()
