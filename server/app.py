@@ -21,6 +21,7 @@ from .api import assets
 from .api.routes import setup_routes
 from .config import Config
 from .coordination import RedisLink
+from .coordination.leases import RedisLeases
 from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
@@ -80,7 +81,8 @@ async def create_app(config: Config) -> web.Application:
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
     app.cleanup_ctx.extend([assets.compressed, _render, _coordination, _storage,
-                            _accounts(secret), _usage, _router, _pool, _background, _chat])
+                            _accounts(secret), _usage, _router, _leases, _pool, _background,
+                            _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -220,6 +222,25 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await probes.close()
 
 
+async def _leases(app: web.Application) -> AsyncIterator[None]:
+    """With Redis, upstream caps held across every process and node: a lease per in-flight
+    request (workers, each replica's max_concurrency, a user's running and waiting jobs)."""
+    config, link = app[keys.CONFIG], app[keys.COORDINATION]
+    if link is None:
+        app[keys.LEASES] = None
+        yield
+        return
+    c, q = config.coordination, config.queue
+    leases = RedisLeases(link, workers=q.workers,
+                         background_cap=max(1, int(q.workers * config.background.share)),
+                         ttl_s=c.lease_ttl_s, renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2))
+    app[keys.LEASES] = leases
+    app[keys.METRICS].watch_leases(lambda: len(leases.line))
+    await leases.start_tasks()
+    yield
+    await leases.close()
+
+
 async def _pool(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     q = config.queue
@@ -227,7 +248,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                       max_per_owner=q.max_per_user, max_running_per_owner=q.running_cap,
                       rps=config.limits.upstream_rps,
                       background_share=config.background.share,
-                      background_max_waiting=config.background.max_waiting)
+                      background_max_waiting=config.background.max_waiting,
+                      leases=app[keys.LEASES])
     pool.start()
     app[keys.POOL] = pool
     storage = app[keys.STORAGE]

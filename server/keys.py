@@ -11,6 +11,7 @@ from workers.router import Router
 
 from .config import Config
 from .coordination import RedisLink
+from .coordination.leases import RedisLeases
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -40,6 +41,8 @@ CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 # The Redis link; None when coordination.redis_url is empty (each process alone).
 COORDINATION: web.AppKey[RedisLink | None] = web.AppKey("coordination")
+# Upstream caps shared through Redis; None without it (the pool's own counts are the caps).
+LEASES: web.AppKey[RedisLeases | None] = web.AppKey("leases")
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 ADMIN = web.AppKey("admin", AdminService)

@@ -167,13 +167,16 @@ async def _complete(request: web.Request, state: SimState, call: Call) -> web.St
 
 async def _serve(request: web.Request, parse: Parser) -> web.StreamResponse:
     """Answer one generation request, counting it in flight until its handler ends."""
-    stats = request.app[STATE].stats
-    stats.in_flight += 1
-    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    state = request.app[STATE]
+    counted = [state.stats] if state.group is None else [state.stats, state.group]
+    for stats in counted:
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
     try:
         return await _answer(request, parse)
     finally:
-        stats.in_flight -= 1
+        for stats in counted:
+            stats.in_flight -= 1
 
 
 async def _answer(request: web.Request, parse: Parser) -> web.StreamResponse:

@@ -122,9 +122,11 @@ class SimCluster:
     def __init__(self, replicas: list[SimServer]) -> None:
         """Wrap started replicas and let each one reach its siblings under /sim/replicas."""
         self.replicas = replicas
+        self.total = SimStats()  # in flight across every replica (and the most at once)
         siblings: list[Switch] = list(replicas)
         for r in replicas:
             r.app[STATE].siblings = siblings
+            r.app[STATE].group = self.total
 
     def __getitem__(self, index: int) -> SimServer:
         """The replica at `index`."""

@@ -81,6 +81,9 @@ class SimState:
     created: int = field(default_factory=lambda: int(time.time()))
     switch: Switch | None = None  # set by start_simulator
     siblings: list[Switch] = field(default_factory=list)  # replicas started together, by index
+    # Counters shared by the replicas started together (a SimCluster's `total`): requests in
+    # flight across them all, and the most seen at once.
+    group: SimStats | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # pending down/up flips
 
     def __post_init__(self) -> None:

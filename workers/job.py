@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .errors import JobCancelled, WorkerError
+from .leases import Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,8 @@ class Job:
     # Low priority (a title, a summary): served only when no interactive job may start, never
     # past the queue's background cap, and dropped rather than refused when there is no room.
     background: bool = False
+    # Its claim on the caps a deployment shares (set by the pool when leases are shared).
+    lease: Ticket | None = field(default=None, repr=False)
 
     def emit(self, event: Event) -> None:
         """Send an event to whoever waits for the job."""

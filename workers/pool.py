@@ -12,6 +12,7 @@ from aiolimiter import AsyncLimiter
 
 from .errors import OwnerBlocked, QueueFull, ShuttingDown, UpstreamError, WorkerError
 from .job import Delta, Ending, ForwardRequest, Job, Raw, Started
+from .leases import Leases, LocalLeases, Ticket
 from .queue import FairQueue
 from .router import Router
 from .stream import Progress
@@ -27,12 +28,16 @@ class Place:
     owner: Hashable
     pool: WorkerPool
     held: bool = True
+    ticket: Ticket | None = None  # its count among the owner's waiting jobs, when shared
 
     def release(self) -> None:
         """Give the place back (submitting uses it; a failed store must release it)."""
         if self.held:
             self.held = False
             self.pool._release(self.owner)  # noqa: SLF001
+        if self.ticket is not None:  # not handed to a job: its shared count goes too
+            self.pool.leases.end(self.ticket)
+            self.ticket = None
 
 
 @dataclass
@@ -55,7 +60,7 @@ class WorkerPool:
     def __init__(self, router: Router, *, workers: int, max_queue: int,
                  max_per_owner: int = 0, max_running_per_owner: int = 0,
                  rps: float = 100.0, background_share: float = 0.25,
-                 background_max_waiting: int = 256) -> None:
+                 background_max_waiting: int = 256, leases: Leases | None = None) -> None:
         # max_running_per_owner: how many workers one owner's jobs may hold at once, for jobs
         # that carry no cap of their own (0 = no cap).
         # A worker takes a job only when its model has room, so workers do not pile up
@@ -68,6 +73,11 @@ class WorkerPool:
         router.on_change = self.queue.kick
         self.stats = PoolStats()
         self.router = router
+        # Caps shared with other processes (None: this process alone, today's counts only).
+        self.leases: Leases = leases or LocalLeases()
+        self.shared = router.shared = leases is not None
+        router.leases = self.leases
+        self._max_running_per_owner = max_running_per_owner
         self._size = workers
         self._max_per_owner = max_per_owner
         self._limiter = AsyncLimiter(rps, 1.0)
@@ -104,18 +114,72 @@ class WorkerPool:
         self._reserved[owner] += 1
         return Place(owner, self)
 
+    async def admit(self, owner: Hashable) -> Place:
+        """`reserve`, and with shared caps the owner's waiting jobs counted across every
+        process too (QueueFull past `max_per_owner` there): one shared round trip."""
+        place = self.reserve(owner)
+        if not self.shared:
+            return place
+        ticket = Ticket(owner)
+        try:
+            admitted = await self.leases.admit(ticket, self._max_per_owner)
+        except BaseException:
+            place.release()
+            self.leases.end(ticket)
+            raise
+        if not admitted:
+            place.release()
+            self.stats.rejected += 1
+            raise QueueFull("you already have the most requests waiting that one user may have",
+                            per_owner=True)
+        place.ticket = ticket
+        return place
+
     def submit(self, job: Job, place: Place | None = None) -> None:
         """Queue a job now (into its reserved place, if any); never waits."""
+        ticket = None
         if place is not None:
+            ticket, place.ticket = place.ticket, None  # the job's now
             place.release()
-        if self._closed:
-            raise ShuttingDown(self._closed)
-        if job.owner in self._blocked:
-            raise OwnerBlocked(self._blocked[job.owner])
-        if place is None:
-            self._check_room(job.owner)
+        try:
+            if self._closed:
+                raise ShuttingDown(self._closed)
+            if job.owner in self._blocked:
+                raise OwnerBlocked(self._blocked[job.owner])
+            if place is None:
+                self._check_room(job.owner)
+        except WorkerError:
+            if ticket is not None:
+                self.leases.end(ticket)
+            raise
+        self._ticket(job, ticket)
         self.queue.put_nowait(job)  # room is guaranteed: reservations count as taken
+        job.on_cancel_queued = self._cancel_queued
         self.stats.submitted += 1
+
+    def _ticket(self, job: Job, ticket: Ticket | None) -> None:
+        """Give the job its claim on the shared caps (when they are shared)."""
+        if not self.shared:
+            return
+        ticket = ticket or Ticket(job.owner)
+        ticket.running_cap = self._max_running_per_owner if job.max_running is None \
+            else job.max_running
+        ticket.weight = job.weight
+        ticket.background = job.background
+        job.lease = ticket
+
+    def _end(self, job: Job) -> None:
+        """The job is over: its shared counts go (a no-op when not shared)."""
+        if job.lease is not None:
+            self.leases.end(job.lease)
+            job.lease = None
+
+    def _cancel_queued(self, job: Job) -> bool:
+        """Take a waiting job out of the queue (its client left), its shared counts too."""
+        removed = self.queue.remove(job)
+        if removed:
+            self._end(job)
+        return removed
 
     def offer(self, job: Job) -> bool:
         """Queue a background job if there is room for it among the background ones; never
@@ -124,6 +188,8 @@ class WorkerPool:
         if self._closed or job.owner in self._blocked or not self.queue.put_background(job):
             self.stats.dropped += 1
             return False
+        job.on_cancel_queued = self._cancel_queued
+        self._ticket(job, None)
         self.stats.submitted += 1
         return True
 
@@ -165,6 +231,7 @@ class WorkerPool:
         background ones are stopped (their workers are free for the interactive ones)."""
         self._closed = reason
         for job in self.queue.drain():
+            self._end(job)
             job.fail(ShuttingDown(reason))
         for job in [j for j in self._active if j.background]:
             job.cancel(ShuttingDown(reason))
@@ -186,6 +253,7 @@ class WorkerPool:
                 if job.state == "queued":  # else cancelled while waiting: never sent upstream
                     await self._hold(job)
             finally:
+                self._end(job)
                 self.router.unclaim(job)
                 self.queue.done(job)  # its owner may run another now
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ModelNotFound, ModelUnavailable, UpstreamError, UpstreamRejected
 from .job import Ending, Job
+from .leases import Leases, LocalLeases, Slot, Ticket
 from .replica import Replica
 from .stream import Progress
 from .upstream import Retryable, UpstreamClient, UpstreamSettings
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 # request tried elsewhere. Other 4xx are the client's own mistake.
 _REPLICA_FAULTS = {401: "auth", 403: "auth", 404: "model"}
 Attempt = Callable[[UpstreamClient, str, Progress], Awaitable[Ending]]
+# Asks the shared caps for a lease on one of these replicas (in order of preference): its
+# index, or None after a wait for room.
+Gate = Callable[[Sequence[Slot]], Awaitable[int | None]]
 
 
 @dataclass(frozen=True)
@@ -118,17 +122,27 @@ class ModelRoute:
                                 "recovering, try again shortly")
 
     async def acquire(self, key: Hashable | None, avoid: Iterable[Replica],
-                      exclude: Iterable[Replica] = ()) -> Replica:
+                      exclude: Iterable[Replica] = (), gate: Gate | None = None) -> Replica:
         """A replica for one attempt (its in-flight count taken), waiting while every routable
         one is full; replicas in `avoid` (tried already) only when no other is routable, those
-        in `exclude` (timed out for this job) never."""
+        in `exclude` (timed out for this job) never. With a `gate` (caps shared with other
+        processes), the lease is taken on the chosen replica, else on the next with room."""
         avoided, excluded = set(avoid), set(exclude)
         while True:
             routable = [r for r in self.replicas if r.routable and r not in excluded]
             if not routable:
                 raise self.unavailable_error()
             fresh = [r for r in routable if r not in avoided] or routable
-            replica = self._pick(key, [r for r in fresh if r.has_room])
+            free = [r for r in fresh if r.has_room]
+            replica = self._pick(key, free)
+            if replica is not None and gate is not None:
+                now = time.monotonic()
+                order = [replica, *sorted((r for r in free if r is not replica),
+                                          key=lambda r: r.score(now))]
+                got = await gate([(r.label, r.spec.max_concurrency) for r in order])
+                if got is None:
+                    continue  # waited for room: look at the replicas again
+                replica = order[got]
             if replica is not None:
                 replica.in_flight += 1
                 replica.requests += 1
@@ -191,6 +205,9 @@ class Router:
         self._s = settings
         self.on_change = on_change or (lambda: None)  # the pool's queue looks again
         self._claims: dict[Job, ModelRoute] = {}  # taken by a worker, no replica held yet
+        # The caps shared with other processes (the pool sets them): a lease per attempt.
+        self.leases: Leases = LocalLeases()
+        self.shared = False
         # Called once per attempt that got a first token: (model, replica, seconds).
         self.on_first_token: Callable[[str, str, float], None] = lambda *_: None
 
@@ -291,8 +308,10 @@ class Router:
         route = self.find(job.model)
         tried: list[Replica] = []
         timed_out: set[Replica] = set()  # never tried again for this job
+        ticket = job.lease if self.shared else None
+        gate = None if ticket is None else self._gate(ticket)
         while True:
-            replica = await route.acquire(job.affinity, tried, timed_out)
+            replica = await route.acquire(job.affinity, tried, timed_out, gate)
             self.unclaim(job)
             job.replica = replica.label
             progress = Progress()
@@ -325,6 +344,8 @@ class Router:
                     self.on_first_token(route.name, replica.label, ttft)
                 return ending
             finally:
+                if ticket is not None:
+                    self.leases.stop(ticket)
                 route.release(replica)
                 if replica.state != "healthy":
                     self.on_change()
@@ -332,6 +353,12 @@ class Router:
             if reason == "timeout":
                 timed_out.add(replica)
             await self._before_retry(job, route, tried, timed_out, error)
+
+    def _gate(self, ticket: Ticket) -> Gate:
+        """The lease step of one job's attempts."""
+        def gate(slots: Sequence[Slot]) -> Awaitable[int | None]:
+            return self.leases.start(ticket, slots)
+        return gate
 
     async def _before_retry(self, job: Job, route: ModelRoute, tried: list[Replica],
                             timed_out: set[Replica], error: UpstreamError) -> None:

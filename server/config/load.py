@@ -38,7 +38,7 @@ _POSITIVE = {
     "routing.affinity_size", "chat.finished_turn_ttl_s", "memories.max_per_user",
     "memories.cache_size", "background.share", "background.max_waiting",
     "background.summary_max_tokens", "coordination.timeout_s",
-    "coordination.health_interval_s",
+    "coordination.health_interval_s", "coordination.lease_ttl_s", "coordination.lease_renew_s",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}

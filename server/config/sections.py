@@ -186,6 +186,8 @@ class CoordinationConfig:
     key_prefix: str = "chatgate:"
     timeout_s: float = 0.5  # one command's wait: past it Redis counts as down
     health_interval_s: float = 1.0
+    lease_ttl_s: float = 10.0  # an upstream lease's life unrenewed: a dead node's come back
+    lease_renew_s: float = 3.0  # how often a node renews the leases it holds
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class ChatService:
         await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
         profile = await self._prompts.profile(user_id)  # cached; read before anything is kept
         quota = self._caps.quota(limits)
-        place = self._pool.reserve(user_id)  # a full queue refuses here: nothing stored
+        place = await self._pool.admit(user_id)  # a full queue refuses here: nothing stored
         keep = (chosen.name or None) if chosen is not None else None
         try:
             if conversation_id is not None and edit_message_id is not None:

@@ -124,7 +124,7 @@ class CompletionService:
                 self._tpm[key.id].give_back(reserved - used)
 
         forwarded = Forwarded(job, stream, ended)
-        place = self._pool.reserve(user_id)  # last: nothing between it and submit can fail
+        place = await self._pool.admit(user_id)  # last: nothing between it and submit can fail
         try:
             self._pool.submit(job, place)
         except BaseException:

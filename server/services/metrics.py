@@ -131,6 +131,9 @@ class Metrics:
                                         "Background jobs waiting for a worker", registry=r)
         self.background_running = Gauge("chatgate_background_running",
                                         "Workers running a background job", registry=r)
+        self.lease_waiting = Gauge("chatgate_lease_waiting",
+                                   "Workers holding a job while they wait for an upstream "
+                                   "place shared with other nodes (Redis leases)", registry=r)
         self.replica_ttft = family("chatgate_replica_first_token_seconds",
                                    "Time to the first token, per replica", ["model", "replica"],
                                    buckets=_SLOW)
@@ -165,6 +168,10 @@ class Metrics:
         """Background jobs waiting and running, read at scrape time."""
         self.background_waiting.set_function(waiting)
         self.background_running.set_function(running)
+
+    def watch_leases(self, waiting: Callable[[], int]) -> None:
+        """Workers waiting for a shared lease, read at scrape time."""
+        self.lease_waiting.set_function(waiting)
 
     def background_ended(self, kind: str, outcome: str, usage: dict[str, Any]) -> None:
         """One background job's end (`kind` and `outcome` are fixed words) and its tokens."""

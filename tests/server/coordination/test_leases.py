@@ -1,0 +1,280 @@
+"""Upstream caps held across nodes: two app instances sharing one Redis and one SQLite file,
+pointed at simulators that count the requests they carry at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from server import keys
+from server.runner import Running, start
+from tests.support.app import User, make_config, register_over_http
+from tests.support.procs import start_server_process
+from tests.support.redis import RedisServer
+from tests.support.replicas import chat, metrics_text, until
+from vllm_sim import SimServer, SimSettings, start_replicas
+
+Nodes = Callable[..., Awaitable[tuple[Running, Running]]]
+
+
+def replicas(sims: list[SimServer], cap: int) -> list[dict[str, Any]]:
+    """One model served by these simulators, each replica capped at `cap`."""
+    return [{"name": "m", "served_name": sims[0].settings.model,
+             "replicas": [{"url": s.url, "max_concurrency": cap} for s in sims]}]
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Nodes]:
+    """Start two app instances on one database and one Redis (keywords: config sections)."""
+    started: list[Running] = []
+
+    async def make(sims: list[SimServer], cap: int, **sections: Any) -> tuple[Running, Running]:
+        sections.setdefault("queue", {}).setdefault("workers", 4)
+        config = make_config(
+            tmp_path, sims[0].url, models=replicas(sims, cap),
+            coordination={"redis_url": redis_server.url, "lease_ttl_s": 2,
+                          "lease_renew_s": 0.5, "health_interval_s": 0.1, "timeout_s": 0.3},
+            **sections)
+        for _ in range(2):  # one after the other: the first writes the secret file
+            started.append(await start(config))
+        return started[0], started[1]
+
+    yield make
+    for running in started:
+        await running.stop()
+
+
+async def held(redis_server: RedisServer) -> dict[str, int]:
+    """Every lease set in Redis that still holds something, and how many."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        found = {}
+        async for key in r.scan_iter(match="chatgate:{leases}:*", _type="zset"):
+            if await r.zcard(key):
+                found[key.decode()] = await r.zcard(key)
+        return found
+    finally:
+        await r.aclose()
+
+
+async def none_held(redis_server: RedisServer) -> None:
+    """Every lease given back (releases are sent after the replies: poll)."""
+    async def empty() -> bool:
+        return not await held(redis_server)
+    await until(empty, what="every lease given back")
+
+
+async def load(pairs: list[tuple[Running, User]], per_pair: int) -> list[int]:
+    """Chats through both nodes at once; every status."""
+    results = await asyncio.gather(*(chat(node, user, f"hello {i}")
+                                     for node, user in pairs for i in range(per_pair)))
+    return [status for status, _ in results]
+
+
+async def users(node: Running, n: int, prefix: str) -> list[User]:
+    """Register n users (through one node: the database is shared)."""
+    return [await register_over_http(node.url, f"{prefix}{i}") for i in range(n)]
+
+
+async def test_a_replica_never_carries_more_than_its_cap_across_nodes(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=30, tpot_ms=5, reply_tokens=6)
+    a, b = await nodes([sim], cap=3)
+    people = await users(a, 8, "cap")
+    statuses = await load([(node, u) for u in people for node in (a, b)], per_pair=2)
+    assert statuses == [200] * len(statuses)
+    # Each node alone would allow 3 (6 together); the deployment's cap is 3.
+    assert sim.stats.max_in_flight == 3
+    await none_held(redis_server)
+
+
+async def test_workers_hold_across_nodes_over_two_replicas(
+        nodes: Nodes, tmp_path: Path) -> None:
+    fast = SimSettings(ttft_ms=30, tpot_ms=5, reply_tokens=6)
+    async with await start_replicas([fast, fast]) as cluster:
+        a, b = await nodes(list(cluster), cap=3)
+        people = await users(a, 8, "wk")
+        statuses = await load([(node, u) for u in people for node in (a, b)], per_pair=2)
+        assert statuses == [200] * len(statuses)
+        assert cluster.total.max_in_flight == 4  # queue.workers: 4 in all, not 4 a node
+        assert all(sim.stats.max_in_flight <= 3 for sim in cluster)
+
+
+async def test_a_users_running_cap_holds_across_nodes(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=30, tpot_ms=5, reply_tokens=6)
+    a, b = await nodes([sim], cap=0, queue={"max_running_per_user": 1})
+    user = (await users(a, 1, "run"))[0]
+    statuses = await load([(a, user), (b, user)], per_pair=3)
+    assert statuses == [200] * 6
+    assert sim.stats.max_in_flight == 1  # one at a time for this user, whichever node
+    await none_held(redis_server)
+
+
+async def test_a_users_waiting_cap_holds_across_nodes(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=1, tpot_ms=100, reply_tokens=20)  # 2 s a reply
+    a, b = await nodes([sim], cap=0, queue={"max_running_per_user": 1, "max_per_user": 1})
+    user = (await users(a, 1, "wait"))[0]
+    first = asyncio.create_task(chat(a, user, "runs"))
+    await until(lambda: sim.stats.in_flight == 1, what="the first chat runs")
+    second = asyncio.create_task(chat(b, user, "waits on node b"))
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await until(lambda: r.zcard(f"chatgate:{{leases}}:queued:{user.id}"),
+                    what="the second chat counted as waiting")
+    finally:
+        await r.aclose()
+    status, body = await chat(a, user, "one too many")  # node a has nothing waiting itself
+    assert status == 429 and body["error"]["code"] == "too_many_queued", body
+    assert [s for s, _ in await asyncio.gather(first, second)] == [200, 200]
+    await none_held(redis_server)
+
+
+async def test_a_killed_nodes_leases_come_back_after_their_expiry(
+        tmp_path: Path, redis_server: RedisServer,
+        make_sim: Callable[..., Awaitable[SimServer]]) -> None:
+    sim = await make_sim(ttft_ms=1, tpot_ms=1000, reply_tokens=100)  # 100 s a reply
+    models = replicas([sim], cap=2)
+    env = {"coordination__redis_url": redis_server.url, "coordination__lease_ttl_s": 2,
+           "coordination__lease_renew_s": 0.5, "queue__workers": 4,
+           "models": json.dumps(models)}
+    config = make_config(tmp_path, sim.url, models=models, coordination={
+        "redis_url": redis_server.url, "lease_ttl_s": 2, "lease_renew_s": 0.5})
+    b = await start(config)  # first: it writes the secret file the other node reads
+    proc = await start_server_process(Path(config.database.path), sim.url, **env)
+    try:
+        people = await users(b, 2, "kill")
+        holding = [asyncio.create_task(_chat_url(proc.url, u, "held")) for u in people]
+        await until(lambda: sim.stats.in_flight == 2, what="the doomed node holds both places")
+        sim.settings.tpot_ms = 1  # later requests are quick
+        late = asyncio.create_task(chat(b, people[0], "after the crash"))
+        leases = b.app[keys.LEASES]
+        assert leases is not None
+        await until(lambda: len(leases.line) == 1, what="node b waits for a lease")
+        assert "chatgate_lease_waiting 1.0" in await metrics_text(b)
+        await proc.signal(signal.SIGKILL)  # nothing is given back
+        status, body = await asyncio.wait_for(late, 30)  # the leases expire: b's turn runs
+        assert status == 200 and body["message"]["status"] == "complete", body
+        assert sim.stats.max_in_flight == 2
+        for task in holding:
+            task.cancel()
+        await asyncio.gather(*holding, return_exceptions=True)
+    finally:
+        await proc.stop()
+        await b.stop()
+
+
+async def _chat_url(url: str, user: User, message: str) -> int:
+    """POST /api/chat to a node by URL (a process of its own); the status."""
+    async with aiohttp.ClientSession(url) as s, s.post(
+            "/api/chat", json={"message": message}, headers=user.headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_redis_killed_mid_load_costs_no_request_and_caps_return(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=20, tpot_ms=5, reply_tokens=10)
+    a, b = await nodes([sim], cap=3)
+    people = await users(a, 8, "down")
+    pairs = [(node, u) for u in people for node in (a, b)]
+    running = asyncio.create_task(load(pairs, per_pair=4))
+    await until(lambda: sim.stats.completed >= 8, what="the load under way")
+    await redis_server.stop()
+    assert await running == [200] * 64  # nothing refused or failed for Redis being down
+    assert all(n.app[keys.COORDINATION].up is False for n in (a, b))  # type: ignore[union-attr]
+    await redis_server.start()
+    await until(lambda: all(n.app[keys.COORDINATION].up for n in (a, b)),  # type: ignore[union-attr]
+                what="both nodes see Redis back")
+    await until(lambda: sim.stats.in_flight == 0, what="the load drained")
+    sim.stats.reset()
+    assert await load(pairs, per_pair=2) == [200] * 32
+    assert sim.stats.max_in_flight == 3  # shared again
+    await none_held(redis_server)
+
+
+async def _commands(redis_server: RedisServer, during: Awaitable[Any]) -> list[str]:
+    """The commands clients sent Redis while `during` ran (MONITOR; a script's own commands
+    and the nodes' health PINGs left out)."""
+    client = aioredis.Redis(port=redis_server.port)
+    sent: list[str] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with client.monitor() as monitor:
+            ready.set()
+            async for entry in monitor.listen():
+                name = str(entry["command"]).split()[0].upper()
+                if entry.get("client_type") != "lua" and name != "PING":
+                    sent.append(name)
+
+    task = asyncio.create_task(watch())
+    await ready.wait()
+    await asyncio.sleep(0.05)
+    try:
+        await during
+        await asyncio.sleep(0.3)  # the release goes after the reply
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+    return sent
+
+
+@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 3), (0, 2)])
+async def test_what_a_chat_turn_costs_in_lease_calls(
+        tmp_path: Path, redis_server: RedisServer, simulator: SimServer,
+        max_per_user: int, calls: int) -> None:
+    # Waiting jobs counted (before the message is stored), the lease (when a worker starts
+    # it), the release (after the reply, off its path); no count when max_per_user is 0.
+    config = make_config(tmp_path, simulator.url, queue={"max_per_user": max_per_user},
+                         coordination={"redis_url": redis_server.url, "lease_renew_s": 60,
+                                       "lease_ttl_s": 180, "health_interval_s": 60})
+    node = await start(config)
+    try:
+        user = (await users(node, 1, "cost"))[0]
+        assert (await chat(node, user, "warm up"))[0] == 200  # scripts loaded
+        await asyncio.sleep(0.3)
+        sent = await _commands(redis_server, chat(node, user, "counted"))
+        assert sent == ["EVALSHA"] * calls, sent
+    finally:
+        await node.stop()
+
+
+async def test_a_turn_stopped_while_it_waits_for_a_place_gives_its_count_back(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    sim = await make_sim(ttft_ms=1, tpot_ms=100, reply_tokens=30)  # 3 s a reply
+    a, b = await nodes([sim], cap=0, queue={"max_running_per_user": 1})
+    user = (await users(a, 1, "stop"))[0]
+    first = asyncio.create_task(chat(a, user, "runs"))
+    await until(lambda: sim.stats.in_flight == 1, what="the first chat runs")
+    leaving = asyncio.create_task(chat(b, user, "waits, then its client leaves"))
+    leases = b.app[keys.LEASES]
+    assert leases is not None
+    await until(lambda: len(leases.line) == 1, what="node b's turn waits for a place")
+    leaving.cancel()  # the client leaves: the turn is stopped after chat.detached_grace_s
+    await asyncio.gather(leaving, return_exceptions=True)
+    await until(lambda: not len(leases.line), what="the stopped turn left the line")
+    assert not first.done() and sim.stats.requests_total == 1  # it never reached the model
+    waiting = f"chatgate:{{leases}}:queued:{user.id}"
+
+    async def given_back() -> bool:
+        return waiting not in await held(redis_server)
+    await until(given_back, what="its count among the user's waiting jobs given back")
+    assert not first.done()  # ...while the first still runs
+    assert (await first)[0] == 200
+    await none_held(redis_server)
