@@ -349,6 +349,11 @@ def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     for number in range(version + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Several processes may open a new file at once: the first to hold the write lock
+            # applies each step, the others find it done.
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(MIGRATIONS[number - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
