@@ -75,7 +75,7 @@ class Master:
         await asyncio.wait([first, stopped], return_when=asyncio.FIRST_COMPLETED)
         failed = first.done() and not all(first.result())
         if failed:
-            log.error("a server process could not start: stopping the others")
+            log.error("stopping the other server processes")
         else:
             await stopped  # serving: until SIGTERM or SIGINT
             log.info("stopping %d server processes: each finishes its running replies",
@@ -103,11 +103,18 @@ class Master:
         while True:
             since = loop.time()
             proc, ready = await self._spawn(index)
+            code = await proc.wait() if not ready else None
             if not started.done():
-                started.set_result(ready)
-            code = await proc.wait()
+                # Refusing to start (a configuration or database problem: an exit code) stops
+                # the master; one killed by a signal while starting is started again.
+                started.set_result(ready or code is None or code < 0)
+                if not started.result():
+                    log.error("server process %d (pid %d) could not start: it %s", index + 1,
+                              proc.pid, _ended(code or 0))
+            if code is None:
+                code = await proc.wait()
             await asyncio.to_thread(retire, self._metrics_dir, proc.pid)
-            if self._stopping or not started.result():  # stopping, or it never started
+            if self._stopping or not started.result():  # stopping, or it could not start
                 return code
             self.restarts += 1
             if loop.time() - since >= STABLE_S:

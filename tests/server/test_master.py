@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import time
 from contextlib import AsyncExitStack, closing
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tests.support.app import User, register_over_http
+from tests.support.paths import ROOT
 from tests.support.procs import (
     Proc,
     children_of,
@@ -162,6 +164,8 @@ async def test_a_killed_child_is_started_again_and_serves(tmp_path: Path) -> Non
                                         SERVER__PROCESSES=2)
     try:
         first = await children(server, 2)
+        async with AsyncExitStack() as stack:
+            await pinned_to_each(server, stack)  # both serve: started, not starting
         victim = first[0]
         os.kill(victim, signal.SIGKILL)
         now = await children(server, 2, not_in=frozenset({victim}))
@@ -254,3 +258,26 @@ async def test_metrics_add_up_the_requests_of_every_process(tmp_path: Path) -> N
         finally:
             await server.stop()
             await sim.signal(signal.SIGTERM)
+
+
+async def test_processes_that_refuse_to_start_stop_the_master_with_their_message(
+        tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    env = dict(os.environ, CHATGATE_DATABASE__PATH=str(db),
+               CHATGATE_LLM__BASE_URL="http://127.0.0.1:9/v1", CHATGATE_SERVER__PROCESSES="2")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", "--port", "0", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "newer than this program" in text and "Traceback" not in text
+    assert "could not start" in text and "restarting" not in text
+    assert children_of(proc.pid) == []
