@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.child_index is not None:  # one of the master's processes
             follow_master(args.master_pid)
             process = ProcessInfo(args.child_index, count, args.metrics_dir)
-            config = share(config, process.index, count)  # the caps, without coordination
+            # Each process's share of the global caps. Once the caps are held in Redis
+            # (coordination.redis_url), this is the one call to skip.
+            config = share(config, process.index, count)
         else:
             process = None
             share(config, 0, count)  # a cap too small to share: said once, by the master

@@ -21,6 +21,7 @@ from . import keys
 from .api import assets
 from .api.routes import setup_routes
 from .config import Config
+from .coordination import RedisLink
 from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
@@ -83,9 +84,9 @@ async def create_app(config: Config, process: ProcessInfo | None = None) -> web.
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([_shared_metrics(process), assets.compressed, _render, _storage,
-                            _accounts(secret), _revocations, _usage, _router, _pool,
-                            _background, _chat])
+    app.cleanup_ctx.extend([_shared_metrics(process), assets.compressed, _render,
+                            _coordination, _storage, _accounts(secret), _revocations, _usage,
+                            _router, _pool, _background, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -113,6 +114,19 @@ async def _render(app: web.Application) -> AsyncIterator[None]:
     app[keys.METRICS].watch_render(renderer.stats.counts)
     yield
     await renderer.close()
+
+
+async def _coordination(app: web.Application) -> AsyncIterator[None]:
+    """The Redis link, when configured: opened before what shares state through it."""
+    config = app[keys.CONFIG].coordination
+    link = RedisLink(config) if config.redis_url else None
+    app[keys.COORDINATION] = link
+    if link is None:
+        yield
+        return
+    await link.start()
+    yield
+    await link.close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from workers.pool import WorkerPool
 from workers.router import Router
 
 from .config import Config
+from .coordination import RedisLink
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -38,6 +39,8 @@ from .storage import Storage
 
 CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
+# The Redis link; None when coordination.redis_url is empty (each process alone).
+COORDINATION: web.AppKey[RedisLink | None] = web.AppKey("coordination")
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 ADMIN = web.AppKey("admin", AdminService)

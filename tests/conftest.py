@@ -16,6 +16,7 @@ import pytest
 from server.config import Config
 from server.runner import Running, start
 from tests.support.app import User, make_config
+from tests.support.redis import RedisServer, start_redis
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas, start_simulator
 
 _names = itertools.count(1)
@@ -45,6 +46,14 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
     yield make
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real Redis on a loopback port, empty, for this test only."""
+    server = await start_redis(tmp_path / "redis")
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ _POSITIVE = {
     "routing.max_cooldown_s", "routing.metrics_max_age_s", "routing.affinity_ttl_s",
     "routing.affinity_size", "chat.finished_turn_ttl_s", "memories.max_per_user",
     "memories.cache_size", "background.share", "background.max_waiting",
-    "background.summary_max_tokens",
+    "background.summary_max_tokens", "coordination.timeout_s",
+    "coordination.health_interval_s",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
@@ -197,6 +198,9 @@ def _check(name: str, kind: Any, value: Any) -> Any:
             except ValueError as err:
                 raise ConfigError(f"{name}: {entry!r} is not an address or network{where}") \
                     from err
+    if name == "coordination.redis_url" and result \
+            and not result.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name}: must be a redis://, rediss:// or unix:// address{where}")
     if name in _CHOICES and result not in _CHOICES[name]:
         raise ConfigError(f"{name}: must be one of {', '.join(_CHOICES[name])}{where}")
     return result

@@ -179,6 +179,17 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class CoordinationConfig:
+    """Redis for what several processes and nodes share (empty url: each process alone)."""
+
+    redis_url: str = ""  # redis://host:6379/0, rediss://..., unix:///path
+    node_id: str = ""  # this process's name in shared state ("" = host:pid)
+    key_prefix: str = "chatgate:"
+    timeout_s: float = 0.5  # one command's wait: past it Redis counts as down
+    health_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """GET /metrics (Prometheus text format)."""
 
@@ -215,6 +226,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     memories: MemoriesConfig = field(default_factory=MemoriesConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     models: tuple[ModelConfig, ...] = ()

@@ -18,6 +18,7 @@ from server.config import (
     ChatConfig,
     Config,
     ConfigError,
+    CoordinationConfig,
     DatabaseConfig,
     LimitsConfig,
     LLMConfig,
@@ -102,7 +103,8 @@ def test_section_classes_are_the_ones_config_uses() -> None:
                      "limits": LimitsConfig, "llm": LLMConfig, "queue": QueueConfig,
                      "background": BackgroundConfig, "chat": ChatConfig,
                      "memory": MemoryConfig, "memories": MemoriesConfig,
-                     "usage": UsageConfig, "metrics": MetricsConfig,
+                     "usage": UsageConfig, "coordination": CoordinationConfig,
+                     "metrics": MetricsConfig,
                      "render": RenderConfig, "models": tuple[ModelConfig, ...],
                      "routing": RoutingConfig}
 
@@ -405,3 +407,9 @@ def test_background_share_of_one_and_the_defaults_load() -> None:
     assert build_config({"background": {"share": 1}}).background.share == 1.0
     background = build_config({}).background
     assert (background.share, background.max_waiting, background.titles) == (0.25, 256, True)
+
+
+@pytest.mark.parametrize("url", ["http://redis:6379", "redis:6379", "localhost"])
+def test_redis_url_must_name_a_redis_address(url: str) -> None:
+    with pytest.raises(ConfigError, match="coordination.redis_url"):
+        build_config({"coordination": {"redis_url": url}})
