@@ -56,6 +56,7 @@ class Master:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self._wake = asyncio.Event()  # ends a restart's wait when stopping
+        self._retiring = asyncio.Lock()  # one fold into the retired totals at a time
         self.restarts = 0
 
     @property
@@ -113,7 +114,8 @@ class Master:
                               proc.pid, _ended(code or 0))
             if code is None:
                 code = await proc.wait()
-            await asyncio.to_thread(retire, self._metrics_dir, proc.pid)
+            async with self._retiring:  # read, add, write: never two at once
+                await asyncio.to_thread(retire, self._metrics_dir, proc.pid)
             if self._stopping or not started.result():  # stopping, or it could not start
                 return code
             self.restarts += 1

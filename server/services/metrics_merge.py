@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ class ProcessMetrics:
 
 def retire(directory: str, pid: int) -> None:
     """Fold a finished process's last counters and histograms into the retired totals (its
-    gauges end with it). Called by the master, one process at a time."""
+    gauges end with it). Called by the master, one process at a time (it reads, adds and
+    writes the totals)."""
     folder = Path(directory)
     path = folder / f"live-{pid}.json"
     last = _load(path)
@@ -143,6 +145,6 @@ def _load(path: Path) -> list[Family] | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
