@@ -57,12 +57,6 @@ class Master:
         self._stopping = False
         self._wake = asyncio.Event()  # ends a restart's wait when stopping
         self._retiring = asyncio.Lock()  # one fold into the retired totals at a time
-        self.restarts = 0
-
-    @property
-    def pids(self) -> list[int]:
-        """The running processes' ids, by index."""
-        return [p.pid for _, p in sorted(self._procs.items()) if p.returncode is None]
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start every process, keep them running until `stop` is set, then drain them all.
@@ -118,7 +112,6 @@ class Master:
                 await asyncio.to_thread(retire, self._metrics_dir, proc.pid)
             if self._stopping or not started.result():  # stopping, or it could not start
                 return code
-            self.restarts += 1
             if loop.time() - since >= STABLE_S:
                 delay = RESTART_MIN_S
             log.warning("server process %d (pid %d) %s; starting it again in %gs", index + 1,
@@ -127,8 +120,8 @@ class Master:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
-            if self._stopping:
-                return code
+            if self._stopping:  # stopped while waiting to start it again: nothing to drain
+                return 0
             delay = min(delay * 2, RESTART_MAX_S)
 
     async def _spawn(self, index: int) -> tuple[asyncio.subprocess.Process, bool]:
