@@ -281,3 +281,27 @@ async def test_processes_that_refuse_to_start_stop_the_master_with_their_message
     assert "newer than this program" in text and "Traceback" not in text
     assert "could not start" in text and "restarting" not in text
     assert children_of(proc.pid) == []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+async def test_a_killed_master_leaves_no_process_behind(tmp_path: Path) -> None:
+    sim = await start_simulator_process()
+    server = await start_server_process(tmp_path / "orphans.db", sim.url + "/v1",
+                                        SERVER__PROCESSES=2)
+    try:
+        pids = await children(server, 2)
+        await server.stop()  # SIGKILL: the master cannot pass anything on
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in pids):  # the kernel told them: they drained
+            assert time.monotonic() < deadline, [p for p in pids if not _gone(p)]
+            await asyncio.sleep(0.05)
+    finally:
+        await server.stop()
+        await sim.signal(signal.SIGTERM)
