@@ -99,8 +99,12 @@ def _serve_child(config: Config, process: ProcessInfo, ready_fd: int,
                  listener: logging.Handler) -> int:
     """One of the master's server processes: serve on the shared port, say when listening."""
     def ready() -> None:
-        os.write(ready_fd, b"1")
-        os.close(ready_fd)
+        try:
+            os.write(ready_fd, b"1")
+        except OSError:  # the master is gone: the kernel's SIGTERM (follow_master) is coming
+            pass
+        finally:
+            os.close(ready_fd)
 
     try:
         with _event_loop() as runner:

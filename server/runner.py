@@ -84,7 +84,11 @@ async def serve(config: Config, stop: asyncio.Event, process: ProcessInfo | None
     """Serve until `stop` is set, then stop gracefully; `ready` is called once listening."""
     running = await start(config, process)
     if ready is not None:
-        ready()
+        try:
+            ready()
+        except BaseException:
+            await running.stop()
+            raise
     # Start-up objects live for the whole process: keep them out of every later GC pass.
     gc.collect()
     gc.freeze()
