@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -21,7 +22,7 @@ from .api import assets
 from .api.routes import setup_routes
 from .config import Config
 from .coordination import RedisLink
-from .coordination.leases import RedisLeases
+from .coordination.leases import RedisLeases, whole
 from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
@@ -31,6 +32,7 @@ from .middleware.errors import setup_errors
 from .middleware.headers import setup_headers
 from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
+from .processes import ProcessInfo, split
 from .secret import resolve_secret
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
@@ -43,12 +45,14 @@ from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.memories import MemoryService
 from .services.memory import MemoryManager
+from .services.metrics_merge import ProcessMetrics
 from .services.password_policy import PasswordPolicy, load_common
 from .services.passwords import Passwords
 from .services.profile import Profiles
 from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff, KeyedRateLimiter
 from .services.render import Renderer
+from .services.revocations import RevocationPoller
 from .services.status import StatusService
 from .services.suggestions import SuggestionService
 from .services.summaries import SummaryService
@@ -62,8 +66,9 @@ log = logging.getLogger(__name__)
 Context = Callable[[web.Application], AsyncIterator[None]]
 
 
-async def create_app(config: Config) -> web.Application:
-    """Build the app; resources open on start-up and close in reverse order on cleanup."""
+async def create_app(config: Config, process: ProcessInfo | None = None) -> web.Application:
+    """Build the app; resources open on start-up and close in reverse order on cleanup.
+    `process`: this is one of several server processes (see server/master.py)."""
     secret = await resolve_secret(config.auth.secret, config.database.path)
     server = config.server
     app = web.Application(client_max_size=server.max_body_bytes)
@@ -80,11 +85,29 @@ async def create_app(config: Config) -> web.Application:
     setup_body_deadline(app, server.body_timeout_s)  # after auth: no body read for a 401
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
-    app.cleanup_ctx.extend([assets.compressed, _render, _coordination, _storage,
-                            _accounts(secret), _usage, _router, _leases, _pool, _background,
-                            _chat])
+    app.cleanup_ctx.extend([_shared_metrics(process), assets.compressed, _render,
+                            _coordination, _storage, _accounts(secret), _revocations, _usage,
+                            _router, _leases(process), _pool, _background, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
+
+
+def _shared_metrics(process: ProcessInfo | None) -> Context:
+    """With several processes, /metrics shows them all: this one writes its series to the
+    master's folder every second (and once more last, after everything else has closed)."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if process is None:
+            yield
+            return
+        metrics = app[keys.METRICS]
+        metrics.shared = shared = ProcessMetrics(metrics.registry, process.metrics_dir,
+                                                 os.getpid())
+        writing = asyncio.create_task(shared.run(), name="metrics-write")
+        yield
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        await shared.write()
+    return ctx
 
 
 async def _render(app: web.Application) -> AsyncIterator[None]:
@@ -138,6 +161,7 @@ def _accounts(secret: str) -> Context:
         policy = PasswordPolicy(await asyncio.to_thread(load_common))  # a file read: off the loop
         api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size,
                                  app[keys.CAPS])
+        tokens.also_forget(api_keys.forget)  # revocations from elsewhere reach keys too
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
         app[keys.ACCOUNTS] = accounts = AccountService(
@@ -161,6 +185,27 @@ def _accounts(secret: str) -> Context:
         yield
         passwords.close()
     return ctx
+
+
+def polls_revocations(config: Config) -> bool:
+    """Whether others may revoke what this process cached: several processes on one database."""
+    return config.auth.revocation_poll_s > 0 and config.server.processes > 1
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """Revocations written by other processes reach this one's caches within a poll."""
+    config = app[keys.CONFIG]
+    if not polls_revocations(config):
+        yield
+        return
+    poller = RevocationPoller(app[keys.STORAGE].auth_events, app[keys.TOKENS].forget,
+                              config.auth.revocation_poll_s, config.auth.cache_ttl_s + 60)
+    await poller.start()
+    app[keys.REVOCATIONS] = poller
+    polling = asyncio.create_task(poller.run(), name="revocation-poll")
+    yield
+    polling.cancel()
+    await asyncio.gather(polling, return_exceptions=True)
 
 
 async def _usage(app: web.Application) -> AsyncIterator[None]:
@@ -222,23 +267,29 @@ async def _router(app: web.Application) -> AsyncIterator[None]:
     await probes.close()
 
 
-async def _leases(app: web.Application) -> AsyncIterator[None]:
+def _leases(process: ProcessInfo | None) -> Context:
     """With Redis, upstream caps held across every process and node: a lease per in-flight
-    request (workers, each replica's max_concurrency, a user's running and waiting jobs)."""
-    config, link = app[keys.CONFIG], app[keys.COORDINATION]
-    if link is None:
-        app[keys.LEASES] = None
+    request (workers, each replica's max_concurrency, a user's running and waiting jobs);
+    while Redis is down, this process keeps to its share of them."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config, link = app[keys.CONFIG], app[keys.COORDINATION]
+        if link is None:
+            app[keys.LEASES] = None
+            yield
+            return
+        c, q = config.coordination, config.queue
+        mine: Callable[[int], int] = (
+            (lambda total: split(total, process.index, process.count)) if process else whole)
+        leases = RedisLeases(link, workers=q.workers,
+                             background_cap=max(1, int(q.workers * config.background.share)),
+                             ttl_s=c.lease_ttl_s,
+                             renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2), share=mine)
+        app[keys.LEASES] = leases
+        app[keys.METRICS].watch_leases(lambda: len(leases.line))
+        await leases.start_tasks()
         yield
-        return
-    c, q = config.coordination, config.queue
-    leases = RedisLeases(link, workers=q.workers,
-                         background_cap=max(1, int(q.workers * config.background.share)),
-                         ttl_s=c.lease_ttl_s, renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2))
-    app[keys.LEASES] = leases
-    app[keys.METRICS].watch_leases(lambda: len(leases.line))
-    await leases.start_tasks()
-    yield
-    await leases.close()
+        await leases.close()
+    return ctx
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from .services.passwords import Passwords
 from .services.profile import Profiles
 from .services.prompt import PromptAssembler
 from .services.render import Renderer
+from .services.revocations import RevocationPoller
 from .services.status import StatusService
 from .services.suggestions import SuggestionService
 from .services.summaries import SummaryService
@@ -62,6 +63,7 @@ TITLES = web.AppKey("titles", TitleService)
 SUMMARIES = web.AppKey("summaries", SummaryService)
 SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
+REVOCATIONS = web.AppKey("revocations", RevocationPoller)  # only when others may revoke
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
 MEMORIES = web.AppKey("memories", MemoryService)  # long-term memories (not the history budget)

@@ -129,9 +129,10 @@ class CappedSite(web.BaseSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, backlog: int,
                  max_connections: int, header_timeout: float,
-                 handler_args: dict[str, Any]) -> None:
+                 handler_args: dict[str, Any], reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
         self._where = (host, port)
+        self._reuse_port = reuse_port  # several processes on one port: the kernel spreads them
         self._max = max_connections
         self._header_timeout = header_timeout
         self._args = handler_args
@@ -182,4 +183,5 @@ class CappedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         self._sweeper = asyncio.create_task(self._sweep(), name="header-deadlines")
         self._server = await loop.create_server(self._protocol, *self._where,
-                                                backlog=self._backlog, reuse_address=True)
+                                                backlog=self._backlog, reuse_address=True,
+                                                reuse_port=self._reuse_port or None)

@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import logging
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import keys
 from .app import create_app
 from .config import Config
 from .listener import CappedSite
+from .processes import ProcessInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,10 @@ class Running:
         await self.runner.cleanup()
 
 
-async def start(config: Config) -> Running:
-    """Start serving `config` (port 0 picks a free port) and return once it listens."""
-    app = await create_app(config)
+async def start(config: Config, process: ProcessInfo | None = None) -> Running:
+    """Start serving `config` (port 0 picks a free port) and return once it listens;
+    `process`: one of several processes on the port (SO_REUSEPORT)."""
+    app = await create_app(config, process)
     server = config.server
     # Long search queries travel in the URL: allow request lines up to 64 KiB.
     handler_args: dict[str, Any] = {"access_log": None, "max_line_size": 65536,
@@ -48,7 +51,8 @@ async def start(config: Config) -> Running:
     await runner.setup()
     site = CappedSite(runner, server.host, server.port, backlog=1024,
                       max_connections=server.max_connections,
-                      header_timeout=server.header_timeout_s, handler_args=handler_args)
+                      header_timeout=server.header_timeout_s, handler_args=handler_args,
+                      reuse_port=process is not None)
     try:
         await site.start()
     except BaseException:
@@ -76,9 +80,16 @@ def _check_file_limit(max_connections: int) -> None:
                     target, need, max(1, target - 256))
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then stop gracefully."""
-    running = await start(config)
+async def serve(config: Config, stop: asyncio.Event, process: ProcessInfo | None = None,
+                ready: Callable[[], None] | None = None) -> None:
+    """Serve until `stop` is set, then stop gracefully; `ready` is called once listening."""
+    running = await start(config, process)
+    if ready is not None:
+        try:
+            ready()
+        except BaseException:
+            await running.stop()
+            raise
     # Start-up objects live for the whole process: keep them out of every later GC pass.
     gc.collect()
     gc.freeze()
@@ -86,10 +97,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     models = "; ".join(
         f"{model.name or 'model'} on " + ", ".join(redact_url(r.url) for r in model.replicas)
         for model in config.model_list)
-    print(f"chatgate serving {running.url} (database {config.database.path}; {models})",
-          flush=True)
-    print(f"Ready: open {running.url} in a browser and create an account (the first one on a "
-          "new database is the administrator). Ctrl-C stops.", flush=True)
+    if process is not None and process.index:  # the first process speaks for them all
+        log.info("process %d of %d serving %s", process.index + 1, process.count, running.url)
+    else:
+        of = f" in {process.count} processes" if process is not None else ""
+        print(f"chatgate serving {running.url}{of} (database {config.database.path}; "
+              f"{models})", flush=True)
+        print(f"Ready: open {running.url} in a browser and create an account (the first one on "
+              "a new database is the administrator). Ctrl-C stops.", flush=True)
     try:
         await stop.wait()
         await _drain(running, config.server.drain_s)

@@ -48,7 +48,7 @@ async def metrics(request: web.Request) -> web.Response:
     remote = client_ip(request, config.server.proxy_hops)
     if not config.metrics.enabled or not _allowed(remote, config.metrics.allow_from):
         raise web.HTTPNotFound()  # as if it were not there: nothing to probe
-    return web.Response(body=request.app[keys.METRICS].render(),
+    return web.Response(body=await request.app[keys.METRICS].exposition(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -24,7 +24,7 @@ ENV_PREFIX = "CHATGATE_"
 _POSITIVE = {
     "server.max_body_bytes", "server.header_timeout_s", "server.body_timeout_s",
     "server.keepalive_timeout_s",
-    "server.max_connections", "database.read_connections", "database.max_batch",
+    "server.max_connections", "server.processes", "database.read_connections", "database.max_batch",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.login_failures_per_account", "limits.login_backoff_max_s",
     "limits.chat_per_user_per_minute", "limits.max_import_bytes", "limits.upstream_rps",

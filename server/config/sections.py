@@ -33,6 +33,7 @@ class ServerConfig:
     keepalive_timeout_s: float = 75.0
     body_timeout_s: float = 30.0
     max_connections: int = 4096
+    processes: int = 1  # server processes on the port (SO_REUSEPORT) under one master
 
     @property
     def proxy_hops(self) -> int:
@@ -59,6 +60,7 @@ class AuthConfig:
     token_ttl_s: int = 3600
     cache_ttl_s: int = 300
     cache_size: int = 10000
+    revocation_poll_s: float = 0.5  # how often each process reads others' revocations; 0 = never
     registration: str = "open"  # open | closed | approval
     register_open: bool = True  # older switch, kept working: false = closed (if left open)
     admins: tuple[str, ...] = ()

@@ -69,6 +69,14 @@ class ApiKeyService:
         for key_id in key_ids:
             self._deleted[key_id] = True
 
+    def forget(self, user_id: int, key_id: int | None) -> None:
+        """Another process or node deleted this key (`key_id`) or changed its user (None)."""
+        if key_id is None:
+            self.forget_user(user_id)
+            return
+        self._forget(lambda p: p.key is not None and p.key.id == key_id)
+        self._deleted[key_id] = True
+
     async def verify(self, key: str) -> Principal:
         """The key's principal; AuthError if unknown, wrong, expired or deleted."""
         principal = self._cache.get(key)

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from workers import job as jobs
 from workers.router import Router
 
+from .metrics_merge import ProcessMetrics
 from .routing_metrics import RouterCollector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the output
@@ -138,6 +139,7 @@ class Metrics:
                                    "Time to the first token, per replica", ["model", "replica"],
                                    buckets=_SLOW)
         self._children: dict[tuple[str, str, int], tuple[tuple[str, ...], Buckets, Buckets]] = {}
+        self.shared: ProcessMetrics | None = None  # set when this is one of several processes
 
     def request_done(self, method: str, route: str, status: int, spent: float,
                      upstream: float | None) -> None:
@@ -217,8 +219,12 @@ class Metrics:
             self.upstream_errors.inc(_kind(outcome.error))
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format (this process's series)."""
         return generate_latest(self.registry)
+
+    async def exposition(self) -> bytes:
+        """What /metrics shows: every process of this server together, or this one alone."""
+        return await self.shared.render() if self.shared is not None else self.render()
 
 
 class _CacheCollector(Collector):

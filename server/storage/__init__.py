@@ -9,6 +9,8 @@ from .base import (
     NO_QUOTA,
     AccountSettingsStore,
     AuditStore,
+    AuthEvent,
+    AuthEventStore,
     BranchStore,
     ConversationStore,
     KeyStore,
@@ -57,7 +59,8 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "BranchStore", "Conflict",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEvent", "AuthEventStore",
+    "BranchStore", "Conflict",
     "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound",
     "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
     "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",

@@ -108,8 +108,34 @@ class UserStore(Protocol):
 class TokenStore(Protocol):
     """Revoked token ids."""
 
-    async def revoke(self, jti: str, expires_at: int) -> None:
-        """Record a token id as revoked until it would have expired anyway."""
+    async def revoke(self, jti: str, expires_at: int, user_id: int) -> None:
+        """Record a token id of the user as revoked until it would have expired anyway (and,
+        in the same transaction, an auth event naming both)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEvent:
+    """A change that kills cached verifications: a revoked token (`jti`), a deleted API key
+    (`key_id`), or anything about the user (neither: status, token epoch, role, deletion)."""
+
+    id: int
+    at: int  # unix seconds
+    user_id: int
+    jti: str | None
+    key_id: int | None
+
+
+class AuthEventStore(Protocol):
+    """The auth events, written by the database itself with each change they report."""
+
+    async def latest(self) -> int:
+        """The newest event's id (0 when there is none)."""
+
+    async def since(self, after_id: int, limit: int) -> list[AuthEvent]:
+        """Events with an id above `after_id`, oldest first, at most `limit`."""
+
+    async def prune(self, before_unix: int) -> None:
+        """Delete the events older than `before_unix`."""
 
 
 class ConversationStore(Protocol):
@@ -338,6 +364,7 @@ class Storage:
 
     users: UserStore
     tokens: TokenStore
+    auth_events: AuthEventStore
     conversations: ConversationStore
     messages: MessageStore
     branches: BranchStore

@@ -25,6 +25,10 @@ RULES: dict[str, tuple[str, ...]] = {
     "server/api": ("server.storage", "workers", "server.app", "aiosqlite", "sqlite3"),
     "server/keys.py": ("server.api", "server.middleware", "server.app"),
     "server/runner.py": ("vllm_sim",),
+    # The master only starts and watches processes: it never serves, so it loads no app.
+    "server/master.py": ("vllm_sim", "aiohttp", "server.app", "server.api", "server.storage",
+                         "server.runner"),
+    "server/processes.py": ("vllm_sim", "aiohttp", "server.app", "server.api"),
 }
 
 

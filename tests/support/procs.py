@@ -89,4 +89,50 @@ async def start_server_process(db: Path, llm_url: str, **env: Any) -> Proc:
     return server
 
 
-__all__ = ["Proc", "free_port", "signal", "start_server_process", "start_simulator_process"]
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc), by pid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "(command name)"
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def serving_pid(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of `pids` holds the server side of the loopback connection from `client_port`
+    (Linux: the socket's inode in /proc/net/tcp, then the processes' descriptors)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                parts = line.split()
+                local, remote = parts[1], parts[2]
+                if (int(local.rsplit(":", 1)[1], 16) == server_port
+                        and int(remote.rsplit(":", 1)[1], 16) == client_port):
+                    inode = parts[9]
+    if inode is None:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+__all__ = ["Proc", "children_of", "free_port", "serving_pid", "signal", "start_server_process",
+           "start_simulator_process"]

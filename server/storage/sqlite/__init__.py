@@ -7,6 +7,7 @@ from .audit import SqliteAudit
 from .branches import SqliteBranches
 from .conversations import SqliteConversations
 from .db import Database
+from .events import SqliteAuthEvents
 from .keys import SqliteKeys
 from .memories import SqliteAccountSettings, SqliteMemories
 from .messages import SqliteMessages
@@ -29,6 +30,7 @@ class SqliteStorage(Storage):
         self.stats = db.stats
         self.users = SqliteUsers(db)
         self.tokens = SqliteTokens(db)
+        self.auth_events = SqliteAuthEvents(db)
         self.conversations = SqliteConversations(db)
         self.messages = SqliteMessages(db)
         self.branches = SqliteBranches(db)

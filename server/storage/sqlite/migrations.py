@@ -302,7 +302,42 @@ CREATE TABLE summaries (
 );
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13]
+# Auth events: what every other process and node must drop from its cache of verified tokens
+# and keys, written by triggers in the transaction of the change itself (a revoked token, a
+# user's new status, token epoch or role, a deleted user or API key). Each process reads the
+# new ones twice a second (server/services/revocations.py) and prunes old ones. A revoked
+# token now names its user (0 for tokens revoked before this version).
+V14 = """
+ALTER TABLE revoked_tokens ADD COLUMN user_id INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE auth_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    jti TEXT,
+    key_id INTEGER
+);
+CREATE INDEX auth_events_by_time ON auth_events(at);
+CREATE TRIGGER auth_events_token AFTER INSERT ON revoked_tokens BEGIN
+    INSERT INTO auth_events (at, user_id, jti)
+        VALUES (CAST(strftime('%s', 'now') AS INTEGER), new.user_id, new.jti);
+END;
+CREATE TRIGGER auth_events_user AFTER UPDATE OF status, token_epoch, role ON users
+    WHEN old.status IS NOT new.status OR old.token_epoch IS NOT new.token_epoch
+        OR old.role IS NOT new.role BEGIN
+    INSERT INTO auth_events (at, user_id)
+        VALUES (CAST(strftime('%s', 'now') AS INTEGER), new.id);
+END;
+CREATE TRIGGER auth_events_user_gone AFTER DELETE ON users BEGIN
+    INSERT INTO auth_events (at, user_id)
+        VALUES (CAST(strftime('%s', 'now') AS INTEGER), old.id);
+END;
+CREATE TRIGGER auth_events_key_gone AFTER DELETE ON api_keys BEGIN
+    INSERT INTO auth_events (at, user_id, key_id)
+        VALUES (CAST(strftime('%s', 'now') AS INTEGER), old.user_id, old.id);
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14]
 LATEST = len(MIGRATIONS)
 
 
@@ -314,6 +349,11 @@ def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     for number in range(version + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Several processes may open a new file at once: the first to hold the write lock
+            # applies each step, the others find it done.
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(MIGRATIONS[number - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")

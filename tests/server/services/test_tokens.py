@@ -258,3 +258,46 @@ async def test_non_canonical_spellings_are_refused_and_never_cached(server: Runn
             assert resp.status == 204
     for variant in [user.token, *_variants(user.token)]:
         assert await verify_status(server, {"Authorization": f"Bearer {variant}"}) == 401
+
+
+# --- forget: what another process or node changed ---------------------------------------------
+
+
+async def test_forget_drops_what_another_process_revoked(server: Running, register: Any) -> None:
+    """Another process writes to the database only: the cache answers from memory until
+    `forget` (the poller's call) drops the entry; then the database's truth holds."""
+    tokens, db = server.app[keys.TOKENS], db_of(server)
+    signed_out, changed = await register("signed-out"), await register("changed")
+    for user in (signed_out, changed):
+        assert await verify_status(server, user.headers) == 200  # cached
+    jti = jwt.decode(signed_out.token, options={"verify_signature": False})["jti"]
+    await db.write(lambda c: c.execute(
+        "INSERT INTO revoked_tokens (jti, expires_at, user_id) VALUES (?, ?, ?)",
+        (jti, int(time.time()) + 600, signed_out.id)))
+    await db.write(lambda c: c.execute(
+        "UPDATE users SET token_epoch = token_epoch + 1 WHERE id = ?", (changed.id,)))
+    assert await verify_status(server, signed_out.headers) == 200  # from the cache
+    assert await verify_status(server, changed.headers) == 200
+    tokens.forget(signed_out.id, jti=jti)
+    tokens.forget(changed.id)
+    assert await verify_status(server, signed_out.headers) == 401
+    assert await verify_status(server, changed.headers) == 401
+
+
+async def test_forget_reaches_the_api_key_cache(server: Running, register: Any) -> None:
+    user = await register("scripted")
+    async with bare_session(server) as s:
+        resp, created, _ = await post_json(s, "/api/keys", {"name": "k"}, headers=user.headers)
+        assert resp.status == 201
+        by_key = {"Authorization": f"Bearer {created['key']}"}
+
+        async def models() -> int:
+            async with s.get("/v1/models", headers=by_key) as resp:
+                return resp.status
+
+        assert await models() == 200  # cached
+        await db_of(server).write(lambda c: c.execute("DELETE FROM api_keys WHERE id = ?",
+                                                      (created["id"],)))
+        assert await models() == 200  # another process deleted it: this cache still holds it
+        server.app[keys.TOKENS].forget(user.id, key_id=created["id"])
+        assert await models() == 401
