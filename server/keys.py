@@ -11,6 +11,8 @@ from workers.router import Router
 
 from .config import Config
 from .coordination import RedisLink
+from .coordination.limits import RedisLimits
+from .coordination.revocations import Revocations
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -40,6 +42,9 @@ CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 # The Redis link; None when coordination.redis_url is empty (each process alone).
 COORDINATION: web.AppKey[RedisLink | None] = web.AppKey("coordination")
+# The rate limits kept in Redis (absent without Redis: Caps.limits is then this process's).
+SHARED_LIMITS = web.AppKey("shared_limits", RedisLimits)
+REVOCATIONS = web.AppKey("revocations", Revocations)  # with Redis: pushed to every node
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 ADMIN = web.AppKey("admin", AdminService)

@@ -1,0 +1,107 @@
+"""Revocations pushed to every node: published when stored here, heard on a dedicated
+pub/sub connection everywhere else (the database, polled, stays the truth)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from .link import DOWN, RedisLink
+
+log = logging.getLogger(__name__)
+Forget = Callable[[int, str | None, int | None], None]  # TokenService.forget
+
+
+class Revocations:
+    """Publishes `(user, jti, key id)` on one channel; calls `forget` for other nodes' ones.
+
+    A message lost while Redis is down costs nothing the database poll does not recover: a
+    revocation is stored before it is published, and every node also reads the auth events.
+    """
+
+    def __init__(self, link: RedisLink, forget: Forget, retry_s: float = 0.5) -> None:
+        self._link = link
+        self._forget = forget
+        self._channel = link.key("revocations")
+        self._retry_s = retry_s
+        self._sending: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()  # set while listening (tests wait for it)
+        self.heard = 0  # messages from other nodes acted on
+
+    def publish(self, user_id: int, jti: str | None = None, key_id: int | None = None) -> None:
+        """Tell the other nodes (returns at once; TokenService.announce calls it)."""
+        if not self._link.up:
+            return  # the other nodes' database poll carries it
+        message = orjson.dumps({"node": self._link.node_id, "user": user_id, "jti": jti,
+                                "key": key_id})
+        task = asyncio.create_task(self._send(message))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def start(self) -> None:
+        """Listen on a connection of its own until closed (subscribing again after an
+        outage)."""
+        self._listener = asyncio.create_task(self._listen(), name="redis-revocations")
+
+    async def close(self) -> None:
+        """Stop listening; let what is being published go first."""
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    async def _send(self, message: bytes) -> None:
+        try:
+            await self._link.client.publish(self._channel, message)
+        except DOWN as err:
+            self._link.mark_down(err)
+        except RedisError as err:
+            log.warning("could not publish a revocation (%s); the database poll carries it",
+                        type(err).__name__)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub: Any = self._link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self.subscribed.set()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._heard(message.get("data"))
+            except (*DOWN, RedisError) as err:
+                self.subscribed.clear()
+                if isinstance(err, DOWN):
+                    self._link.mark_down(err)
+                await asyncio.sleep(self._retry_s)
+            finally:
+                self.subscribed.clear()
+                await asyncio.shield(_close(pubsub))
+
+    def _heard(self, data: Any) -> None:
+        try:
+            body = orjson.loads(data)
+            if body.get("node") == self._link.node_id:
+                return  # ours: dropped here when it was made
+            user, jti, key = body["user"], body.get("jti"), body.get("key")
+            if not isinstance(user, int) or not isinstance(jti, (str, type(None))) \
+                    or not isinstance(key, (int, type(None))):
+                raise TypeError("bad field")
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+            log.warning("ignored a malformed revocation message")
+            return
+        self.heard += 1
+        self._forget(user, jti, key)
+
+
+async def _close(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # closing a connection Redis dropped: nothing left to do
+        log.debug("closing the pub/sub connection failed", exc_info=True)
