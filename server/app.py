@@ -120,7 +120,7 @@ async def _coordination(app: web.Application) -> AsyncIterator[None]:
         return await app[keys.USAGE].month_read(user_id)
 
     shared = RedisLimits(link, local, month_read, limits.login_failures_per_account,
-                         limits.login_backoff_max_s)
+                         limits.login_backoff_max_s, flush_s=config.usage.flush_interval_s)
     app[keys.CAPS].use(shared)
     app[keys.SHARED_LIMITS] = shared
     await link.start()

@@ -32,6 +32,7 @@ class Revocations:
         self._sending: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()  # set while listening (tests wait for it)
+        self.subscriptions = 0  # times subscribed (again after each outage)
         self.heard = 0  # messages from other nodes acted on
 
     def publish(self, user_id: int, jti: str | None = None, key_id: int | None = None) -> None:
@@ -70,6 +71,7 @@ class Revocations:
             pubsub: Any = self._link.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                self.subscriptions += 1
                 self.subscribed.set()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)

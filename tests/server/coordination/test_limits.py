@@ -4,65 +4,16 @@ said in /ready and /metrics; Redis back: global again."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from server import keys
-from server.runner import Running, start
-from tests.support.app import User, make_config, register_over_http
+from server.runner import Running
+from tests.support.app import User
+from tests.support.pair import Pair, alternate, chat, names, until, user_on
 from tests.support.redis import RedisServer
-from vllm_sim import SimServer
 from vllm_sim.settings import DEFAULT_MODEL
-
-Pair = Callable[..., Awaitable[tuple[Running, Running]]]
-_names = itertools.count(1)
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, simulator: SimServer,
-               redis_server: RedisServer) -> AsyncIterator[Pair]:
-    """Start two app instances sharing one SQLite file and one Redis (config sections may be
-    changed); both stopped after the test."""
-    running: list[Running] = []
-
-    async def make(**sections: Any) -> tuple[Running, Running]:
-        sections.setdefault("coordination", {})
-        sections["coordination"] = {"redis_url": redis_server.url, "timeout_s": 0.3,
-                                    "health_interval_s": 0.1, **sections["coordination"]}
-        config = make_config(tmp_path, simulator.url, **sections)
-        for node in ("a", "b"):
-            running.append(await start(config.replace("coordination", node_id=node)))
-        return running[-2], running[-1]
-
-    yield make
-    for server in reversed(running):
-        await server.stop()
-
-
-async def chat(server: Running, user: User, message: str = "hello") -> int:
-    """One whole-reply turn in a new conversation; its status."""
-    async with aiohttp.ClientSession(server.url) as s:
-        async with s.post("/api/chat", json={"message": message},
-                          headers=user.headers) as resp:
-            await resp.read()
-            return resp.status
-
-
-async def user_on(server: Running) -> User:
-    """A new user (the database is shared: they exist on both nodes)."""
-    return await register_over_http(server.url, f"shared{next(_names)}")
-
-
-async def alternate(a: Running, b: Running, times: int,
-                    call: Callable[[Running], Awaitable[int]]) -> list[int]:
-    """`call` on a, b, a, b, ...: the statuses."""
-    return [await call(a if i % 2 == 0 else b) for i in range(times)]
 
 
 async def test_chat_per_user_per_minute_counts_once_for_both_nodes(pair: Pair) -> None:
@@ -136,7 +87,7 @@ async def test_login_attempts_per_ip_count_once_for_both_nodes(pair: Pair) -> No
     async def login(node: Running) -> int:  # unknown names: no account's backoff involved
         async with aiohttp.ClientSession(node.url) as s:
             async with s.post("/api/auth/login", json={
-                    "username": f"nobody{next(_names)}", "password": "wrong-password"}) as resp:
+                    "username": f"nobody{next(names)}", "password": "wrong-password"}) as resp:
                 return resp.status
 
     statuses = await alternate(a, b, 8, login)
@@ -204,12 +155,3 @@ async def test_redis_down_limits_per_process_then_global_again(
                 "redis": "up", "limits": "global"}
         async with s.get("/metrics") as r:
             assert "chatgate_redis_up 1.0" in await r.text()
-
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Poll until `check()` is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
