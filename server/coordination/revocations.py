@@ -103,7 +103,8 @@ class Revocations:
 
 
 async def _close(pubsub: Any) -> None:
+    """Close the pub/sub connection, bounded: a shutdown never waits on a dead Redis."""
     try:
-        await pubsub.aclose()
+        await asyncio.wait_for(pubsub.aclose(), 1.0)
     except Exception:  # closing a connection Redis dropped: nothing left to do
         log.debug("closing the pub/sub connection failed", exc_info=True)

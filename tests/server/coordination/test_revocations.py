@@ -98,3 +98,19 @@ async def test_revocations_still_reach_b_after_redis_restarts(
     took = await refused_after(b, user.token, time.monotonic())
     print(f"after a Redis restart: refused by the other node after {took * 1000:.1f} ms")
     assert took < WITHIN_S
+
+
+async def test_a_password_changed_on_a_ends_the_old_token_on_b_within_a_second(
+        pair: Pair) -> None:
+    a, b = await pair()
+    await subscribed(a, b)
+    user = await user_on(a)
+    assert await status_of(b, user.token) == 200
+    async with aiohttp.ClientSession(a.url) as s:
+        async with s.post("/api/auth/password", headers=user.headers, json={
+                "current_password": user.password, "new_password": "another-lantern-77"}) as r:
+            assert r.status == 200, await r.text()
+    took = await refused_after(b, user.token, time.monotonic())
+    print(f"token from before a password change refused by the other node after "
+          f"{took * 1000:.1f} ms")
+    assert took < WITHIN_S
