@@ -271,7 +271,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     def shared_pace(local: AsyncLimiter) -> Pace:
         """limits.upstream_rps for every node together, this process's own as fallback."""
         assert link is not None
-        paces.append(RedisPace(link, config.limits.upstream_rps, local.acquire))
+        paces.append(RedisPace(link, config.limits.upstream_rps, local.acquire,
+                               app[keys.SHARED_LIMITS].batcher))
         return paces[0]
 
     pool = WorkerPool(app[keys.ROUTER], workers=q.workers, max_queue=q.max_size,

@@ -23,6 +23,7 @@ from ..services.limits import (
     over_budget,
 )
 from ..services.ratelimit import RateLimited
+from .batch import Batcher
 from .link import DOWN, RedisLink
 from .scripts import LIMITS, PACE
 
@@ -30,17 +31,6 @@ log = logging.getLogger(__name__)
 _errors = Throttle(60.0)  # an error answer (not an outage) repeats per request: once a minute
 _RATE, _OVER, _UNKNOWN, _BACKOFF = 1, 2, 3, 4
 Op = tuple[str, str, tuple[float, ...]]  # kind, key, numbers
-
-
-class Script:
-    """A Lua script run with EVALSHA (loaded once; loaded again after NOSCRIPT, as after a
-    Redis restart)."""
-
-    def __init__(self, link: RedisLink, source: str) -> None:
-        self._run: Any = link.client.register_script(source)
-
-    async def __call__(self, keys: list[str], args: list[object]) -> Any:
-        return await self._run(keys=keys, args=args)
 
 
 class RedisLimits:
@@ -60,7 +50,8 @@ class RedisLimits:
         self._month_used = month_used  # the database's count, to seed a month in Redis
         self._backoff = (float(free_failures), float(max_delay_s),
                          float(max(window_s, max_delay_s)))
-        self._script = Script(link, LIMITS)
+        self.batcher = Batcher(link)  # shared with RedisPace: one pipeline in flight
+        self._script = self.batcher.script(LIMITS)
         self._owed: dict[tuple[str, str], float] = {}  # (kind, key) -> amount, not yet sent
         self._intervals: dict[str, float] = {}  # a given-back rate's key -> its interval
         self._flush_s = flush_s
@@ -150,13 +141,13 @@ class RedisLimits:
             await self.flush()
 
     async def _call(self, ops: list[Op]) -> tuple[int, int, int]:
+        """Run the ops in one EVALSHA: (why, op's number from 1, ms); why 0: all passed."""
         keys = [key for _, key, _ in ops]
-        args: list[object] = []
-        for kind, _, numbers in ops:
-            args += [kind, *numbers, *([0] * (4 - len(numbers)))]
+        args = [",".join([kind, *map(repr, numbers), *["0"] * (3 - len(numbers))])
+                for kind, _, numbers in ops]
         self.calls += 1
-        index, why, ms = await self._script(keys, args)
-        return int(why), int(index), int(ms)
+        answer = int(await self._script(keys, args))  # (ms * 100 + op) * 10 + why
+        return answer % 10, answer // 10 % 100, answer // 1000
 
     def _failed(self, err: BaseException) -> None:
         """Redis did not answer (down: the link says so once) or answered an error."""
@@ -218,14 +209,14 @@ class RedisPace:
     request reserves the next slot in Redis and waits for it; this process's own
     `AsyncLimiter` while Redis is down."""
 
-    def __init__(self, link: RedisLink, rps: float,
-                 local: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, link: RedisLink, rps: float, local: Callable[[], Awaitable[Any]],
+                 batcher: Batcher) -> None:
         self._link = link
         self._key = link.key("pace", "upstream")
         interval = 1.0 / rps
         self._args = [interval, max(0.0, 1.0 - interval)]  # a burst of one second's worth
         self._local = local
-        self._script = Script(link, PACE)
+        self._script = batcher.script(PACE)
         self.fallbacks = 0  # requests paced by this process alone (Redis unreachable)
         self.calls = 0
 
