@@ -29,7 +29,7 @@ from .scripts import LIMITS, PACE
 
 log = logging.getLogger(__name__)
 _errors = Throttle(60.0)  # an error answer (not an outage) repeats per request: once a minute
-_RATE, _OVER, _UNKNOWN, _BACKOFF = 1, 2, 3, 4
+_UNKNOWN = 3  # the script's answer for a month it has not counted (see scripts.py)
 Op = tuple[str, str, tuple[float, ...]]  # kind, key, numbers
 
 
@@ -193,7 +193,7 @@ class RedisLimits:
         for kind, key in taken:
             amount = self._owed.pop((kind, key))
             if kind == "a":
-                ops.append((kind, key, (self._intervals.get(key, 0.0), amount)))
+                ops.append((kind, key, (self._intervals.pop(key, 0.0), amount)))
             else:
                 ops.append((kind, key, (amount,)))
         return ops
@@ -201,7 +201,9 @@ class RedisLimits:
     def _give_back_owed(self, ops: list[Op]) -> None:
         """A call that failed: what it carried is owed again."""
         for kind, key, numbers in ops:
-            self._owe(kind, key, numbers[-1] if numbers else 0)
+            if kind == "a":
+                self._intervals[key] = numbers[0]
+            self._owe(kind, key, numbers[-1])
 
 
 class RedisPace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ class Revocations:
         self._link = link
         self._forget = forget
         self._channel = link.key("revocations")
+        self._me = secrets.token_hex(8)  # this instance (node ids may repeat in one process)
         self._retry_s = retry_s
         self._sending: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -39,7 +41,7 @@ class Revocations:
         """Tell the other nodes (returns at once; TokenService.announce calls it)."""
         if not self._link.up:
             return  # the other nodes' database poll carries it
-        message = orjson.dumps({"node": self._link.node_id, "user": user_id, "jti": jti,
+        message = orjson.dumps({"from": self._me, "user": user_id, "jti": jti,
                                 "key": key_id})
         task = asyncio.create_task(self._send(message))
         self._sending.add(task)
@@ -89,7 +91,7 @@ class Revocations:
     def _heard(self, data: Any) -> None:
         try:
             body = orjson.loads(data)
-            if body.get("node") == self._link.node_id:
+            if body.get("from") == self._me:
                 return  # ours: dropped here when it was made
             user, jti, key = body["user"], body.get("jti"), body.get("key")
             if not isinstance(user, int) or not isinstance(jti, (str, type(None))) \
