@@ -24,7 +24,7 @@ from ..services.limits import (
 )
 from ..services.ratelimit import RateLimited
 from .batch import Batcher
-from .link import DOWN, RedisLink
+from .link import DOWN, RedisLink, stop
 from .scripts import LIMITS, PACE
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class RedisLimits:
         self._flush_s = flush_s
         self._flusher: asyncio.Task[None] | None = None
         self._soon = asyncio.Event()  # something owed should not wait for the next second
+        self._closing = False
         self.fallbacks = 0  # checks answered by this process's limits (Redis unreachable)
         self.calls = 0  # calls to Redis (what a request costs, for tests and benchmarks)
 
@@ -114,9 +115,9 @@ class RedisLimits:
 
     async def close(self) -> None:
         """Stop the flusher and send what is owed, if Redis answers."""
+        self._closing = True
         if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            await stop(self._flusher)
         await self.flush()
 
     async def flush(self) -> None:
@@ -132,7 +133,7 @@ class RedisLimits:
 
     async def _flush_loop(self) -> None:
         """Every `flush_s`, or at once when told (what is owed meanwhile goes together)."""
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._soon.wait(), self._flush_s)
             except TimeoutError:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from .link import DOWN, RedisLink
+from .link import DOWN, RedisLink, stop
 
 log = logging.getLogger(__name__)
 Forget = Callable[[int, str | None, int | None], None]  # TokenService.forget
@@ -36,6 +36,7 @@ class Revocations:
         self.subscribed = asyncio.Event()  # set while listening (tests wait for it)
         self.subscriptions = 0  # times subscribed (again after each outage)
         self.heard = 0  # messages from other nodes acted on
+        self._closing = False
 
     def publish(self, user_id: int, jti: str | None = None, key_id: int | None = None) -> None:
         """Tell the other nodes (returns at once; TokenService.announce calls it)."""
@@ -54,10 +55,11 @@ class Revocations:
 
     async def close(self) -> None:
         """Stop listening; let what is being published go first."""
-        await asyncio.gather(*self._sending, return_exceptions=True)
+        self._closing = True
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=5.0)
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await stop(self._listener)
 
     async def _send(self, message: bytes) -> None:
         try:
@@ -69,13 +71,13 @@ class Revocations:
                         type(err).__name__)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:  # a flag too: a cancel inside the client may be swallowed
             pubsub: Any = self._link.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 self.subscriptions += 1
                 self.subscribed.set()
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._heard(message.get("data"))
