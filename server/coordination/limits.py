@@ -179,7 +179,9 @@ class RedisLimits:
         return ("b", self._budget_key(check.user_id), (float(check.tokens), float(seed)))
 
     def _rate_key(self, rate: Rate) -> str:
-        return self._link.key("rate", rate.scope, rate.key)
+        # The rate is part of the key, as in-process (one limiter per rate): a user whose own
+        # limit is raised starts afresh, not owing what the lower one counted.
+        return self._link.key("rate", rate.scope, rate.per_minute, rate.key)
 
     def _budget_key(self, user_id: int) -> str:
         return self._link.key("budget", user_id, time.strftime("%Y-%m", time.gmtime()))
