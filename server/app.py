@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 
 from workers.errors import JobCancelled
+from workers.pace import Pace
 from workers.pool import WorkerPool
 from workers.probe import Prober
 from workers.replica import Replica
@@ -23,6 +25,8 @@ from .api.routes import setup_routes
 from .config import Config
 from .coordination import RedisLink
 from .coordination.leases import RedisLeases, whole
+from .coordination.limits import RedisLimits, RedisPace
+from .coordination.revocations import Revocations
 from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
@@ -43,6 +47,7 @@ from .services.caps import Caps
 from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
+from .services.limits import LocalLimits
 from .services.memories import MemoryService
 from .services.memory import MemoryManager
 from .services.metrics_merge import ProcessMetrics
@@ -50,7 +55,7 @@ from .services.password_policy import PasswordPolicy, load_common
 from .services.passwords import Passwords
 from .services.profile import Profiles
 from .services.prompt import PromptAssembler
-from .services.ratelimit import FailureBackoff, KeyedRateLimiter
+from .services.ratelimit import FailureBackoff
 from .services.render import Renderer
 from .services.revocations import RevocationPoller
 from .services.status import StatusService
@@ -86,8 +91,9 @@ async def create_app(config: Config, process: ProcessInfo | None = None) -> web.
     setup_csrf(app, server.proxy_hops, server.cors_origins)
     setup_routes(app)
     app.cleanup_ctx.extend([_shared_metrics(process), assets.compressed, _render,
-                            _coordination, _storage, _accounts(secret), _revocations, _usage,
-                            _router, _leases(process), _pool, _background, _chat])
+                            _coordination, _storage, _accounts(secret), _revocation_poll,
+                            _revocations, _usage, _router, _leases(process), _pool,
+                            _background, _chat])
     app.on_shutdown.append(_stop_intake)
     return app
 
@@ -118,16 +124,51 @@ async def _render(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _coordination(app: web.Application) -> AsyncIterator[None]:
-    """The Redis link, when configured: opened before what shares state through it."""
-    config = app[keys.CONFIG].coordination
-    link = RedisLink(config) if config.redis_url else None
+    """The Redis link, when configured: opened before what shares state through it; and the
+    rate limits, shared through it (or this process's own, also its fallback)."""
+    config = app[keys.CONFIG]
+    link = RedisLink(config.coordination) if config.coordination.redis_url else None
     app[keys.COORDINATION] = link
+    limits = config.limits
+
+    async def month_used(user_id: int) -> int:  # the meter opens later; asked per request
+        return await app[keys.USAGE].month_used(user_id)
+
+    local = LocalLimits(month_used, FailureBackoff(limits.login_failures_per_account,
+                                                   limits.login_backoff_max_s))
+    if link is None:
+        app[keys.CAPS].use(local)
+        yield
+        return
+
+    async def month_read(user_id: int) -> int:  # the database's count, to seed Redis's
+        return await app[keys.USAGE].month_read(user_id)
+
+    shared = RedisLimits(link, local, month_read, limits.login_failures_per_account,
+                         limits.login_backoff_max_s, flush_s=config.usage.flush_interval_s)
+    app[keys.CAPS].use(shared)
+    app[keys.SHARED_LIMITS] = shared
+    await link.start()
+    await shared.start()
+    yield
+    await shared.close()
+    await link.close()
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """With Redis: revocations made here are published, other nodes' ones heard."""
+    link = app[keys.COORDINATION]
     if link is None:
         yield
         return
-    await link.start()
+    tokens = app[keys.TOKENS]
+    bus = Revocations(link, tokens.forget)
+    tokens.announce.append(bus.publish)
+    app[keys.API_KEYS].announce.append(bus.publish)
+    app[keys.REVOCATIONS] = bus
+    await bus.start()
     yield
-    await link.close()
+    await bus.close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -155,9 +196,6 @@ def _accounts(secret: str) -> Context:
         passwords = Passwords()
         tokens = TokenService(storage.users, storage.tokens, secret, a.token_ttl_s,
                               a.cache_ttl_s, a.cache_size)
-        attempts = KeyedRateLimiter(config.limits.login_per_ip_per_minute)
-        failures = FailureBackoff(config.limits.login_failures_per_account,
-                                  config.limits.login_backoff_max_s)
         policy = PasswordPolicy(await asyncio.to_thread(load_common))  # a file read: off the loop
         api_keys = ApiKeyService(storage.keys, secret, a.cache_ttl_s, a.cache_size,
                                  app[keys.CAPS])
@@ -165,8 +203,8 @@ def _accounts(secret: str) -> Context:
         app[keys.TOKENS] = tokens
         app[keys.API_KEYS] = api_keys
         app[keys.ACCOUNTS] = accounts = AccountService(
-            storage.users, passwords, tokens, api_keys, attempts, failures, policy,
-            a.registration_mode, a.admins)
+            storage.users, passwords, tokens, api_keys, app[keys.CAPS].limits,
+            config.limits.login_per_ip_per_minute, policy, a.registration_mode, a.admins)
         app[keys.PASSWORDS] = passwords
         app[keys.POLICY] = policy
         promoted = await accounts.bootstrap()
@@ -192,8 +230,9 @@ def polls_revocations(config: Config) -> bool:
     return config.auth.revocation_poll_s > 0 and config.server.processes > 1
 
 
-async def _revocations(app: web.Application) -> AsyncIterator[None]:
-    """Revocations written by other processes reach this one's caches within a poll."""
+async def _revocation_poll(app: web.Application) -> AsyncIterator[None]:
+    """Revocations written by other processes reach this one's caches within a poll (the
+    database is the truth; with Redis, pub/sub brings them sooner)."""
     config = app[keys.CONFIG]
     if not polls_revocations(config):
         yield
@@ -201,7 +240,7 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
     poller = RevocationPoller(app[keys.STORAGE].auth_events, app[keys.TOKENS].forget,
                               config.auth.revocation_poll_s, config.auth.cache_ttl_s + 60)
     await poller.start()
-    app[keys.REVOCATIONS] = poller
+    app[keys.REVOCATION_POLL] = poller
     polling = asyncio.create_task(poller.run(), name="revocation-poll")
     yield
     polling.cancel()
@@ -220,6 +259,9 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
 
     meter = UsageMeter(storage.usage, config.usage.flush_interval_s, touch_keys)
     app[keys.USAGE] = meter
+    shared = app.get(keys.SHARED_LIMITS)
+    if shared is not None:
+        meter.counted.append(shared.used)  # the monthly budgets, counted in Redis too
     flusher = asyncio.create_task(meter.run(), name="usage-flush")
     yield
     flusher.cancel()
@@ -283,7 +325,8 @@ def _leases(process: ProcessInfo | None) -> Context:
         leases = RedisLeases(link, workers=q.workers,
                              background_cap=max(1, int(q.workers * config.background.share)),
                              ttl_s=c.lease_ttl_s,
-                             renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2), share=mine)
+                             renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2), share=mine,
+                             batcher=app[keys.SHARED_LIMITS].batcher)  # one pipeline a process
         app[keys.LEASES] = leases
         app[keys.METRICS].watch_leases(lambda: len(leases.line))
         await leases.start_tasks()
@@ -295,12 +338,23 @@ def _leases(process: ProcessInfo | None) -> Context:
 async def _pool(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     q = config.queue
+    link = app[keys.COORDINATION]
+    paces: list[RedisPace] = []
+
+    def shared_pace(local: AsyncLimiter) -> Pace:
+        """limits.upstream_rps for every node together, this process's own as fallback."""
+        assert link is not None
+        paces.append(RedisPace(link, config.limits.upstream_rps, local.acquire,
+                               app[keys.SHARED_LIMITS].batcher))
+        return paces[0]
+
     pool = WorkerPool(app[keys.ROUTER], workers=q.workers, max_queue=q.max_size,
                       max_per_owner=q.max_per_user, max_running_per_owner=q.running_cap,
                       rps=config.limits.upstream_rps,
                       background_share=config.background.share,
                       background_max_waiting=config.background.max_waiting,
-                      leases=app[keys.LEASES])
+                      leases=app[keys.LEASES],
+                      pace=shared_pace if link is not None else None)
     pool.start()
     app[keys.POOL] = pool
     storage = app[keys.STORAGE]
@@ -310,7 +364,12 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                                    app[keys.USAGE], pool.cancel_owner, pool.unblock_owner)
     app[keys.ACCOUNTS].stop_jobs_with(lambda user_id: pool.cancel_owner(
         user_id, JobCancelled("the account was deleted"), True))  # user ids are never reused
-    app[keys.STATUS] = StatusService(pool, app[keys.ROUTER], q.workers, app[keys.METRICS])
+    app[keys.STATUS] = StatusService(pool, app[keys.ROUTER], q.workers, app[keys.METRICS],
+                                     None if link is None else lambda: link.up)
+    shared = app.get(keys.SHARED_LIMITS)
+    if link is not None and shared is not None:
+        app[keys.METRICS].watch_redis(lambda: link.up, lambda: {
+            "checks": shared.fallbacks, "upstream_rps": sum(p.fallbacks for p in paces)})
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()
@@ -338,12 +397,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 async def _chat(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     memory = MemoryManager(app[keys.STORAGE].messages, config.memory)
-    limiter = KeyedRateLimiter(config.limits.chat_per_user_per_minute)
     meter, metrics, caps = app[keys.USAGE], app[keys.METRICS], app[keys.CAPS]
     app[keys.PROMPTS] = prompts = PromptAssembler(
         app[keys.PROFILES], app[keys.ROUTER], config.model_list, config.llm, config.memory,
         memory, app[keys.STORAGE].prompts)
-    app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm, limiter, meter,
+    app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm,
+                                        config.limits.chat_per_user_per_minute, meter,
                                         metrics, caps, config.model_list, config.chat,
                                         prompts=prompts)
     chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply,

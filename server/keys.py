@@ -12,6 +12,8 @@ from workers.router import Router
 from .config import Config
 from .coordination import RedisLink
 from .coordination.leases import RedisLeases
+from .coordination.limits import RedisLimits
+from .coordination.revocations import Revocations
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -44,6 +46,9 @@ STORAGE = web.AppKey("storage", Storage)
 COORDINATION: web.AppKey[RedisLink | None] = web.AppKey("coordination")
 # Upstream caps shared through Redis; None without it (the pool's own counts are the caps).
 LEASES: web.AppKey[RedisLeases | None] = web.AppKey("leases")
+# The rate limits kept in Redis (absent without Redis: Caps.limits is then this process's).
+SHARED_LIMITS = web.AppKey("shared_limits", RedisLimits)
+REVOCATIONS = web.AppKey("revocations", Revocations)  # with Redis: pushed to every node
 TOKENS = web.AppKey("tokens", TokenService)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 ADMIN = web.AppKey("admin", AdminService)
@@ -63,7 +68,7 @@ TITLES = web.AppKey("titles", TitleService)
 SUMMARIES = web.AppKey("summaries", SummaryService)
 SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
-REVOCATIONS = web.AppKey("revocations", RevocationPoller)  # only when others may revoke
+REVOCATION_POLL = web.AppKey("revocation_poll", RevocationPoller)  # when others may revoke
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
 MEMORIES = web.AppKey("memories", MemoryService)  # long-term memories (not the history budget)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -13,6 +13,7 @@ from aiolimiter import AsyncLimiter
 from .errors import OwnerBlocked, QueueFull, ShuttingDown, UpstreamError, WorkerError
 from .job import Delta, Ending, ForwardRequest, Job, Raw, Started
 from .leases import Leases, LocalLeases, Ticket
+from .pace import Pace
 from .queue import FairQueue
 from .router import Router
 from .stream import Progress
@@ -60,7 +61,8 @@ class WorkerPool:
     def __init__(self, router: Router, *, workers: int, max_queue: int,
                  max_per_owner: int = 0, max_running_per_owner: int = 0,
                  rps: float = 100.0, background_share: float = 0.25,
-                 background_max_waiting: int = 256, leases: Leases | None = None) -> None:
+                 background_max_waiting: int = 256, leases: Leases | None = None,
+                 pace: Callable[[AsyncLimiter], Pace] | None = None) -> None:
         # max_running_per_owner: how many workers one owner's jobs may hold at once, for jobs
         # that carry no cap of their own (0 = no cap).
         # A worker takes a job only when its model has room, so workers do not pile up
@@ -80,7 +82,10 @@ class WorkerPool:
         self._max_running_per_owner = max_running_per_owner
         self._size = workers
         self._max_per_owner = max_per_owner
-        self._limiter = AsyncLimiter(rps, 1.0)
+        # `rps` upstream requests a second from this process; `pace`, given this limiter
+        # (its fallback), may make the rate one shared with other processes and nodes.
+        local = AsyncLimiter(rps, 1.0)
+        self._limiter: Pace = local if pace is None else pace(local)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed: str | None = None
         self._reserved: Counter[Hashable] = Counter()

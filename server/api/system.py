@@ -37,7 +37,8 @@ async def ready(request: web.Request) -> web.Response:
     if principal is not None and is_admin(principal.user):
         body.update(model=ready.model, model_server=ready.model_server, queue=ready.queue,
                     problems=[{"kind": p.kind, "detail": p.detail} for p in ready.problems],
-                    models=ready.models)
+                    models=ready.models, **({"coordination": ready.coordination}
+                                            if ready.coordination is not None else {}))
     return json_response(body, status=200 if ready.ready else 503)
 
 

@@ -39,6 +39,7 @@ class RedisLink:
         self._interval = config.health_interval_s
         self._listeners: list[Callable[[bool], None]] = []
         self._health: asyncio.Task[None] | None = None
+        self._closing = False
 
     def key(self, *parts: object) -> str:
         """A key under this deployment's prefix."""
@@ -87,15 +88,16 @@ class RedisLink:
 
     async def close(self) -> None:
         """Stop checking and close the client's connections."""
+        self._closing = True
         if self._health is not None:
-            self._health.cancel()
-            await asyncio.gather(self._health, return_exceptions=True)
+            await stop(self._health)
         await self.client.aclose()
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:  # a flag too: a cancel inside the client may be swallowed
             await asyncio.sleep(self._interval)
-            await self.check()
+            if not self._closing:
+                await self.check()
 
     def _tell(self, up: bool) -> None:
         for listener in self._listeners:
@@ -103,3 +105,11 @@ class RedisLink:
                 listener(up)
             except Exception:  # one listener's bug must not stop the others hearing it
                 log.exception("Redis state listener failed")
+
+
+async def stop(task: asyncio.Task[None], wait_s: float = 5.0) -> None:
+    """Cancel a background task and wait for it, at most `wait_s`: redis-py can swallow a
+    cancel that lands as a command times out, and a shutdown must not hang on it (the task
+    also checks a closing flag, so it ends at its next turn)."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=wait_s)

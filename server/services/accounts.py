@@ -9,9 +9,9 @@ from ..storage import UserStore
 from ..storage.rows import UserRow
 from .apikeys import ApiKeyService
 from .gate import admit
+from .limits import Backoff, Check, Limits, Rate, key_of
 from .password_policy import PasswordPolicy, WeakPassword
 from .passwords import Passwords
-from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
 from .tokens import Principal, TokenService
 
 
@@ -54,15 +54,15 @@ class AccountService:
     """
 
     def __init__(self, users: UserStore, passwords: Passwords, tokens: TokenService,
-                 api_keys: ApiKeyService, attempts: KeyedRateLimiter, failures: FailureBackoff,
+                 api_keys: ApiKeyService, limits: Limits, attempts_per_minute: int,
                  policy: PasswordPolicy, registration: str,
                  admins: tuple[str, ...] = ()) -> None:
         self._users = users
         self._passwords = passwords
         self._tokens = tokens
         self._api_keys = api_keys
-        self._attempts = attempts
-        self._failures = failures
+        self._limits = limits
+        self._attempts = attempts_per_minute  # password tries per client (or account)
         self._policy = policy
         self._registration = registration
         self._admins = frozenset(name.casefold() for name in admins)
@@ -74,7 +74,7 @@ class AccountService:
         if self._registration == "closed" and not listed:
             raise RegistrationClosed("registration is closed on this server: "
                                      "ask an administrator for an account")
-        self._throttle(client, "sign-up attempts")
+        await self._limits.check(self._throttle(client, "sign-up attempts"))
         status = "pending" if self._registration == "approval" and not listed else "active"
         user = await self._users.create(
             username, await self.new_password_hash(username, password),
@@ -89,8 +89,8 @@ class AccountService:
     async def login(self, username: str, password: str, client: str) -> SignedIn:
         """Check the password and issue a token; a missing user costs the same time. A
         pending account may sign in (only to see that it waits); a disabled one may not."""
-        self._throttle(client, "login attempts")
-        found = await self._checked(username, password, "failed logins for this account")
+        found = await self._checked(username, password, "failed logins for this account",
+                                    self._throttle(client, "login attempts"))
         if found is None:
             raise WrongCredentials("wrong username or password")
         user, epoch = found
@@ -101,24 +101,22 @@ class AccountService:
                                wrong: str = "the password is not correct") -> None:
         """A signed-in user's password, before a sensitive action (WrongPassword if not)."""
         user = principal.user
-        self._throttle(("account", user["id"]), "attempts")
-        if await self._checked(user["username"], password, "wrong passwords") is None:
+        throttle = self._throttle(("account", user["id"]), "attempts")
+        if await self._checked(user["username"], password, "wrong passwords", throttle) is None:
             raise WrongPassword(wrong)
 
-    async def _checked(self, username: str, password: str,
-                       what: str) -> tuple[UserRow, int] | None:
+    async def _checked(self, username: str, password: str, what: str,
+                       throttle: Check) -> tuple[UserRow, int] | None:
         """The user and token epoch if the password is theirs; tries per username back off
-        once they fail.
+        once they fail, checked with `throttle` (the client's or account's tries) at once.
         Unknown names are counted too, so the limit does not tell which names exist."""
         key = username.lower()  # usernames are ASCII and unique case-insensitively
-        wait = self._failures.attempt(key)
-        if wait is not None:
-            raise RateLimited(wait, f"too many {what}, try again later")
+        await self._limits.check(throttle, Backoff(key, f"too many {what}, try again later"))
         found = await self._users.credentials(username)
         ok = await self._passwords.verify(found[1] if found else None, password)
         if not ok or found is None:
             return None
-        self._failures.succeeded(key)
+        self._limits.succeeded(key)
         return found[0], found[2]
 
     async def change_password(self, principal: Principal, current: str, new: str) -> SignedIn:
@@ -173,8 +171,7 @@ class AccountService:
         if self._stop_jobs is not None:  # a stream started before the deletion stops now
             self._stop_jobs(user["id"])
 
-    def _throttle(self, key: Hashable, what: str) -> None:
-        """Password attempts per client (or per account): logins, sign-ups, deletions."""
-        retry = self._attempts.hit(key)
-        if retry is not None:
-            raise RateLimited(retry, f"too many {what}, try again later")
+    def _throttle(self, key: Hashable, what: str) -> Rate:
+        """Password attempts per client (or per account), as a check: logins, sign-ups,
+        deletions."""
+        return Rate("login", key_of(key), self._attempts, f"too many {what}, try again later")

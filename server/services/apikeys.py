@@ -37,6 +37,8 @@ class ApiKeyService:
         self._deleted: TTLCache[int, bool] = TTLCache(max(cache_size, 1024), cache_ttl_s * 2)
         self._used: dict[int, str] = {}  # key id -> when last used, written in batches
         self._generation = 0  # bumped when a user's cache is dropped (rare: admin actions)
+        # Told of each key deleted here (user, None, key id), as TokenService.announce.
+        self.announce: list[Callable[[int, str | None, int | None], None]] = []
 
     async def create(self, user_id: int, name: str, expires_at: int | None, rpm: int | None,
                      tpm: int | None, limits: Overrides = None) -> tuple[KeyRow, str]:
@@ -60,6 +62,8 @@ class ApiKeyService:
         await self._store.delete(user_id, key_id)
         self._forget(lambda p: p.key is not None and p.key.id == key_id)
         self._deleted[key_id] = True
+        for listener in self.announce:
+            listener(user_id, None, key_id)
 
     def forget_user(self, user_id: int, key_ids: tuple[int, ...] = ()) -> None:
         """Drop every cached key of a user (deleted, disabled or changed), and mark these

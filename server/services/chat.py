@@ -21,11 +21,11 @@ from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
 from .caps import Caps, Overrides
 from .failures import failure_of
+from .limits import Rate
 from .memory import MemoryManager
 from .metrics import Metrics
 from .profile import Profile
 from .prompt import PromptAssembler
-from .ratelimit import KeyedRateLimiter, RateLimited
 from .registry import TurnRegistry
 from .text import visible
 from .turns import Done, Failed, Outcome, Turn
@@ -73,7 +73,7 @@ class ChatService:
     """Accepts turns and owns each one: one task per turn stores its reply, exactly once."""
 
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
-                 limiter: KeyedRateLimiter, meter: UsageMeter, metrics: Metrics,
+                 chat_per_minute: int, meter: UsageMeter, metrics: Metrics,
                  caps: Caps, models: tuple[ModelConfig, ...] = (),
                  config: ChatConfig | None = None, *, prompts: PromptAssembler) -> None:
         config = config or ChatConfig()
@@ -85,7 +85,7 @@ class ChatService:
         self._caps = caps
         self._pool = pool
         self._defaults = defaults
-        self._limiter = limiter
+        self._chat_per_minute = chat_per_minute
         self._meter = meter
         self._metrics = metrics
         self._storing: set[asyncio.Task[None]] = set()  # ended, outcome being stored
@@ -145,12 +145,11 @@ class ChatService:
             chosen = self._router.default
         if chosen is not None:
             self._router.check(chosen)  # every replica out: refused at once, nothing kept
-        retry_after = self._limiter.hit(user_id)
-        if retry_after is not None:
-            raise RateLimited(retry_after, "chat rate limit reached, slow down")
-        if conversation_id is None:
-            self._caps.new_conversation(user_id, limits)
-        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
+        # The user's chat rate, a new conversation's rate and the monthly budget: one check
+        # (with Redis, one round trip), all charged or none.
+        chat = Rate("chat", user_id, self._chat_per_minute, "chat rate limit reached, slow down")
+        new = (self._caps.conversation_rate(user_id, limits),) if conversation_id is None else ()
+        await self._caps.limits.check(chat, *new, self._caps.budget(user_id, limits))
         profile = await self._prompts.profile(user_id)  # cached; read before anything is kept
         quota = self._caps.quota(limits)
         place = await self._pool.admit(user_id)  # a full queue refuses here: nothing stored

@@ -14,8 +14,8 @@ from workers.router import Router
 
 from .caps import Caps, Overrides
 from .feed import Feed
+from .limits import Rate
 from .metrics import Metrics
-from .ratelimit import Allowance, RateLimited
 from .tokens import KeyGrant
 from .usage import UsageMeter
 
@@ -84,8 +84,6 @@ class CompletionService:
         self._meter = meter
         self._default_max_tokens = default_max_tokens
         self._created = int(time.time())
-        self._rpm: dict[int, Allowance] = {}
-        self._tpm: dict[int, Allowance] = {}
 
     async def models(self) -> dict[str, Any]:
         """The configured models, in OpenAI's list shape."""
@@ -101,8 +99,11 @@ class CompletionService:
         user go to the same replica while it is healthy."""
         route = await self._router.lookup(str(body["model"]))
         self._router.check(route)
-        reserved = self._admit(key, body)
-        await self._meter.check_budget(user_id, self._caps.monthly_tokens(limits))
+        # The key's requests and tokens per minute and the monthly budget: one check (with
+        # Redis, one round trip), all charged or none.
+        tokens = self._tokens_rate(key, body)
+        await self._caps.limits.check(*self._requests_rate(key), *tokens,
+                                      self._caps.budget(user_id, limits))
         stream = body.get("stream") is True
         options = body.get("stream_options")
         hide_usage = stream and not (isinstance(options, dict) and options.get("include_usage"))
@@ -119,9 +120,9 @@ class CompletionService:
             if isinstance(outcome, jobs.Finished):  # a reply, counted as /api/chat counts one
                 usage = outcome.completion.usage
                 self._meter.record(user_id, key.id if key else None, usage)
-            if key is not None and key.id in self._tpm:
+            for rate in tokens:  # what was reserved but not used goes back
                 used = _int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
-                self._tpm[key.id].give_back(reserved - used)
+                self._caps.limits.give_back(rate, rate.cost - used)
 
         forwarded = Forwarded(job, stream, ended)
         place = await self._pool.admit(user_id)  # last: nothing between it and submit can fail
@@ -132,29 +133,22 @@ class CompletionService:
             raise
         return forwarded
 
-    def _admit(self, key: KeyGrant | None, body: dict[str, Any]) -> int:
-        """Apply the key's requests- and tokens-per-minute; return the tokens reserved."""
-        if key is None:
-            return 0
-        if key.rpm:
-            wait = _allowance(self._rpm, key.id, key.rpm).take(1)
-            if wait is not None:
-                raise RateLimited(wait, "this API key's requests-per-minute limit is reached")
-        if not key.tpm:
-            return 0
+    @staticmethod
+    def _requests_rate(key: KeyGrant | None) -> tuple[Rate, ...]:
+        """The key's requests per minute, as a check (none without a key or a limit)."""
+        if key is None or not key.rpm:
+            return ()
+        return (Rate("rpm", key.id, key.rpm,
+                     "this API key's requests-per-minute limit is reached"),)
+
+    def _tokens_rate(self, key: KeyGrant | None, body: dict[str, Any]) -> tuple[Rate, ...]:
+        """The key's tokens per minute, as a check reserving the most the request may use
+        (corrected once its usage is known)."""
+        if key is None or not key.tpm:
+            return ()
         reserve = _max_tokens(body, self._default_max_tokens) + _prompt_estimate(body)
-        wait = _allowance(self._tpm, key.id, key.tpm).take(reserve)
-        if wait is not None:
-            raise RateLimited(wait, "this API key's tokens-per-minute limit is reached")
-        return reserve
-
-
-def _allowance(allowances: dict[int, Allowance], key_id: int, per_minute: int) -> Allowance:
-    """The key's allowance, made on its first request (not one built and dropped per call)."""
-    found = allowances.get(key_id)
-    if found is None:
-        found = allowances[key_id] = Allowance(per_minute)
-    return found
+        return (Rate("tpm", key.id, key.tpm, "this API key's tokens-per-minute limit is "
+                     "reached", cost=reserve),)
 
 
 def _affinity(user_id: int, session: str | None, body: dict[str, Any]) -> tuple[Any, ...] | None:

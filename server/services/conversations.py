@@ -33,7 +33,7 @@ class ConversationService:
                      limits: Overrides = None, titled: bool = False) -> ConversationRow:
         """An empty conversation, within the user's creation rate and storage caps
         (`titled`: the user gave the title, so no generated one replaces it)."""
-        self._caps.new_conversation(user_id, limits)
+        await self._caps.new_conversation(user_id, limits)
         return await self._conversations.create(user_id, title, self._caps.quota(limits),
                                                 titled)
 

@@ -193,6 +193,15 @@ class Metrics:
         """Each replica's state, load, attempts and errors, read at scrape time."""
         self.registry.register(RouterCollector(router))
 
+    def watch_redis(self, up: Callable[[], bool],
+                    fallbacks: Callable[[], dict[str, int]]) -> None:
+        """With Redis: whether it answers, and the limit checks this process answered alone
+        because it did not, read at scrape time."""
+        Gauge("chatgate_redis_up", "1 while Redis answers (limits are global), else 0 "
+              "(limits are per process)", registry=self.registry).set_function(
+                  lambda: 1 if up() else 0)
+        self.registry.register(_FallbackCollector(fallbacks))
+
     def first_token(self, model: str, replica: str, seconds: float) -> None:
         """One attempt's time to its first token on one replica."""
         self.replica_ttft.of(model, replica).observe(seconds)
@@ -249,6 +258,19 @@ class _RenderCollector(Collector):
                                      "by result", labels=["result"])
         for result, count in self._counts().items():
             family.add_metric([result], count)
+        yield family
+
+
+class _FallbackCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "chatgate_limit_fallbacks", "Rate-limit checks and upstream requests limited by "
+            "this process alone because Redis did not answer, by limit", labels=["limit"])
+        for limit, count in self._counts().items():
+            family.add_metric([limit], count)
         yield family
 
 

@@ -27,14 +27,35 @@ class KeyedRateLimiter:
 
     def hit(self, key: Hashable) -> float | None:
         """Record one event; None if allowed, else seconds until one would be."""
+        wait = self.wait(key)
+        if wait is None:
+            self.charge(key)
+        return wait
+
+    def wait(self, key: Hashable, cost: int = 1) -> float | None:
+        """Whether `cost` events would pass now (nothing recorded): None, or seconds until
+        they would. More than the whole burst passes only when the key is idle."""
         now = self._clock()
         tat = max(self._tat.get(key, now), now)
-        if tat - now + self._interval > self._burst:
-            return tat - now + self._interval - self._burst
-        if len(self._tat) >= self._max_keys:
+        over = tat - now + min(cost * self._interval, self._burst) - self._burst
+        return over if over > 0 else None
+
+    def charge(self, key: Hashable, cost: int = 1) -> None:
+        """Record `cost` events (after `wait` said they pass)."""
+        now = self._clock()
+        if key not in self._tat and len(self._tat) >= self._max_keys:
             self._prune(now)
-        self._tat[key] = tat + self._interval
-        return None
+        self._tat[key] = max(self._tat.get(key, now), now) + cost * self._interval
+
+    def give_back(self, key: Hashable, amount: int) -> None:
+        """Return `amount` charged but not used (negative: used more than charged); the
+        key's allowance never exceeds its burst."""
+        now = self._clock()
+        tat = max(self._tat.get(key, now), now) - amount * self._interval
+        if tat > now:
+            self._tat[key] = tat
+        else:
+            self._tat.pop(key, None)
 
     def _prune(self, now: float) -> None:
         """Forget keys whose budget has refilled; if that is not enough (a flood of distinct
@@ -44,38 +65,6 @@ class KeyedRateLimiter:
         if len(self._tat) >= self._max_keys:
             for key in list(self._tat)[: max(1, self._max_keys // 10)]:
                 del self._tat[key]
-
-
-class Allowance:
-    """A per-minute allowance (requests or tokens), refilled continuously; what is taken up
-    front can be corrected once the real cost is known, so a burst cannot overrun it."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(per_minute)
-        self._rate = per_minute / 60.0
-        self._level = float(per_minute)
-        self._clock = clock
-        self._at = clock()
-
-    def take(self, amount: int) -> float | None:
-        """Take `amount`; None if allowed, else seconds until it would be. A request larger
-        than the whole allowance passes only when the allowance is full."""
-        self._refill()
-        need = min(float(amount), self._capacity)
-        if self._level < need:
-            return (need - self._level) / self._rate
-        self._level -= amount
-        return None
-
-    def give_back(self, amount: int) -> None:
-        """Return what was taken but not used (negative: used more than was taken)."""
-        self._refill()
-        self._level = min(self._capacity, self._level + amount)
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._level = min(self._capacity, self._level + (now - self._at) * self._rate)
-        self._at = now
 
 
 class FailureBackoff:
@@ -105,18 +94,30 @@ class FailureBackoff:
 
     def attempt(self, key: Hashable) -> float | None:
         """Charge one try; None if it may go ahead, else seconds until one may (not charged)."""
+        wait = self.wait(key)
+        if wait is None:
+            self.charge(key)
+        return wait
+
+    def wait(self, key: Hashable) -> float | None:
+        """None if a try may go ahead now (nothing charged), else seconds until one may."""
         now = self._clock()
-        tries, last = self._seen.get(key, (0, now))
-        if now - last >= self._window:
-            tries = 0
+        tries, last = self._tries(key, now)
         wait = last + self.delay(tries) - now
-        if wait > 0:
-            return wait
+        return wait if wait > 0 else None
+
+    def charge(self, key: Hashable) -> None:
+        """Charge one try (after `wait` said it may go ahead)."""
+        now = self._clock()
+        tries, _ = self._tries(key, now)
         self._seen.pop(key, None)  # re-inserted last: dict order is least recently tried first
         if len(self._seen) >= self._max_keys:
             self._prune(now)
         self._seen[key] = (tries + 1, now)
-        return None
+
+    def _tries(self, key: Hashable, now: float) -> tuple[int, float]:
+        tries, last = self._seen.get(key, (0, now))
+        return (0 if now - last >= self._window else tries), last
 
     def succeeded(self, key: Hashable) -> None:
         """The password was right: forget the failures."""

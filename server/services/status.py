@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ from .metrics import Metrics
 class Problem:
     """One reason the service is not ready: a fixed word and, for admins, the details."""
 
-    kind: str  # "shutting_down" | "workers_down" | "model_server" | "model_degraded"
+    # "shutting_down" | "workers_down" | "model_server" | "model_degraded" | "redis_down"
+    kind: str
     detail: str  # never a URL or a credential: error classes and counts only
 
 
@@ -29,18 +31,25 @@ class Readiness:
     model_server: str  # its first replica's URL, credentials replaced by ***
     queue: dict[str, Any] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
+    # With Redis: whether it answers and so whether the limits are global or per-process.
+    coordination: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
-        """Ready unless a problem stops chat work (a replica out of several does not)."""
-        return not any(p.kind != "model_degraded" for p in self.problems)
+        """Ready unless a problem stops chat work (a replica out of several does not, nor
+        Redis down: the limits are then per-process)."""
+        return not any(p.kind not in _DEGRADED for p in self.problems)
+
+
+_DEGRADED = frozenset({"model_degraded", "redis_down"})  # the node still serves
 
 
 class StatusService:
     """Answers readiness checks from the pool's state and the replica prober's findings."""
 
     def __init__(self, pool: WorkerPool, router: Router, workers: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, redis_up: Callable[[], bool] | None = None) -> None:
+        self._redis_up = redis_up  # None: no Redis configured
         self._pool = pool
         self._router = router
         self._workers = workers
@@ -67,13 +76,21 @@ class StatusService:
                 if out:
                     problems.append(Problem("model_degraded", f"model {route.name}: {out} of "
                                             f"{len(route.replicas)} replicas out"))
-        fatal = [p.kind for p in problems if p.kind != "model_degraded"]
+        coordination = None
+        if self._redis_up is not None:
+            up = self._redis_up()
+            coordination = {"redis": "up" if up else "down",
+                            "limits": "global" if up else "per-process"}
+            if not up:
+                problems.append(Problem("redis_down", "Redis does not answer: rate limits "
+                                        "are per process until it does"))
+        fatal = [p.kind for p in problems if p.kind not in _DEGRADED]
         self._metrics.readiness([problem.kind for problem in problems], not fatal)
         default = self._router.default
         return Readiness(problems, default.name, default.replicas[0].label,
                          {"waiting": pool.queue.qsize(), "max_size": pool.queue.maxsize,
                           "running": pool.stats.running, "workers": pool.live_workers},
-                         models)
+                         models, coordination)
 
 
 def _describe(route: ModelRoute) -> dict[str, Any]:

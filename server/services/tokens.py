@@ -71,6 +71,9 @@ class TokenService:
         self._generation: dict[int, int] = {}
         # Other caches of verified credentials (API keys) told by `forget`: (user, key id).
         self._also: list[Callable[[int, int | None], None]] = []
+        # Told of each revocation made here (user, jti, key id), once stored: other processes
+        # and nodes hear of it through them (Redis pub/sub).
+        self.announce: list[Callable[[int, str | None, int | None], None]] = []
         self.stats = TokenStats()
 
     @property
@@ -124,6 +127,7 @@ class TokenService:
         self._revoked[principal.jti] = True
         self._cache.pop(principal.token, None)
         await self._store.revoke(principal.jti, principal.expires_at, principal.user["id"])
+        self.told(principal.user["id"], principal.jti)
 
     def also_forget(self, forget: Callable[[int, int | None], None]) -> None:
         """Have `forget` drop from another cache too: `forget(user_id, key_id)` is called for
@@ -145,15 +149,22 @@ class TokenService:
         for forget in self._also:
             forget(user_id, key_id)
 
+    def told(self, user_id: int, jti: str | None = None, key_id: int | None = None) -> None:
+        """Tell the `announce` listeners of a revocation stored here."""
+        for listener in self.announce:
+            listener(user_id, jti, key_id)
+
     def forget_user(self, user_id: int) -> None:
         """Kill every cached token of a deleted or disabled user (the database's new epoch
         or missing row refuses the rest)."""
         self._drop(user_id, revoke=True)
+        self.told(user_id)
 
     def refresh_user(self, user_id: int) -> None:
         """Drop the user's cached tokens, still valid, so the next request reads the user anew
         (their status, password flag or limits changed)."""
         self._drop(user_id, revoke=False)
+        self.told(user_id)
 
     def _drop(self, user_id: int, revoke: bool) -> None:
         self._generation[user_id] = self._generation.get(user_id, 0) + 1

@@ -36,6 +36,8 @@ class UsageMeter:
         self._pending: defaultdict[tuple[int, str, int], list[int]] = defaultdict(
             lambda: [0, 0, 0])
         self._months: dict[int, tuple[str, int]] = {}  # user -> (YYYY-MM, tokens used)
+        # Told of each reply's tokens (user, tokens): the shared monthly budgets count them.
+        self.counted: list[Callable[[int, int], None]] = []
 
     def record(self, user_id: int, key_id: int | None, usage: dict[str, Any]) -> None:
         """Count one reply's tokens (from the model server's `usage`)."""
@@ -49,14 +51,8 @@ class UsageMeter:
         month = self._months.get(user_id)
         if month is not None and month[0] == day[:7]:
             self._months[user_id] = (month[0], month[1] + prompt + completion)
-
-    async def check_budget(self, user_id: int, budget: int) -> None:
-        """QuotaExceeded when the user is over `budget` tokens this month (their own, or
-        `limits.monthly_tokens_per_user`, as the caps resolve it; 0: none)."""
-        if budget and await self.month_used(user_id) >= budget:
-            raise QuotaExceeded(
-                f"you have used this month's {budget:,} tokens; ask an administrator "
-                "to raise the budget, or wait for next month")
+        for counted in self.counted:
+            counted(user_id, prompt + completion)
 
     async def month_used(self, user_id: int) -> int:
         """Tokens the user has used this calendar month (UTC), read once then kept counted."""
@@ -68,6 +64,11 @@ class UsageMeter:
                         if u == user_id and day.startswith(month))
             known = self._months[user_id] = (month, used)
         return known[1]
+
+    async def month_read(self, user_id: int) -> int:
+        """`month_used` read anew from the database (and what is not yet written)."""
+        self._months.pop(user_id, None)
+        return await self.month_used(user_id)
 
     async def days(self, user_id: int, first: str, last: str) -> list[UsageRow]:
         """The user's counters between two days, the last second's counting included."""
