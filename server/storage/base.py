@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from .rows import (
     AdminUserRow,
     AuditRow,
+    AuthEvent,
     ConversationRow,
     ConversationUse,
     HistoryRows,
@@ -333,6 +334,20 @@ class AuditStore(Protocol):
         """Newest first, and the cursor of the next page (InvalidCursor)."""
 
 
+class AuthEventStore(Protocol):
+    """Auth events, written by the database itself (triggers) in the transaction of the change
+    they report; pollers read them to drop cached verifications."""
+
+    async def latest(self) -> int:
+        """The newest event's id (0: none yet)."""
+
+    async def since(self, after_id: int, limit: int) -> list[AuthEvent]:
+        """Up to `limit` events with id > `after_id`, oldest first."""
+
+    async def prune(self, before_unix: int) -> None:
+        """Drop events older than `before_unix`."""
+
+
 class Storage:
     """Everything stored: one object per concern, provided by a backend (SQLite today)."""
 
@@ -351,6 +366,7 @@ class Storage:
     memories: MemoryStore
     account_settings: AccountSettingsStore
     prompts: PromptStore
+    auth_events: AuthEventStore
     stats: StorageStats
 
     async def close(self) -> None:

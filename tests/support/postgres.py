@@ -1,0 +1,160 @@
+"""A throwaway PostgreSQL cluster on loopback: Debian's PostgreSQL 15, a tmp dir, a free port.
+
+PostgreSQL refuses to run as root, so as root the server runs as the `postgres` system user
+(runuser). Durability is off (fsync, synchronous_commit, full_page_writes): the data dies with
+the test session anyway. Each test gets its own database, a copy of a migrated template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from server.storage.postgres import migrate
+
+PG_BIN = Path(os.environ.get("CHATGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+TEMPLATE = "chatgate_template"
+_names = itertools.count(1)
+
+
+def available() -> bool:
+    """Whether this machine has the PostgreSQL server binaries."""
+    return (PG_BIN / "postgres").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PgCluster:
+    """One postgres server process over a tmp data directory; `url(db)` reaches a database."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="chatgate-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+
+    def url(self, database: str = "postgres") -> str:
+        """The connection URL of a database on this cluster."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self._as_root else list(args)
+
+    def init(self) -> None:
+        """Create the data directory (trust auth on loopback: nothing here is secret)."""
+        subprocess.run(self._cmd(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait until it accepts connections."""
+        log = open(self.root / "server.log", "ab")
+        self._proc = subprocess.Popen(
+            self._cmd(str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                      "-c", "listen_addresses=127.0.0.1",
+                      "-c", f"unix_socket_directories={self.root}",
+                      "-c", "fsync=off", "-c", "synchronous_commit=off",
+                      "-c", "full_page_writes=off", "-c", "max_connections=200",
+                      "-c", "shared_buffers=32MB"),
+            stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log_tail()}")
+            ready = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1",
+                                    "-p", str(self.port)], check=False).returncode == 0
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown (SIGINT: sessions ended, then a clean stop); wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # runuser passes signals on to its child; the postmaster is its only child.
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log, for a failure message."""
+        try:
+            text = (self.root / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def destroy(self) -> None:
+        """Stop the server and delete its files."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def make_template(self) -> None:
+        """Create the migrated template that each test's database copies."""
+        conn = await asyncpg.connect(self.url())
+        try:
+            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(self.url(TEMPLATE))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    async def create_database(self, migrated: bool = True) -> str:
+        """A fresh database (a copy of the migrated template, or empty); its name."""
+        name = f"t{os.getpid()}_{next(_names)}"
+        template = TEMPLATE if migrated else "template0"
+        conn = await asyncpg.connect(self.url())
+        try:
+            await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
+        finally:
+            await conn.close()
+        return name
+
+    async def drop_database(self, name: str) -> None:
+        """Drop a database, ending any session still on it."""
+        conn = await asyncpg.connect(self.url())
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+def start_cluster() -> PgCluster:
+    """Initialise, start and template a cluster (the caller destroys it)."""
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        asyncio.run(cluster.make_template())
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
