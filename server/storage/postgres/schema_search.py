@@ -8,6 +8,12 @@ from __future__ import annotations
 _PUNCTUATION = "!\"#$%&''()*+,-./:;<=>?@[\\]^`{|}~"
 _SPACES = " " * 31
 
+# The search's indexes (a bulk load may drop them and make them again after).
+INDEXES = """
+CREATE INDEX messages_search ON messages USING gin (search);
+CREATE INDEX messages_by_owner ON messages (owner, id);
+"""
+
 # `chatgate_search`: no stemming and no stop words (as SQLite's unicode61), case and
 # diacritics folded (unaccent). Each message's tsvector also holds `#<owner>`, a word no text
 # can produce, so the GIN index can intersect "this user's" with the words searched for; the
@@ -23,6 +29,4 @@ ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS (
     to_tsvector('chatgate_search'::regconfig,
                 translate(content, '{_PUNCTUATION}', '{_SPACES}'))
     || array_to_tsvector(ARRAY['#' || coalesce(owner, 0)::text])) STORED;
-CREATE INDEX messages_search ON messages USING gin (search);
-CREATE INDEX messages_by_owner ON messages (owner, id);
-"""
+""" + INDEXES
