@@ -2,21 +2,26 @@
 
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` system user
 (runuser). Durability is off (fsync, synchronous_commit, full_page_writes): the data dies with
-the test session anyway. Each test gets its own database, a copy of a migrated template.
+the test session anyway. A test gets a database of its own (a copy of a migrated template), or
+the session's shared one emptied (TRUNCATE: faster, for the API suite).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -25,6 +30,14 @@ from server.storage.postgres import migrate
 PG_BIN = Path(os.environ.get("CHATGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 TEMPLATE = "chatgate_template"
 _names = itertools.count(1)
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from sync code (a sync fixture), on a loop of its own in
+    another thread: the test's own event loop is never touched."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def available() -> bool:
@@ -89,12 +102,16 @@ class PgCluster:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT: sessions ended, then a clean stop); wait for it."""
+        """Fast shutdown (SIGINT to the postmaster: sessions ended, then a clean stop); wait
+        for it to exit."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        # runuser passes signals on to its child; the postmaster is its only child.
-        proc.send_signal(2)
+        try:  # runuser does not pass signals on: the postmaster's pid is in its pid file
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGINT)
+        except (OSError, ValueError, IndexError):
+            proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -138,6 +155,18 @@ class PgCluster:
             await conn.close()
         return name
 
+    async def empty_database(self, name: str) -> None:
+        """Empty every table of a migrated database and restart its ids (a few times faster
+        than a new copy of the template: tests that share a database call it first)."""
+        conn = await asyncpg.connect(self.url(name), server_settings={"lock_timeout": "10s"})
+        try:
+            tables = [r[0] for r in await conn.fetch(
+                "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename != 'schema_version'")]
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+        finally:
+            await conn.close()
+
     async def drop_database(self, name: str) -> None:
         """Drop a database, ending any session still on it."""
         conn = await asyncpg.connect(self.url())
@@ -153,7 +182,7 @@ def start_cluster() -> PgCluster:
     try:
         cluster.init()
         cluster.start()
-        asyncio.run(cluster.make_template())
+        run_sync(cluster.make_template())
     except BaseException:
         cluster.destroy()
         raise

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -47,6 +48,30 @@ def translate(err: BaseException) -> BaseException:
                         asyncpg.exceptions.ConnectionDoesNotExistError)):
         return DatabaseUnavailable("the database is unavailable, try again shortly")
     return err
+
+
+def where(url: str) -> str:
+    """host:port/database of a URL, without its user or password (for messages)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+    except ValueError:
+        return "(unreadable database.url)"
+
+
+def _reason(err: BaseException, url: str) -> str:
+    """What went wrong, in the driver's words, with the URL and its password blanked out in
+    case they quote it."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    try:
+        secret = urlsplit(url).password
+    except ValueError:
+        secret = None
+    for hidden in (url, secret):
+        if hidden:
+            text = text.replace(hidden, "***")
+    return text
 
 
 def lost(err: BaseException) -> bool:
@@ -86,10 +111,12 @@ class Database:
                 server_settings=self._settings())
         except BaseException as err:
             await self._close_connections()
-            mapped = translate(err)
-            if mapped is not err and isinstance(err, Exception):
-                raise mapped from None  # the driver's message may quote the URL
-            raise
+            if isinstance(err, StorageError) or not isinstance(err, Exception):
+                raise
+            # One line for the operator: where (never the password) and why.
+            kind = DatabaseUnavailable if lost(err) else StorageError
+            raise kind(f"cannot open the PostgreSQL database {where(self._url)}: "
+                       f"{_reason(err, self._url)}") from None
         self._task = asyncio.create_task(self._write_loop(), name="pg-writer")
 
     async def _connect(self) -> Any:
