@@ -288,10 +288,8 @@ async def test_counters_follow_every_write_and_deleted_users(custom: Custom) -> 
         async with s.delete("/api/auth/account", json={"password": user.password},
                             headers=user.headers) as resp:
             assert resp.status == 204, await resp.text()
-    rows = await storage_of(server).db.read(
-        lambda c: c.execute("SELECT count(*) FROM user_storage WHERE user_id = ?",
-                            (user.id,)).fetchone()[0])
-    assert rows == 0  # the admin's row stays; the leaver's went with the account
+    left = await value(server, "SELECT count(*) FROM user_storage WHERE user_id = ?", user.id)
+    assert left == 0  # the admin's row stays; the leaver's went with the account
 
 
 # --- per-user overrides ----------------------------------------------------------------------
