@@ -107,7 +107,9 @@ class Database:
             self._writer = await self._connect()
             await migrate(self._writer)
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=self._pool_size, timeout=self._connect_s,
+                # No floor: asyncpg would retry it in the background while the server is
+                # down, logging a traceback each time; connections open on demand instead.
+                self._url, min_size=0, max_size=self._pool_size, timeout=self._connect_s,
                 server_settings=self._settings())
         except BaseException as err:
             await self._close_connections()
