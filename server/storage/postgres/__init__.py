@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..base import Storage
-from ..errors import StorageError
 from .audit import PostgresAudit
 from .auth_events import PostgresAuthEvents
+from .branches import PostgresBranches
+from .conversations import PostgresConversations
 from .db import Database
 from .keys import PostgresKeys
 from .memories import PostgresAccountSettings, PostgresMemories
+from .messages import PostgresMessages
 from .migrations import LATEST, migrate
+from .prompts import PostgresPrompts
 from .quotas import PostgresQuotas
+from .search import PostgresSearch
+from .summaries import PostgresSummaries
 from .tokens import PostgresTokens
+from .transfer import PostgresTransfer
 from .usage import PostgresUsage
 from .users import PostgresUsers
-
-
-class _NotYet:
-    """A conversation-side store not written for PostgreSQL yet: every call fails cleanly."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, method: str) -> Any:
-        async def missing(*_: Any, **__: Any) -> Any:
-            raise StorageError(f"{self._name}.{method} is not available on PostgreSQL yet")
-
-        return missing
 
 
 class PostgresStorage(Storage):
@@ -46,14 +37,13 @@ class PostgresStorage(Storage):
         self.memories = PostgresMemories(db)
         self.account_settings = PostgresAccountSettings(db)
         self.auth_events = PostgresAuthEvents(db)
-        # The conversation side (its own modules, on the pg-data branch).
-        self.conversations = _NotYet("conversations")
-        self.messages = _NotYet("messages")
-        self.branches = _NotYet("branches")
-        self.summaries = _NotYet("summaries")
-        self.transfer = _NotYet("transfer")
-        self.search = _NotYet("search")
-        self.prompts = _NotYet("prompts")
+        self.conversations = PostgresConversations(db)
+        self.messages = PostgresMessages(db)
+        self.branches = PostgresBranches(db)
+        self.summaries = PostgresSummaries(db)
+        self.transfer = PostgresTransfer(db)
+        self.search = PostgresSearch(db)
+        self.prompts = PostgresPrompts(db)
 
     async def close(self) -> None:
         """Finish every queued write, then close the connections."""

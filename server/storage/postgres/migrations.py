@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SchemaTooNew
+from .schema_search import V2
 
 # Version 1 is the whole schema as SQLite has it at its V14, in PostgreSQL's terms: identity
 # ids (BY DEFAULT, so a copy from SQLite keeps its ids), timestamps as the same ISO text (they
@@ -294,7 +295,7 @@ CREATE TRIGGER memories_au AFTER UPDATE OF content ON memories FOR EACH ROW
     WHEN (OLD.content IS DISTINCT FROM NEW.content) EXECUTE FUNCTION memories_au();
 """
 
-MIGRATIONS: list[str] = [V1]
+MIGRATIONS: list[str] = [V1, V2]
 LATEST = len(MIGRATIONS)
 # Taken for the whole migration: nodes starting together migrate one after another.
 _LOCK = 0x63686174  # "chat"

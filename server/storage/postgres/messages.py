@@ -1,0 +1,178 @@
+"""SQL for messages: a user's turn (new, edited or asked again) with the history before it, and
+replies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..base import NO_QUOTA, Quota
+from ..errors import NotFound
+from ..rows import ConversationUse, HistoryRows, MessageRow, now_iso
+from .branches import lock_conversation, owned_message, path_rows
+from .db import Database
+from .quotas import check
+
+
+class PostgresMessages:
+    """Messages in PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_user_message(self, user_id: int, conversation_id: int | None,
+                               content: str, title: str, history: int = 0,
+                               quota: Quota = NO_QUOTA, model: str | None = None
+                               ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
+        """Store a user's message after the conversation's active leaf (creating the conversation
+        when none is given) and return up to `history` messages on the path before it, newest
+        first, all in one transaction: no separate read.
+        The user's caps are checked in the same transaction: over one, nothing is stored.
+        `model` (if given) becomes the conversation's; its model and settings are returned."""
+        now = now_iso()
+
+        async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
+            conv = conversation_id
+            new = int(conv is None)
+            await check(conn, user_id, quota, conversations=new,
+                        chars=len(content) + (len(title) if new else 0))
+            if conv is None:
+                conv = int(await conn.fetchval(
+                    "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
+                    "VALUES ($1, $2, $3, $3, $4) RETURNING id", user_id, title, now, model))
+                parent = None
+                use = ConversationUse(model, {})
+            else:
+                # One read checks the owner and gives the model, settings and leaf the turn uses.
+                found = await lock_conversation(conn, user_id, conv)
+                if found is None:
+                    raise NotFound("conversation not found")
+                use = await _use(conn, conv, model, found)
+                parent = found[2]
+            ident = await _insert_user(conn, conv, parent, content, now, user_id)
+            rows = await path_rows(conn, parent, history)
+            return conv, _user_row(ident, content, now, parent), rows, use
+
+        return await self._db.write(op)
+
+    async def add(self, conversation_id: int, role: str, content: str,
+                  status: str = "complete", usage: str | None = None,
+                  model: str | None = None, error: str | None = None,
+                  parent_id: int | None = None) -> MessageRow:
+        """Append a message (a reply: with the model that wrote it, under the message it
+        answers) to a conversation the caller has already checked. NotFound if the
+        conversation, or that message, was deleted meanwhile."""
+        now = now_iso()
+
+        async def op(conn: Any) -> MessageRow:
+            try:
+                ident = await conn.fetchval(
+                    "INSERT INTO messages "
+                    "(conversation_id, role, content, status, created_at, usage, model, "
+                    "error, parent_id, owner) SELECT c.id, $2, $3, $4, $5, $6, $7, $8, $9, "
+                    "c.user_id FROM conversations c WHERE c.id = $1 AND ($9::bigint IS NULL "
+                    "OR EXISTS (SELECT 1 FROM messages p WHERE p.id = $9 "
+                    "AND p.conversation_id = c.id)) RETURNING id",
+                    conversation_id, role, content, status, now, usage, model, error, parent_id)
+            except asyncpg.ForeignKeyViolationError as err:  # deleted meanwhile
+                raise NotFound("conversation not found") from err
+            if ident is None:
+                gone = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM conversations "
+                                           "WHERE id = $1)", conversation_id)
+                # Say which went: the client shows this message to the user.
+                raise NotFound("conversation not found" if gone else
+                               "the message this reply answers was deleted")
+            row: MessageRow = {"id": int(ident), "role": role, "content": content,
+                               "status": status, "created_at": now, "parent_id": parent_id}
+            if model:
+                row["model"] = model
+            if error:
+                row["error"] = orjson.loads(error)
+            return row
+
+        return await self._db.write(op)
+
+    async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
+                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None
+                   ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """A new version of one of the user's messages: a sibling of it (what followed the old
+        one stays, on its own branch) that becomes the active leaf. Returns it, up to `history`
+        messages on the path before it, newest first, and the conversation's model."""
+        now = now_iso()
+
+        async def op(conn: Any) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+            found = await lock_conversation(conn, user_id, conversation_id)
+            _, role, parent = await owned_message(conn, user_id, conversation_id, message_id)
+            if role != "user":
+                raise NotFound("only a user's message can be edited")
+            await check(conn, user_id, quota, chars=len(content))
+            ident = await _insert_user(conn, conversation_id, parent, content, now, user_id)
+            return _user_row(ident, content, now, parent), \
+                await path_rows(conn, parent, history), \
+                await _use(conn, conversation_id, model, found)
+
+        return await self._db.write(op)
+
+    async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
+                         history: int = 0, model: str | None = None
+                         ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """Ask a user's message again: `message_id` (or the question of the reply it names;
+        None: the last question on the active branch). Earlier replies stay as alternatives,
+        but for failed ones with no text; the question becomes the active leaf until the new
+        reply comes. Returns it, the history before it, newest first, and the model."""
+
+        async def op(conn: Any) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+            found = await lock_conversation(conn, user_id, conversation_id)
+            asked = message_id
+            if asked is None:
+                asked = None if found is None else found[2]
+                if asked is None:
+                    raise NotFound("this conversation has no message to answer again")
+            _, role, parent = await owned_message(conn, user_id, conversation_id, asked)
+            if role == "assistant" and parent is not None:
+                asked = int(parent)
+                _, role, parent = await owned_message(conn, user_id, conversation_id, asked)
+            if role != "user":
+                raise NotFound("no user's message to answer again")
+            await conn.execute(
+                "DELETE FROM messages d WHERE d.conversation_id = $1 AND d.parent_id = $2 "
+                "AND d.role = 'assistant' AND d.content = '' AND NOT EXISTS (SELECT 1 FROM "
+                "messages c WHERE c.conversation_id = d.conversation_id "
+                "AND c.parent_id = d.id)", conversation_id, asked)
+            await conn.execute("UPDATE conversations SET leaf_id = $1 WHERE id = $2",
+                               asked, conversation_id)
+            row = await conn.fetchrow("SELECT content, status, created_at FROM messages "
+                                      "WHERE id = $1", asked)
+            stored: MessageRow = {"id": asked, "role": "user", "content": row[0],
+                                  "status": row[1], "created_at": row[2], "parent_id": parent}
+            return stored, await path_rows(conn, parent, history), \
+                await _use(conn, conversation_id, model, found)
+
+        return await self._db.write(op)
+
+
+async def _insert_user(conn: Any, conversation_id: int, parent: int | None, content: str,
+                       now: str, user_id: int) -> int:
+    """A user's message under `parent`; the insert trigger makes it the active leaf."""
+    return int(await conn.fetchval(
+        "INSERT INTO messages (conversation_id, role, content, created_at, parent_id, owner) "
+        "VALUES ($1, 'user', $2, $3, $4, $5) RETURNING id",
+        conversation_id, content, now, parent, user_id))
+
+
+def _user_row(ident: int, content: str, now: str, parent: int | None) -> MessageRow:
+    return {"id": ident, "role": "user", "content": content, "status": "complete",
+            "created_at": now, "parent_id": parent}
+
+
+async def _use(conn: Any, conversation_id: int, model: str | None,
+               found: Any) -> ConversationUse:
+    """The conversation's model and settings, from its `found` (model, settings) row; a
+    `model` given becomes its model."""
+    if model is not None and model != found[0]:
+        await conn.execute("UPDATE conversations SET model = $1 WHERE id = $2",
+                           model, conversation_id)
+    return ConversationUse(model if model is not None else found[0],
+                           orjson.loads(found[1]) if found[1] else {})
