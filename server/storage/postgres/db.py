@@ -145,13 +145,17 @@ class Database:
         """Run a read-only function on a pooled connection."""
         self.stats.reads += 1
         for attempt in (1, 2):
+            used = False
             try:
-                async with self._pool.acquire(timeout=self._connect_s) as conn:
+                # Waits for a free connection like SQLite's readers do; opening one is bounded
+                # by connect_timeout_s (the pool's connect timeout).
+                async with self._pool.acquire() as conn:
+                    used = True
                     return await op(conn)
             except Exception as err:
                 # A pooled connection the server dropped (a restart) fails once: reads are
-                # safe to run again, on a fresh connection.
-                if attempt == 1 and lost(err) and self._pool is not None:
+                # safe to run again, on a fresh connection. A failed connect is not retried.
+                if attempt == 1 and used and lost(err) and self._pool is not None:
                     continue
                 mapped = _mapped(err)
                 if mapped is err:
