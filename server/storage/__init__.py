@@ -9,6 +9,7 @@ from .base import (
     NO_QUOTA,
     AccountSettingsStore,
     AuditStore,
+    AuthEvent,
     AuthEventStore,
     BranchStore,
     ConversationStore,
@@ -67,7 +68,7 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 
 __all__ = [
-    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEventStore", "BranchStore",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEvent", "AuthEventStore", "BranchStore",
     "Conflict", "ConversationStore", "DatabaseBusy", "DatabaseUnavailable", "InvalidCursor",
     "KeyStore", "MemoryNotFound",
     "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",

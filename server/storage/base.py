@@ -8,7 +8,6 @@ from typing import Any, Protocol
 from .rows import (
     AdminUserRow,
     AuditRow,
-    AuthEvent,
     ConversationRow,
     ConversationUse,
     HistoryRows,
@@ -111,6 +110,31 @@ class TokenStore(Protocol):
 
     async def revoke(self, jti: str, expires_at: int) -> None:
         """Record a token id as revoked until it would have expired anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEvent:
+    """A change that kills cached verifications: a revoked token (`jti`), a deleted API key
+    (`key_id`), or anything about the user (neither: status, token epoch, role, deletion)."""
+
+    id: int
+    at: int  # unix seconds
+    user_id: int
+    jti: str | None
+    key_id: int | None
+
+
+class AuthEventStore(Protocol):
+    """The auth events, written by the database itself with each change they report."""
+
+    async def latest(self) -> int:
+        """The newest event's id (0 when there is none)."""
+
+    async def since(self, after_id: int, limit: int) -> list[AuthEvent]:
+        """Events with an id above `after_id`, oldest first, at most `limit`."""
+
+    async def prune(self, before_unix: int) -> None:
+        """Delete the events older than `before_unix`."""
 
 
 class ConversationStore(Protocol):
@@ -334,25 +358,12 @@ class AuditStore(Protocol):
         """Newest first, and the cursor of the next page (InvalidCursor)."""
 
 
-class AuthEventStore(Protocol):
-    """Auth events, written by the database itself (triggers) in the transaction of the change
-    they report; pollers read them to drop cached verifications."""
-
-    async def latest(self) -> int:
-        """The newest event's id (0: none yet)."""
-
-    async def since(self, after_id: int, limit: int) -> list[AuthEvent]:
-        """Up to `limit` events with id > `after_id`, oldest first."""
-
-    async def prune(self, before_unix: int) -> None:
-        """Drop events older than `before_unix`."""
-
-
 class Storage:
     """Everything stored: one object per concern, provided by a backend (SQLite today)."""
 
     users: UserStore
     tokens: TokenStore
+    auth_events: AuthEventStore
     conversations: ConversationStore
     messages: MessageStore
     branches: BranchStore
@@ -366,7 +377,6 @@ class Storage:
     memories: MemoryStore
     account_settings: AccountSettingsStore
     prompts: PromptStore
-    auth_events: AuthEventStore
     stats: StorageStats
 
     async def close(self) -> None:

@@ -112,17 +112,6 @@ class UsageRow(TypedDict):
     completion_tokens: int
 
 
-class AuthEvent(NamedTuple):
-    """A change that may invalidate cached verifications: a revoked token (jti), a changed or
-    deleted user (neither jti nor key_id), a deleted API key (key_id); `at`: unix seconds."""
-
-    id: int
-    at: int
-    user_id: int
-    jti: str | None
-    key_id: int | None
-
-
 class SearchHit(TypedDict):
     """One matching message."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..rows import AuthEvent
+from ..base import AuthEvent
 from .db import Database
 
 
@@ -34,11 +34,9 @@ class PostgresAuthEvents:
                 for r in await self._db.read(op)]
 
     async def prune(self, before_unix: int) -> None:
-        """Drop events older than `before_unix` (the newest is kept, so `latest` holds)."""
+        """Delete the events older than `before_unix` (ids are never reused after)."""
 
         async def op(conn: Any) -> None:
-            await conn.execute(
-                "DELETE FROM auth_events WHERE at < $1 "
-                "AND id < (SELECT max(id) FROM auth_events)", before_unix)
+            await conn.execute("DELETE FROM auth_events WHERE at < $1", before_unix)
 
         await self._db.write(op)

@@ -107,7 +107,9 @@ class Database:
             self._writer = await self._connect()
             await migrate(self._writer)
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=self._pool_size, timeout=self._connect_s,
+                # No floor: asyncpg would retry it in the background while the server is
+                # down, logging a traceback each time; connections open on demand instead.
+                self._url, min_size=0, max_size=self._pool_size, timeout=self._connect_s,
                 server_settings=self._settings())
         except BaseException as err:
             await self._close_connections()
@@ -143,13 +145,17 @@ class Database:
         """Run a read-only function on a pooled connection."""
         self.stats.reads += 1
         for attempt in (1, 2):
+            used = False
             try:
-                async with self._pool.acquire(timeout=self._connect_s) as conn:
+                # Waits for a free connection like SQLite's readers do; opening one is bounded
+                # by connect_timeout_s (the pool's connect timeout).
+                async with self._pool.acquire() as conn:
+                    used = True
                     return await op(conn)
             except Exception as err:
                 # A pooled connection the server dropped (a restart) fails once: reads are
-                # safe to run again, on a fresh connection.
-                if attempt == 1 and lost(err) and self._pool is not None:
+                # safe to run again, on a fresh connection. A failed connect is not retried.
+                if attempt == 1 and used and lost(err) and self._pool is not None:
                     continue
                 mapped = _mapped(err)
                 if mapped is err:

@@ -68,11 +68,11 @@ CREATE TABLE summaries (
     created_at TEXT NOT NULL
 );
 
--- user_id: whose token it was (NULL when the caller did not say), for the auth event.
+-- user_id: whose token it was (0: not said), for the auth event.
 CREATE TABLE revoked_tokens (
     jti TEXT PRIMARY KEY,
     expires_at BIGINT NOT NULL,
-    user_id BIGINT
+    user_id BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX revoked_tokens_by_expiry ON revoked_tokens (expires_at);
 
@@ -179,7 +179,7 @@ CREATE TRIGGER users_auth_ad AFTER DELETE ON users FOR EACH ROW EXECUTE FUNCTION
 CREATE FUNCTION revoked_tokens_ai() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO auth_events (at, user_id, jti)
-        VALUES (chatgate_now(), coalesce(NEW.user_id, 0), NEW.jti);
+        VALUES (chatgate_now(), NEW.user_id, NEW.jti);
     RETURN NULL;
 END $$;
 CREATE TRIGGER revoked_tokens_ai AFTER INSERT ON revoked_tokens FOR EACH ROW

@@ -14,9 +14,9 @@ class PostgresTokens:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def revoke(self, jti: str, expires_at: int, user_id: int | None = None) -> None:
-        """Record a token id as revoked until it would have expired anyway; drop stale ones.
-        `user_id` (whose token) goes into the auth event the insert writes."""
+    async def revoke(self, jti: str, expires_at: int, user_id: int = 0) -> None:
+        """Record a token id of the user as revoked until it would have expired anyway (a
+        trigger writes the auth event naming both); drop stale ones."""
         now = int(time.time())
 
         async def op(conn: Any) -> None:

@@ -28,11 +28,12 @@ Custom = Callable[..., Awaitable[Running]]
 async def stored(server: Running, user: User) -> tuple[int, int]:
     """The user's (conversations, characters) counter, and a check that it is the truth."""
     counted = await storage_of(server).quotas.stored(user.id)
-    truth = await rows(
-        server, "SELECT (SELECT count(*) FROM conversations WHERE user_id = ?1), "
-        "(SELECT coalesce(sum(length(title)), 0) FROM conversations WHERE user_id = ?1) + "
-        "(SELECT coalesce(sum(length(content)), 0) FROM messages WHERE owner = ?1)", user.id)
-    assert counted == tuple(truth[0])
+    truth = (await rows(
+        server, "SELECT (SELECT count(*) FROM conversations WHERE user_id = ?), "
+        "(SELECT coalesce(sum(length(title)), 0) FROM conversations WHERE user_id = ?) + "
+        "(SELECT coalesce(sum(length(content)), 0) FROM messages WHERE owner = ?)",
+        user.id, user.id, user.id))[0]
+    assert counted == tuple(int(n) for n in truth)
     return counted
 
 

@@ -325,5 +325,5 @@ async def test_imports_past_the_size_cap_or_the_user_caps_are_refused(
         assert titles == ["one", "three", "two"]
         counted = await storage_of(server).quotas.stored(user.id)
         assert counted == (3, 3 * (3 + 20) + len("three") - 3)
-        n = await value(server, "SELECT count(*) FROM messages WHERE owner = ?", user.id)
-        assert n == 6
+        assert await value(server, "SELECT count(*) FROM messages WHERE owner = ?",
+                           user.id) == 6

@@ -107,5 +107,9 @@ async def test_auth_changes_write_events_in_their_own_transaction(pg_store: Any)
     assert [e.id for e in await events.since(all_events[1].id, 2)] == \
         [e.id for e in all_events[2:4]]
     assert all(abs(e.at - time.time()) < 3600 for e in all_events)
+    await pg_store.auth_events.prune(all_events[0].at)  # nothing older
+    assert len(await events.since(0, 100)) == len(all_events)
     await pg_store.auth_events.prune(int(time.time()) + 10)
-    assert await events.latest() == all_events[-1].id  # the newest is kept: latest holds
+    assert await events.since(0, 100) == []
+    await pg_store.users.update(user, new_epoch=True)
+    assert (await events.since(0, 100))[0].id > all_events[-1].id  # ids never reused
