@@ -13,6 +13,7 @@ WORD = re.compile(r"\w+", re.UNICODE)
 # there, a separator here.)
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 OPEN, CLOSE = "\x02", "\x03"
+_MARKS = re.compile("([\x02\x03])")
 ELLIPSIS = "…"
 SNIPPET_TOKENS = 16
 MAX_WORDS = 32
@@ -59,7 +60,8 @@ def rank(rows: list[Any], text: str) -> list[Any]:
             f = row_tokens.count(word)
             total += f * 2.2 / (f + norm)
         if prefix is not None:
-            f = sum(1 for t in row_tokens if t.startswith(prefix))
+            # Tokens starting with the prefix: occurrences of " prefix" in " tok tok ...".
+            f = (" " + " ".join(row_tokens)).count(" " + prefix)
             total += f * 2.2 / (f + norm)
         return total
 
@@ -73,15 +75,15 @@ def highlights(marked: str) -> tuple[str, list[list[int]]]:
     spans: list[list[int]] = []
     pos = 0
     start = -1
-    for ch in marked:
-        if ch == OPEN:
+    for part in _MARKS.split(marked):
+        if part == OPEN:
             start = pos
-        elif ch == CLOSE and start >= 0:
+        elif part == CLOSE and start >= 0:
             spans.append([start, pos])
             start = -1
-        else:
-            text.append(ch)
-            pos += 1
+        else:  # text, or a CLOSE with nothing open (kept as a character)
+            text.append(part)
+            pos += len(part)
     return "".join(text), spans
 
 
@@ -89,23 +91,30 @@ def _fold(token: str) -> str:
     return plain(token.casefold())
 
 
-def _instances(tokens: list[str], text: str) -> list[tuple[int, int, int]]:
-    """Every (position, phrase, length) where a phrase of the query matches, by position:
-    each query word is a phrase of its tokens, the last one's last token a prefix."""
+def _instances(folded: list[str], text: str) -> list[tuple[int, int, int]]:
+    """Every (position, phrase, length) where a phrase of the query matches the (folded)
+    tokens, by position: each query word is a phrase of its tokens, the last one's last token
+    a prefix."""
     words = query_words(text)
     phrases = [[_fold(t) for t in _TOKEN.findall(w)] for w in words]
     prefix = prefix_last(words)
-    folded = [_fold(t) for t in tokens]
     found: list[tuple[int, int, int]] = []
     for number, phrase in enumerate(phrases):
         if not phrase:
             continue
         last = number == len(phrases) - 1 and prefix
         size = len(phrase)
+        head, tail = phrase[0], phrase[-1]
         for at in range(len(folded) - size + 1):
-            ok = all(folded[at + k] == phrase[k] for k in range(size - 1))
-            tail = folded[at + size - 1]
-            if ok and (tail.startswith(phrase[-1]) if last else tail == phrase[-1]):
+            if size == 1:
+                token = folded[at]
+                if token == head or (last and token.startswith(head)):
+                    found.append((at, number, 1))
+                continue
+            if folded[at] != head or folded[at + 1:at + size - 1] != phrase[1:-1]:
+                continue
+            end = folded[at + size - 1]
+            if end.startswith(tail) if last else end == tail:
                 found.append((at, number, size))
     found.sort()
     return found
@@ -132,9 +141,11 @@ def _score(instances: list[tuple[int, int, int]], start: int, count: int, size: 
 def snippet(content: str, text: str, tokens: int = SNIPPET_TOKENS) -> str:
     """The best fragment of `content` for the query `text`, its matches between OPEN and
     CLOSE, cut with ELLIPSIS: what FTS5's snippet(..., OPEN, CLOSE, ELLIPSIS, tokens) gives."""
-    spans = [(m.start(), m.end()) for m in _TOKEN.finditer(content)]
-    words = [content[s:e] for s, e in spans]
-    instances = _instances(words, text)
+    spans = [m.span() for m in _TOKEN.finditer(content)]
+    lowered = content.lower() if content.isascii() else None  # folds ASCII in one go
+    folded = [lowered[s:e] for s, e in spans] if lowered is not None else \
+        [_fold(content[s:e]) for s, e in spans]
+    instances = _instances(folded, text)
     size = len(spans)
     # Sentence starts: the first token and any after '.' or ':' and whitespace.
     firsts = [0] if spans else []
