@@ -97,9 +97,9 @@ class PostgresConversations:
         """Change a conversation's title (a longer one within the user's caps)."""
 
         async def op(conn: Any) -> Any:
-            if quota.chars:
+            if quota.chars:  # the conversation locked before the user's counters
                 old = await conn.fetchval("SELECT length(title) FROM conversations "
-                                          "WHERE id = $1 AND user_id = $2",
+                                          "WHERE id = $1 AND user_id = $2 FOR UPDATE",
                                           conversation_id, user_id)
                 if old is not None:
                     await check(conn, user_id, quota, chars=len(title) - int(old))

@@ -35,20 +35,22 @@ class PostgresMessages:
 
         async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             conv = conversation_id
-            new = int(conv is None)
-            await check(conn, user_id, quota, conversations=new,
-                        chars=len(content) + (len(title) if new else 0))
             if conv is None:
+                await check(conn, user_id, quota, conversations=1,
+                            chars=len(content) + len(title))
                 conv = int(await conn.fetchval(
                     "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
                     "VALUES ($1, $2, $3, $3, $4) RETURNING id", user_id, title, now, model))
                 parent = None
                 use = ConversationUse(model, {})
             else:
-                # One read checks the owner and gives the model, settings and leaf the turn uses.
+                # One read checks the owner and gives the model, settings and leaf the turn
+                # uses; the conversation is locked before the user's counters (every write
+                # takes them in this order: no deadlock between two nodes).
                 found = await lock_conversation(conn, user_id, conv)
                 if found is None:
                     raise NotFound("conversation not found")
+                await check(conn, user_id, quota, chars=len(content))
                 use = await _use(conn, conv, model, found)
                 parent = found[2]
             ident = await _insert_user(conn, conv, parent, content, now, user_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 from ..rows import HistoryRows, now_iso
 from .branches import path_rows
 from .db import Database
@@ -35,12 +37,16 @@ class PostgresSummaries:
         now = now_iso()
 
         async def op(conn: Any) -> bool:
-            stored = await conn.fetchval(
-                "INSERT INTO summaries (message_id, content, model, created_at) "
-                "SELECT id, $2, $3, $4 FROM messages WHERE id = $1 "
-                "ON CONFLICT (message_id) DO UPDATE SET content = EXCLUDED.content, "
-                "model = EXCLUDED.model, created_at = EXCLUDED.created_at RETURNING 1",
-                message_id, content, model, now)
+            try:
+                async with conn.transaction():  # a savepoint: the op goes on after a failure
+                    stored = await conn.fetchval(
+                        "INSERT INTO summaries (message_id, content, model, created_at) "
+                        "SELECT id, $2, $3, $4 FROM messages WHERE id = $1 "
+                        "ON CONFLICT (message_id) DO UPDATE SET content = EXCLUDED.content, "
+                        "model = EXCLUDED.model, created_at = EXCLUDED.created_at RETURNING 1",
+                        message_id, content, model, now)
+            except asyncpg.ForeignKeyViolationError:  # deleted by another node meanwhile
+                return False
             return stored is not None
 
         return await self._db.write(op)
