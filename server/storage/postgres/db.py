@@ -14,12 +14,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from ..base import StorageStats
 from ..errors import DatabaseBusy, DatabaseUnavailable, StorageError
+from ..urls import password_of, where
 
 T = TypeVar("T")
 Op = Callable[[Any], Awaitable[T]]  # an asyncpg connection in, a result out
@@ -50,25 +50,11 @@ def translate(err: BaseException) -> BaseException:
     return err
 
 
-def where(url: str) -> str:
-    """host:port/database of a URL, without its user or password (for messages)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "localhost"
-        return f"{host}:{parts.port or 5432}{parts.path or '/'}"
-    except ValueError:
-        return "(unreadable database.url)"
-
-
 def _reason(err: BaseException, url: str) -> str:
     """What went wrong, in the driver's words, with the URL and its password blanked out in
     case they quote it."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    try:
-        secret = urlsplit(url).password
-    except ValueError:
-        secret = None
-    for hidden in (url, secret):
+    for hidden in (url, password_of(url)):
         if hidden:
             text = text.replace(hidden, "***")
     return text
