@@ -8,7 +8,9 @@ import unicodedata
 from typing import Any
 
 WORD = re.compile(r"\w+", re.UNICODE)
-# A token as SQLite's unicode61 tokenizer cuts text: letters and digits (no underscore).
+# A token as SQLite's unicode61 tokenizer cuts text: letters and digits, no underscore. (Its
+# tables are older than Python's: a symbol or emoji that Unicode added since is part of a word
+# there, a separator here.)
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 OPEN, CLOSE = "\x02", "\x03"
 ELLIPSIS = "…"

@@ -15,6 +15,7 @@ from server.services.chat import title_from
 from server.services.text import visible
 from tests.support.app import User, register_over_http, storage_of
 from tests.support.sse import events
+from tests.support.storage import execute
 from vllm_sim import SimServer
 
 SPOOF = "invoice_\u202egnp.exe"  # shows as "invoice_exe.png"
@@ -246,10 +247,9 @@ async def test_a_title_from_before_generated_titles_survives_an_edit_of_the_firs
     first = await chat(running, user, "hello there")
     conv = first["conversation_id"]
     await until(lambda: title_jobs(running, "done") == 1)
-    db = storage_of(running).conversations._db  # as V12 left a title renamed before it
-    await db.write(lambda conn: conn.execute(
-        "UPDATE conversations SET title = 'Renamed long ago', title_source = 'first_line' "
-        "WHERE id = ?", (conv,)))
+    # As V12 left a title renamed before it.
+    await execute(running, "UPDATE conversations SET title = 'Renamed long ago', "
+                  "title_source = 'first_line' WHERE id = ?", conv)
     shown = await conversation(running, user, conv)
     async with aiohttp.ClientSession(running.url) as s:
         for body in ({"edit_message_id": shown["messages"][0]["id"], "message": "hi again"},
