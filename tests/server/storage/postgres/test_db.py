@@ -163,7 +163,7 @@ async def test_a_restarted_server_fails_requests_then_serves_again(
             await store.users.get(user["id"])
         with pytest.raises(DatabaseUnavailable):
             await store.users.create("during", "h")
-        await asyncio.to_thread(own_cluster.start)
+        own_cluster.start()  # from the main thread: the server dies with it (see start)
         # The same Database, no reopening: pooled and writer connections are replaced.
         assert (await store.users.get(user["id"])) == user
         assert (await store.users.create("after", "h"))["username"] == "after"
