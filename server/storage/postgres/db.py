@@ -217,20 +217,27 @@ class Database:
 
 async def _apply(conn: Any, xact: Any, ops: list[Op[object]]) -> list[tuple[bool, object]]:
     """The rest of the transaction `_begin` opened; each op in a savepoint so one failing op
-    spoils no other."""
+    spoils no other (an op alone needs none: two round trips fewer when the load is light)."""
     outcomes: list[tuple[bool, object]] = []
+    alone = len(ops) == 1
     try:
         for op in ops:
             try:
-                async with conn.transaction():  # nested: a savepoint
+                if alone:
                     value = await op(conn)
+                else:
+                    async with conn.transaction():  # nested: a savepoint
+                        value = await op(conn)
             except Exception as err:
                 if lost(err):
                     raise  # the connection is gone: the whole batch fails
                 outcomes.append((False, translate(err)))
             else:
                 outcomes.append((True, value))
-        await xact.commit()
+        if alone and not outcomes[0][0]:
+            await xact.rollback()  # its only op failed: nothing of it may stay
+        else:
+            await xact.commit()
     except BaseException:
         if not conn.is_closed():
             try:
