@@ -17,6 +17,7 @@ from workers.upstream import redact_url
 from .app import create_app
 from .config import Config
 from .listener import CappedSite
+from .storage.urls import where
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     models = "; ".join(
         f"{model.name or 'model'} on " + ", ".join(redact_url(r.url) for r in model.replicas)
         for model in config.model_list)
-    print(f"chatgate serving {running.url} (database {config.database.path}; {models})",
+    database = (f"PostgreSQL {where(config.database.url)}" if config.database.url
+                else config.database.path)
+    print(f"chatgate serving {running.url} (database {database}; {models})",
           flush=True)
     print(f"Ready: open {running.url} in a browser and create an account (the first one on a "
           "new database is the administrator). Ctrl-C stops.", flush=True)

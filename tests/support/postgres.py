@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import itertools
 import os
 import pwd
@@ -43,6 +44,17 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 def available() -> bool:
     """Whether this machine has the PostgreSQL server binaries."""
     return (PG_BIN / "postgres").exists()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: its own session, and SIGTERM when the test process dies
+    (Linux), so a killed test run leaves no server behind (runuser passes SIGTERM on). The
+    signal follows the thread that started it: start servers from the main thread."""
+    os.setsid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still ends it on a normal exit
 
 
 def _free_port() -> int:
@@ -87,7 +99,7 @@ class PgCluster:
                       "-c", "fsync=off", "-c", "synchronous_commit=off",
                       "-c", "full_page_writes=off", "-c", "max_connections=200",
                       "-c", "shared_buffers=32MB"),
-            stdout=log, stderr=log, start_new_session=True)
+            stdout=log, stderr=log, preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout
         while True:

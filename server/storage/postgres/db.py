@@ -14,12 +14,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from ..base import StorageStats
 from ..errors import DatabaseBusy, DatabaseUnavailable, StorageError
+from ..urls import password_of, where
 
 T = TypeVar("T")
 Op = Callable[[Any], Awaitable[T]]  # an asyncpg connection in, a result out
@@ -50,25 +50,11 @@ def translate(err: BaseException) -> BaseException:
     return err
 
 
-def where(url: str) -> str:
-    """host:port/database of a URL, without its user or password (for messages)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "localhost"
-        return f"{host}:{parts.port or 5432}{parts.path or '/'}"
-    except ValueError:
-        return "(unreadable database.url)"
-
-
 def _reason(err: BaseException, url: str) -> str:
     """What went wrong, in the driver's words, with the URL and its password blanked out in
     case they quote it."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    try:
-        secret = urlsplit(url).password
-    except ValueError:
-        secret = None
-    for hidden in (url, secret):
+    for hidden in (url, password_of(url)):
         if hidden:
             text = text.replace(hidden, "***")
     return text
@@ -231,20 +217,27 @@ class Database:
 
 async def _apply(conn: Any, xact: Any, ops: list[Op[object]]) -> list[tuple[bool, object]]:
     """The rest of the transaction `_begin` opened; each op in a savepoint so one failing op
-    spoils no other."""
+    spoils no other (an op alone needs none: two round trips fewer when the load is light)."""
     outcomes: list[tuple[bool, object]] = []
+    alone = len(ops) == 1
     try:
         for op in ops:
             try:
-                async with conn.transaction():  # nested: a savepoint
+                if alone:
                     value = await op(conn)
+                else:
+                    async with conn.transaction():  # nested: a savepoint
+                        value = await op(conn)
             except Exception as err:
                 if lost(err):
                     raise  # the connection is gone: the whole batch fails
                 outcomes.append((False, translate(err)))
             else:
                 outcomes.append((True, value))
-        await xact.commit()
+        if alone and not outcomes[0][0]:
+            await xact.rollback()  # its only op failed: nothing of it may stay
+        else:
+            await xact.commit()
     except BaseException:
         if not conn.is_closed():
             try:

@@ -79,6 +79,22 @@ async def test_op_raising_a_python_error_is_isolated(make_db: Any) -> None:
     assert [r[0] for r in names] == ["whole"]  # the failed op's own insert was rolled back
 
 
+async def test_an_op_alone_in_its_batch_that_fails_leaves_nothing(make_db: Any) -> None:
+    store = await make_db()
+
+    async def bad(conn: Any) -> None:
+        await conn.execute("INSERT INTO users (username, password_hash, created_at) "
+                           "VALUES ('alone', 'h', 'now')")
+        raise ValueError("op failed after writing")
+
+    batches = store.stats.batches
+    with pytest.raises(ValueError, match="after writing"):
+        await store.db.write(bad)
+    assert store.stats.batches == batches + 1
+    assert await store.users.credentials("alone") is None
+    assert (await store.users.create("next", "h"))["username"] == "next"  # writer still fine
+
+
 async def test_many_concurrent_writes_share_commits(make_db: Any) -> None:
     store = await make_db()
     writes, batches = store.stats.writes, store.stats.batches
@@ -163,7 +179,7 @@ async def test_a_restarted_server_fails_requests_then_serves_again(
             await store.users.get(user["id"])
         with pytest.raises(DatabaseUnavailable):
             await store.users.create("during", "h")
-        await asyncio.to_thread(own_cluster.start)
+        own_cluster.start()  # from the main thread: the server dies with it (see start)
         # The same Database, no reopening: pooled and writer connections are replaced.
         assert (await store.users.get(user["id"])) == user
         assert (await store.users.create("after", "h"))["username"] == "after"
