@@ -7,17 +7,11 @@ import asyncio
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from .config import ConfigError, load_config
 from .storage import StorageError
 from .storage.sqlite_to_postgres import SAMPLE, CopyReport, copy, open_source
-
-
-def where(url: str) -> str:
-    """host:port/database of a PostgreSQL URL: never its user or password."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+from .storage.urls import password_of, where
 
 
 def main(argv: list[str]) -> int:
@@ -66,7 +60,9 @@ async def _copy(source_path: str, url: str) -> int:
         conn = await asyncpg.connect(url, timeout=10)
         report = await copy(source, conn)
     except (StorageError, asyncpg.PostgresError) as err:
-        print(f"chatgate migrate: not copied: {err}", file=sys.stderr)
+        said, secret = str(err), password_of(url)
+        print(f"chatgate migrate: not copied: {said.replace(secret, '***') if secret else said}",
+              file=sys.stderr)
         return 1
     except (OSError, asyncpg.InterfaceError) as err:
         print(f"chatgate migrate: cannot reach {where(url)}: {type(err).__name__}",

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from server import keys
-from server.copydb import where
 from server.runner import Running, start
 from server.storage.sqlite import migrate
+from server.storage.urls import where
 from tests.support.admin import bearer, call, call_ok, sign_in
 from tests.support.app import User, make_config, register_over_http
 from tests.support.paths import ROOT
