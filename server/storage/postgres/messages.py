@@ -9,8 +9,8 @@ import asyncpg
 import orjson
 
 from ..base import NO_QUOTA, Quota
-from ..errors import NotFound
-from ..rows import ConversationUse, HistoryRows, MessageRow, now_iso
+from ..errors import NotFound, StorageQuotaExceeded
+from ..rows import SUMMARY, ConversationUse, HistoryRows, MessageRow, now_iso
 from .branches import lock_conversation, owned_message, path_rows
 from .db import Database
 from .quotas import check
@@ -44,15 +44,9 @@ class PostgresMessages:
                 parent = None
                 use = ConversationUse(model, {})
             else:
-                # One read checks the owner and gives the model, settings and leaf the turn
-                # uses; the conversation is locked before the user's counters (every write
-                # takes them in this order: no deadlock between two nodes).
-                found = await lock_conversation(conn, user_id, conv)
-                if found is None:
-                    raise NotFound("conversation not found")
-                await check(conn, user_id, quota, chars=len(content))
-                use = await _use(conn, conv, model, found)
-                parent = found[2]
+                ident, parent, rows, use = await _turn(conn, user_id, conv, content, now,
+                                                       history, quota, model)
+                return conv, _user_row(ident, content, now, parent), rows, use
             ident = await _insert_user(conn, conv, parent, content, now, user_id)
             rows = await path_rows(conn, parent, history)
             return conv, _user_row(ident, content, now, parent), rows, use
@@ -153,6 +147,68 @@ class PostgresMessages:
                 await _use(conn, conversation_id, model, found)
 
         return await self._db.write(op)
+
+
+# A turn in an existing conversation in one round trip: the conversation locked (before the
+# user's counters, as every write takes them: no deadlock between nodes), the stored-text cap
+# checked under the user's lock, the message stored after the active leaf, and the history
+# walked up from that leaf (as branches.path_rows) in the same statement.
+_TURN = """
+WITH RECURSIVE c AS MATERIALIZED (
+    SELECT model, settings, leaf_id FROM conversations WHERE id = $1 AND user_id = $2
+    FOR UPDATE),
+u AS MATERIALIZED (
+    SELECT chars FROM user_storage WHERE user_id = $2 AND $6::bigint > 0
+    AND EXISTS (SELECT 1 FROM c) FOR UPDATE),
+ins AS (
+    INSERT INTO messages (conversation_id, role, content, created_at, parent_id, owner)
+    SELECT $1, 'user', $3, $4, c.leaf_id, $2 FROM c
+    WHERE $6::bigint = 0 OR coalesce((SELECT chars FROM u), 0) + length($3) <= $6
+    RETURNING id),
+path(id, kept) AS (
+    SELECT leaf_id, 0 FROM c WHERE leaf_id IS NOT NULL AND $5::int > 0
+    UNION ALL
+    SELECT m.parent_id, path.kept + (m.content <> '')::int FROM messages m
+    JOIN path ON m.id = path.id
+    WHERE m.parent_id IS NOT NULL AND path.kept + (m.content <> '')::int < $5
+    AND NOT EXISTS (SELECT 1 FROM summaries s WHERE s.message_id = m.id)),
+walk AS (
+    SELECT m.id, m.role, m.content, s.content AS summary, path.kept FROM path
+    JOIN messages m ON m.id = path.id LEFT JOIN summaries s ON s.message_id = m.id
+    WHERE m.content <> '' OR s.content IS NOT NULL)
+SELECT c.model, c.settings, c.leaf_id, (SELECT id FROM ins), (SELECT chars FROM u),
+    (SELECT array_agg(w.id ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.role ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.content ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.summary ORDER BY w.kept, w.id DESC) FROM walk w)
+FROM c
+"""
+
+
+async def _turn(conn: Any, user_id: int, conversation_id: int, content: str, now: str,
+                history: int, quota: Quota, model: str | None
+                ) -> tuple[int, int | None, HistoryRows, ConversationUse]:
+    """A user's message after the active leaf of an existing conversation: its id, parent,
+    the history before it and the conversation's model and settings (NotFound,
+    StorageQuotaExceeded: nothing stored)."""
+    cap = quota.chars if content else 0
+    row = await conn.fetchrow(_TURN, conversation_id, user_id, content, now, history, cap)
+    if row is None:
+        raise NotFound("conversation not found")
+    found, parent = row[:3], row[2]
+    if row[3] is None:  # the cap refused it: the same words as quotas.check
+        have = int(row[4] or 0)
+        raise StorageQuotaExceeded(
+            f"this would take your stored text past your quota of {cap:,} characters "
+            f"({have:,} used); delete some conversations to make room")
+    rows: HistoryRows = []
+    for ident, role, text, summary in zip(row[5] or [], row[6] or [], row[7] or [],
+                                          row[8] or [], strict=True):
+        if summary is not None:
+            rows.append((ident, SUMMARY, summary))
+            break
+        rows.append((ident, role, text))
+    return int(row[3]), parent, rows, await _use(conn, conversation_id, model, found)
 
 
 async def _insert_user(conn: Any, conversation_id: int, parent: int | None, content: str,
