@@ -3,7 +3,7 @@
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` system user
 (runuser). Durability is off (fsync, synchronous_commit, full_page_writes): the data dies with
 the test session anyway. A test gets a database of its own (a copy of a migrated template), or
-the session's shared one emptied (TRUNCATE: faster, for the API suite).
+the session's shared one emptied (faster, for the API suite).
 """
 
 from __future__ import annotations
@@ -168,14 +168,21 @@ class PgCluster:
         return name
 
     async def empty_database(self, name: str) -> None:
-        """Empty every table of a migrated database and restart its ids (a few times faster
-        than a new copy of the template: tests that share a database call it first)."""
+        """Empty every table of a migrated database and restart its ids: a few ms (DELETE
+        with triggers and foreign keys off, then each identity restarted; TRUNCATE takes
+        ~30 ms), for tests that share a database."""
         conn = await asyncpg.connect(self.url(name), server_settings={"lock_timeout": "10s"})
         try:
             tables = [r[0] for r in await conn.fetch(
                 "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' "
                 "AND tablename != 'schema_version'")]
-            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+            sequences = [r[0] for r in await conn.fetch(
+                "SELECT quote_ident(sequencename) FROM pg_sequences "
+                "WHERE schemaname = 'public'")]
+            await conn.execute(
+                "SET session_replication_role = replica;"
+                + "".join(f"DELETE FROM {table};" for table in tables)
+                + "".join(f"ALTER SEQUENCE {seq} RESTART;" for seq in sequences))
         finally:
             await conn.close()
 

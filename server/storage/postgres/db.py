@@ -2,7 +2,8 @@
 
 Ops are coroutine functions taking an asyncpg connection (`Any` at this edge: asyncpg is
 untyped). `write` queues an op; the writer runs every queued op in one transaction, each in
-its own savepoint, so concurrent turns share one commit and one failing op spoils no other.
+its own savepoint (when it has company), so concurrent turns share one commit and one failing
+op spoils no other.
 An unreachable server fails the ops with DatabaseUnavailable; nothing is cached about it, so
 the next request reconnects by itself once PostgreSQL is back.
 """
