@@ -3,7 +3,7 @@ replies."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import orjson
@@ -34,22 +34,13 @@ class PostgresMessages:
         now = now_iso()
 
         async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
-            conv = conversation_id
-            if conv is None:
-                await check(conn, user_id, quota, conversations=1,
-                            chars=len(content) + len(title))
-                conv = int(await conn.fetchval(
-                    "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
-                    "VALUES ($1, $2, $3, $3, $4) RETURNING id", user_id, title, now, model))
-                parent = None
-                use = ConversationUse(model, {})
-            else:
-                ident, parent, rows, use = await _turn(conn, user_id, conv, content, now,
-                                                       history, quota, model)
-                return conv, _user_row(ident, content, now, parent), rows, use
-            ident = await _insert_user(conn, conv, parent, content, now, user_id)
-            rows = await path_rows(conn, parent, history)
-            return conv, _user_row(ident, content, now, parent), rows, use
+            if conversation_id is None:
+                conv, ident = await _first_turn(conn, user_id, title, content, now, quota,
+                                                model)
+                return conv, _user_row(ident, content, now, None), [], ConversationUse(model, {})
+            ident, parent, rows, use = await _turn(conn, user_id, conversation_id, content,
+                                                   now, history, quota, model)
+            return conversation_id, _user_row(ident, content, now, parent), rows, use
 
         return await self._db.write(op)
 
@@ -196,11 +187,8 @@ async def _turn(conn: Any, user_id: int, conversation_id: int, content: str, now
     if row is None:
         raise NotFound("conversation not found")
     found, parent = row[:3], row[2]
-    if row[3] is None:  # the cap refused it: the same words as quotas.check
-        have = int(row[4] or 0)
-        raise StorageQuotaExceeded(
-            f"this would take your stored text past your quota of {cap:,} characters "
-            f"({have:,} used); delete some conversations to make room")
+    if row[3] is None:  # the cap refused it: quotas.check says why, in its own words
+        await _refused(conn, user_id, quota, chars=len(content))
     rows: HistoryRows = []
     for ident, role, text, summary in zip(row[5] or [], row[6] or [], row[7] or [],
                                           row[8] or [], strict=True):
@@ -209,6 +197,45 @@ async def _turn(conn: Any, user_id: int, conversation_id: int, content: str, now
             break
         rows.append((ident, role, text))
     return int(row[3]), parent, rows, await _use(conn, conversation_id, model, found)
+
+
+# A new conversation and its first message in one round trip: the user's counters locked
+# (when a cap is set) and both caps checked, then both rows.
+_FIRST = """
+WITH u AS MATERIALIZED (
+    SELECT conversations, chars FROM user_storage WHERE user_id = $1
+    AND ($5::bigint > 0 OR $6::bigint > 0) FOR UPDATE),
+conv AS (
+    INSERT INTO conversations (user_id, title, created_at, updated_at, model)
+    SELECT $1, $2, $3, $3, $4
+    WHERE ($5::bigint = 0 OR coalesce((SELECT conversations FROM u), 0) + 1 <= $5)
+    AND ($6::bigint = 0 OR coalesce((SELECT chars FROM u), 0) + length($2) + length($7) <= $6)
+    RETURNING id),
+msg AS (
+    INSERT INTO messages (conversation_id, role, content, created_at, owner)
+    SELECT id, 'user', $7, $3, $1 FROM conv RETURNING id)
+SELECT (SELECT id FROM conv), (SELECT id FROM msg)
+"""
+
+
+async def _first_turn(conn: Any, user_id: int, title: str, content: str, now: str,
+                      quota: Quota, model: str | None) -> tuple[int, int]:
+    """A new conversation with the user's first message: their ids (TooManyConversations,
+    StorageQuotaExceeded: nothing stored)."""
+    row = await conn.fetchrow(_FIRST, user_id, title, now, model, quota.conversations,
+                              quota.chars, content)
+    if row[0] is None:
+        await _refused(conn, user_id, quota, conversations=1,
+                       chars=len(title) + len(content))
+    return int(row[0]), int(row[1])
+
+
+async def _refused(conn: Any, user_id: int, quota: Quota, *, conversations: int = 0,
+                   chars: int = 0) -> NoReturn:
+    """Raise the error of a write a cap refused (quotas.check words it, reading the same
+    counters under the same lock)."""
+    await check(conn, user_id, quota, conversations=conversations, chars=chars)
+    raise StorageQuotaExceeded("this would take your stored text past your quota")
 
 
 async def _insert_user(conn: Any, conversation_id: int, parent: int | None, content: str,
