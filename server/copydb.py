@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import ConfigError, load_config
 from .storage import StorageError
-from .storage.sqlite_to_postgres import SAMPLE, CopyReport, copy, open_source
+from .storage.sqlite_to_postgres import CHUNK, SAMPLE, CopyReport, copy, open_source
 from .storage.urls import password_of, where
 
 
@@ -58,7 +58,7 @@ async def _copy(source_path: str, url: str) -> int:
     conn: Any = None
     try:
         conn = await asyncpg.connect(url, timeout=10)
-        report = await copy(source, conn)
+        report = await copy(source, conn, progress=_progress)
     except (StorageError, asyncpg.PostgresError) as err:
         said, secret = str(err), password_of(url)
         print(f"chatgate migrate: not copied: {said.replace(secret, '***') if secret else said}",
@@ -74,6 +74,12 @@ async def _copy(source_path: str, url: str) -> int:
             await conn.close()
     _print(report, time.perf_counter() - started)
     return 0 if report.ok else 1
+
+
+def _progress(table: str, rows: int) -> None:
+    """A line per 100,000 rows of a big table, so a long copy shows it is moving."""
+    if rows % 100_000 < CHUNK and rows >= 100_000:
+        print(f"  copying {table}: {rows:,} rows", flush=True)
 
 
 def _print(report: CopyReport, seconds: float) -> None:

@@ -25,7 +25,7 @@ from .sqlite.migrations import LATEST as SQLITE_LATEST
 ORDER = ("users", "conversations", "messages", "summaries", "api_keys", "usage_daily",
          "user_storage", "revoked_tokens", "audit_log", "memories", "auth_events")
 SAMPLE = 100  # rows compared per table
-_CHUNK = 5000  # rows read from SQLite and sent at once
+CHUNK = 5000  # rows read from SQLite and sent at once
 
 
 class CopyError(StorageError):
@@ -126,7 +126,7 @@ async def _tables(source: sqlite3.Connection, conn: Any) -> list[tuple[str, list
 def _chunks(source: sqlite3.Connection, table: str, columns: list[str],
             convert: list[Callable[[Any], Any]]) -> Iterator[list[tuple[Any, ...]]]:
     cursor = source.execute(f"SELECT {', '.join(columns)} FROM {table}")
-    while rows := cursor.fetchmany(_CHUNK):
+    while rows := cursor.fetchmany(CHUNK):
         yield [tuple(f(v) for f, v in zip(convert, row, strict=True)) for row in rows]
 
 
