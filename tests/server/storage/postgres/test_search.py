@@ -75,3 +75,21 @@ async def test_the_owner_is_a_word_no_text_makes(pg: Storage) -> None:
     await pg.messages.add_user_message(user, None, f"#{user} # {user} owner#{user}", "t")
     lexemes = await rows(pg, "SELECT unnest(tsvector_to_array(search)) FROM messages")
     assert sorted(r[0] for r in lexemes) == sorted([f"#{user}", str(user), "owner"])
+
+
+async def test_the_index_step_reads_only_the_index_matches(pg: Storage) -> None:
+    """Its plan is bitmap scans of the GIN index, whatever the statistics say: never the
+    whole table, never the primary key walked backwards through everyone's messages."""
+    user = (await pg.users.create("planned", "h"))["id"]
+    await seed(pg, user, 50, 0)
+
+    async def op(conn: Any) -> str:
+        async with conn.transaction(readonly=True):
+            await conn.execute(search._ONLY_BITMAPS)
+            plan = await conn.fetch("EXPLAIN " + search._INDEXED, search.owner_word(user),
+                                    search.ts_words("dense"), 10)
+        return "\n".join(r[0] for r in plan)
+
+    plan = await pg.db.read(op)  # type: ignore[attr-defined]
+    assert "Bitmap Index Scan on messages_search" in plan, plan
+    assert "Seq Scan" not in plan and "messages_pkey" not in plan, plan
