@@ -143,7 +143,9 @@ class PostgresMessages:
 # A turn in an existing conversation in one round trip: the conversation locked (before the
 # user's counters, as every write takes them: no deadlock between nodes), the stored-text cap
 # checked under the user's lock, the message stored after the active leaf, and the history
-# walked up from that leaf (as branches.path_rows) in the same statement.
+# walked up from that leaf (as branches.path_rows) in the same statement, which also says
+# whether its snapshot sees the leaf (one written meanwhile by another node's transaction
+# that held the lock is not: then the walk is done again).
 _TURN = """
 WITH RECURSIVE c AS MATERIALIZED (
     SELECT model, settings, leaf_id FROM conversations WHERE id = $1 AND user_id = $2
@@ -171,7 +173,8 @@ SELECT c.model, c.settings, c.leaf_id, (SELECT id FROM ins), (SELECT chars FROM 
     (SELECT array_agg(w.id ORDER BY w.kept, w.id DESC) FROM walk w),
     (SELECT array_agg(w.role ORDER BY w.kept, w.id DESC) FROM walk w),
     (SELECT array_agg(w.content ORDER BY w.kept, w.id DESC) FROM walk w),
-    (SELECT array_agg(w.summary ORDER BY w.kept, w.id DESC) FROM walk w)
+    (SELECT array_agg(w.summary ORDER BY w.kept, w.id DESC) FROM walk w),
+    EXISTS (SELECT 1 FROM messages WHERE id = c.leaf_id)
 FROM c
 """
 
@@ -196,6 +199,10 @@ async def _turn(conn: Any, user_id: int, conversation_id: int, content: str, now
             rows.append((ident, SUMMARY, summary))
             break
         rows.append((ident, role, text))
+    if parent is not None and not row[9]:
+        # The leaf was written by another node while this statement waited for the lock: the
+        # statement's snapshot is older than it, so the history is read again, afresh.
+        rows = await path_rows(conn, parent, history)
     return int(row[3]), parent, rows, await _use(conn, conversation_id, model, found)
 
 
