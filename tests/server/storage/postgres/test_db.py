@@ -166,6 +166,30 @@ async def test_unreachable_at_open_is_one_clear_error_without_the_password(
     assert info.value.__cause__ is None and info.value.__context__ is not None  # suppressed
 
 
+async def test_no_connection_left_on_the_server_is_unavailable_not_a_crash(
+        on_postgres: str) -> None:
+    # A role allowed one connection (superusers would not be held to it): the writer holds
+    # it, so a read finds no connection left.
+    role = f"one_conn_{free_port()}"
+    admin = await asyncpg.connect(on_postgres)
+    try:
+        await admin.execute(
+            f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1; "
+            f"GRANT ALL ON SCHEMA public TO {role}; "
+            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}; "
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    finally:
+        await admin.close()
+    db = Database(on_postgres.replace("postgres@", f"{role}@"), pool_size=2)
+    await db.open(migrate)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await PostgresStorage(db).users.get(1)
+        assert (await PostgresStorage(db).users.create("writer", "h"))["username"] == "writer"
+    finally:
+        await db.close()
+
+
 async def test_a_restarted_server_fails_requests_then_serves_again(
         own_cluster: PgCluster) -> None:
     name = await own_cluster.create_database()
