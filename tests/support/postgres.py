@@ -28,7 +28,21 @@ import asyncpg
 
 from server.storage.postgres import migrate
 
-PG_BIN = Path(os.environ.get("CHATGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """CHATGATE_PG_BIN, else Debian's PostgreSQL 15, else the newest installed (15 or later:
+    CREATE DATABASE ... STRATEGY)."""
+    if os.environ.get("CHATGATE_PG_BIN"):
+        return Path(os.environ["CHATGATE_PG_BIN"])
+    preferred = Path("/usr/lib/postgresql/15/bin")
+    if (preferred / "postgres").exists():
+        return preferred
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else preferred
+
+
+PG_BIN = _pg_bin()
 TEMPLATE = "chatgate_template"
 _names = itertools.count(1)
 T = TypeVar("T")
