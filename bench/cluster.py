@@ -5,9 +5,9 @@ processes vs one, for /api/chat and /v1 (wrk as the load, the simulator as the u
     .venv/bin/python bench/cluster.py --only sqlite pg_redis --duration 20
 
 Starts its own throwaway PostgreSQL (Debian's postgresql package, made durable for the run:
-fsync and synchronous_commit on) and Redis (redis-server), counts Redis commands
-(INFO commandstats) and PostgreSQL commits (pg_stat_database.xact_commit) per request, and
-the replies stored. Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
+fsync and synchronous_commit on) and Redis (redis-server), counts per request the calls a node
+sends Redis and the commands Redis runs for them, scripts' insides included (INFO
+commandstats), PostgreSQL commits (pg_stat_database.xact_commit), and the replies stored. Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/run.py before run.py
 
 from run import count_rows, cpu_seconds, prepare, run_wrk, start_pair, wait_http
 from tests.support.postgres import start_cluster
@@ -60,14 +60,15 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-async def redis_calls(url: str) -> int:
-    """Commands Redis has answered so far (INFO commandstats, the INFO calls left out)."""
+async def redis_calls(url: str) -> dict[str, int]:
+    """Commands Redis has answered so far, by command (INFO commandstats, INFO left out)."""
     client: Any = aioredis.Redis.from_url(url)
     try:
         stats = await client.info("commandstats")
     finally:
         await client.aclose()
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()
+            if k != "cmdstat_info"}
 
 
 async def pg_commits(url: str) -> int:
@@ -114,14 +115,23 @@ async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
         for scenario in args.scenarios:
             script, path, conns = SCENARIOS[scenario]
             stored0 = await pg_rows(db_url) if engines else count_rows(db)
-            calls0 = await redis_calls(redis_url) if engines else 0
+            calls0 = await redis_calls(redis_url) if engines else {}
             commits0 = await pg_commits(db_url) if engines else 0
             cpu0 = tree_cpu(server.pid)
             result = run_wrk(base, script, path, conns, args.duration, users)
             cpu = tree_cpu(server.pid) - cpu0
             n = max(1, int(result["requests"]))
             if engines:
-                result["redis_per_req"] = round((await redis_calls(redis_url) - calls0) / n, 2)
+                calls = await redis_calls(redis_url)
+                used = {k: v - calls0.get(k, 0) for k, v in calls.items()}
+                result["redis_per_req"] = round(sum(used.values()) / n, 2)
+                # What a node sends (a script call is one command however much it does):
+                # every command but those that only run inside the scripts.
+                inner = {"time", "zcard", "zremrangebyscore", "get", "set", "zrem", "zadd",
+                         "pexpire", "del", "incrby", "expire", "publish", "pttl", "exists"}
+                result["sent_per_req"] = round(
+                    sum(v for k, v in used.items() if k not in inner) / n, 2)
+                result["redis_by_command"] = {k: round(v / n, 2) for k, v in used.items() if v}
                 result["commits_per_req"] = round((await pg_commits(db_url) - commits0) / n, 3)
             stored1 = await pg_rows(db_url) if engines else count_rows(db)
             result["stored"] = stored1[0] - stored0[0]
@@ -170,13 +180,14 @@ async def main() -> int:
         pg.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
     print("| setup | scenario | req/s | p50 | p99 | non-2xx | replies stored | server CPU/req "
-          "| Redis commands/req | PostgreSQL commits/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| Redis calls/req | Redis commands run/req | PostgreSQL commits/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, scenario, r in rows:
         stored = r["stored"] if scenario.startswith("chat") else "-"
         print(f"| {name} | {scenario} | {r['rps']:,.0f} | {r['p50']} | {r['p99']} | "
               f"{r['non2xx']} | {stored} | {r['server_cpu_ms']} ms | "
-              f"{r.get('redis_per_req', '-')} | {r.get('commits_per_req', '-')} |")
+              f"{r.get('sent_per_req', '-')} | {r.get('redis_per_req', '-')} | "
+              f"{r.get('commits_per_req', '-')} |")
     return 0
 
 
