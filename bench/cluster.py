@@ -7,7 +7,8 @@ processes vs one, for /api/chat and /v1 (wrk as the load, the simulator as the u
 Starts its own throwaway PostgreSQL (Debian's postgresql package, made durable for the run:
 fsync and synchronous_commit on) and Redis (redis-server), counts per request the calls a node
 sends Redis and the commands Redis runs for them, scripts' insides included (INFO
-commandstats), PostgreSQL commits (pg_stat_database.xact_commit), and the replies stored. Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
+commandstats), PostgreSQL commits (pg_stat_database.xact_commit), and the replies stored.
+Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
 """
 
 from __future__ import annotations
