@@ -234,12 +234,14 @@ async def _commands(redis_server: RedisServer, during: Awaitable[Any]) -> list[s
     return sent
 
 
-@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 3), (0, 2)])
+@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 4), (0, 3)])
 async def test_what_a_chat_turn_costs_in_lease_calls(
         tmp_path: Path, redis_server: RedisServer, simulator: SimServer,
         max_per_user: int, calls: int) -> None:
-    # Waiting jobs counted (before the message is stored), the lease (when a worker starts
-    # it), the release (after the reply, off its path); no count when max_per_user is 0.
+    # EVALSHAs (MONITOR): the limits; the user's waiting jobs counted (not when max_per_user
+    # is 0); the lease, with the upstream rate's slot (no pace call of its own); the release.
+    # Round trips (the node's batcher): the waiting count goes with the limits, so two are
+    # waited on (limits, lease) either way; the release is a third, after the reply.
     config = make_config(tmp_path, simulator.url, queue={"max_per_user": max_per_user},
                          coordination={"redis_url": redis_server.url, "lease_renew_s": 60,
                                        "lease_ttl_s": 180, "health_interval_s": 60})
@@ -248,8 +250,13 @@ async def test_what_a_chat_turn_costs_in_lease_calls(
         user = (await users(node, 1, "cost"))[0]
         assert (await chat(node, user, "warm up"))[0] == 200  # scripts loaded
         await asyncio.sleep(0.3)
+        stats = node.app[keys.SHARED_LIMITS].batcher.stats
+        before = dict(stats)
         sent = await _commands(redis_server, chat(node, user, "counted"))
         assert sent == ["EVALSHA"] * calls, sent
+        assert stats["waited"] - before["waited"] == 2, (before, stats)
+        assert stats["round_trips"] - before["round_trips"] == 3, (before, stats)
+        assert stats["calls"] - before["calls"] == calls, (before, stats)
     finally:
         await node.stop()
 
