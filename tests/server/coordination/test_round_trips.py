@@ -152,6 +152,45 @@ async def test_a_v1_request_costs_two_round_trips_and_one_more_for_tokens_given_
         assert 3 <= spent["total"] <= 3 + given_back, spent
 
 
+async def test_concurrent_turns_share_round_trips(pair: Pair, redis_server: RedisServer) -> None:
+    # N turns at once on one node (N/4 users, 4 turns each, whole replies), then N /v1
+    # requests (a key with an rpm each user): the node's round trips (pipelines) per request,
+    # those its requests waited on and all of them (releases included), and EVALSHAs per
+    # request. Calls made while a pipeline is in flight go in the next, so under load a
+    # request's share of a round trip falls; alone it is the 2 + 1 counted above.
+    a, _ = await pair(usage={"flush_interval_s": 60},
+                      queue={"workers": 16, "max_size": 1024})
+    people = [await user_on(a) for _ in range(64)]
+    v1_keys = []
+    for user in people:
+        async with aiohttp.ClientSession(a.url) as s:
+            async with s.post("/api/keys", json={"name": "k", "rpm": 1000},
+                              headers=user.headers) as resp:
+                v1_keys.append((await resp.json())["key"])
+
+    async def v1(key: str) -> None:
+        async with aiohttp.ClientSession(a.url) as s:
+            async with s.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": DEFAULT_MODEL, "max_tokens": 20,
+                                    "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200, await r.text()
+
+    await turn(a, people[0])  # scripts loaded
+    await v1(v1_keys[0])
+    for n in (1, 8, 64, 256):
+        for what, one in (("chat", lambda i: turn(a, people[i % 64])),
+                          ("v1", lambda i: v1(v1_keys[i % 64]))):
+            await asyncio.sleep(0.3)  # the last round's releases are sent
+            trips = Trips(a)
+            await asyncio.gather(*(one(i) for i in range(n)))
+            await asyncio.sleep(0.3)  # this round's releases are sent
+            spent = trips.spent()
+            print(f"{what} x{n:>3}: per request {spent['path'] / n:.2f} round trips waited on, "
+                  f"{spent['total'] / n:.2f} in all, {spent['calls'] / n:.2f} calls ({spent})")
+            assert spent["path"] <= 2 * n and spent["total"] <= 3 * n, spent
+            assert spent["calls"] <= 4 * n, spent  # releases sent meanwhile go in one call
+
+
 async def test_upstream_rps_is_one_rate_for_both_nodes(pair: Pair) -> None:
     # 2 a second (a burst of 2) for both nodes together: 8 requests need 3 s, where each
     # node alone (4 requests at its own 2 a second) would send its last after 1 s.
