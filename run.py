@@ -1,4 +1,5 @@
-"""Entry point: `python run.py [--config PATH] [--host H] [--port P] [--processes N] [--demo]`."""
+"""Entry point: `python run.py [--config PATH] [--host H] [--port P] [--processes N] [--demo]`,
+or `python run.py migrate [--from FILE] [--to postgresql://...]` (SQLite -> PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ from workers.replica import ReplicaSpec
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, load the config, and serve until SIGINT/SIGTERM."""
+    """Parse flags, load the config, and serve until SIGINT/SIGTERM (or run `migrate`)."""
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["migrate"]:
+        from server.copydb import main as migrate
+
+        return migrate(given[1:])
     parser = argparse.ArgumentParser(description="chatgate: a chat backend for vLLM")
     parser.add_argument("--config", default="config.yaml",
                         help="YAML config (default ./config.yaml)")

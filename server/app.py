@@ -226,8 +226,10 @@ def _accounts(secret: str) -> Context:
 
 
 def polls_revocations(config: Config) -> bool:
-    """Whether others may revoke what this process cached: several processes on one database."""
-    return config.auth.revocation_poll_s > 0 and config.server.processes > 1
+    """Whether others may revoke what this process cached: several processes on one database,
+    or a shared database (PostgreSQL: other nodes)."""
+    return config.auth.revocation_poll_s > 0 and (config.server.processes > 1
+                                                  or bool(config.database.url))
 
 
 async def _revocation_poll(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from .app import create_app
 from .config import Config
 from .listener import CappedSite
 from .processes import ProcessInfo
+from .storage.urls import where
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ async def serve(config: Config, stop: asyncio.Event, process: ProcessInfo | None
     models = "; ".join(
         f"{model.name or 'model'} on " + ", ".join(redact_url(r.url) for r in model.replicas)
         for model in config.model_list)
+    database = (f"PostgreSQL {where(config.database.url)}" if config.database.url
+                else config.database.path)
     if process is not None and process.index:  # the first process speaks for them all
         log.info("process %d of %d serving %s", process.index + 1, process.count, running.url)
     else:
         of = f" in {process.count} processes" if process is not None else ""
-        print(f"chatgate serving {running.url}{of} (database {config.database.path}; "
-              f"{models})", flush=True)
+        print(f"chatgate serving {running.url}{of} (database {database}; {models})",
+              flush=True)
         print(f"Ready: open {running.url} in a browser and create an account (the first one on "
               "a new database is the administrator). Ctrl-C stops.", flush=True)
     try:

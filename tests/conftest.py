@@ -6,7 +6,7 @@ Fixtures only; the helpers they use live in tests/support/ (import them from the
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ import pytest
 
 from server.config import Config
 from server.runner import Running, start
-from tests.support.app import User, make_config
+from tests.support import postgres
+from tests.support.app import User, make_config, use_database
 from tests.support.redis import RedisServer, start_redis
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas, start_simulator
 
@@ -46,6 +47,42 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
     yield make
     for server in servers:
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.PgCluster]:
+    """A throwaway PostgreSQL cluster on loopback, started once per test session, on first
+    use (skipped where Debian's PostgreSQL is not installed)."""
+    if not postgres.available():
+        pytest.skip(f"PostgreSQL server binaries not found in {postgres.PG_BIN}")
+    cluster = postgres.start_cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: postgres.PgCluster) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of its own for one test; its URL."""
+    name = postgres.run_sync(pg_cluster.create_database())
+    yield pg_cluster.url(name)
+    postgres.run_sync(pg_cluster.drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def pg_shared(pg_cluster: postgres.PgCluster) -> str:
+    """A migrated database that tests share, emptied before each (`on_postgres`); its name."""
+    return postgres.run_sync(pg_cluster.create_database())
+
+
+@pytest.fixture
+def on_postgres(pg_cluster: postgres.PgCluster, pg_shared: str) -> Iterator[str]:
+    """Every config and server process of the test uses PostgreSQL: the session's shared
+    database, emptied first; its URL."""
+    postgres.run_sync(pg_cluster.empty_database(pg_shared))
+    url = pg_cluster.url(pg_shared)
+    use_database(url)
+    yield url
+    use_database(None)
 
 
 @pytest.fixture

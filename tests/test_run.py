@@ -65,3 +65,38 @@ async def test_the_demo_runs_in_several_processes_on_one_simulator(tmp_path) -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_an_unreachable_postgresql_stops_start_up_with_one_line_and_no_password(
+        tmp_path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, CHATGATE_DATABASE__PATH=str(tmp_path / "db.sqlite"),
+               CHATGATE_DATABASE__URL=f"postgresql://chat:s3cret-word@127.0.0.1:{port}/chatgate",
+               CHATGATE_DATABASE__CONNECT_TIMEOUT_S="2", CHATGATE_SERVER__PORT="0")
+    done = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode not in (0, None)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"127.0.0.1:{port}/chatgate" in done.stderr
+    assert "s3cret-word" not in done.stderr + done.stdout
+
+
+def test_serving_on_postgresql_names_where_never_the_password(tmp_path, pg_url: str) -> None:
+    # Trust authentication on the test cluster: the password is carried, never checked.
+    url = pg_url.replace("postgres@", "postgres:s3cret-word@")
+    env = dict(os.environ, CHATGATE_DATABASE__PATH=str(tmp_path / "db.sqlite"),
+               CHATGATE_DATABASE__URL=url, CHATGATE_SERVER__PORT="0",
+               CHATGATE_LLM__BASE_URL="http://127.0.0.1:9/v1")
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the serving line (or EOF if start-up failed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "chatgate serving" in line, err
+    assert f"PostgreSQL 127.0.0.1:{pg_url.rsplit(':', 1)[1]}" in line
+    assert "s3cret-word" not in line + err

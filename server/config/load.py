@@ -24,7 +24,8 @@ ENV_PREFIX = "CHATGATE_"
 _POSITIVE = {
     "server.max_body_bytes", "server.header_timeout_s", "server.body_timeout_s",
     "server.keepalive_timeout_s",
-    "server.max_connections", "server.processes", "database.read_connections", "database.max_batch",
+    "server.max_connections", "server.processes", "database.read_connections",
+    "database.max_batch", "database.pool_size", "database.connect_timeout_s",
     "auth.token_ttl_s", "auth.cache_ttl_s", "auth.cache_size", "limits.login_per_ip_per_minute",
     "limits.login_failures_per_account", "limits.login_backoff_max_s",
     "limits.chat_per_user_per_minute", "limits.max_import_bytes", "limits.upstream_rps",
@@ -189,6 +190,11 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: must be between 0 and 1, got {result}{where}")
     if name == "server.port" and result > 65535:
         raise ConfigError(f"{name}: must be at most 65535, got {result}{where}")
+    if name == "database.url" and result and not result.startswith(
+            ("postgresql://", "postgres://")):
+        # The value itself is not quoted: it may carry a password.
+        raise ConfigError(f"{name}: must be empty (SQLite at database.path) or a "
+                          f"postgresql:// address{where}")
     if name == "auth.secret" and result and len(result) < 32:
         raise ConfigError(f"{name}: must be at least 32 characters (or empty to generate one)")
     if name == "metrics.allow_from":

@@ -43,13 +43,17 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """SQLite file and its connections."""
+    """The database: a SQLite file (the default) or PostgreSQL at `url`, and connections."""
 
     path: str = "data/chatgate.db"
+    # postgresql://user:password@host:port/db; it may hold a password: kept out of repr/logs
+    url: str = field(default="", repr=False)
     read_connections: int = 3
     busy_timeout_ms: int = 5000
     synchronous: str = "NORMAL"
     max_batch: int = 512
+    pool_size: int = 10
+    connect_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)

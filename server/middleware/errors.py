@@ -38,6 +38,7 @@ from ..services.usage import QuotaExceeded
 from ..storage import (
     Conflict,
     DatabaseBusy,
+    DatabaseUnavailable,
     InvalidCursor,
     MemoryNotFound,
     NotFound,
@@ -175,6 +176,8 @@ def from_domain(err: BaseException) -> ApiError | None:
         return ApiError(409, "conflict", str(err))
     if isinstance(err, InvalidCursor):
         return invalid(str(err), "cursor")
+    if isinstance(err, DatabaseUnavailable):
+        return ApiError(503, "database_unavailable", str(err), {"Retry-After": "1"})
     if isinstance(err, DatabaseBusy):
         return ApiError(503, "database_busy", str(err), {"Retry-After": "1"})
     return None

@@ -34,6 +34,7 @@ from .base import (
 from .errors import (
     Conflict,
     DatabaseBusy,
+    DatabaseUnavailable,
     InvalidCursor,
     MemoryNotFound,
     NotFound,
@@ -52,16 +53,24 @@ if TYPE_CHECKING:
 
 
 async def open_storage(config: DatabaseConfig) -> Storage:
-    """Open the configured backend (SQLite: the file is created and migrated)."""
+    """Open the configured backend: PostgreSQL when `url` is set (connected and migrated),
+    else SQLite (the file is created and migrated)."""
+    if config.url:
+        from .postgres import open_postgres  # asyncpg is imported only when it is used
+
+        return await open_postgres(config.url, pool_size=config.pool_size,
+                                   busy_timeout_ms=config.busy_timeout_ms,
+                                   connect_timeout_s=config.connect_timeout_s,
+                                   max_batch=config.max_batch)
     return await open_sqlite(config.path, readers=config.read_connections,
                              busy_timeout_ms=config.busy_timeout_ms,
                              synchronous=config.synchronous, max_batch=config.max_batch)
 
 
 __all__ = [
-    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEvent", "AuthEventStore",
-    "BranchStore", "Conflict",
-    "ConversationStore", "DatabaseBusy", "InvalidCursor", "KeyStore", "MemoryNotFound",
+    "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEvent", "AuthEventStore", "BranchStore",
+    "Conflict", "ConversationStore", "DatabaseBusy", "DatabaseUnavailable", "InvalidCursor",
+    "KeyStore", "MemoryNotFound",
     "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
     "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
     "StorageError",

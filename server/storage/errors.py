@@ -47,3 +47,8 @@ class MemoryNotFound(NotFound):
 
 class TooManyMemories(StorageError):
     """The user already keeps the most memories they may; nothing was added."""
+
+
+class DatabaseUnavailable(DatabaseBusy):
+    """The database server cannot be reached or cannot serve now (down, restarting, full);
+    like DatabaseBusy, a caller may try again later."""

@@ -268,6 +268,27 @@ def test_good_synchronous_choices(value: str) -> None:
     assert build_config({"database": {"synchronous": value}}).database.synchronous == value
 
 
+def test_database_url_from_the_environment_selects_postgres_and_stays_out_of_repr() -> None:
+    url = "postgresql://chat:pa55-word@db.internal:5432/chatgate"
+    loaded = load_config(None, environ={"CHATGATE_DATABASE__URL": url,
+                                        "CHATGATE_DATABASE__POOL_SIZE": "4"})
+    assert loaded.database.url == url and loaded.database.pool_size == 4
+    assert "pa55-word" not in repr(loaded) and "pa55-word" not in repr(loaded.database)
+    assert build_config({}).database.url == ""  # SQLite by default
+
+
+@pytest.mark.parametrize("value", ["mysql://u:pa55-word@h/db", "db.internal", "sqlite:///x"])
+def test_a_database_url_that_is_not_postgresql_is_an_error_without_echoing_it(
+        value: str) -> None:
+    msg = config_error({"database": {"url": value}})
+    assert "database.url" in msg and "postgresql://" in msg and value not in msg
+
+
+@pytest.mark.parametrize("key", ["pool_size", "connect_timeout_s"])
+def test_postgres_pool_settings_must_be_positive(key: str) -> None:
+    assert f"database.{key}" in config_error({"database": {key: 0}})
+
+
 def test_too_short_secret_is_an_error() -> None:
     msg = config_error({"auth": {"secret": "x" * 31}})
     assert "auth.secret" in msg and "32" in msg

@@ -17,6 +17,7 @@ import pytest
 
 from server import keys
 from server.runner import start
+from tests.support import postgres
 from tests.support.app import error_of, make_config, register_over_http, wait_ready
 from tests.support.procs import free_port, start_server_process, start_simulator_process
 from tests.support.sse import collect, events
@@ -172,6 +173,58 @@ async def test_locked_database_waits_then_fails_clearly(tmp_path: Path, simulato
                 assert resp.status == 201  # and it recovers at once
     finally:
         await running.stop()
+
+
+async def test_postgres_restarted_gives_503s_then_serves_without_a_restart(
+        tmp_path: Path, simulator: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL stopped under a running app: what needs it answers 503 database_unavailable
+    (no 500, no traceback); once it is back, the same app serves again by itself."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL server binaries not installed")
+    # Its own cluster (this one is stopped), started from the main thread: see PgCluster.start.
+    cluster = postgres.start_cluster()
+    running = None
+    try:
+        # A password in the URL (trust authentication ignores it) that no log line may show.
+        url = cluster.url(await cluster.create_database()).replace("postgres@",
+                                                                   "postgres:s3cret-word@")
+        running = await start(make_config(tmp_path, simulator.url,
+                                          database={"url": url, "connect_timeout_s": 2}))
+        user = await register_over_http(running.url, "steady")
+        async with aiohttp.ClientSession(running.url) as s:
+            async with s.post("/api/keys", json={"name": "k"}, headers=user.headers) as resp:
+                assert resp.status == 201
+            await asyncio.to_thread(cluster.stop)
+            async with s.get("/health") as resp:
+                assert resp.status == 200  # the process itself is fine
+            async with s.get("/api/keys", headers=user.headers) as resp:  # a read
+                await error_of(resp, 503, "database_unavailable")
+                assert resp.headers["Retry-After"]
+            async with s.post("/api/memories", json={"content": "down"},  # a write
+                              headers=user.headers) as resp:
+                await error_of(resp, 503, "database_unavailable")
+            async with s.post("/api/auth/register",
+                              json={"username": "during", "password": "quiet-lantern-42"}) as r:
+                await error_of(r, 503, "database_unavailable")
+            cluster.start()
+            deadline = time.monotonic() + 30
+            while True:  # polled: the first request after the restart must already succeed
+                async with s.get("/api/keys", headers=user.headers) as resp:
+                    if resp.status == 200:
+                        assert [k["name"] for k in (await resp.json())["keys"]] == ["k"]
+                        break
+                assert time.monotonic() < deadline, "never served again after the restart"
+                await asyncio.sleep(0.1)
+            async with s.post("/api/memories", json={"content": "back"},
+                              headers=user.headers) as resp:
+                assert resp.status == 201
+            await register_over_http(running.url, "after")
+    finally:
+        if running is not None:
+            await running.stop()
+        await asyncio.to_thread(cluster.destroy)
+    assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
+    assert "s3cret-word" not in caplog.text
 
 
 async def test_upstream_absent_at_start_then_recovers(tmp_path: Path) -> None:

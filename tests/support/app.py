@@ -12,13 +12,31 @@ from server import keys
 from server.config import Config, build_config
 from server.runner import Running
 
+# The PostgreSQL database of the running test (None: SQLite files), set by the `backend`
+# fixture: every config made during the test, and every server process, uses it.
+_database_url: str | None = None
+
+
+def use_database(url: str | None) -> None:
+    """Point the configs made from now on at this PostgreSQL database (None: SQLite)."""
+    global _database_url
+    _database_url = url
+
+
+def database_url() -> str | None:
+    """The PostgreSQL database the running test uses (None: SQLite)."""
+    return _database_url
+
 
 def make_config(tmp_path: Path, llm_url: str, **sections: Any) -> Config:
     """A config on a temp database and a free port; sections override defaults (a list, such
     as `models`, replaces the section)."""
+    database: dict[str, Any] = {"path": str(tmp_path / "chatgate.db")}
+    if _database_url is not None:
+        database["url"] = _database_url
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
-        "database": {"path": str(tmp_path / "chatgate.db")},
+        "database": database,
         "llm": {"base_url": llm_url, "retry_backoff_s": 0.01, "first_token_timeout_s": 5,
                 "request_timeout_s": 20},
         "limits": {"login_per_ip_per_minute": 1000, "chat_per_user_per_minute": 1000,

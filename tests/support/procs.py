@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.app import database_url
 from tests.support.paths import ROOT
 
 
@@ -78,6 +79,8 @@ async def start_server_process(db: Path, llm_url: str, **env: Any) -> Proc:
                    CHATGATE_LIMITS__CHAT_PER_USER_PER_MINUTE="100000",
                    CHATGATE_LIMITS__LOGIN_PER_IP_PER_MINUTE="100000",
                    CHATGATE_LIMITS__CONVERSATIONS_PER_USER_PER_MINUTE="100000")
+    if database_url() is not None:  # the test's PostgreSQL database (the file keeps the log)
+        environ["CHATGATE_DATABASE__URL"] = str(database_url())
     environ.update({f"CHATGATE_{k.upper()}": str(v) for k, v in env.items()})
     # Its log goes to a file beside the database: a pipe nobody reads would fill up.
     with open(db.with_suffix(".log"), "ab") as log:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from typing import Any, cast
 
 import orjson
 
 from ..base import NO_QUOTA, Quota
-from ..errors import InvalidCursor, NotFound
+from ..errors import NotFound
+from ..listing import COLUMNS, conversation_row
+from ..listing import decode_cursor as _decode
+from ..listing import encode_cursor as _encode
 from ..rows import ConversationRow, MessageRow, message_row, now_iso
 from .db import Database
 from .quotas import check
 
-COLUMNS = "id, title, created_at, updated_at, message_count, model, settings, leaf_id"
+__all__ = ["COLUMNS", "SqliteConversations", "conversation_row"]
 
 
 class SqliteConversations:
@@ -176,28 +178,3 @@ class SqliteConversations:
 
         if await self._db.write(op) == 0:
             raise NotFound("conversation not found")
-
-
-
-def conversation_row(row: Any) -> ConversationRow:
-    """A row of COLUMNS as the API shows a conversation."""
-    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": row[3],
-            "message_count": row[4], "model": row[5],
-            "settings": orjson.loads(row[6]) if row[6] else {}, "leaf_id": row[7]}
-
-
-# A cursor is the last row's sort key as text, "<updated_at>_<id>", e.g.
-# "2026-11-25T03:35:00.583Z_42": any string of this form is a valid place to start from (the
-# OpenAPI document gives the same pattern), so no well-formed cursor is ever refused.
-CURSOR = re.compile(r"([0-9][0-9T:.Z-]{0,39})_([1-9][0-9]{0,17})")
-
-
-def _encode(updated_at: str, conversation_id: int) -> str:
-    return f"{updated_at}_{conversation_id}"
-
-
-def _decode(cursor: str) -> tuple[str, int]:
-    found = CURSOR.fullmatch(cursor)
-    if found is None:
-        raise InvalidCursor("cursor is not valid")
-    return found[1], int(found[2])

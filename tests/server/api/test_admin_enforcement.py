@@ -5,7 +5,6 @@ and an admin reads no one else's conversations."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.support.admin import bearer, call, code, sign_in
 from tests.support.app import User, db_of, make_config
 from tests.support.auth import cookie_session
 from tests.support.sse import events
+from tests.support.storage import execute, rows, value
 from vllm_sim import SimServer
 from workers.errors import OwnerBlocked
 
@@ -123,14 +123,13 @@ async def test_disable_stops_running_and_queued_jobs(tmp_path: Path,
         await running.stop()
 
 
-def _rows_of(server: Running, user_id: int) -> dict[str, int]:
-    """How many rows of each table belong to the user (read directly from the file)."""
-    with sqlite3.connect(db_of(server).path) as db:
-        return {table: db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?",
-                                  (user_id,)).fetchone()[0]
-                for table, column in [("users", "id"), ("conversations", "user_id"),
-                                      ("messages", "owner"), ("api_keys", "user_id"),
-                                      ("usage_daily", "user_id")]}
+async def _rows_of(server: Running, user_id: int) -> dict[str, int]:
+    """How many rows of each table belong to the user (read directly from the database)."""
+    return {table: int(await value(server, f"SELECT count(*) FROM {table} WHERE {column} = ?",
+                                   user_id))
+            for table, column in [("users", "id"), ("conversations", "user_id"),
+                                  ("messages", "owner"), ("api_keys", "user_id"),
+                                  ("usage_daily", "user_id")]}
 
 
 async def test_delete_removes_the_user_and_all_their_data(server, register) -> None:
@@ -140,10 +139,10 @@ async def test_delete_removes_the_user_and_all_their_data(server, register) -> N
     assert status == 200
     assert (await call(server, bearer(key), "GET", "/v1/models"))[0] == 200
     await server.app[keys.USAGE].flush()
-    assert all(_rows_of(server, user.id).values())
+    assert all((await _rows_of(server, user.id)).values())
     status, _ = await call(server, admin, "DELETE", f"/api/admin/users/{user.id}")
     assert status == 204
-    assert _rows_of(server, user.id) == dict.fromkeys(
+    assert await _rows_of(server, user.id) == dict.fromkeys(
         ("users", "conversations", "messages", "api_keys", "usage_daily"), 0)
     assert (await call(server, user, "GET", "/api/auth/verify"))[0] == 401
     assert (await call(server, bearer(key), "GET", "/v1/models"))[0] == 401
@@ -253,16 +252,12 @@ async def test_nobody_is_promoted_at_start_up_when_no_admin_is_left(tmp_path: Pa
             async with s.post("/api/auth/register",
                               json={"username": name, "password": "correct horse"}) as r:
                 assert r.status == 201
-    def demote(conn: sqlite3.Connection) -> None:  # however the admin went away
-        conn.execute("UPDATE users SET role = 'user'")
-    await db_of(running).write(demote)
+    await execute(running, "UPDATE users SET role = 'user'")  # however the admin went away
     await running.stop()
     running = await start(config)
     try:
-        def roles(conn: sqlite3.Connection) -> list[Any]:
-            return [tuple(row) for row in
-                    conn.execute("SELECT role, status FROM users ORDER BY id")]
-        assert await db_of(running).read(roles) == [("user", "active"), ("user", "active")]
+        assert await rows(running, "SELECT role, status FROM users ORDER BY id") == \
+            [("user", "active"), ("user", "active")]
     finally:
         await running.stop()
 

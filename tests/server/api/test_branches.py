@@ -222,6 +222,7 @@ async def test_no_branch_is_deleted_under_a_running_reply(http, register, simula
         await storage_of(server).messages.add(conv, "assistant", "late", parent_id=q2["id"])
 
 
+@pytest.mark.sqlite_only("SQLite's migration V10 on a file from before branches")
 def test_migration_makes_each_conversation_one_branch(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     conn.execute("PRAGMA foreign_keys=ON")

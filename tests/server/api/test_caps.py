@@ -17,6 +17,7 @@ from server.storage import TooManyConversations
 from tests.support.admin import call
 from tests.support.app import User, error_of, register_over_http, storage_of
 from tests.support.sse import events
+from tests.support.storage import rows, value
 from vllm_sim import SimServer
 
 Custom = Callable[..., Awaitable[Running]]
@@ -27,12 +28,12 @@ Custom = Callable[..., Awaitable[Running]]
 async def stored(server: Running, user: User) -> tuple[int, int]:
     """The user's (conversations, characters) counter, and a check that it is the truth."""
     counted = await storage_of(server).quotas.stored(user.id)
-    truth = await storage_of(server).db.read(lambda c: c.execute(
-        "SELECT (SELECT count(*) FROM conversations WHERE user_id = ?), "
+    truth = (await rows(
+        server, "SELECT (SELECT count(*) FROM conversations WHERE user_id = ?), "
         "(SELECT coalesce(sum(length(title)), 0) FROM conversations WHERE user_id = ?) + "
         "(SELECT coalesce(sum(length(content)), 0) FROM messages WHERE owner = ?)",
-        (user.id, user.id, user.id)).fetchone())
-    assert counted == tuple(truth)
+        user.id, user.id, user.id))[0]
+    assert counted == tuple(int(n) for n in truth)
     return counted
 
 
@@ -288,10 +289,8 @@ async def test_counters_follow_every_write_and_deleted_users(custom: Custom) -> 
         async with s.delete("/api/auth/account", json={"password": user.password},
                             headers=user.headers) as resp:
             assert resp.status == 204, await resp.text()
-    rows = await storage_of(server).db.read(
-        lambda c: c.execute("SELECT count(*) FROM user_storage WHERE user_id = ?",
-                            (user.id,)).fetchone()[0])
-    assert rows == 0  # the admin's row stays; the leaver's went with the account
+    left = await value(server, "SELECT count(*) FROM user_storage WHERE user_id = ?", user.id)
+    assert left == 0  # the admin's row stays; the leaver's went with the account
 
 
 # --- per-user overrides ----------------------------------------------------------------------
@@ -341,8 +340,7 @@ async def make_key(s: aiohttp.ClientSession, user: User,
 
 async def keys_of(server: Running, user: User) -> int:
     """How many API keys the database holds for the user."""
-    return int(await storage_of(server).db.read(lambda c: c.execute(
-        "SELECT count(*) FROM api_keys WHERE user_id = ?", (user.id,)).fetchone()[0]))
+    return int(await value(server, "SELECT count(*) FROM api_keys WHERE user_id = ?", user.id))
 
 
 async def test_a_burst_of_key_creations_stops_exactly_at_the_cap(custom: Custom) -> None:

@@ -15,7 +15,8 @@ import pytest
 from server.config import Config
 from server.runner import Running, start
 from server.services.memory import MemoryManager
-from tests.support.app import User, db_of, error_of, make_config, storage_of
+from tests.support.app import User, error_of, make_config, storage_of
+from tests.support.storage import value
 
 CONV_KEYS = {"id", "title", "created_at", "updated_at", "message_count", "model",
              "running_turn_id", "settings", "leaf_id"}
@@ -334,8 +335,8 @@ async def test_delete_then_404_and_search_forgets(http: aiohttp.ClientSession, r
     assert await search_ids(http, user, "tonight") == set()
     assert [c["id"] for c in (await list_page(http, user))["conversations"]] == [keep["id"]]
     # Its messages are gone from the database too (cascade).
-    left = await db_of(server).read(lambda c: c.execute(
-        "SELECT count(*) FROM messages WHERE conversation_id = ?", (conv["id"],)).fetchone()[0])
+    left = await value(server, "SELECT count(*) FROM messages WHERE conversation_id = ?",
+                       conv["id"])
     assert left == 0
 
 

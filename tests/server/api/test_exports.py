@@ -12,6 +12,7 @@ import aiohttp
 from server.runner import Running
 from tests.support.app import User, error_of, register_over_http, storage_of
 from tests.support.exports import chatgpt_sample
+from tests.support.storage import value
 
 Custom = Callable[..., Awaitable[Running]]
 Register = Callable[..., Awaitable[User]]
@@ -324,6 +325,5 @@ async def test_imports_past_the_size_cap_or_the_user_caps_are_refused(
         assert titles == ["one", "three", "two"]
         counted = await storage_of(server).quotas.stored(user.id)
         assert counted == (3, 3 * (3 + 20) + len("three") - 3)
-        n = await storage_of(server).db.read(lambda c: c.execute(
-            "SELECT count(*) FROM messages WHERE owner = ?", (user.id,)).fetchone()[0])
-        assert n == 6
+        assert await value(server, "SELECT count(*) FROM messages WHERE owner = ?",
+                           user.id) == 6

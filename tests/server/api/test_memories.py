@@ -12,6 +12,7 @@ from server import keys
 from server.runner import Running
 from server.services.profile import MEMORY_HEADING
 from tests.support.app import User, db_of, error_of
+from tests.support.storage import value
 from vllm_sim import SimServer
 
 
@@ -249,11 +250,11 @@ async def test_deleting_the_account_deletes_its_memories(http: aiohttp.ClientSes
     await server.app[keys.MEMORIES].propose(user.id, ["also gone"])
     await server.app[keys.PROFILES].get(user.id)  # cached
     count = "SELECT count(*) FROM memories WHERE user_id = ?"
-    assert await db_of(server).read(lambda c: c.execute(count, (user.id,)).fetchone()[0]) == 2
+    assert await value(server, count, user.id) == 2
     async with http.delete("/api/auth/account", json={"password": user.password},
                            headers=user.headers) as resp:
         assert resp.status == 204
-    assert await db_of(server).read(lambda c: c.execute(count, (user.id,)).fetchone()[0]) == 0
+    assert await value(server, count, user.id) == 0
     misses = server.app[keys.PROFILES].misses
     await server.app[keys.PROFILES].get(user.id)
     assert server.app[keys.PROFILES].misses == misses + 1  # forgotten with the account

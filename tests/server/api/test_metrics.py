@@ -72,7 +72,7 @@ async def test_requests_tokens_overhead_and_no_secrets(
 async def busy_server(tmp_path: Path, make_sim: Callable[..., Awaitable[SimServer]]
                       ) -> AsyncIterator[Running]:
     """Two workers in front of a model that takes a moment per reply."""
-    sim = await make_sim(ttft_ms=150, reply_tokens=2)
+    sim = await make_sim(ttft_ms=400, reply_tokens=2)
     running = await start(make_config(tmp_path, sim.url, queue={
         "workers": 2, "max_size": 64, "max_per_user": 0, "max_running_per_user": 2}))
     yield running
@@ -91,10 +91,17 @@ async def test_the_queue_fills_and_drains(busy_server: Running,
                 return r.status
 
         load = [asyncio.create_task(one()) for _ in range(10)]
-        await asyncio.sleep(0.1)
-        during = await scrape(busy_server)
-        assert sample(during, "chatgate_workers_busy") == 2
-        assert sample(during, "chatgate_queue_depth") == 8
+        # Polled, not slept: each turn first stores its message (slower on a loaded machine
+        # or over PostgreSQL's round trips), then queues.
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            during = await scrape(busy_server)
+            seen = (sample(during, "chatgate_workers_busy"),
+                    sample(during, "chatgate_queue_depth"))
+            if seen == (2, 8) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == (2, 8)
         assert await asyncio.gather(*load) == [200] * 10
     after = await scrape(busy_server)
     assert sample(after, "chatgate_queue_depth") == 0

@@ -10,8 +10,9 @@ import pytest
 from server.config import Config
 from server.runner import Running
 from server.services.memory import MemoryManager
-from server.storage.sqlite.search import CANDIDATES, rank
-from tests.support.app import User, db_of, error_of, storage_of
+from server.storage.textsearch import CANDIDATES, rank
+from tests.support.app import User, error_of, storage_of
+from tests.support.storage import execute
 
 HIT_KEYS = {"conversation_id", "message_id", "title", "snippet", "highlights", "created_at"}
 
@@ -140,8 +141,8 @@ async def test_changed_message_is_reindexed(http: aiohttp.ClientSession, registe
     conv = await new_conversation(http, user, "edit")
     m = await mem(server, config).append(conv, "assistant", "the answer is aardvark")
     assert len(await search(http, user, "aardvark")) == 1
-    await db_of(server).write(lambda c: c.execute(
-        "UPDATE messages SET content = ? WHERE id = ?", ("the answer is axolotl", m["id"])))
+    await execute(server, "UPDATE messages SET content = ? WHERE id = ?",
+                  "the answer is axolotl", m["id"])
     assert await search(http, user, "aardvark") == []
     hits = await search(http, user, "axolotl")
     assert [h["message_id"] for h in hits] == [m["id"]]
@@ -158,8 +159,7 @@ async def test_deleted_message_is_gone_from_search(http: aiohttp.ClientSession, 
     gone = await manager.append(conv, "user", "ephemeral narwhal")
     kept = await manager.append(conv, "user", "permanent narwhal")
     assert len(await search(http, user, "narwhal")) == 2
-    await db_of(server).write(lambda c: c.execute("DELETE FROM messages WHERE id = ?",
-                                                  (gone["id"],)))
+    await execute(server, "DELETE FROM messages WHERE id = ?", gone["id"])
     assert [h["message_id"] for h in await search(http, user, "narwhal")] == [kept["id"]]
     assert await search(http, user, "ephemeral") == []
     # The trigger also kept the counter right.
@@ -173,9 +173,9 @@ async def test_message_inserted_by_plain_sql_is_indexed(http: aiohttp.ClientSess
                                                         register: Any, server: Running) -> None:
     user = await register()
     conv = await new_conversation(http, user, "raw")
-    await db_of(server).write(lambda c: c.execute(
-        "INSERT INTO messages (conversation_id, role, content, created_at) "
-        "VALUES (?, 'user', 'inserted by hand: capybara', '2024-01-01T00:00:00.000Z')", (conv,)))
+    await execute(server, "INSERT INTO messages (conversation_id, role, content, created_at) "
+                  "VALUES (?, 'user', 'inserted by hand: capybara', '2024-01-01T00:00:00.000Z')",
+                  conv)
     hits = await search(http, user, "capybara")
     assert [h["conversation_id"] for h in hits] == [conv]
 
@@ -206,18 +206,13 @@ async def test_a_search_ranks_the_newest_matches_only(
     conv = await new_conversation(http, user, "Many")
     uid, now = user.id, "2026-01-01T00:00:00.000Z"
 
-    def seed(conn: Any) -> None:
-        conn.execute("INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-                     "VALUES (?, 'user', 'wombat wombat wombat wombat', ?, ?)", (conv, now, uid))
-        conn.executemany(
-            "INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-            "VALUES (?, 'user', ?, ?, ?)",
-            [(conv, f"a wombat and {n} more words of filler text here", now, uid)
-             for n in range(CANDIDATES + 20)])
-        conn.execute("INSERT INTO messages (conversation_id, role, content, created_at, owner) "
-                     "VALUES (?, 'user', 'wombat wombat, the newest', ?, ?)", (conv, now, uid))
-
-    await db_of(server).write(seed)
+    add = ("INSERT INTO messages (conversation_id, role, content, created_at, owner) "
+           "VALUES (?, 'user', ?, ?, ?)")
+    texts = ["wombat wombat wombat wombat",
+             *(f"a wombat and {n} more words of filler text here" for n in range(CANDIDATES + 20)),
+             "wombat wombat, the newest"]
+    for text in texts:  # oldest first
+        await execute(server, add, conv, text, now, uid)
     hits = await search(http, user, "wombat", limit=5)
     contents = [h["snippet"] for h in hits]
     assert contents[0] == "wombat wombat, the newest"  # the best of the newest

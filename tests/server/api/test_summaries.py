@@ -14,6 +14,7 @@ from server.services.summaries import SYSTEM
 from tests.support.admin import call_ok
 from tests.support.app import User, register_over_http
 from tests.support.replicas import seen_by
+from tests.support.storage import value
 from vllm_sim import SimServer
 
 
@@ -86,9 +87,7 @@ async def test_a_branch_that_leaves_the_summarised_path_does_without(
     assert [m["content"] for m in turn[1:]] == ["q1", shown[1]["content"], "q2 again"]
     # Deleting the summarised message deletes its summary: the old branch goes without too.
     await call_ok(running, user, "DELETE", f"/api/conversations/{conv}/messages/{shown[2]['id']}")
-    rows = await running.app[keys.STORAGE].db.read(
-        lambda c: c.execute("SELECT count(*) FROM summaries").fetchone()[0])
-    assert rows == 0
+    assert await value(running, "SELECT count(*) FROM summaries") == 0
 
 
 async def test_no_summary_when_they_are_off(custom: Any, simulator: SimServer) -> None:

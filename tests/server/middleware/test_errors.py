@@ -17,7 +17,7 @@ from server.services.chat import ChatRejected
 from server.services.passwords import PasswordsBusy
 from server.services.ratelimit import RateLimited
 from server.services.tokens import AuthError
-from server.storage import Conflict, DatabaseBusy, InvalidCursor, NotFound
+from server.storage import Conflict, DatabaseBusy, DatabaseUnavailable, InvalidCursor, NotFound
 from workers.errors import (
     JobCancelled,
     QueueFull,
@@ -38,6 +38,8 @@ DOMAIN: dict[str, tuple[Callable[[], Exception], int, str, str, dict[str, str]]]
     "conflict": (lambda: Conflict("username is taken"), 409, "conflict", "username is taken", {}),
     "busy-db": (lambda: DatabaseBusy("locked"), 503, "database_busy", "locked",
                 {"Retry-After": "1"}),
+    "down-db": (lambda: DatabaseUnavailable("unreachable"), 503, "database_unavailable",
+                "unreachable", {"Retry-After": "1"}),
     "limited": (lambda: RateLimited(2.5, "slow down"), 429, "rate_limited", "slow down",
                 {"Retry-After": "3"}),
     "limited-short": (lambda: RateLimited(0.01, "slow down"), 429, "rate_limited", "slow down",

@@ -1,4 +1,5 @@
-"""Fixtures for the storage tests: Databases on real SQLite files in tmp_path."""
+"""Fixtures for the storage tests: Databases on real SQLite files in tmp_path, and whole
+Storages on either backend."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from server.config import DatabaseConfig
+from server.storage import Storage, open_storage
 from server.storage.sqlite import Database, migrate
 from tests.support.sqlite import MakeDb
 
@@ -25,3 +28,16 @@ async def make_db(tmp_path: Path) -> AsyncIterator[MakeDb]:
     yield make
     for db in opened:
         await db.close()
+
+
+@pytest.fixture(params=("sqlite", "postgres"))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    """A whole Storage on each backend (ids `[sqlite]` / `[postgres]`), for tests of the
+    stores' contract: a SQLite file in tmp_path, or the session's PostgreSQL database emptied."""
+    url = ""
+    if request.param == "postgres":
+        url = request.getfixturevalue("on_postgres")
+    storage = await open_storage(DatabaseConfig(path=str(tmp_path / "store.db"), url=url,
+                                                pool_size=2))
+    yield storage
+    await storage.close()

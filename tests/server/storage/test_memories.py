@@ -1,4 +1,5 @@
-"""Tests for server/storage/sqlite/memories.py and migration V11 on real SQLite files."""
+"""Tests for the memories stores (server/storage/sqlite/memories.py, postgres/memories.py) on
+both backends (`store`), and SQLite's migration V11 on a real file."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from server.storage import NO_QUOTA, MemoryNotFound, Quota, StorageQuotaExceeded
+from server.storage import NO_QUOTA, MemoryNotFound, Quota, Storage, StorageQuotaExceeded
 from server.storage.sqlite import migrate
 from server.storage.sqlite.memories import SqliteAccountSettings, SqliteMemories
 from server.storage.sqlite.quotas import SqliteQuotas
-from server.storage.sqlite.users import SqliteUsers
 from tests.support.sqlite import MakeDb, plain
+from tests.support.storage import rows
 
 
 async def test_a_v9_file_gains_memories_and_settings_keeping_its_counts(
@@ -37,9 +38,8 @@ async def test_a_v9_file_gains_memories_and_settings_keeping_its_counts(
     assert await memories.profile(1) == ({"theme": "dark"}, ["I am old"])
 
 
-async def test_deleting_a_user_deletes_their_memories(make_db: MakeDb) -> None:
-    db = await make_db()
-    users, memories = SqliteUsers(db), SqliteMemories(db)
+async def test_deleting_a_user_deletes_their_memories(store: Storage) -> None:
+    users, memories = store.users, store.memories
     gone = (await users.create("gone", "hash"))["id"]
     kept = (await users.create("kept", "hash"))["id"]
     await memories.add(gone, "a", 10)
@@ -47,12 +47,11 @@ async def test_deleting_a_user_deletes_their_memories(make_db: MakeDb) -> None:
     await memories.add(kept, "c", 10)
     assert await users.delete(gone)
     count = "SELECT user_id, count(*) FROM memories GROUP BY user_id"
-    assert await db.read(lambda c: [tuple(r) for r in c.execute(count)]) == [(kept, 1)]
+    assert await rows(store, count) == [(kept, 1)]
 
 
-async def test_rows_are_scoped_to_their_owner(make_db: MakeDb) -> None:
-    db = await make_db()
-    users, memories = SqliteUsers(db), SqliteMemories(db)
+async def test_rows_are_scoped_to_their_owner(store: Storage) -> None:
+    users, memories = store.users, store.memories
     owner = (await users.create("owner", "hash"))["id"]
     other = (await users.create("other", "hash"))["id"]
     row = await memories.add(owner, "mine", 10)
@@ -66,10 +65,9 @@ async def test_rows_are_scoped_to_their_owner(make_db: MakeDb) -> None:
     assert await memories.all(owner) == [row]
 
 
-async def test_only_enabled_active_memories_reach_the_profile(make_db: MakeDb) -> None:
-    db = await make_db()
-    user = (await SqliteUsers(db).create("u", "hash"))["id"]
-    memories = SqliteMemories(db)
+async def test_only_enabled_active_memories_reach_the_profile(store: Storage) -> None:
+    user = (await store.users.create("u", "hash"))["id"]
+    memories = store.memories
     one = await memories.add(user, "one", 10)
     await memories.add(user, "two", 10)
     await memories.propose(user, ["three"], 10)
@@ -79,10 +77,9 @@ async def test_only_enabled_active_memories_reach_the_profile(make_db: MakeDb) -
     assert (await memories.profile(user))[1] == ["two", "one"]  # newest first
 
 
-async def test_caps_are_checked_inside_the_write(make_db: MakeDb) -> None:
-    db = await make_db()
-    user = (await SqliteUsers(db).create("u", "hash"))["id"]
-    memories = SqliteMemories(db)
+async def test_caps_are_checked_inside_the_write(store: Storage) -> None:
+    user = (await store.users.create("u", "hash"))["id"]
+    memories = store.memories
     await memories.add(user, "x" * 10, 10, Quota(chars=15))
     with pytest.raises(StorageQuotaExceeded):
         await memories.add(user, "y" * 10, 10, Quota(chars=15))

@@ -1,0 +1,256 @@
+"""PostgreSQL connections: one batching writer and a pool of readers, all through asyncpg.
+
+Ops are coroutine functions taking an asyncpg connection (`Any` at this edge: asyncpg is
+untyped). `write` queues an op; the writer runs every queued op in one transaction, each in
+its own savepoint (when it has company), so concurrent turns share one commit and one failing
+op spoils no other.
+An unreachable server fails the ops with DatabaseUnavailable; nothing is cached about it, so
+the next request reconnects by itself once PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import asyncpg
+
+from ..base import StorageStats
+from ..errors import DatabaseBusy, DatabaseUnavailable, StorageError
+from ..urls import password_of, where
+
+T = TypeVar("T")
+Op = Callable[[Any], Awaitable[T]]  # an asyncpg connection in, a result out
+log = logging.getLogger(__name__)
+
+# SQLSTATEs of a busy database: a lock not granted within lock_timeout, a deadlock or a
+# serialization conflict with another node's transaction, a statement cancelled on timeout.
+_BUSY = frozenset({"55P03", "40P01", "40001", "57014"})
+# Classes of a database that cannot serve now: 08 connection, 53 insufficient resources (disk
+# full, too many connections), 57P01-57P03 shutdown or start-up, 58 system errors.
+_DOWN_CLASSES = ("08", "53", "58")
+_DOWN = frozenset({"57P01", "57P02", "57P03"})
+
+
+def translate(err: BaseException) -> BaseException:
+    """Map a driver error to DatabaseBusy or DatabaseUnavailable; keep others as they are."""
+    if isinstance(err, StorageError):
+        return err
+    state = getattr(err, "sqlstate", None)
+    if isinstance(state, str):
+        if state in _BUSY:
+            return DatabaseBusy("the database is busy, try again")
+        if state in _DOWN or state.startswith(_DOWN_CLASSES):
+            return DatabaseUnavailable("the database is unavailable, try again shortly")
+    if isinstance(err, (OSError, TimeoutError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.ConnectionDoesNotExistError)):
+        return DatabaseUnavailable("the database is unavailable, try again shortly")
+    return err
+
+
+def _reason(err: BaseException, url: str) -> str:
+    """What went wrong, in the driver's words, with the URL and its password blanked out in
+    case they quote it."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    for hidden in (url, password_of(url)):
+        if hidden:
+            text = text.replace(hidden, "***")
+    return text
+
+
+def lost(err: BaseException) -> bool:
+    """Whether the error means the connection itself is gone (the batch cannot go on)."""
+    return isinstance(translate(err), DatabaseUnavailable)
+
+
+class Database:
+    """Owns the pool and the writer connection; `write` batches many callers' ops."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 5000,
+                 connect_timeout_s: float = 5.0, max_batch: int = 512) -> None:
+        self._url = url  # may carry a password: never logged
+        self.stats = StorageStats()
+        self._pool_size = pool_size
+        self._busy_ms = busy_timeout_ms
+        self._connect_s = connect_timeout_s
+        self._max_batch = max_batch
+        self._pool: Any = None
+        self._writer: Any = None
+        self._pending: deque[tuple[Op[object], asyncio.Future[object]]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def _settings(self) -> dict[str, str]:
+        # A lock held by another node is waited for this long, then DatabaseBusy (503).
+        return {"lock_timeout": str(int(self._busy_ms)), "application_name": "chatgate"}
+
+    async def open(self, migrate: Callable[[Any], Awaitable[object]]) -> None:
+        """Connect, migrate the schema, open the readers' pool and start the writer task."""
+        try:
+            self._writer = await self._connect()
+            await migrate(self._writer)
+            self._pool = await asyncpg.create_pool(
+                # No floor: asyncpg would retry it in the background while the server is
+                # down, logging a traceback each time; connections open on demand instead.
+                self._url, min_size=0, max_size=self._pool_size, timeout=self._connect_s,
+                server_settings=self._settings())
+        except BaseException as err:
+            await self._close_connections()
+            if isinstance(err, StorageError) or not isinstance(err, Exception):
+                raise
+            # One line for the operator: where (never the password) and why.
+            kind = DatabaseUnavailable if lost(err) else StorageError
+            raise kind(f"cannot open the PostgreSQL database {where(self._url)}: "
+                       f"{_reason(err, self._url)}") from None
+        self._task = asyncio.create_task(self._write_loop(), name="pg-writer")
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(self._url, timeout=self._connect_s,
+                                     server_settings=self._settings())
+
+    async def close(self) -> None:
+        """Finish every queued write, then close all connections."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._writer is not None:
+            self._writer.terminate()  # no transaction is open between batches
+            self._writer = None
+
+    async def read(self, op: Op[T]) -> T:
+        """Run a read-only function on a pooled connection."""
+        self.stats.reads += 1
+        for attempt in (1, 2):
+            used = False
+            try:
+                # Waits for a free connection like SQLite's readers do; opening one is bounded
+                # by connect_timeout_s (the pool's connect timeout).
+                async with self._pool.acquire() as conn:
+                    used = True
+                    return await op(conn)
+            except Exception as err:
+                # A pooled connection the server dropped (a restart) fails once: reads are
+                # safe to run again, on a fresh connection. A failed connect is not retried.
+                if attempt == 1 and used and lost(err) and self._pool is not None:
+                    continue
+                mapped = _mapped(err)
+                if mapped is err:
+                    raise
+                raise mapped from err
+        raise AssertionError("unreachable")
+
+    async def write(self, op: Op[T]) -> T:
+        """Queue a write; resolves once the transaction holding it has committed."""
+        if self._closing:
+            raise StorageError("the database is closing")
+        self.stats.writes += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        self._wake.set()
+        return cast(T, await asyncio.shield(fut))
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending.popleft()
+                         for _ in range(min(self._max_batch, len(self._pending)))]
+                await self._commit_batch(batch)
+            if self._closing and not self._pending:
+                return
+
+    async def _commit_batch(self, batch: list[tuple[Op[object], asyncio.Future[object]]]
+                            ) -> None:
+        self.stats.batches += 1
+        try:
+            conn, xact = await self._begin()
+            outcomes = await _apply(conn, xact, [op for op, _ in batch])
+        except BaseException as err:  # the commit itself failed: nobody's rows are in
+            error = _mapped(err) if isinstance(err, Exception) else err
+            if isinstance(error, DatabaseUnavailable) and self._writer is not None:
+                self._writer.terminate()  # reconnect for the next batch
+                self._writer = None
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(err, Exception):
+                raise
+            log.warning("write batch of %d failed: %s", len(batch), error)
+            return
+        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)  # type: ignore[arg-type]
+
+    async def _begin(self) -> tuple[Any, Any]:
+        """The writer's connection in a new transaction; a connection the server dropped
+        since the last batch (nothing sent on it yet) is replaced once."""
+        for attempt in (1, 2):
+            if self._writer is None or self._writer.is_closed():
+                self._writer = None
+                self._writer = await self._connect()
+            try:
+                xact = self._writer.transaction()
+                await xact.start()
+                return self._writer, xact
+            except Exception as err:
+                if attempt == 2 or not lost(err):
+                    raise
+                self._writer.terminate()
+                self._writer = None
+        raise AssertionError("unreachable")
+
+
+async def _apply(conn: Any, xact: Any, ops: list[Op[object]]) -> list[tuple[bool, object]]:
+    """The rest of the transaction `_begin` opened; each op in a savepoint so one failing op
+    spoils no other (an op alone needs none: two round trips fewer when the load is light)."""
+    outcomes: list[tuple[bool, object]] = []
+    alone = len(ops) == 1
+    try:
+        for op in ops:
+            try:
+                if alone:
+                    value = await op(conn)
+                else:
+                    async with conn.transaction():  # nested: a savepoint
+                        value = await op(conn)
+            except Exception as err:
+                if lost(err):
+                    raise  # the connection is gone: the whole batch fails
+                outcomes.append((False, translate(err)))
+            else:
+                outcomes.append((True, value))
+        if alone and not outcomes[0][0]:
+            await xact.rollback()  # its only op failed: nothing of it may stay
+        else:
+            await xact.commit()
+    except BaseException:
+        if not conn.is_closed():
+            try:
+                await xact.rollback()
+            except Exception:  # noqa: BLE001 - the connection is replaced below
+                conn.terminate()
+        raise
+    return outcomes
+
+
+def _mapped(err: Exception) -> Exception:
+    """The storage error for a driver error, without the driver's text where it may quote the
+    connection string."""
+    mapped = translate(err)
+    return mapped if isinstance(mapped, Exception) else err

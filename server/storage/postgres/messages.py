@@ -1,0 +1,270 @@
+"""SQL for messages: a user's turn (new, edited or asked again) with the history before it, and
+replies."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import asyncpg
+import orjson
+
+from ..base import NO_QUOTA, Quota
+from ..errors import NotFound, StorageQuotaExceeded
+from ..rows import SUMMARY, ConversationUse, HistoryRows, MessageRow, now_iso
+from .branches import lock_conversation, owned_message, path_rows
+from .db import Database
+from .quotas import check
+
+
+class PostgresMessages:
+    """Messages in PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_user_message(self, user_id: int, conversation_id: int | None,
+                               content: str, title: str, history: int = 0,
+                               quota: Quota = NO_QUOTA, model: str | None = None
+                               ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
+        """Store a user's message after the conversation's active leaf (creating the conversation
+        when none is given) and return up to `history` messages on the path before it, newest
+        first, all in one transaction: no separate read.
+        The user's caps are checked in the same transaction: over one, nothing is stored.
+        `model` (if given) becomes the conversation's; its model and settings are returned."""
+        now = now_iso()
+
+        async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
+            if conversation_id is None:
+                conv, ident = await _first_turn(conn, user_id, title, content, now, quota,
+                                                model)
+                return conv, _user_row(ident, content, now, None), [], ConversationUse(model, {})
+            ident, parent, rows, use = await _turn(conn, user_id, conversation_id, content,
+                                                   now, history, quota, model)
+            return conversation_id, _user_row(ident, content, now, parent), rows, use
+
+        return await self._db.write(op)
+
+    async def add(self, conversation_id: int, role: str, content: str,
+                  status: str = "complete", usage: str | None = None,
+                  model: str | None = None, error: str | None = None,
+                  parent_id: int | None = None) -> MessageRow:
+        """Append a message (a reply: with the model that wrote it, under the message it
+        answers) to a conversation the caller has already checked. NotFound if the
+        conversation, or that message, was deleted meanwhile."""
+        now = now_iso()
+
+        async def op(conn: Any) -> MessageRow:
+            try:
+                ident = await conn.fetchval(
+                    "INSERT INTO messages "
+                    "(conversation_id, role, content, status, created_at, usage, model, "
+                    "error, parent_id, owner) SELECT c.id, $2, $3, $4, $5, $6, $7, $8, $9, "
+                    "c.user_id FROM conversations c WHERE c.id = $1 AND ($9::bigint IS NULL "
+                    "OR EXISTS (SELECT 1 FROM messages p WHERE p.id = $9 "
+                    "AND p.conversation_id = c.id)) RETURNING id",
+                    conversation_id, role, content, status, now, usage, model, error, parent_id)
+            except asyncpg.ForeignKeyViolationError as err:  # deleted meanwhile
+                raise NotFound("conversation not found") from err
+            if ident is None:
+                gone = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM conversations "
+                                           "WHERE id = $1)", conversation_id)
+                # Say which went: the client shows this message to the user.
+                raise NotFound("conversation not found" if gone else
+                               "the message this reply answers was deleted")
+            row: MessageRow = {"id": int(ident), "role": role, "content": content,
+                               "status": status, "created_at": now, "parent_id": parent_id}
+            if model:
+                row["model"] = model
+            if error:
+                row["error"] = orjson.loads(error)
+            return row
+
+        return await self._db.write(op)
+
+    async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
+                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None
+                   ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """A new version of one of the user's messages: a sibling of it (what followed the old
+        one stays, on its own branch) that becomes the active leaf. Returns it, up to `history`
+        messages on the path before it, newest first, and the conversation's model."""
+        now = now_iso()
+
+        async def op(conn: Any) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+            found = await lock_conversation(conn, user_id, conversation_id)
+            _, role, parent = await owned_message(conn, user_id, conversation_id, message_id)
+            if role != "user":
+                raise NotFound("only a user's message can be edited")
+            await check(conn, user_id, quota, chars=len(content))
+            ident = await _insert_user(conn, conversation_id, parent, content, now, user_id)
+            return _user_row(ident, content, now, parent), \
+                await path_rows(conn, parent, history), \
+                await _use(conn, conversation_id, model, found)
+
+        return await self._db.write(op)
+
+    async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
+                         history: int = 0, model: str | None = None
+                         ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+        """Ask a user's message again: `message_id` (or the question of the reply it names;
+        None: the last question on the active branch). Earlier replies stay as alternatives,
+        but for failed ones with no text; the question becomes the active leaf until the new
+        reply comes. Returns it, the history before it, newest first, and the model."""
+
+        async def op(conn: Any) -> tuple[MessageRow, HistoryRows, ConversationUse]:
+            found = await lock_conversation(conn, user_id, conversation_id)
+            asked = message_id
+            if asked is None:
+                asked = None if found is None else found[2]
+                if asked is None:
+                    raise NotFound("this conversation has no message to answer again")
+            _, role, parent = await owned_message(conn, user_id, conversation_id, asked)
+            if role == "assistant" and parent is not None:
+                asked = int(parent)
+                _, role, parent = await owned_message(conn, user_id, conversation_id, asked)
+            if role != "user":
+                raise NotFound("no user's message to answer again")
+            await conn.execute(
+                "DELETE FROM messages d WHERE d.conversation_id = $1 AND d.parent_id = $2 "
+                "AND d.role = 'assistant' AND d.content = '' AND NOT EXISTS (SELECT 1 FROM "
+                "messages c WHERE c.conversation_id = d.conversation_id "
+                "AND c.parent_id = d.id)", conversation_id, asked)
+            await conn.execute("UPDATE conversations SET leaf_id = $1 WHERE id = $2",
+                               asked, conversation_id)
+            row = await conn.fetchrow("SELECT content, status, created_at FROM messages "
+                                      "WHERE id = $1", asked)
+            stored: MessageRow = {"id": asked, "role": "user", "content": row[0],
+                                  "status": row[1], "created_at": row[2], "parent_id": parent}
+            return stored, await path_rows(conn, parent, history), \
+                await _use(conn, conversation_id, model, found)
+
+        return await self._db.write(op)
+
+
+# A turn in an existing conversation in one round trip: the conversation locked (before the
+# user's counters, as every write takes them: no deadlock between nodes), the stored-text cap
+# checked under the user's lock, the message stored after the active leaf, and the history
+# walked up from that leaf (as branches.path_rows) in the same statement, which also says
+# whether its snapshot sees the leaf (one written meanwhile by another node's transaction
+# that held the lock is not: then the walk is done again).
+_TURN = """
+WITH RECURSIVE c AS MATERIALIZED (
+    SELECT model, settings, leaf_id FROM conversations WHERE id = $1 AND user_id = $2
+    FOR UPDATE),
+u AS MATERIALIZED (
+    SELECT chars FROM user_storage WHERE user_id = $2 AND $6::bigint > 0
+    AND EXISTS (SELECT 1 FROM c) FOR UPDATE),
+ins AS (
+    INSERT INTO messages (conversation_id, role, content, created_at, parent_id, owner)
+    SELECT $1, 'user', $3, $4, c.leaf_id, $2 FROM c
+    WHERE $6::bigint = 0 OR coalesce((SELECT chars FROM u), 0) + length($3) <= $6
+    RETURNING id),
+path(id, kept) AS (
+    SELECT leaf_id, 0 FROM c WHERE leaf_id IS NOT NULL AND $5::int > 0
+    UNION ALL
+    SELECT m.parent_id, path.kept + (m.content <> '')::int FROM messages m
+    JOIN path ON m.id = path.id
+    WHERE m.parent_id IS NOT NULL AND path.kept + (m.content <> '')::int < $5
+    AND NOT EXISTS (SELECT 1 FROM summaries s WHERE s.message_id = m.id)),
+walk AS (
+    SELECT m.id, m.role, m.content, s.content AS summary, path.kept FROM path
+    JOIN messages m ON m.id = path.id LEFT JOIN summaries s ON s.message_id = m.id
+    WHERE m.content <> '' OR s.content IS NOT NULL)
+SELECT c.model, c.settings, c.leaf_id, (SELECT id FROM ins), (SELECT chars FROM u),
+    (SELECT array_agg(w.id ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.role ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.content ORDER BY w.kept, w.id DESC) FROM walk w),
+    (SELECT array_agg(w.summary ORDER BY w.kept, w.id DESC) FROM walk w),
+    EXISTS (SELECT 1 FROM messages WHERE id = c.leaf_id)
+FROM c
+"""
+
+
+async def _turn(conn: Any, user_id: int, conversation_id: int, content: str, now: str,
+                history: int, quota: Quota, model: str | None
+                ) -> tuple[int, int | None, HistoryRows, ConversationUse]:
+    """A user's message after the active leaf of an existing conversation: its id, parent,
+    the history before it and the conversation's model and settings (NotFound,
+    StorageQuotaExceeded: nothing stored)."""
+    cap = quota.chars if content else 0
+    row = await conn.fetchrow(_TURN, conversation_id, user_id, content, now, history, cap)
+    if row is None:
+        raise NotFound("conversation not found")
+    found, parent = row[:3], row[2]
+    if row[3] is None:  # the cap refused it: quotas.check says why, in its own words
+        await _refused(conn, user_id, quota, chars=len(content))
+    rows: HistoryRows = []
+    for ident, role, text, summary in zip(row[5] or [], row[6] or [], row[7] or [],
+                                          row[8] or [], strict=True):
+        if summary is not None:
+            rows.append((ident, SUMMARY, summary))
+            break
+        rows.append((ident, role, text))
+    if parent is not None and not row[9]:
+        # The leaf was written by another node while this statement waited for the lock: the
+        # statement's snapshot is older than it, so the history is read again, afresh.
+        rows = await path_rows(conn, parent, history)
+    return int(row[3]), parent, rows, await _use(conn, conversation_id, model, found)
+
+
+# A new conversation and its first message in one round trip: the user's counters locked
+# (when a cap is set) and both caps checked, then both rows.
+_FIRST = """
+WITH u AS MATERIALIZED (
+    SELECT conversations, chars FROM user_storage WHERE user_id = $1
+    AND ($5::bigint > 0 OR $6::bigint > 0) FOR UPDATE),
+conv AS (
+    INSERT INTO conversations (user_id, title, created_at, updated_at, model)
+    SELECT $1, $2, $3, $3, $4
+    WHERE ($5::bigint = 0 OR coalesce((SELECT conversations FROM u), 0) + 1 <= $5)
+    AND ($6::bigint = 0 OR coalesce((SELECT chars FROM u), 0) + length($2) + length($7) <= $6)
+    RETURNING id),
+msg AS (
+    INSERT INTO messages (conversation_id, role, content, created_at, owner)
+    SELECT id, 'user', $7, $3, $1 FROM conv RETURNING id)
+SELECT (SELECT id FROM conv), (SELECT id FROM msg)
+"""
+
+
+async def _first_turn(conn: Any, user_id: int, title: str, content: str, now: str,
+                      quota: Quota, model: str | None) -> tuple[int, int]:
+    """A new conversation with the user's first message: their ids (TooManyConversations,
+    StorageQuotaExceeded: nothing stored)."""
+    row = await conn.fetchrow(_FIRST, user_id, title, now, model, quota.conversations,
+                              quota.chars, content)
+    if row[0] is None:
+        await _refused(conn, user_id, quota, conversations=1,
+                       chars=len(title) + len(content))
+    return int(row[0]), int(row[1])
+
+
+async def _refused(conn: Any, user_id: int, quota: Quota, *, conversations: int = 0,
+                   chars: int = 0) -> NoReturn:
+    """Raise the error of a write a cap refused (quotas.check words it, reading the same
+    counters under the same lock)."""
+    await check(conn, user_id, quota, conversations=conversations, chars=chars)
+    raise StorageQuotaExceeded("this would take your stored text past your quota")
+
+
+async def _insert_user(conn: Any, conversation_id: int, parent: int | None, content: str,
+                       now: str, user_id: int) -> int:
+    """A user's message under `parent`; the insert trigger makes it the active leaf."""
+    return int(await conn.fetchval(
+        "INSERT INTO messages (conversation_id, role, content, created_at, parent_id, owner) "
+        "VALUES ($1, 'user', $2, $3, $4, $5) RETURNING id",
+        conversation_id, content, now, parent, user_id))
+
+
+def _user_row(ident: int, content: str, now: str, parent: int | None) -> MessageRow:
+    return {"id": ident, "role": "user", "content": content, "status": "complete",
+            "created_at": now, "parent_id": parent}
+
+
+async def _use(conn: Any, conversation_id: int, model: str | None,
+               found: Any) -> ConversationUse:
+    """The conversation's model and settings, from its `found` (model, settings) row; a
+    `model` given becomes its model."""
+    if model is not None and model != found[0]:
+        await conn.execute("UPDATE conversations SET model = $1 WHERE id = $2",
+                           model, conversation_id)
+    return ConversationUse(model if model is not None else found[0],
+                           orjson.loads(found[1]) if found[1] else {})

@@ -1,0 +1,220 @@
+"""Tests for server/storage/postgres/db.py on a real PostgreSQL server: batching, isolation of
+one op's failure, locks held by another node, an unreachable server and its return."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from server.storage import Conflict, DatabaseBusy, DatabaseUnavailable, StorageError
+from server.storage.postgres import Database, PostgresStorage, migrate
+from tests.support import postgres
+from tests.support.postgres import PgCluster
+from tests.support.procs import free_port
+
+
+@pytest.fixture
+async def make_db(on_postgres: str) -> AsyncIterator[Any]:
+    """Open Databases on the test's (emptied) PostgreSQL database; close them all after."""
+    opened: list[Database] = []
+
+    async def make(**kw: Any) -> PostgresStorage:
+        db = Database(on_postgres, **kw)
+        await db.open(migrate)
+        opened.append(db)
+        return PostgresStorage(db)
+
+    yield make
+    for db in opened:
+        await db.close()
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[PgCluster]:
+    """A cluster of this module's own, to stop and start (the session's one is shared)."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL server binaries not installed")
+    cluster = postgres.start_cluster()
+    yield cluster
+    cluster.destroy()
+
+
+# --- the batching writer ---------------------------------------------------------------------
+
+
+async def test_failing_write_does_not_spoil_its_batch(make_db: Any) -> None:
+    store = await make_db()
+    await store.users.create("bob", "hash")
+    batches = store.stats.batches
+    dup, good, also_good = await asyncio.gather(
+        store.users.create("BOB", "hash"), store.users.create("carol", "hash"),
+        store.audit.add(None, "x", "after.failure", None, None, {}), return_exceptions=True)
+    assert store.stats.batches == batches + 1, "the three writes were not batched together"
+    assert isinstance(dup, Conflict)
+    assert not isinstance(good, BaseException) and good["username"] == "carol"
+    assert not isinstance(also_good, BaseException)
+    names = await store.db.read(lambda c: c.fetch("SELECT username FROM users ORDER BY id"))
+    assert [r[0] for r in names] == ["bob", "carol"]
+    assert (await store.audit.page(5, None))[0][0]["action"] == "after.failure"
+
+
+async def test_op_raising_a_python_error_is_isolated(make_db: Any) -> None:
+    store = await make_db()
+
+    async def bad(conn: Any) -> None:
+        await conn.execute("INSERT INTO users (username, password_hash, created_at) "
+                           "VALUES ('half', 'h', 'now')")
+        raise ValueError("op failed after writing")
+
+    results = await asyncio.gather(store.db.write(bad), store.users.create("whole", "h"),
+                                   return_exceptions=True)
+    assert isinstance(results[0], ValueError)
+    assert not isinstance(results[1], BaseException)
+    names = await store.db.read(lambda c: c.fetch("SELECT username FROM users"))
+    assert [r[0] for r in names] == ["whole"]  # the failed op's own insert was rolled back
+
+
+async def test_an_op_alone_in_its_batch_that_fails_leaves_nothing(make_db: Any) -> None:
+    store = await make_db()
+
+    async def bad(conn: Any) -> None:
+        await conn.execute("INSERT INTO users (username, password_hash, created_at) "
+                           "VALUES ('alone', 'h', 'now')")
+        raise ValueError("op failed after writing")
+
+    batches = store.stats.batches
+    with pytest.raises(ValueError, match="after writing"):
+        await store.db.write(bad)
+    assert store.stats.batches == batches + 1
+    assert await store.users.credentials("alone") is None
+    assert (await store.users.create("next", "h"))["username"] == "next"  # writer still fine
+
+
+async def test_many_concurrent_writes_share_commits(make_db: Any) -> None:
+    store = await make_db()
+    writes, batches = store.stats.writes, store.stats.batches
+    rows = await asyncio.gather(*(store.audit.add(None, "a", f"n{i}", None, None, {})
+                                  for i in range(100)))
+    assert store.stats.writes - writes == 100
+    assert store.stats.batches - batches < 100
+    assert len({r["id"] for r in rows}) == 100
+
+
+async def test_max_batch_caps_a_transaction(make_db: Any) -> None:
+    store = await make_db(max_batch=4)
+    batches = store.stats.batches
+    await asyncio.gather(*(store.audit.add(None, "a", "x", None, None, {}) for _ in range(20)))
+    assert store.stats.batches - batches >= 5
+
+
+async def test_close_finishes_queued_writes(on_postgres: str) -> None:
+    db = Database(on_postgres)
+    await db.open(migrate)
+    store = PostgresStorage(db)
+    pending = [asyncio.ensure_future(store.users.create(f"u{i}", "h")) for i in range(10)]
+    await asyncio.sleep(0)
+    await db.close()
+    await asyncio.gather(*pending)
+    conn = await asyncpg.connect(on_postgres)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 10
+    finally:
+        await conn.close()
+
+
+# --- locks held by another node --------------------------------------------------------------
+
+
+async def test_lock_held_past_busy_timeout_raises_database_busy(make_db: Any,
+                                                                on_postgres: str) -> None:
+    store = await make_db(busy_timeout_ms=200)
+    user = await store.users.create("locked", "h")
+    other = await asyncpg.connect(on_postgres)
+    try:
+        xact = other.transaction()
+        await xact.start()
+        await other.execute("SELECT 1 FROM user_storage WHERE user_id = $1 FOR UPDATE",
+                            user["id"])
+        with pytest.raises(DatabaseBusy):  # the memories cap takes the same per-user lock
+            await asyncio.wait_for(store.memories.add(user["id"], "m", 10), timeout=10)
+        # Reads are not blocked by another session's row lock.
+        assert await store.memories.all(user["id"]) == []
+        await xact.rollback()
+    finally:
+        await other.close()
+    assert (await store.memories.add(user["id"], "m", 10))["content"] == "m"
+
+
+# --- an unreachable server -------------------------------------------------------------------
+
+
+async def test_unreachable_at_open_is_one_clear_error_without_the_password(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://chat:s3cret-word@127.0.0.1:{free_port()}/chatgate"
+    db = Database(url, connect_timeout_s=2)
+    with pytest.raises(DatabaseUnavailable) as info:
+        await db.open(migrate)
+    message = str(info.value)
+    assert "127.0.0.1" in message and "/chatgate" in message
+    assert "s3cret" not in message and "s3cret" not in caplog.text
+    assert info.value.__cause__ is None and info.value.__context__ is not None  # suppressed
+
+
+async def test_no_connection_left_on_the_server_is_unavailable_not_a_crash(
+        on_postgres: str) -> None:
+    # A role allowed one connection (superusers would not be held to it): the writer holds
+    # it, so a read finds no connection left.
+    role = f"one_conn_{free_port()}"
+    admin = await asyncpg.connect(on_postgres)
+    try:
+        await admin.execute(
+            f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1; "
+            f"GRANT ALL ON SCHEMA public TO {role}; "
+            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}; "
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    finally:
+        await admin.close()
+    db = Database(on_postgres.replace("postgres@", f"{role}@"), pool_size=2)
+    await db.open(migrate)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await PostgresStorage(db).users.get(1)
+        assert (await PostgresStorage(db).users.create("writer", "h"))["username"] == "writer"
+    finally:
+        await db.close()
+
+
+async def test_a_restarted_server_fails_requests_then_serves_again(
+        own_cluster: PgCluster) -> None:
+    name = await own_cluster.create_database()
+    db = Database(own_cluster.url(name), connect_timeout_s=2)
+    await db.open(migrate)
+    store = PostgresStorage(db)
+    try:
+        user = await store.users.create("before", "h")
+        await asyncio.to_thread(own_cluster.stop)
+        with pytest.raises(DatabaseUnavailable):
+            await store.users.get(user["id"])
+        with pytest.raises(DatabaseUnavailable):
+            await store.users.create("during", "h")
+        own_cluster.start()  # from the main thread: the server dies with it (see start)
+        # The same Database, no reopening: pooled and writer connections are replaced.
+        assert (await store.users.get(user["id"])) == user
+        assert (await store.users.create("after", "h"))["username"] == "after"
+        assert await store.users.credentials("during") is None
+    finally:
+        await db.close()
+
+
+async def test_a_closing_database_refuses_new_writes(on_postgres: str) -> None:
+    db = Database(on_postgres)
+    await db.open(migrate)
+    await db.close()
+    with pytest.raises(StorageError):
+        await PostgresStorage(db).users.create("late", "h")
