@@ -375,7 +375,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     shared = app.get(keys.SHARED_LIMITS)
     if link is not None and shared is not None:
         app[keys.METRICS].watch_redis(lambda: link.up, lambda: {
-            "checks": shared.fallbacks, "upstream_rps": sum(p.fallbacks for p in paces)})
+            "checks": shared.fallbacks, "upstream_rps": sum(p.fallbacks for p in paces)},
+            lambda: shared.batcher.stats)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()

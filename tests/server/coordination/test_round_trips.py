@@ -19,10 +19,13 @@ from server.runner import Running
 from tests.support.app import User
 from tests.support.pair import Pair, user_on
 from tests.support.redis import RedisServer
+from tests.support.replicas import metrics_text
 from vllm_sim.settings import DEFAULT_MODEL
 
 # Each node PINGs Redis every health interval: that is no request's cost.
 BACKGROUND = {"PING"}
+# Leases renewed once a minute (not every 3 s): no renewal falls within a counted request.
+QUIET = {"lease_renew_s": 60, "lease_ttl_s": 180}
 # A script's SHA1 (what EVALSHA names) -> its name in server/coordination/scripts.py.
 SCRIPTS = {hashlib.sha1(source.encode()).hexdigest(): name
            for name, source in vars(scripts).items() if name.isupper()}
@@ -98,7 +101,7 @@ async def test_a_chat_turn_costs_two_redis_round_trips(pair: Pair,
     # Usage reaches Redis once a minute here, so only the turns' own calls are counted; the
     # user's waiting jobs are counted across nodes (queue.max_per_user, 32 by default).
     a, _ = await pair(limits={"monthly_tokens_per_user": 1_000_000},
-                      usage={"flush_interval_s": 60})
+                      usage={"flush_interval_s": 60}, coordination=QUIET)
     user = await user_on(a)
     conversation = await turn(a, user)  # scripts loaded, this month's use counted in Redis
     for conversation_id in (None, conversation):  # a new conversation, then an existing one
@@ -115,11 +118,19 @@ async def test_a_chat_turn_costs_two_redis_round_trips(pair: Pair,
         # Round trips waited on: the limits with the admission (one pipeline), the lease.
         # One more after the answer: the release.
         assert spent == {"path": 2, "total": 3, "calls": 4}, spent
+    # The same counts in /metrics (a scrape between two reads of them).
+    stats = a.app[keys.SHARED_LIMITS].batcher.stats
+    low = Counter(stats)
+    metrics = await metrics_text(a)
+    for kind, stat in (("all", "round_trips"), ("waited", "waited")):
+        line = next(line for line in metrics.splitlines()
+                    if line.startswith(f'chatgate_redis_round_trips_total{{kind="{kind}"}}'))
+        assert low[stat] <= float(line.split()[-1]) <= stats[stat], (line, stats)
 
 
 async def test_a_v1_request_costs_two_round_trips_and_one_more_for_tokens_given_back(
         pair: Pair, redis_server: RedisServer) -> None:
-    a, _ = await pair(usage={"flush_interval_s": 60})
+    a, _ = await pair(usage={"flush_interval_s": 60}, coordination=QUIET)
     user = await user_on(a)
 
     async def request(key: str) -> None:
@@ -158,7 +169,7 @@ async def test_concurrent_turns_share_round_trips(pair: Pair, redis_server: Redi
     # those its requests waited on and all of them (releases included), and EVALSHAs per
     # request. Calls made while a pipeline is in flight go in the next, so under load a
     # request's share of a round trip falls; alone it is the 2 + 1 counted above.
-    a, _ = await pair(usage={"flush_interval_s": 60},
+    a, _ = await pair(usage={"flush_interval_s": 60}, coordination=QUIET,
                       queue={"workers": 16, "max_size": 1024})
     people = [await user_on(a) for _ in range(64)]
     v1_keys = []
