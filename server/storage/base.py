@@ -65,6 +65,7 @@ class StorageStats:
     reads: int = 0
     writes: int = 0
     batches: int = 0
+    retries: int = 0  # writes run again after losing a deadlock to another node (PostgreSQL)
 
 
 class UserStore(Protocol):

@@ -33,6 +33,16 @@ _BUSY = frozenset({"55P03", "40P01", "40001", "57014"})
 # full, too many connections), 57P01-57P03 shutdown or start-up, 58 system errors.
 _DOWN_CLASSES = ("08", "53", "58")
 _DOWN = frozenset({"57P01", "57P02", "57P03"})
+# A deadlock or serialization conflict with another node's batch: nothing of the op stayed (its
+# savepoint rolled back), so it runs again in the next batch, after this one committed and let
+# go of its locks. Several nodes' batches lock different users' rows in different orders, which
+# no lock ordering inside one batch can prevent.
+_CONFLICT = frozenset({"40P01", "40001"})
+_RETRIES = 5
+
+
+class _Conflicted(Exception):
+    """An op that lost a deadlock or serialization conflict (to run again)."""
 
 
 def translate(err: BaseException) -> BaseException:
@@ -80,6 +90,7 @@ class Database:
         self._pool: Any = None
         self._writer: Any = None
         self._pending: deque[tuple[Op[object], asyncio.Future[object]]] = deque()
+        self._tries: dict[asyncio.Future[object], int] = {}  # ops that lost a conflict
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -189,13 +200,23 @@ class Database:
                 raise
             log.warning("write batch of %d failed: %s", len(batch), error)
             return
-        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+        again: list[tuple[Op[object], asyncio.Future[object]]] = []
+        for (op, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            tries = self._tries.pop(fut, 0)
             if fut.done():
                 continue
             if ok:
                 fut.set_result(value)
+            elif isinstance(value, _Conflicted) and tries < _RETRIES:
+                self._tries[fut] = tries + 1
+                again.append((op, fut))
             else:
-                fut.set_exception(value)  # type: ignore[arg-type]
+                error = cast(BaseException, value)
+                fut.set_exception(DatabaseBusy("the database is busy, try again")
+                                  if isinstance(error, _Conflicted) else error)
+        if again:
+            self.stats.retries += len(again)
+            self._pending.extendleft(reversed(again))  # first in the next batch
 
     async def _begin(self) -> tuple[Any, Any]:
         """The writer's connection in a new transaction; a connection the server dropped
@@ -232,7 +253,8 @@ async def _apply(conn: Any, xact: Any, ops: list[Op[object]]) -> list[tuple[bool
             except Exception as err:
                 if lost(err):
                     raise  # the connection is gone: the whole batch fails
-                outcomes.append((False, translate(err)))
+                conflict = getattr(err, "sqlstate", None) in _CONFLICT
+                outcomes.append((False, _Conflicted() if conflict else translate(err)))
             else:
                 outcomes.append((True, value))
         if alone and not outcomes[0][0]:

@@ -112,6 +112,33 @@ async def test_max_batch_caps_a_transaction(make_db: Any) -> None:
     assert store.stats.batches - batches >= 5
 
 
+async def test_an_op_that_loses_a_deadlock_to_another_node_runs_again(make_db: Any) -> None:
+    """Two nodes' batches lock two users' rows in opposite orders: PostgreSQL kills one op
+    (deadlock), which runs again in its node's next batch instead of failing its caller."""
+    a, b = await make_db(), await make_db()
+    one = (await a.users.create("one", "hash"))["id"]
+    two = (await a.users.create("two", "hash"))["id"]
+    locked = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    def lock(first: int, then: int, me: str, other: str) -> Any:
+        async def op(conn: Any) -> str:
+            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", first)
+            locked[me].set()
+            await asyncio.wait_for(locked[other].wait(), 10)
+            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", then)
+            return me
+        return op
+
+    async def noop(conn: Any) -> None:  # company, so each op runs in its own savepoint
+        await conn.execute("SELECT 1")
+
+    results = await asyncio.gather(
+        a.db.write(lock(one, two, "a", "b")), a.db.write(noop),
+        b.db.write(lock(two, one, "b", "a")), b.db.write(noop))
+    assert results[0] == "a" and results[2] == "b"
+    assert a.stats.retries + b.stats.retries == 1
+
+
 async def test_close_finishes_queued_writes(on_postgres: str) -> None:
     db = Database(on_postgres)
     await db.open(migrate)
