@@ -328,7 +328,9 @@ def _leases(process: ProcessInfo | None) -> Context:
                              background_cap=max(1, int(q.workers * config.background.share)),
                              ttl_s=c.lease_ttl_s,
                              renew_s=min(c.lease_renew_s, c.lease_ttl_s / 2), share=mine,
-                             batcher=app[keys.SHARED_LIMITS].batcher)  # one pipeline a process
+                             batcher=app[keys.SHARED_LIMITS].batcher,  # one pipeline a process
+                             # a grant takes its upstream slot too: no pace call of its own
+                             upstream_rps=config.limits.upstream_rps)
         app[keys.LEASES] = leases
         app[keys.METRICS].watch_leases(lambda: len(leases.line))
         await leases.start_tasks()
@@ -344,7 +346,9 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     paces: list[RedisPace] = []
 
     def shared_pace(local: AsyncLimiter) -> Pace:
-        """limits.upstream_rps for every node together, this process's own as fallback."""
+        """limits.upstream_rps for every node together, this process's own as fallback (an
+        attempt whose lease was granted in Redis has its slot already: this paces the rest,
+        those granted while Redis was down)."""
         assert link is not None
         paces.append(RedisPace(link, config.limits.upstream_rps, local.acquire,
                                app[keys.SHARED_LIMITS].batcher))
@@ -371,7 +375,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     shared = app.get(keys.SHARED_LIMITS)
     if link is not None and shared is not None:
         app[keys.METRICS].watch_redis(lambda: link.up, lambda: {
-            "checks": shared.fallbacks, "upstream_rps": sum(p.fallbacks for p in paces)})
+            "checks": shared.fallbacks, "upstream_rps": sum(p.fallbacks for p in paces)},
+            lambda: shared.batcher.stats)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
     await pool.stop()

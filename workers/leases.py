@@ -22,6 +22,9 @@ class Ticket:
     weight: int = 1  # sequences asked of the model: what it counts against running_cap
     background: bool = False  # leaves the last place of a cap to a chat turn
     id: int = field(default_factory=lambda: next(_ids))  # unique in this process
+    # Set by a shared lease that took the attempt's slot of the upstream rate with it: the
+    # seconds to wait before sending (None: the pool's own pace decides).
+    paced: float | None = None
 
 
 # One replica as a lease sees it: its label (the same on every node) and its cap (0 = none).
@@ -38,7 +41,8 @@ class Leases(Protocol):
     async def start(self, ticket: Ticket, slots: Sequence[Slot]) -> int | None:
         """Take a lease for one attempt on the first of `slots` (in order of preference) that
         has room, within the workers and the owner's running cap: its index. None after
-        waiting a while for room (a release, or a short backoff): ask again."""
+        waiting a while for room (a release, or a short backoff): ask again. A lease that
+        takes the attempt's upstream slot too sets `ticket.paced`."""
 
     def stop(self, ticket: Ticket) -> None:
         """The attempt ended: give back what it held."""

@@ -52,6 +52,7 @@ class PoolStats:
     cancelled: int = 0
     running: int = 0
     dropped: int = 0  # background jobs not queued: no room among them, closed, or blocked
+    paced_by_lease: int = 0  # attempts whose upstream slot came with their (shared) lease
 
 
 class WorkerPool:
@@ -278,6 +279,19 @@ class WorkerPool:
             self.stats.running -= 1
             self._active.discard(job)
 
+    async def _pace(self, job: Job) -> None:
+        """Before each attempt: the wait for the slot of the upstream rate its lease took
+        (one round trip for both, with Redis), else a slot of the pool's own pace."""
+        ticket = job.lease
+        wait = None if ticket is None else ticket.paced
+        if ticket is None or wait is None:
+            await self._limiter.acquire()
+            return
+        ticket.paced = None  # one slot per attempt: a retry's lease takes its own
+        self.stats.paced_by_lease += 1
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def _run(self, job: Job) -> None:
         job.emit(Started())
         try:
@@ -292,7 +306,7 @@ class WorkerPool:
                         -> Awaitable[Ending]:
                     return client.complete(model, request, lambda text: job.emit(Delta(text)),
                                            progress)
-            ending = await self.router.run(job, attempt, self._limiter.acquire)
+            ending = await self.router.run(job, attempt, lambda: self._pace(job))
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             job.fail(ShuttingDown("the job was stopped"))

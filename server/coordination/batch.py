@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,8 @@ from redis.exceptions import NoScriptError
 
 from .link import RedisLink
 
-Call = tuple["Script", Sequence[str], Sequence[object], "asyncio.Future[Any]"]
+# script, keys, args, its caller's future, whether a request waits for it (on its path)
+Call = tuple["Script", Sequence[str], Sequence[object], "asyncio.Future[Any]", bool]
 
 
 class Script:
@@ -25,9 +27,11 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._batcher = batcher
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """The script's answer; raises what Redis raised (or the connection's error)."""
-        return await self._batcher.call(self, keys, args)
+    async def __call__(self, keys: Sequence[str], args: Sequence[object], *,
+                       waited: bool = True) -> Any:
+        """The script's answer; raises what Redis raised (or the connection's error).
+        `waited`: False for what no request waits on (releases, renewals, what is owed)."""
+        return await self._batcher.call(self, keys, args, waited)
 
 
 class Batcher:
@@ -38,15 +42,19 @@ class Batcher:
         self._link = link
         self._waiting: list[Call] = []
         self._sender: asyncio.Task[None] | None = None
+        # round_trips: exchanges with Redis (pipelines, and script loads after NOSCRIPT);
+        # waited: those that carried a call a request waited on (its path); calls: EVALSHAs.
+        self.stats: Counter[str] = Counter()
 
     def script(self, source: str) -> Script:
         """A script run through this batcher."""
         return Script(self, source)
 
-    async def call(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
+    async def call(self, script: Script, keys: Sequence[str], args: Sequence[object],
+                   waited: bool = True) -> Any:
         """Queue one EVALSHA and wait for its answer."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((script, keys, args, future))
+        self._waiting.append((script, keys, args, future, waited))
         if self._sender is None:  # a task of its own: a caller that leaves stops no one else
             self._sender = asyncio.create_task(self._send(), name="redis-batch")
         return await future
@@ -58,7 +66,7 @@ class Batcher:
                 try:
                     await self._run(batch)
                 except BaseException as err:  # the connection failed: every call hears it
-                    for *_, future in batch:
+                    for *_, future, _ in batch:
                         if future.done():
                             continue
                         if isinstance(err, asyncio.CancelledError):
@@ -75,11 +83,12 @@ class Batcher:
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # Redis restarted (or flushed its scripts): load them, send those again
             for source in {batch[i][0].source for i in missing}:
+                self.stats["round_trips"] += 1
                 await self._link.client.script_load(source)
             again = await self._pipeline([batch[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
-        for (*_, future), result in zip(batch, results, strict=True):
+        for (*_, future, _), result in zip(batch, results, strict=True):
             if future.done():  # its caller left
                 continue
             if isinstance(result, Exception):
@@ -89,6 +98,11 @@ class Batcher:
 
     async def _pipeline(self, batch: list[Call]) -> list[Any]:
         pipe: Any = self._link.client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
+        waited = False
+        for script, keys, args, _, on_path in batch:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
+            waited = waited or on_path
+        self.stats["round_trips"] += 1
+        self.stats["waited"] += waited
+        self.stats["calls"] += len(batch)
         return list(await pipe.execute(raise_on_error=False))

@@ -47,6 +47,9 @@ class Claim(Protocol):
     def weight(self) -> int: ...
     @property
     def background(self) -> bool: ...
+    # Set on each grant: the seconds the attempt waits for its slot of the upstream rate,
+    # taken with the lease (None: not taken here, the pool's own pace decides).
+    paced: float | None
 
 
 def whole(total: int) -> int:
@@ -74,9 +77,11 @@ class RedisLeases:
     def __init__(self, link: RedisLink, *, workers: int, background_cap: int,
                  ttl_s: float = 10.0, renew_s: float = 3.0,
                  share: Callable[[int], int] = whole, backoff_s: float = 0.5,
-                 batcher: Batcher | None = None) -> None:
+                 batcher: Batcher | None = None, upstream_rps: float = 0.0) -> None:
         # share: this process's part of a cap while Redis is down (server.processes: each
-        # process an equal share, the procs' split()).
+        # process an equal share, the procs' split()). upstream_rps: a grant takes the next
+        # slot of this one global rate in the same call (RedisPace's, on the same key), so
+        # an attempt costs no round trip of its own for it (0: not taken here).
         self._link = link
         self._client: Any = link.client
         self._workers = workers
@@ -103,6 +108,8 @@ class RedisLeases:
         self._release = self.batcher.script(RELEASE)
         self._renew = self.batcher.script(RENEW)
         self.stats: Counter[str] = Counter()  # granted, refused, local (granted while down)
+        interval = 1.0 / upstream_rps if upstream_rps > 0 else 0.0
+        self._pace = [interval, max(0.0, 1.0 - interval)]  # a burst of one second's worth
 
     def key(self, *parts: object) -> str:
         """A lease key: one hash tag, so every script's keys share a Redis Cluster slot."""
@@ -176,14 +183,17 @@ class RedisLeases:
     async def _try(self, claim: Claim, hold: _Hold, slots: Sequence[Slot]) \
             -> tuple[int | None, bool]:
         """One ask: (index granted or None, whether nobody else can start either)."""
+        claim.paced = None
         if not self._link.up:
             return self._local(claim, hold, slots)
         keys = self._keys(hold, slots)
         bg = self._background_cap if claim.background else 0
         args = [self._ttl_ms, hold.member, self._workers, bg, claim.running_cap,
-                claim.weight, 1 if claim.background else 0, *(cap for _, cap in slots)]
+                claim.weight, 1 if claim.background else 0, *self._pace,
+                *(cap for _, cap in slots)]
         try:
-            code = int(await self._acquire(keys, args))
+            code, wait_us = map(int, await self._acquire(
+                [*keys[:4], self.key("pace"), *keys[4:]], args))
         except DOWN as err:
             self._link.mark_down(err)
             return self._local(claim, hold, slots)
@@ -199,6 +209,8 @@ class RedisLeases:
             return None, code == WORKERS_FULL
         hold.queued = False
         self._granted(claim, hold, slots, code - 1, shared=True)
+        if self._pace[0]:
+            claim.paced = wait_us / 1_000_000
         return code - 1, False
 
     def _local(self, claim: Claim, hold: _Hold, slots: Sequence[Slot]) \
@@ -275,7 +287,7 @@ class RedisLeases:
                     try:
                         await self._release([k for k, *_ in batch], [
                             self.channel, *itertools.chain.from_iterable(
-                                (m, w, c) for _, m, w, c in batch)])
+                                (m, w, c) for _, m, w, c in batch)], waited=False)
                     except DOWN as err:
                         self._link.mark_down(err)
                         self._unsent += batch
@@ -305,7 +317,7 @@ class RedisLeases:
         keys, members = self._entries()
         if keys and self._link.up:
             try:
-                await self._renew(keys, [self._ttl_ms, mode, *members])
+                await self._renew(keys, [self._ttl_ms, mode, *members], waited=False)
             except DOWN as err:
                 self._link.mark_down(err)
             except RedisError as err:

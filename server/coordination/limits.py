@@ -72,7 +72,7 @@ class RedisLimits:
         ops = [self._op(c) for c in checks]
         owed = self._take_owed({key for _, key, _ in ops})
         try:
-            why, index, ms = await self._call(owed + ops)
+            why, index, ms = await self._call(owed + ops, waited=True)
             index -= len(owed)  # what was owed never refuses: the index is a check's
             owed = []  # sent
             if why == _UNKNOWN:  # a month this Redis has not counted: the database's count
@@ -80,7 +80,7 @@ class RedisLimits:
                 assert isinstance(budget, Budget)
                 seed = await self._month_used(budget.user_id)
                 why, index, ms = await self._call(
-                    [self._op(c, seed if c is budget else -1) for c in checks])
+                    [self._op(c, seed if c is budget else -1) for c in checks], waited=True)
         except (*DOWN, RedisError) as err:
             self._failed(err)
             self._give_back_owed(owed)
@@ -126,7 +126,7 @@ class RedisLimits:
             return
         owed = self._take_owed(None)
         try:
-            await self._call(owed)
+            await self._call(owed, waited=False)
         except (*DOWN, RedisError) as err:
             self._failed(err)
             self._give_back_owed(owed)
@@ -141,13 +141,14 @@ class RedisLimits:
             self._soon.clear()
             await self.flush()
 
-    async def _call(self, ops: list[Op]) -> tuple[int, int, int]:
-        """Run the ops in one EVALSHA: (why, op's number from 1, ms); why 0: all passed."""
+    async def _call(self, ops: list[Op], waited: bool) -> tuple[int, int, int]:
+        """Run the ops in one EVALSHA: (why, op's number from 1, ms); why 0: all passed.
+        `waited`: a request waits for the answer (not what is owed, sent meanwhile)."""
         keys = [key for _, key, _ in ops]
         args = [",".join([kind, *map(repr, numbers), *["0"] * (3 - len(numbers))])
                 for kind, _, numbers in ops]
         self.calls += 1
-        answer = int(await self._script(keys, args))  # (ms * 100 + op) * 10 + why
+        answer = int(await self._script(keys, args, waited=waited))  # (ms * 100 + op) * 10 + why
         return answer % 10, answer // 10 % 100, answer // 1000
 
     def _failed(self, err: BaseException) -> None:
@@ -217,7 +218,9 @@ class RedisPace:
     def __init__(self, link: RedisLink, rps: float, local: Callable[[], Awaitable[Any]],
                  batcher: Batcher) -> None:
         self._link = link
-        self._key = link.key("pace", "upstream")
+        # The leases' hash slot: a lease's grant takes its slot of this rate in the same call
+        # (RedisLeases with upstream_rps), on this key, so both count against one rate.
+        self._key = link.key("{leases}", "pace")
         interval = 1.0 / rps
         self._args = [interval, max(0.0, 1.0 - interval)]  # a burst of one second's worth
         self._local = local

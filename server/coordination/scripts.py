@@ -94,7 +94,8 @@ return 0
 """
 
 # One global rate (GCRA, a burst of one second's worth): reserve the next slot and answer
-# the microseconds to wait for it. KEYS[1]: the rate; ARGV: interval_s, burst_s.
+# the microseconds to wait for it. KEYS[1]: the rate; ARGV: interval_s, burst_s. (ACQUIRE
+# takes the same slot with a lease, on the same key: no call of its own.)
 PACE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -111,11 +112,14 @@ return math.ceil((at - now) * 1000000)
 
 # Leases: a place per in-flight upstream request (leases.py).
 
-# KEYS: workers, background, owner's running, owner's queued, replica 1..n
+# KEYS: workers, background, owner's running, owner's queued, the upstream rate, replica 1..n
 # ARGV: ttl_ms, member, workers cap, background cap (0: not a background job), owner's running
-#       cap (0: none), weight, spare (1: leave a cap's last place to a chat turn), replica caps
-# Returns the 1-based replica granted, or -1 workers full, -2 background share full, -3 the
-# owner at their running cap, -4 every replica full. Granted: the owner's waiting entry goes.
+#       cap (0: none), weight, spare (1: leave a cap's last place to a chat turn), the upstream
+#       rate's interval_s (0: not taken here) and burst_s, replica caps
+# Returns {code, wait_us}: code the 1-based replica granted, or -1 workers full, -2 background
+# share full, -3 the owner at their running cap, -4 every replica full. Granted: the owner's
+# waiting entry goes, and the next slot of the upstream rate is taken (PACE's GCRA, in the
+# same call): wait_us, how long the attempt waits for it before it is sent.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -137,27 +141,39 @@ local function add(k, member)
   redis.call('ZADD', k, exp, member)
   redis.call('PEXPIRE', k, ttl * 3)
 end
-if not fits(KEYS[1], tonumber(ARGV[3])) then return -1 end
+if not fits(KEYS[1], tonumber(ARGV[3])) then return {-1, 0} end
 local bcap = tonumber(ARGV[4])
-if bcap > 0 and count(KEYS[2]) >= bcap then return -2 end
+if bcap > 0 and count(KEYS[2]) >= bcap then return {-2, 0} end
 local ocap = tonumber(ARGV[5])
 local w = tonumber(ARGV[6])
 local n = count(KEYS[3])
-if ocap > 0 and n > 0 and n + w > ocap then return -3 end
+if ocap > 0 and n > 0 and n + w > ocap then return {-3, 0} end
 local chosen = 0
-for i = 5, #KEYS do
-  if fits(KEYS[i], tonumber(ARGV[i + 3])) then
+for i = 6, #KEYS do
+  if fits(KEYS[i], tonumber(ARGV[i + 4])) then
     chosen = i
     break
   end
 end
-if chosen == 0 then return -4 end
+if chosen == 0 then return {-4, 0} end
 add(KEYS[1], m)
 if bcap > 0 then add(KEYS[2], m) end
 for j = 1, w do add(KEYS[3], m .. '#' .. j) end
-if tonumber(ARGV[chosen + 3]) > 0 then add(KEYS[chosen], m) end
+if tonumber(ARGV[chosen + 4]) > 0 then add(KEYS[chosen], m) end
 redis.call('ZREM', KEYS[4], m)
-return chosen - 4
+local wait = 0
+local T = tonumber(ARGV[8])
+if T > 0 then
+  local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local tat = tonumber(redis.call('GET', KEYS[5]) or now_s)
+  if tat < now_s then tat = now_s end
+  local at = tat - tonumber(ARGV[9])
+  if at < now_s then at = now_s end
+  tat = tat + T
+  redis.call('SET', KEYS[5], tat, 'PX', math.ceil((tat - now_s) * 1000) + 1)
+  wait = math.ceil((at - now_s) * 1000000)
+end
+return {chosen - 5, wait}
 """
 
 # KEYS: the owner's queued; ARGV: ttl_ms, member, cap (0: none). 1 admitted, 0 at the cap.

@@ -21,7 +21,7 @@ from ..storage import DatabaseBusy, StorageError
 from ..storage.rows import MessageRow
 from .caps import Caps, Overrides
 from .failures import failure_of
-from .limits import Rate
+from .limits import Rate, check_and_admit
 from .memory import MemoryManager
 from .metrics import Metrics
 from .profile import Profile
@@ -145,16 +145,18 @@ class ChatService:
             chosen = self._router.default
         if chosen is not None:
             self._router.check(chosen)  # every replica out: refused at once, nothing kept
-        # The user's chat rate, a new conversation's rate and the monthly budget: one check
-        # (with Redis, one round trip), all charged or none.
+        # The user's chat rate, a new conversation's rate and the monthly budget: one check,
+        # all charged or none; then the user's place in the queue (a full queue refuses:
+        # nothing stored). With Redis both share one round trip.
         chat = Rate("chat", user_id, self._chat_per_minute, "chat rate limit reached, slow down")
         new = (self._caps.conversation_rate(user_id, limits),) if conversation_id is None else ()
-        await self._caps.limits.check(chat, *new, self._caps.budget(user_id, limits))
-        profile = await self._prompts.profile(user_id)  # cached; read before anything is kept
+        place = await check_and_admit(
+            self._caps.limits, (chat, *new, self._caps.budget(user_id, limits)),
+            lambda: self._pool.admit(user_id), self._pool.shared)
         quota = self._caps.quota(limits)
-        place = await self._pool.admit(user_id)  # a full queue refuses here: nothing stored
         keep = (chosen.name or None) if chosen is not None else None
         try:
+            profile = await self._prompts.profile(user_id)  # cached; read before anything kept
             if conversation_id is not None and edit_message_id is not None:
                 stored, history, used = await self._memory.edit(
                     user_id, conversation_id, edit_message_id, message or "", quota, keep)

@@ -14,7 +14,7 @@ from workers.router import Router
 
 from .caps import Caps, Overrides
 from .feed import Feed
-from .limits import Rate
+from .limits import Rate, check_and_admit
 from .metrics import Metrics
 from .tokens import KeyGrant
 from .usage import UsageMeter
@@ -99,11 +99,13 @@ class CompletionService:
         user go to the same replica while it is healthy."""
         route = await self._router.lookup(str(body["model"]))
         self._router.check(route)
-        # The key's requests and tokens per minute and the monthly budget: one check (with
-        # Redis, one round trip), all charged or none.
+        # The key's requests and tokens per minute and the monthly budget: one check, all
+        # charged or none; then the user's place in the queue. With Redis, one round trip.
         tokens = self._tokens_rate(key, body)
-        await self._caps.limits.check(*self._requests_rate(key), *tokens,
-                                      self._caps.budget(user_id, limits))
+        place = await check_and_admit(
+            self._caps.limits,
+            (*self._requests_rate(key), *tokens, self._caps.budget(user_id, limits)),
+            lambda: self._pool.admit(user_id), self._pool.shared)
         stream = body.get("stream") is True
         options = body.get("stream_options")
         hide_usage = stream and not (isinstance(options, dict) and options.get("include_usage"))
@@ -125,7 +127,6 @@ class CompletionService:
                 self._caps.limits.give_back(rate, rate.cost - used)
 
         forwarded = Forwarded(job, stream, ended)
-        place = await self._pool.admit(user_id)  # last: nothing between it and submit can fail
         try:
             self._pool.submit(job, place)
         except BaseException:

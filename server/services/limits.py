@@ -4,14 +4,25 @@ server/coordination/limits.py, chosen at start-up, falling back to this one)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .ratelimit import FailureBackoff, KeyedRateLimiter, RateLimited
 from .usage import QuotaExceeded
 
 MonthUsed = Callable[[int], Awaitable[int]]  # tokens a user used this month (the database's)
+
+
+class Held(Protocol):
+    """What an admission holds until it is used or given back (workers.pool.Place)."""
+
+    def release(self) -> None:
+        """Give it back."""
+
+
+H = TypeVar("H", bound=Held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +138,41 @@ def key_of(value: Hashable) -> str | int:
     if isinstance(value, tuple):
         return ":".join(str(part) for part in value)
     return str(value)
+
+
+async def check_and_admit(limits: Limits, checks: Sequence[Check],
+                          admit: Callable[[], Awaitable[H]], together: bool) -> H:
+    """The request's limits, then its admission to the queue. `together` (both ask Redis):
+    both asked at the same moment, so one pipeline carries them (one round trip, not two);
+    the limits' refusal still comes first, the admission then given back, and a refused
+    admission leaves the limits charged, as when asked one after the other."""
+    if not together:
+        await limits.check(*checks)
+        return await admit()
+    checking = asyncio.ensure_future(limits.check(*checks))
+    admitting = asyncio.ensure_future(admit())  # next in the loop: no pipeline between them
+    try:
+        await asyncio.wait((checking, admitting))
+    except BaseException:  # the request left: neither is wanted
+        checking.cancel()
+        admitting.cancel()
+        checking.add_done_callback(_heard)
+        admitting.add_done_callback(_give_back)
+        raise
+    refused = checking.exception()
+    if refused is not None:
+        _give_back(admitting)
+        raise refused
+    return admitting.result()
+
+
+def _heard(task: asyncio.Future[Any]) -> None:
+    """A finished task's exception, taken so that it is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _give_back(task: asyncio.Future[Any]) -> None:
+    """An admission no one will use: its place goes back."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().release()

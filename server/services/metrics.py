@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics, generate_latest
@@ -194,13 +194,21 @@ class Metrics:
         self.registry.register(RouterCollector(router))
 
     def watch_redis(self, up: Callable[[], bool],
-                    fallbacks: Callable[[], dict[str, int]]) -> None:
-        """With Redis: whether it answers, and the limit checks this process answered alone
-        because it did not, read at scrape time."""
+                    fallbacks: Callable[[], dict[str, int]],
+                    trips: Callable[[], Mapping[str, int]] = dict) -> None:
+        """With Redis: whether it answers, the limit checks this process answered alone
+        because it did not, and its round trips to Redis, read at scrape time."""
         Gauge("chatgate_redis_up", "1 while Redis answers (limits are global), else 0 "
               "(limits are per process)", registry=self.registry).set_function(
                   lambda: 1 if up() else 0)
-        self.registry.register(_FallbackCollector(fallbacks))
+        self.registry.register(_Counts(
+            "chatgate_limit_fallbacks", "Rate-limit checks and upstream requests limited by "
+            "this process alone because Redis did not answer, by limit", "limit", fallbacks))
+        self.registry.register(_Counts(
+            "chatgate_redis_round_trips", "Round trips to Redis (pipelines of script calls): "
+            "all, and those a request waited on", "kind",
+            lambda: {kind: trips().get(stat, 0)
+                     for kind, stat in (("all", "round_trips"), ("waited", "waited"))}))
 
     def first_token(self, model: str, replica: str, seconds: float) -> None:
         """One attempt's time to its first token on one replica."""
@@ -261,16 +269,18 @@ class _RenderCollector(Collector):
         yield family
 
 
-class _FallbackCollector(Collector):
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+class _Counts(Collector):
+    """A counter family of one label, its values read at scrape time."""
+
+    def __init__(self, name: str, doc: str, label: str,
+                 counts: Callable[[], Mapping[str, int]]) -> None:
+        self._name, self._doc, self._label = name, doc, label
         self._counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "chatgate_limit_fallbacks", "Rate-limit checks and upstream requests limited by "
-            "this process alone because Redis did not answer, by limit", labels=["limit"])
-        for limit, count in self._counts().items():
-            family.add_metric([limit], count)
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in self._counts().items():
+            family.add_metric([value], count)
         yield family
 
 

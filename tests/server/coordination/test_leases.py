@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,20 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiolimiter import AsyncLimiter
 
 from server import keys
+from server.config import CoordinationConfig
+from server.coordination import RedisLink
+from server.coordination.leases import RedisLeases
+from server.coordination.limits import RedisPace
 from server.runner import Running, start
 from tests.support.app import User, make_config, register_over_http
 from tests.support.procs import start_server_process
 from tests.support.redis import RedisServer
 from tests.support.replicas import chat, metrics_text, until
 from vllm_sim import SimServer, SimSettings, start_replicas
+from workers.leases import Ticket
 
 Nodes = Callable[..., Awaitable[tuple[Running, Running]]]
 
@@ -142,6 +150,37 @@ async def test_a_users_waiting_cap_holds_across_nodes(
     await none_held(redis_server)
 
 
+async def test_the_limits_refuse_before_a_full_waiting_cap_and_give_the_count_back(
+        nodes: Nodes, make_sim: Callable[..., Awaitable[SimServer]],
+        redis_server: RedisServer) -> None:
+    # The limits and the waiting count are asked at once (one round trip); what is refused
+    # and what is kept is as if the limits were asked first.
+    sim = await make_sim(ttft_ms=1, tpot_ms=100, reply_tokens=20)  # 2 s a reply
+    a, b = await nodes([sim], cap=0, limits={"chat_per_user_per_minute": 2},
+                       queue={"max_running_per_user": 1, "max_per_user": 1})
+    waiting = "chatgate:{leases}:queued:"
+    first, second = await users(a, 2, "order")
+    runs = asyncio.create_task(chat(a, first, "runs"))
+    await until(lambda: sim.stats.in_flight == 1, what="the first chat runs")
+    waits = asyncio.create_task(chat(b, first, "waits on node b"))
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await until(lambda: r.zcard(f"{waiting}{first.id}"), what="the second chat waits")
+    finally:
+        await r.aclose()
+    # Over the chat rate and at the waiting cap: the rate's refusal, as before.
+    status, body = await chat(a, first, "refused twice over")
+    assert status == 429 and body["error"]["code"] == "rate_limited", body
+    assert (await held(redis_server))[f"{waiting}{first.id}"] == 1  # the waiting one only
+    # Over the chat rate only: the count the admission took meanwhile goes back.
+    for _ in range(2):
+        assert (await chat(b, second, "counted"))[0] == 200
+    status, body = await chat(b, second, "over the rate")
+    assert status == 429 and body["error"]["code"] == "rate_limited", body
+    assert [s for s, _ in await asyncio.gather(runs, waits)] == [200, 200]
+    await none_held(redis_server)
+
+
 async def test_a_killed_nodes_leases_come_back_after_their_expiry(
         tmp_path: Path, redis_server: RedisServer,
         make_sim: Callable[..., Awaitable[SimServer]]) -> None:
@@ -234,12 +273,14 @@ async def _commands(redis_server: RedisServer, during: Awaitable[Any]) -> list[s
     return sent
 
 
-@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 3), (0, 2)])
+@pytest.mark.parametrize(("max_per_user", "calls"), [(32, 4), (0, 3)])
 async def test_what_a_chat_turn_costs_in_lease_calls(
         tmp_path: Path, redis_server: RedisServer, simulator: SimServer,
         max_per_user: int, calls: int) -> None:
-    # Waiting jobs counted (before the message is stored), the lease (when a worker starts
-    # it), the release (after the reply, off its path); no count when max_per_user is 0.
+    # EVALSHAs (MONITOR): the limits; the user's waiting jobs counted (not when max_per_user
+    # is 0); the lease, with the upstream rate's slot (no pace call of its own); the release.
+    # Round trips (the node's batcher): the waiting count goes with the limits, so two are
+    # waited on (limits, lease) either way; the release is a third, after the reply.
     config = make_config(tmp_path, simulator.url, queue={"max_per_user": max_per_user},
                          coordination={"redis_url": redis_server.url, "lease_renew_s": 60,
                                        "lease_ttl_s": 180, "health_interval_s": 60})
@@ -248,8 +289,13 @@ async def test_what_a_chat_turn_costs_in_lease_calls(
         user = (await users(node, 1, "cost"))[0]
         assert (await chat(node, user, "warm up"))[0] == 200  # scripts loaded
         await asyncio.sleep(0.3)
+        stats = node.app[keys.SHARED_LIMITS].batcher.stats
+        before = dict(stats)
         sent = await _commands(redis_server, chat(node, user, "counted"))
         assert sent == ["EVALSHA"] * calls, sent
+        assert stats["waited"] - before["waited"] == 2, (before, stats)
+        assert stats["round_trips"] - before["round_trips"] == 3, (before, stats)
+        assert stats["calls"] - before["calls"] == calls, (before, stats)
     finally:
         await node.stop()
 
@@ -278,3 +324,37 @@ async def test_a_turn_stopped_while_it_waits_for_a_place_gives_its_count_back(
     assert not first.done()  # ...while the first still runs
     assert (await first)[0] == 200
     await none_held(redis_server)
+
+
+async def test_a_lease_takes_its_upstream_slot_in_the_same_call(
+        redis_server: RedisServer) -> None:
+    # upstream_rps 2: a burst of one (a second's worth less the slot itself), then one slot
+    # every 0.5 s. The wait comes back with the grant (Ticket.paced); RedisPace counts on the
+    # same rate; while Redis is down the grant carries no slot (the pool's own pace decides).
+    link = RedisLink(CoordinationConfig(redis_url=redis_server.url, timeout_s=0.3))
+    await link.start()
+    leases = RedisLeases(link, workers=0, background_cap=1, upstream_rps=2)
+    local = AsyncLimiter(100, 1.0)
+    pace = RedisPace(link, 2, local.acquire, leases.batcher)
+    try:
+        tickets = [Ticket(f"u{i}") for i in range(3)]
+        began = time.monotonic()
+        for ticket in tickets:
+            before = Counter(leases.batcher.stats)  # after the first: its script loaded
+            assert await leases.start(ticket, [("r", 0)]) == 0
+        after = leases.batcher.stats
+        assert after["round_trips"] - before["round_trips"] == 1  # the lease and its slot
+        assert after["calls"] - before["calls"] == 1  # one EVALSHA: no PACE call of its own
+        waits = [t.paced for t in tickets]
+        assert waits[0] == 0 and waits[1] == 0, waits  # the burst
+        assert waits[2] is not None and 0 < waits[2] <= 0.5, waits
+        await pace.acquire()  # the next slot of the same rate: 1 s after the first's
+        assert time.monotonic() - began >= 0.9
+        assert pace.fallbacks == 0
+        await redis_server.stop()
+        late = Ticket("u9")
+        assert await leases.start(late, [("r", 0)]) == 0  # this process's share decides
+        assert late.paced is None and leases.stats["local"] == 1
+    finally:
+        await leases.close()
+        await link.close()
