@@ -5,9 +5,10 @@ processes vs one, for /api/chat and /v1 (wrk as the load, the simulator as the u
     .venv/bin/python bench/cluster.py --only sqlite pg_redis --duration 20
 
 Starts its own throwaway PostgreSQL (Debian's postgresql package, made durable for the run:
-fsync and synchronous_commit on) and Redis (redis-server), counts per request the calls a node
-sends Redis and the commands Redis runs for them, scripts' insides included (INFO
-commandstats), PostgreSQL commits (pg_stat_database.xact_commit), and the replies stored.
+fsync and synchronous_commit on) and Redis (redis-server). Counts per request: the Redis round
+trips the node made, those a request waited on and all of them (chatgate_redis_round_trips_total
+in /metrics); the commands Redis ran for them, the scripts' insides included (INFO
+commandstats); PostgreSQL commits (pg_stat_database.xact_commit); and the replies stored.
 Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
 """
 
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
@@ -72,6 +74,19 @@ async def redis_calls(url: str) -> dict[str, int]:
             if k != "cmdstat_info"}
 
 
+async def round_trips(base: str) -> tuple[float, float]:
+    """Redis round trips the node(s) made so far: (requests waited on, all), from /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as resp:
+        text = await resp.text()
+    found = dict.fromkeys(("waited", "all"), 0.0)
+    for line in text.splitlines():
+        if line.startswith("chatgate_redis_round_trips_total{"):
+            for kind in found:
+                if f'kind="{kind}"' in line:
+                    found[kind] = float(line.rsplit(" ", 1)[1])
+    return found["waited"], found["all"]
+
+
 async def pg_commits(url: str) -> int:
     """Transactions committed in the database so far."""
     conn = await asyncpg.connect(url)
@@ -117,21 +132,19 @@ async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
             script, path, conns = SCENARIOS[scenario]
             stored0 = await pg_rows(db_url) if engines else count_rows(db)
             calls0 = await redis_calls(redis_url) if engines else {}
+            trips0 = await round_trips(base) if engines else (0.0, 0.0)
             commits0 = await pg_commits(db_url) if engines else 0
             cpu0 = tree_cpu(server.pid)
             result = run_wrk(base, script, path, conns, args.duration, users)
             cpu = tree_cpu(server.pid) - cpu0
             n = max(1, int(result["requests"]))
             if engines:
+                trips = await round_trips(base)
+                result["trips_waited"] = round((trips[0] - trips0[0]) / n, 2)
+                result["trips_all"] = round((trips[1] - trips0[1]) / n, 2)
                 calls = await redis_calls(redis_url)
                 used = {k: v - calls0.get(k, 0) for k, v in calls.items()}
                 result["redis_per_req"] = round(sum(used.values()) / n, 2)
-                # What a node sends (a script call is one command however much it does):
-                # every command but those that only run inside the scripts.
-                inner = {"time", "zcard", "zremrangebyscore", "get", "set", "zrem", "zadd",
-                         "pexpire", "del", "incrby", "expire", "publish", "pttl", "exists"}
-                result["sent_per_req"] = round(
-                    sum(v for k, v in used.items() if k not in inner) / n, 2)
                 result["redis_by_command"] = {k: round(v / n, 2) for k, v in used.items() if v}
                 result["commits_per_req"] = round((await pg_commits(db_url) - commits0) / n, 3)
             stored1 = await pg_rows(db_url) if engines else count_rows(db)
@@ -181,13 +194,15 @@ async def main() -> int:
         pg.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
     print("| setup | scenario | req/s | p50 | p99 | non-2xx | replies stored | server CPU/req "
-          "| Redis calls/req | Redis commands run/req | PostgreSQL commits/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| Redis round trips/req (waited on / all) | Redis commands run/req "
+          "| PostgreSQL commits/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, scenario, r in rows:
         stored = r["stored"] if scenario.startswith("chat") else "-"
         print(f"| {name} | {scenario} | {r['rps']:,.0f} | {r['p50']} | {r['p99']} | "
               f"{r['non2xx']} | {stored} | {r['server_cpu_ms']} ms | "
-              f"{r.get('sent_per_req', '-')} | {r.get('redis_per_req', '-')} | "
+              f"{r.get('trips_waited', '-')} / {r.get('trips_all', '-')} | "
+              f"{r.get('redis_per_req', '-')} | "
               f"{r.get('commits_per_req', '-')} |")
     return 0
 
