@@ -7,6 +7,7 @@ Keys (under the link's prefix):
 - `turn:{id}:end`: who stores the outcome (SET NX: the owner, or one live node for a dead one);
 - `turn:{id}:seen`: a follower on another node read it lately (the owner keeps it going);
 - `turns:running` hash: running turn -> owner; `node:{owner}`: the owner's heartbeat;
+- `conv:{id}:turn`: the turn running in a conversation (its `running_turn_id` on any node);
 - channel `node:{owner}:stop`: stop requests for the owner's turns.
 """
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 RUNNING_TTL_S = 86_400  # a turn nobody ends (every node gone) is dropped after a day
 BLOCK_S = 2.0  # a remote follower's wait for news (renewing its `seen` key each time)
 CLAIM_TTL_S = 60  # a node that took a dead node's turn and died too: another retries after
+# Delete a conversation's running turn only if it is still this one (a later may have begun).
+_UNSET = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 class RedisTurns:
@@ -47,7 +50,7 @@ class RedisTurns:
         self._max_records = max_records
         # turn -> [first event, lengths, pieces] not sent yet; ends not sent yet
         self._pending: dict[str, tuple[int, list[int], list[str]]] = {}
-        self._ends: dict[str, bytes] = {}
+        self._ends: dict[str, tuple[bytes, int]] = {}
         self._dirty = asyncio.Event()
         self._writing = asyncio.Lock()  # one writer at a time: a turn's records stay in order
         self._next_beat = 0.0
@@ -99,6 +102,7 @@ class RedisTurns:
         pipe.hset(self.key("turn", turn_id), mapping={**meta, "owner": self.owner})
         pipe.expire(self.key("turn", turn_id), RUNNING_TTL_S)
         pipe.hset(self.key("turns", "running"), turn_id, self.owner)
+        pipe.set(self.key("conv", meta["conversation_id"], "turn"), turn_id, ex=RUNNING_TTL_S)
         pipe.set(self.key("node", self.owner), b"1", px=self._node_ttl_ms)
         try:
             await pipe.execute()
@@ -141,9 +145,9 @@ class RedisTurns:
                 return None
         return bool(result[-1])
 
-    def end(self, turn_id: str, payload: bytes) -> None:
+    def end(self, turn_id: str, payload: bytes, conversation_id: int) -> None:
         """Buffer the turn's end; the writer sends it (after its deltas) with the next tick."""
-        self._ends[turn_id] = payload
+        self._ends[turn_id] = (payload, conversation_id)
         self._dirty.set()
 
     async def _writer(self) -> None:
@@ -172,7 +176,8 @@ class RedisTurns:
             pipe = self._r.pipeline(transaction=False)
             for turn_id, batch in pending.items():
                 self._xadd(pipe, turn_id, batch)
-            for turn_id, payload in ends.items():
+            for turn_id, (payload, conversation_id) in ends.items():
+                pipe.eval(_UNSET, 1, self.key("conv", conversation_id, "turn"), turn_id)
                 stream = self.key("turn", turn_id, "ev")
                 pipe.xadd(stream, {"end": payload}, maxlen=self._max_records, approximate=True)
                 pipe.pexpire(stream, self._finished_ms)
@@ -249,6 +254,12 @@ class RedisTurns:
         if not got:
             return None if not exists else []
         return [_entry(k, v) for k, v in got[0][1]]
+
+    async def running_in(self, conversation_ids: list[int]) -> list[str | None]:
+        """The turn running in each conversation, if any (one MGET)."""
+        found = await self._call(self._r.mget([self.key("conv", c, "turn")
+                                                for c in conversation_ids]))
+        return [None if v is None else v.decode() for v in found]
 
     async def ended(self, turn_id: str) -> bool:
         """Whether a node took the turn's outcome."""

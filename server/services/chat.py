@@ -260,9 +260,21 @@ class ChatService:
                                          model, None)
 
     def running_turn_id(self, conversation_id: int) -> str | None:
-        """The id of the turn generating a reply in this conversation now, if any."""
+        """The id of the turn generating a reply in this conversation now, if any (here)."""
         turn = self.turns.running_in(conversation_id)
         return turn.id if turn is not None else None
+
+    async def running_turn_ids(self, conversation_ids: list[int]) -> list[str | None]:
+        """The turn generating a reply in each of the user's conversations now, on this
+        node or another (only this node's while the shared store is down)."""
+        here = [self.running_turn_id(c) for c in conversation_ids]
+        if self.sharing is None or all(here) or not conversation_ids:
+            return here
+        try:
+            shared = await self.sharing.channel.running_in(conversation_ids)
+        except TurnUnavailable:
+            return here
+        return [mine or other for mine, other in zip(here, shared, strict=True)]
 
     async def models(self) -> list[dict[str, object]]:
         """The models a chat may use, the default first, and whether each answers now."""
@@ -320,7 +332,7 @@ class ChatService:
         turn.push(event)
         self.turns.finished(turn)
         if sharing is not None:
-            sharing.channel.end(turn.id, encode_end(event))
+            sharing.channel.end(turn.id, encode_end(event), turn.conversation_id)
 
     async def _settle(self, turn: Turn, outcome: Outcome) -> Done | Failed:
         if isinstance(outcome, Finished):

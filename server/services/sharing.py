@@ -65,8 +65,11 @@ class TurnChannel(Protocol):
         """Send the turn's pending deltas and take the right to store its outcome: True
         taken, False another node has it, None the channel is down."""
 
-    def end(self, turn_id: str, payload: bytes) -> None:
+    def end(self, turn_id: str, payload: bytes, conversation_id: int) -> None:
         """The turn's last event (sent soon, then the turn expires after a while)."""
+
+    async def running_in(self, conversation_ids: list[int]) -> list[str | None]:
+        """The turn running in each conversation, on any node."""
 
     def forget(self, turn_id: str) -> None:
         """Drop what is buffered of a turn that could not be registered."""
@@ -259,7 +262,8 @@ class TurnSharing:
                                      meta.get("model") or None)
         log.warning("ended turn %s of a node that stopped (%d characters kept)", turn_id,
                     len(replay.text))
-        self.channel.end(turn_id, encode_end(Failed(JobCancelled(NODE_LOST), kept)))
+        self.channel.end(turn_id, encode_end(Failed(JobCancelled(NODE_LOST), kept)),
+                         int(meta["conversation_id"]) if meta is not None else 0)
 
 
 # Failures travel by kind: the follower on another node maps them to the same answer.

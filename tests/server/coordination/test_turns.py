@@ -102,6 +102,17 @@ async def messages(url: str, user: User, conversation_id: int) -> list[dict[str,
         return found
 
 
+async def running_turn_ids(url: str, user: User, conversation_id: int) -> list[str | None]:
+    """`running_turn_id` of the conversation as a node shows it: alone, then in the list."""
+    async with aiohttp.ClientSession(url, headers=user.headers) as s:
+        async with s.get(f"/api/conversations/{conversation_id}") as resp:
+            one = (await resp.json())["running_turn_id"]
+        async with s.get("/api/conversations") as resp:
+            listed = [c["running_turn_id"] for c in (await resp.json())["conversations"]
+                      if c["id"] == conversation_id]
+    return [one, *listed]
+
+
 def text(events: list[Event]) -> str:
     return "".join(data["delta"] for name, data, _ in events if name == "message")
 
@@ -117,12 +128,15 @@ async def test_a_turn_started_on_a_resumes_on_b_with_the_same_events(
     head, session, rest = await begin(a.url, user, take=5)
     try:
         turn_id = head[0][1]["turn_id"]
+        conv = head[0][1]["conversation_id"]
+        assert await running_turn_ids(b.url, user, conv) == [turn_id, turn_id]  # B knows
         seen = last_id(head)
         on_b = await resume(b.url, user, turn_id, seen)  # what A sent after `seen`, via B
         tail = [event async for event in rest]  # A's own stream, to its end
     finally:
         await session.close()
     whole_a = head + tail
+    assert await running_turn_ids(b.url, user, conv) == [None, None]
     assert text(whole_a) == WORDS
     assert text(on_b) == text(tail) and text(head) + text(on_b) == WORDS
     assert on_b[-1][0] == tail[-1][0] == "done"
