@@ -98,7 +98,9 @@ async def messages(url: str, user: User, conversation_id: int) -> list[dict[str,
     async with aiohttp.ClientSession(url) as s, \
             s.get(f"/api/conversations/{conversation_id}", headers=user.headers) as resp:
         assert resp.status == 200, await resp.text()
-        found: list[dict[str, Any]] = (await resp.json())["messages"]
+        body = await resp.json()
+        found: list[dict[str, Any]] = body["messages"]
+        assert body["message_count"] == len(found)  # no second reply beside the one shown
         return found
 
 
@@ -221,6 +223,7 @@ async def test_a_node_killed_mid_reply_has_its_turn_ended_by_a_live_node(
         tmp_path: Path, slow_echo: SimServer, redis_server: RedisServer) -> None:
     db = tmp_path / "chatgate.db"
     b = await start(node_config(tmp_path, slow_echo, redis_server, "b"))
+    c = await start(node_config(tmp_path, slow_echo, redis_server, "c"))  # B and C both sweep
     env = {f"coordination__{k}": v for k, v in FAST.items()}
     a = await start_server_process(db, slow_echo.url, coordination__redis_url=redis_server.url,
                                    coordination__node_id="a", **env)
@@ -238,7 +241,7 @@ async def test_a_node_killed_mid_reply_has_its_turn_ended_by_a_live_node(
         name, data, _ = on_b[-1]
         assert name == "error" and data["error"]["code"] == "cancelled", on_b[-1]
         shown = await messages(b.url, user, data["error"]["conversation_id"])
-        assert [m["role"] for m in shown] == ["user", "assistant"]  # the reply kept once
+        assert [m["role"] for m in shown] == ["user", "assistant"]  # kept once, by one node
         kept = shown[-1]
         assert kept["id"] == data["error"]["partial_message_id"]
         assert kept["status"] == "incomplete" and kept["content"]
@@ -248,6 +251,7 @@ async def test_a_node_killed_mid_reply_has_its_turn_ended_by_a_live_node(
     finally:
         await client.aclose()
         await a.stop()
+        await c.stop()
         await b.stop()
 
 
