@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..services.sharing import Entry, TurnUnavailable
+from ..services.sharing import Entry, TurnUnavailable, still_cancelled
 from .link import DOWN, RedisLink
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class RedisTurns:
         """Send what is pending (the ends of the turns stored at shutdown), then stop."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a task stuck in a client library must not hold shutdown
+            await asyncio.wait(self._tasks, timeout=BLOCK_S * 2)
         if self._link.up and (self._pending or self._ends):
             await self._flush(beat=False)
         try:
@@ -107,7 +108,7 @@ class RedisTurns:
         try:
             await pipe.execute()
         except DOWN as err:
-            self._link.mark_down(err)
+            self._down(err)
             return False
         return True
 
@@ -141,7 +142,7 @@ class RedisTurns:
             except DOWN as err:
                 if batch is not None:
                     self._requeue(turn_id, batch)
-                self._link.mark_down(err)
+                self._down(err)
                 return None
         return bool(result[-1])
 
@@ -167,6 +168,7 @@ class RedisTurns:
                 await self._flush(beat)
             except Exception:  # the writer must outlive any one batch
                 log.exception("writing turns to Redis failed")
+            still_cancelled()
 
     async def _flush(self, beat: bool) -> None:
         """One pipeline: every turn's new deltas (one record each), ends, the heartbeat."""
@@ -191,7 +193,7 @@ class RedisTurns:
                 for turn_id, batch in pending.items():
                     self._requeue(turn_id, batch)
                 self._ends = {**ends, **self._ends}
-                self._link.mark_down(err)
+                self._down(err)
                 return
         if beat:
             self._next_beat = time.monotonic() + self._heartbeat_s
@@ -223,6 +225,7 @@ class RedisTurns:
                     if message is not None and message["type"] == "message":
                         self.on_stop(message["data"].decode())
             except DOWN:
+                still_cancelled()
                 await asyncio.sleep(self._heartbeat_s)
             finally:
                 await pubsub.aclose()
@@ -241,13 +244,20 @@ class RedisTurns:
         """Records after `after`: at once if there are any, else within BLOCK_S (renewing
         the `seen` key and checking the turn is still there, in the same round trip)."""
         stream = self.key("turn", turn_id, "ev")
-        if after is None or not wait:
+        seen = self.key("turn", turn_id, "seen")
+        if not wait:  # the sweep: what there is, and no follower to report
             raw = await self._call(self._r.xrange(stream, "(" + after if after else "-"))
-            if raw or not wait:
+            return [_entry(k, v) for k, v in raw]
+        if after is None:  # a follower's first read: all there is, at once
+            pipe = self._r.pipeline(transaction=False)
+            pipe.set(seen, b"1", ex=int(BLOCK_S * 3))
+            pipe.xrange(stream, "-")
+            _, raw = await self._call(pipe.execute())
+            if raw:
                 return [_entry(k, v) for k, v in raw]
             after = "0-0"
         pipe = self._blocking.pipeline(transaction=False)
-        pipe.set(self.key("turn", turn_id, "seen"), b"1", ex=int(BLOCK_S * 3))
+        pipe.set(seen, b"1", ex=int(BLOCK_S * 3))
         pipe.exists(self.key("turn", turn_id))
         pipe.xread({stream: after}, block=int(BLOCK_S * 1000))
         _, exists, got = await self._call(pipe.execute())
@@ -297,12 +307,18 @@ class RedisTurns:
         return bool(await self._call(self._r.set(self.key("turn", turn_id, "end"),
                                                  self.owner, nx=True, ex=CLAIM_TTL_S)))
 
+    def _down(self, err: BaseException) -> None:
+        """Redis did not answer; unless the real cause was our own cancellation (which
+        redis-py may report as a connection error): then that goes on."""
+        still_cancelled()
+        self._link.mark_down(err)
+
     async def _call(self, pending: Any) -> Any:
         """Await a command; an unreachable Redis becomes TurnUnavailable."""
         try:
             return await pending
         except DOWN as err:
-            self._link.mark_down(err)
+            self._down(err)
             raise TurnUnavailable("the reply runs on another server and the shared store "
                                   "that reaches it is unavailable; retry shortly") from err
 

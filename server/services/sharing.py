@@ -317,3 +317,14 @@ async def sweep(sharing: TurnSharing, interval: float) -> None:
             pass  # the channel is down: nothing can be read, nobody else sweeps either
         except Exception:
             log.exception("ending a stopped node's turns failed")
+        finally:
+            still_cancelled()
+
+
+def still_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled: a client library that turned the
+    cancellation into a connection error (redis-py does, mid-command) must not make a
+    loop outlive its stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
