@@ -27,6 +27,7 @@ from .coordination import RedisLink
 from .coordination.leases import RedisLeases, whole
 from .coordination.limits import RedisLimits, RedisPace
 from .coordination.revocations import Revocations
+from .coordination.turns import RedisTurns
 from .middleware.access import setup_access
 from .middleware.auth import setup_auth
 from .middleware.cors import setup_cors
@@ -58,6 +59,7 @@ from .services.prompt import PromptAssembler
 from .services.ratelimit import FailureBackoff
 from .services.render import Renderer
 from .services.revocations import RevocationPoller
+from .services.sharing import TurnSharing, sweep
 from .services.status import StatusService
 from .services.suggestions import SuggestionService
 from .services.summaries import SummaryService
@@ -416,8 +418,22 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
                      app[keys.SUGGESTIONS].after_reply]
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
                                               config.llm.max_tokens, metrics, caps)
+    link, shared, sweeper = app[keys.COORDINATION], None, None
+    if link is not None:  # turns followed and stopped through any node; dead nodes' ended
+        c = config.coordination
+        shared = RedisTurns(link, config.chat.finished_turn_ttl_s, c.stream_flush_s,
+                            c.heartbeat_s, c.node_ttl_s, c.stream_max_records)
+        shared.on_stop = chat.stop_here
+        chat.sharing = sharing = TurnSharing(shared, chat.store_orphan)
+        shared.start()
+        sweeper = asyncio.create_task(sweep(sharing, c.heartbeat_s), name="turns-sweep")
     yield
+    if sweeper is not None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
     await chat.close()  # every running turn stores its partial reply before the pool stops
+    if shared is not None:
+        await shared.close()  # their ends reach the other nodes' followers
 
 
 async def _stop_intake(app: web.Application) -> None:

@@ -112,7 +112,7 @@ async def follow(request: web.Request) -> web.StreamResponse:
     """GET /api/turns/{turn_id}/events: follow a running (or just finished) turn again, from
     after `Last-Event-ID` (header, or `last_event_id` in the query), else from its start."""
     principal = principal_of(request)
-    turn = request.app[keys.CHAT].turns.find(principal.user["id"],
+    turn = await request.app[keys.CHAT].find(principal.user["id"],
                                              request.match_info["turn_id"])
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     after = None
@@ -127,7 +127,8 @@ async def follow(request: web.Request) -> web.StreamResponse:
 async def stop(request: web.Request) -> web.Response:
     """POST /api/turns/{turn_id}/stop: stop generating; what came is stored `incomplete`."""
     principal = principal_of(request)
-    stopped = request.app[keys.CHAT].stop(principal.user["id"], request.match_info["turn_id"])
+    stopped = await request.app[keys.CHAT].stop(principal.user["id"],
+                                                 request.match_info["turn_id"])
     return json_response({"stopped": stopped}, status=202)
 
 

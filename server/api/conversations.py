@@ -52,9 +52,10 @@ async def list_conversations(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 20, 1, 100)
     rows, cursor = await request.app[keys.CONVERSATIONS].page(
         _user_id(request), limit, request.query.get("cursor") or None)
-    running = request.app[keys.CHAT].running_turn_id
-    return json_response({"conversations": [{**row, "running_turn_id": running(row["id"])}
-                                            for row in rows], "next_cursor": cursor})
+    running = await request.app[keys.CHAT].running_turn_ids([row["id"] for row in rows])
+    return json_response({"conversations": [{**row, "running_turn_id": turn_id}
+                                            for row, turn_id in zip(rows, running, strict=True)],
+                          "next_cursor": cursor})
 
 
 async def create_conversation(request: web.Request) -> web.Response:
@@ -97,7 +98,7 @@ async def _conversation(request: web.Request, conversation_id: int) -> web.Respo
     conversation = await request.app[keys.CONVERSATIONS].get(
         _user_id(request), conversation_id, html)
     # A reply being generated now: a page that loads the conversation follows it live.
-    running = request.app[keys.CHAT].running_turn_id(conversation["id"])
+    [running] = await request.app[keys.CHAT].running_turn_ids([conversation["id"]])
     return json_response({**conversation, "running_turn_id": running})
 
 
@@ -114,8 +115,8 @@ async def rename_conversation(request: web.Request) -> web.Response:
         row = await conversations.rename(user_id, conv_id, title, _limits(request))
     if changes is not None:
         row = await conversations.configure(user_id, conv_id, changes, _limits(request))
-    return json_response({**row, "running_turn_id":
-                          request.app[keys.CHAT].running_turn_id(row["id"])})
+    [running] = await request.app[keys.CHAT].running_turn_ids([row["id"]])
+    return json_response({**row, "running_turn_id": running})
 
 
 def _settings(value: object) -> dict[str, object]:

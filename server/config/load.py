@@ -40,6 +40,8 @@ _POSITIVE = {
     "memories.cache_size", "background.share", "background.max_waiting",
     "background.summary_max_tokens", "coordination.timeout_s",
     "coordination.health_interval_s", "coordination.lease_ttl_s", "coordination.lease_renew_s",
+    "coordination.heartbeat_s", "coordination.node_ttl_s", "coordination.stream_flush_s",
+    "coordination.stream_max_records",
 }
 _CHOICES = {"database.synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
             "auth.registration": ("open", "closed", "approval")}
@@ -82,6 +84,11 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{section}: must be a mapping of keys to values")
         sections[section] = _build_section(section, hints[section], value)
+    coordination = sections.get("coordination")
+    if coordination is not None and coordination.node_ttl_s <= coordination.heartbeat_s:
+        # A live node's key must not expire between two beats: its turns would be ended.
+        raise ConfigError("coordination.node_ttl_s: must be longer than coordination."
+                          f"heartbeat_s ({coordination.heartbeat_s:g}), e.g. three times it")
     return Config(**sections)
 
 

@@ -194,6 +194,10 @@ class CoordinationConfig:
     health_interval_s: float = 1.0
     lease_ttl_s: float = 10.0  # an upstream lease's life unrenewed: a dead node's come back
     lease_renew_s: float = 3.0  # how often a node renews the leases it holds
+    heartbeat_s: float = 1.0  # a node renews its liveness key this often...
+    node_ttl_s: float = 3.0  # ...which expires after this: then its turns are ended by another
+    stream_flush_s: float = 0.05  # a running reply's deltas go to Redis at most this often
+    stream_max_records: int = 10_000  # a turn's Stream is trimmed to about this many records
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ..services.password_policy import WeakPassword
 from ..services.passwords import PasswordsBusy
 from ..services.ratelimit import RateLimited
 from ..services.registry import TurnNotFound
+from ..services.sharing import TurnUnavailable
 from ..services.tokens import AuthError
 from ..services.transfer import ImportUnreadable
 from ..services.usage import QuotaExceeded
@@ -128,6 +129,8 @@ def from_domain(err: BaseException) -> ApiError | None:
         return ApiError(409, "turn_running", str(err))
     if isinstance(err, TurnNotFound):
         return ApiError(404, "turn_not_found", str(err))
+    if isinstance(err, TurnUnavailable):
+        return ApiError(503, "turn_unavailable", str(err), {"Retry-After": "1"})
     if isinstance(err, ConversationsTooFast):
         return rate_limited(err.retry_after, str(err), "too_many_conversations",
                             limit="conversations_per_user_per_minute")

@@ -26,13 +26,16 @@ from .memory import MemoryManager
 from .metrics import Metrics
 from .profile import Profile
 from .prompt import PromptAssembler
-from .registry import TurnRegistry
+from .registry import TurnNotFound, TurnRegistry
+from .sharing import TurnSharing, TurnUnavailable, encode_end
 from .text import visible
-from .turns import Done, Failed, Outcome, Turn
+from .turns import Done, Failed, Followable, Outcome, Turn
 from .usage import UsageMeter
 
 STORE_RETRY_S = (0.2, 0.5, 1.0)  # pauses between tries to store a reply while the db is busy
 log = logging.getLogger(__name__)
+TAKEN = ("this server was out of touch with the others for too long: another one ended "
+         "the reply and kept what it had received")
 
 
 class TurnRunning(Exception):
@@ -78,7 +81,10 @@ class ChatService:
                  config: ChatConfig | None = None, *, prompts: PromptAssembler) -> None:
         config = config or ChatConfig()
         self.turns = TurnRegistry(config.detached_grace_s, config.finished_turn_ttl_s,
-                                  config.max_detached_per_user)
+                                  config.max_detached_per_user, self._followed_elsewhere)
+        # Turns shared with other nodes (followed and stopped through any of them), when
+        # the app has a channel for it (Redis); None: this process alone, as ever.
+        self.sharing: TurnSharing | None = None
         self._memory = memory
         self._router = pool.router
         self._models = {model.name: model for model in models}
@@ -195,21 +201,81 @@ class ChatService:
                                       err)
             raise ChatRejected(err, conv_id, stored["id"]) from err
         self.turns.add(turn)
+        if self.sharing is not None:
+            # Its deltas are buffered from the first; shared once registered (one round
+            # trip, before the client hears of the turn). Shielded: the job runs anyway.
+            self.sharing.attach(turn)
+            await asyncio.shield(self.sharing.register(turn))
         return turn
 
-    def stop(self, user_id: int, turn_id: str) -> bool:
-        """Stop the user's turn (TurnNotFound if none): its generation is aborted and what
-        it produced is stored `incomplete`. False if it had ended already."""
-        turn = self.turns.find(user_id, turn_id)
+    async def find(self, user_id: int, turn_id: str) -> Followable:
+        """The user's turn, running or just ended, here or on another node (TurnNotFound if
+        none; TurnUnavailable if another node may have it and cannot be asked)."""
+        try:
+            return self.turns.find(user_id, turn_id)
+        except TurnNotFound:
+            if self.sharing is None:
+                raise
+            remote = await self.sharing.find(user_id, turn_id)
+            if remote is None:
+                raise
+            return remote
+
+    async def stop(self, user_id: int, turn_id: str) -> bool:
+        """Stop the user's turn (TurnNotFound if none), on whichever node runs it: its
+        generation is aborted and what it produced is stored `incomplete`. False if it had
+        ended already."""
+        try:
+            turn = self.turns.find(user_id, turn_id)
+        except TurnNotFound:
+            if self.sharing is None:
+                raise
+            stopped = await self.sharing.stop(user_id, turn_id)
+            if stopped is None:
+                raise
+            return stopped
         if not isinstance(turn, Turn) or turn.outcome is not None:
             return False  # ended already
         turn.job.cancel(JobCancelled("stopped by the user"))
         return True
 
+    def stop_here(self, turn_id: str) -> None:
+        """Another node relayed a user's stop of a turn running here."""
+        turn = self.turns.running_by_id(turn_id)
+        if turn is not None and turn.outcome is None:
+            turn.job.cancel(JobCancelled("stopped by the user"))
+
+    async def _followed_elsewhere(self, turn: Turn) -> bool:
+        """Whether a follower on another node keeps the unfollowed-here turn going."""
+        if turn.mirror is None or self.sharing is None:
+            return False
+        try:
+            return await self.sharing.channel.followed(turn.id)
+        except TurnUnavailable:  # unreachable: nobody can be following through it
+            return False
+
+    async def store_orphan(self, conversation_id: int, parent_id: int, text: str,
+                           model: str | None) -> MessageRow | None:
+        """Store a dead node's partial reply `incomplete` (None: nowhere to keep it)."""
+        return await self._store_quietly(conversation_id, parent_id, text, "incomplete",
+                                         model, None)
+
     def running_turn_id(self, conversation_id: int) -> str | None:
-        """The id of the turn generating a reply in this conversation now, if any."""
+        """The id of the turn generating a reply in this conversation now, if any (here)."""
         turn = self.turns.running_in(conversation_id)
         return turn.id if turn is not None else None
+
+    async def running_turn_ids(self, conversation_ids: list[int]) -> list[str | None]:
+        """The turn generating a reply in each of the user's conversations now, on this
+        node or another (only this node's while the shared store is down)."""
+        here = [self.running_turn_id(c) for c in conversation_ids]
+        if self.sharing is None or all(here) or not conversation_ids:
+            return here
+        try:
+            shared = await self.sharing.channel.running_in(conversation_ids)
+        except TurnUnavailable:
+            return here
+        return [mine or other for mine, other in zip(here, shared, strict=True)]
 
     async def models(self) -> list[dict[str, object]]:
         """The models a chat may use, the default first, and whether each answers now."""
@@ -251,9 +317,14 @@ class ChatService:
         task.add_done_callback(self._storing.discard)
 
     async def _own(self, turn: Turn, outcome: Outcome) -> None:
-        """Store the outcome once, then tell the follower."""
+        """Store the outcome once, then tell the followers (here and on other nodes)."""
+        sharing = self.sharing if turn.mirror is not None else None
         try:
-            event = await self._settle(turn, outcome)
+            # Shared: store only with the claim (a node judged dead while it was only out
+            # of touch finds another node has ended its turn). Redis down (None): store.
+            taken = sharing is not None and await sharing.channel.claim(turn.id) is False
+            event = Failed(JobCancelled(TAKEN), None) if taken \
+                else await self._settle(turn, outcome)
         except Exception:  # whatever happens, the follower gets an end
             log.exception("storing the reply of conversation %d failed", turn.conversation_id)
             event = Failed(StorageError("the reply could not be stored"), None)
@@ -261,6 +332,8 @@ class ChatService:
         self._busy.discard((turn.user_id, turn.conversation_id))
         turn.push(event)
         self.turns.finished(turn)
+        if sharing is not None:
+            sharing.channel.end(turn.id, encode_end(event), turn.conversation_id)
 
     async def _settle(self, turn: Turn, outcome: Outcome) -> Done | Failed:
         if isinstance(outcome, Finished):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from workers.errors import JobCancelled
 
@@ -24,7 +25,8 @@ class TurnNotFound(Exception):
 class TurnRegistry:
     """Finds turns by id for their owner, and stops the ones nobody follows."""
 
-    def __init__(self, grace_s: float, finished_ttl_s: float, max_detached: int) -> None:
+    def __init__(self, grace_s: float, finished_ttl_s: float, max_detached: int,
+                 elsewhere: Callable[[Turn], Awaitable[bool]] | None = None) -> None:
         self._grace_s = grace_s
         self._ttl_s = finished_ttl_s
         self._max_detached = max_detached  # unfollowed running turns per user
@@ -32,6 +34,9 @@ class TurnRegistry:
         self._by_conversation: dict[int, Turn] = {}  # the latest running turn of each
         self._finished: OrderedDict[str, tuple[Replay, float]] = OrderedDict()
         self._detached: dict[int, set[Turn]] = {}
+        # Whether a shared turn is followed on another node (asked when its grace ends).
+        self._elsewhere = elsewhere
+        self._asking: set[asyncio.Task[None]] = set()
 
     def add(self, turn: Turn) -> None:
         """A turn was accepted."""
@@ -48,6 +53,10 @@ class TurnRegistry:
         if turn is None or turn.user_id != user_id:  # another's: as if it did not exist
             raise TurnNotFound("no such turn: it ended a while ago, or it is not yours")
         return turn
+
+    def running_by_id(self, turn_id: str) -> Turn | None:
+        """A turn running here, whoever's it is (a stop relayed by another node)."""
+        return self._running.get(turn_id)
 
     def running_in(self, conversation_id: int) -> Turn | None:
         """The turn generating a reply in this conversation now, if any."""
@@ -97,9 +106,30 @@ class TurnRegistry:
 
     def _abandon(self, turn: Turn) -> None:
         turn.grace = None
-        if turn.followers == 0 and turn.outcome is None:
-            turn.job.cancel(JobCancelled(
-                f"nobody followed the reply for {self._grace_s:g} s, so it was stopped"))
+        if turn.followers != 0 or turn.outcome is not None:
+            return
+        if turn.mirror is not None and self._elsewhere is not None:
+            task = asyncio.create_task(self._ask(turn, self._elsewhere))
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
+            return
+        self._stop_unfollowed(turn)
+
+    async def _ask(self, turn: Turn, elsewhere: Callable[[Turn], Awaitable[bool]]) -> None:
+        """A shared turn nobody follows here: another grace period if someone follows it
+        on another node, else stopped."""
+        followed = await elsewhere(turn)
+        if turn.followers != 0 or turn.outcome is not None or turn.grace is not None:
+            return
+        if followed:
+            turn.grace = asyncio.get_running_loop().call_later(self._grace_s, self._abandon,
+                                                               turn)
+        else:
+            self._stop_unfollowed(turn)
+
+    def _stop_unfollowed(self, turn: Turn) -> None:
+        turn.job.cancel(JobCancelled(
+            f"nobody followed the reply for {self._grace_s:g} s, so it was stopped"))
 
     def _forget_detached(self, turn: Turn) -> None:
         mine = self._detached.get(turn.user_id)

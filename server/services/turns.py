@@ -150,6 +150,8 @@ class Turn:
         # conversation's first exchange, which may ask for a generated title.
         self.first_exchange = False
         self.grace: asyncio.TimerHandle | None = None  # the owner's timer while unfollowed
+        # Shared with other nodes: each delta is copied there too (number, text).
+        self.mirror: Callable[[Turn, int, str], None] | None = None
         # The reply's pieces are the job's own (one per delta event: `job.partial`), joined
         # into one string once the turn has ended; `_ends[i]` is the reply's length after
         # event i + 1, so a follower can start after any event.
@@ -186,6 +188,8 @@ class Turn:
         """The job's event sink: deltas to the followers, the end to the owner."""
         if isinstance(item, jobs.Delta):
             self._ends.append((self._ends[-1] if self._ends else 0) + len(item.text))
+            if self.mirror is not None:
+                self.mirror(self, len(self._ends), item.text)
             self._wake()
         elif isinstance(item, (jobs.Finished, jobs.Failed)) and self.outcome is None:
             self.outcome = item

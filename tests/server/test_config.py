@@ -434,3 +434,11 @@ def test_background_share_of_one_and_the_defaults_load() -> None:
 def test_redis_url_must_name_a_redis_address(url: str) -> None:
     with pytest.raises(ConfigError, match="coordination.redis_url"):
         build_config({"coordination": {"redis_url": url}})
+
+
+@pytest.mark.parametrize("ttl", [1.0, 0.5])
+def test_a_node_ttl_not_longer_than_its_heartbeat_is_refused(ttl: float) -> None:
+    # A live node's key would lapse between two beats and its turns be ended by another.
+    with pytest.raises(ConfigError, match="coordination.node_ttl_s"):
+        build_config({"coordination": {"heartbeat_s": 1, "node_ttl_s": ttl}})
+    assert build_config({"coordination": {"heartbeat_s": 1, "node_ttl_s": 1.5}})
