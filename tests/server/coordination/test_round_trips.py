@@ -66,8 +66,11 @@ class Monitor:
         await self._client.aclose()
 
     def cost(self) -> dict[str, int]:
-        """The commands requests sent: everything but the background's."""
-        return dict(Counter(name for name in self.sent if name not in BACKGROUND))
+        """The limits' and leases' scripts requests ran (the background's left out; a
+        resumable turn's own channel, server/coordination/turns.py, sends its registration
+        and its claim besides: tests/server/coordination/test_turns.py)."""
+        return dict(Counter(name for name in self.sent
+                            if name not in BACKGROUND and name in SCRIPTS.values()))
 
 
 class Trips:
