@@ -66,6 +66,7 @@ class StorageStats:
     writes: int = 0
     batches: int = 0
     retries: int = 0  # writes run again after losing a deadlock to another node (PostgreSQL)
+    replays: int = 0  # batches run again op by op after one of their ops failed (PostgreSQL)
 
 
 class UserStore(Protocol):
