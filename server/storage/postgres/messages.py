@@ -145,7 +145,8 @@ class PostgresMessages:
 # checked under the user's lock, the message stored after the active leaf, and the history
 # walked up from that leaf (as branches.path_rows) in the same statement, which also says
 # whether its snapshot sees the leaf (one written meanwhile by another node's transaction
-# that held the lock is not: then the walk is done again).
+# that held the lock is not: then the walk is done again). Each step of the walk is a
+# primary-key lookup (see branches._PATH).
 _TURN = """
 WITH RECURSIVE c AS MATERIALIZED (
     SELECT model, settings, leaf_id FROM conversations WHERE id = $1 AND user_id = $2
@@ -161,13 +162,16 @@ ins AS (
 path(id, kept) AS (
     SELECT leaf_id, 0 FROM c WHERE leaf_id IS NOT NULL AND $5::int > 0
     UNION ALL
-    SELECT m.parent_id, path.kept + (m.content <> '')::int FROM messages m
-    JOIN path ON m.id = path.id
+    SELECT m.parent_id, path.kept + (m.content <> '')::int FROM path
+    CROSS JOIN LATERAL (SELECT id, parent_id, content FROM messages
+                        WHERE messages.id = path.id LIMIT 1) m
     WHERE m.parent_id IS NOT NULL AND path.kept + (m.content <> '')::int < $5
     AND NOT EXISTS (SELECT 1 FROM summaries s WHERE s.message_id = m.id)),
 walk AS (
     SELECT m.id, m.role, m.content, s.content AS summary, path.kept FROM path
-    JOIN messages m ON m.id = path.id LEFT JOIN summaries s ON s.message_id = m.id
+    CROSS JOIN LATERAL (SELECT id, role, content FROM messages
+                        WHERE messages.id = path.id LIMIT 1) m
+    LEFT JOIN summaries s ON s.message_id = m.id
     WHERE m.content <> '' OR s.content IS NOT NULL)
 SELECT c.model, c.settings, c.leaf_id, (SELECT id FROM ins), (SELECT chars FROM u),
     (SELECT array_agg(w.id ORDER BY w.kept, w.id DESC) FROM walk w),
