@@ -4,11 +4,12 @@ processes vs one, for /api/chat and /v1 (wrk as the load, the simulator as the u
     .venv/bin/python bench/cluster.py                       # every setup, 10 s a scenario
     .venv/bin/python bench/cluster.py --only sqlite pg_redis --duration 20
 
-Starts its own throwaway PostgreSQL (Debian's postgresql package; fsync on, and commits as
-durable as SQLite's default, synchronous_commit off, or with --durable fsync each on disk) and Redis (redis-server). Counts per request: the Redis round
-trips the node made, those a request waited on and all of them (chatgate_redis_round_trips_total
-in /metrics); the commands Redis ran for them, the scripts' insides included (INFO
-commandstats); PostgreSQL commits (pg_stat_database.xact_commit); and the replies stored.
+Starts its own throwaway PostgreSQL (Debian's postgresql package; fsync on, commits as durable
+as SQLite's default: synchronous_commit off, or each on disk with --durable fsync) and Redis
+(redis-server). Counts per request: the Redis round trips the node made, those a request
+waited on and all (chatgate_redis_round_trips_total in /metrics); the commands Redis ran for
+them, the scripts' insides included (INFO commandstats); PostgreSQL transactions
+(pg_stat_database.xact_commit: commits and reads); and the replies stored.
 Needs `wrk`, `postgresql` and `redis-server` (apt-get install).
 """
 
@@ -42,11 +43,15 @@ SCENARIOS = {
     "v1_chat": ("v1.lua:whole", "/v1/chat/completions", 32),
 }
 SETUPS = {
-    # name: (PostgreSQL + Redis?, processes)
-    "sqlite": (False, 1),
-    "pg_redis": (True, 1),
-    "sqlite_2proc": (False, 2),
-    "pg_redis_2proc": (True, 2),
+    # name: (PostgreSQL?, Redis?, processes)
+    "sqlite": (False, False, 1),
+    "pg_redis": (True, True, 1),
+    "sqlite_2proc": (False, False, 2),
+    "pg_redis_2proc": (True, True, 2),
+    "pg": (True, False, 1),
+    "sqlite_redis": (False, True, 1),
+    "sqlite_redis_2proc": (False, True, 2),
+    "pg_2proc": (True, False, 2),
 }
 
 
@@ -112,13 +117,15 @@ async def pg_rows(url: str) -> tuple[int, int]:
 async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
                     redis_url: str) -> list[tuple[str, str, dict[str, Any]]]:
     """Start one setup, run every scenario against it, stop it."""
-    engines, processes = SETUPS[name]
+    engines, shared, processes = SETUPS[name]
     settings: dict[str, object] = {"QUEUE__WORKERS": args.workers, "QUEUE__MAX_SIZE": 4096,
                                    "SERVER__PROCESSES": processes}
     db_url = ""
     if engines:
         db_url = pg.url(await pg.create_database())
-        settings.update(DATABASE__URL=db_url, COORDINATION__REDIS_URL=redis_url)
+        settings.update(DATABASE__URL=db_url)
+    if shared:
+        settings.update(COORDINATION__REDIS_URL=redis_url)
     db = tmp / f"{name}.db"
     sim, server, sim_url, base = start_pair(
         db, ["--ttft-ms", "0", "--tpot-ms", "0", "--reply-tokens", "16", "--capacity", "1024"],
@@ -131,14 +138,14 @@ async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
         for scenario in args.scenarios:
             script, path, conns = SCENARIOS[scenario]
             stored0 = await pg_rows(db_url) if engines else count_rows(db)
-            calls0 = await redis_calls(redis_url) if engines else {}
-            trips0 = await round_trips(base) if engines else (0.0, 0.0)
+            calls0 = await redis_calls(redis_url) if shared else {}
+            trips0 = await round_trips(base) if shared else (0.0, 0.0)
             commits0 = await pg_commits(db_url) if engines else 0
             cpu0 = tree_cpu(server.pid)
             result = run_wrk(base, script, path, conns, args.duration, users)
             cpu = tree_cpu(server.pid) - cpu0
             n = max(1, int(result["requests"]))
-            if engines:
+            if shared:
                 trips = await round_trips(base)
                 result["trips_waited"] = round((trips[0] - trips0[0]) / n, 2)
                 result["trips_all"] = round((trips[1] - trips0[1]) / n, 2)
@@ -146,6 +153,7 @@ async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
                 used = {k: v - calls0.get(k, 0) for k, v in calls.items()}
                 result["redis_per_req"] = round(sum(used.values()) / n, 2)
                 result["redis_by_command"] = {k: round(v / n, 2) for k, v in used.items() if v}
+            if engines:
                 result["commits_per_req"] = round((await pg_commits(db_url) - commits0) / n, 3)
             stored1 = await pg_rows(db_url) if engines else count_rows(db)
             result["stored"] = stored1[0] - stored0[0]

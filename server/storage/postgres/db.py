@@ -37,8 +37,12 @@ _DOWN = frozenset({"57P01", "57P02", "57P03"})
 # savepoint rolled back), so it runs again in the next batch, after this one committed and let
 # go of its locks. Several nodes' batches lock different users' rows in different orders, which
 # no lock ordering inside one batch can prevent.
-_CONFLICT = frozenset({"40P01", "40001"})
-_RETRIES = 5
+# The writer waits at most _STEP_MS for a row lock (lock_timeout), then its op runs again in
+# the next batch, up to busy_timeout_ms in all: two writers whose batches lock rows in opposite
+# orders would otherwise both wait for PostgreSQL's deadlock check (deadlock_timeout, 1 s by
+# default, only a superuser may lower it), and every write of both nodes with them.
+_STEP_MS = 100
+_CONFLICT = frozenset({"40P01", "40001", "55P03"})
 
 
 class _Conflicted(Exception):
@@ -91,6 +95,7 @@ class Database:
         self._writer: Any = None
         self._pending: deque[tuple[Op[object], asyncio.Future[object]]] = deque()
         self._tries: dict[asyncio.Future[object], int] = {}  # ops that lost a conflict
+        self._retries = max(5, busy_timeout_ms // _STEP_MS)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -103,7 +108,8 @@ class Database:
         """Connect, migrate the schema, open the readers' pool and start the writer task."""
         try:
             self._writer = await self._connect()
-            await migrate(self._writer)
+            await migrate(self._writer)  # may wait for another node's migration: the full wait
+            await self._writer.execute(f"SET lock_timeout = {min(_STEP_MS, self._busy_ms)}")
             self._pool = await asyncpg.create_pool(
                 # No floor: asyncpg would retry it in the background while the server is
                 # down, logging a traceback each time; connections open on demand instead.
@@ -216,7 +222,7 @@ class Database:
                 continue
             if ok:
                 fut.set_result(value)
-            elif isinstance(value, _Conflicted) and tries < _RETRIES:
+            elif isinstance(value, _Conflicted) and tries < self._retries:
                 self._tries[fut] = tries + 1
                 again.append((op, fut))
             else:
@@ -234,6 +240,8 @@ class Database:
             if self._writer is None or self._writer.is_closed():
                 self._writer = None
                 self._writer = await self._connect()
+                await self._writer.execute(
+                    f"SET lock_timeout = {min(_STEP_MS, self._busy_ms)}")
             try:
                 xact = self._writer.transaction()
                 await xact.start()
