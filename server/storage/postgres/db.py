@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -96,6 +97,7 @@ class Database:
         self._pending: deque[tuple[Op[object], asyncio.Future[object]]] = deque()
         self._tries: dict[asyncio.Future[object], int] = {}  # ops that lost a conflict
         self._retries = max(5, busy_timeout_ms // _STEP_MS)
+        self._pause = 0.0  # before the next batch, after an op lost a conflict
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -182,6 +184,9 @@ class Database:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                if self._pause:
+                    await asyncio.sleep(self._pause)
+                    self._pause = 0.0
                 batch = [self._pending.popleft()
                          for _ in range(min(self._max_batch, len(self._pending)))]
                 await self._commit_batch(batch)
@@ -232,6 +237,9 @@ class Database:
         if again:
             self.stats.retries += len(again)
             self._pending.extendleft(reversed(again))  # first in the next batch
+            # ...after a random pause: two writers that lost to each other at once would
+            # otherwise meet again the same way, batch after batch.
+            self._pause = random.uniform(0, _STEP_MS / 1000)
 
     async def _begin(self) -> tuple[Any, Any]:
         """The writer's connection in a new transaction; a connection the server dropped
