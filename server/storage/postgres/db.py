@@ -276,11 +276,7 @@ async def _apply_plain(conn: Any, xact: Any, ops: list[Op[object]]
         await xact.rollback()
         return None
     except BaseException:
-        if not conn.is_closed():
-            try:
-                await xact.rollback()
-            except Exception:  # noqa: BLE001 - the connection is replaced below
-                conn.terminate()
+        await _abandon(conn, xact)
         raise
     await xact.commit()
     return [(True, value) for value in values]
@@ -311,13 +307,18 @@ async def _apply(conn: Any, xact: Any, ops: list[Op[object]]) -> list[tuple[bool
         else:
             await xact.commit()
     except BaseException:
-        if not conn.is_closed():
-            try:
-                await xact.rollback()
-            except Exception:  # noqa: BLE001 - the connection is replaced below
-                conn.terminate()
+        await _abandon(conn, xact)
         raise
     return outcomes
+
+
+async def _abandon(conn: Any, xact: Any) -> None:
+    """Roll back a transaction that an error cut short (or drop a connection that cannot)."""
+    if not conn.is_closed():
+        try:
+            await xact.rollback()
+        except Exception:  # noqa: BLE001 - the connection is replaced for the next batch
+            conn.terminate()
 
 
 def _mapped(err: Exception) -> Exception:
