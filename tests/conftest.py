@@ -17,6 +17,7 @@ from server.config import Config
 from server.runner import Running, start
 from tests.support import postgres
 from tests.support.app import User, make_config, use_database
+from tests.support.engines import require
 from tests.support.redis import RedisServer, start_redis
 from vllm_sim import SimCluster, SimServer, SimSettings, start_replicas, start_simulator
 
@@ -53,8 +54,7 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
 def pg_cluster() -> Iterator[postgres.PgCluster]:
     """A throwaway PostgreSQL cluster on loopback, started once per test session, on first
     use (skipped where Debian's PostgreSQL is not installed)."""
-    if not postgres.available():
-        pytest.skip(f"PostgreSQL server binaries not found in {postgres.PG_BIN}")
+    require("PostgreSQL", str(postgres.PG_BIN / "postgres"))
     cluster = postgres.start_cluster()
     yield cluster
     cluster.destroy()

@@ -19,6 +19,7 @@ from server import keys
 from server.runner import start
 from tests.support import postgres
 from tests.support.app import error_of, make_config, register_over_http, wait_ready
+from tests.support.engines import require
 from tests.support.procs import free_port, start_server_process, start_simulator_process
 from tests.support.sse import collect, events
 from vllm_sim import SimSettings, start_simulator
@@ -179,8 +180,7 @@ async def test_postgres_restarted_gives_503s_then_serves_without_a_restart(
         tmp_path: Path, simulator: Any, caplog: pytest.LogCaptureFixture) -> None:
     """PostgreSQL stopped under a running app: what needs it answers 503 database_unavailable
     (no 500, no traceback); once it is back, the same app serves again by itself."""
-    if not postgres.available():
-        pytest.skip("PostgreSQL server binaries not installed")
+    require("PostgreSQL", str(postgres.PG_BIN / "postgres"))
     # Its own cluster (this one is stopped), started from the main thread: see PgCluster.start.
     cluster = postgres.start_cluster()
     running = None

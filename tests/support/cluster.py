@@ -19,11 +19,12 @@ import aiohttp
 import asyncpg
 
 from tests.support.app import User, register_over_http
-from tests.support.haproxy import NODE_NAMES, HAProxy, start_haproxy
+from tests.support.engines import require
+from tests.support.haproxy import HAPROXY, NODE_NAMES, HAProxy, start_haproxy
 from tests.support.paths import ROOT
-from tests.support.postgres import PgCluster
+from tests.support.postgres import PG_BIN, PgCluster
 from tests.support.procs import Proc, free_port, start_simulator_process, wait_up
-from tests.support.redis import RedisServer
+from tests.support.redis import REDIS_SERVER, RedisServer
 
 MODEL = "chat"
 REPLICAS = 2  # simulated replicas of MODEL (deploy/docker-compose.yml: model1, model2)
@@ -95,6 +96,9 @@ class Cluster:
 
     async def start(self) -> None:
         """PostgreSQL, Redis and the replicas together, then the nodes, then HAProxy."""
+        require("PostgreSQL", str(PG_BIN / "postgres"))
+        require("redis-server", REDIS_SERVER)
+        require("HAProxy", HAPROXY)
         await asyncio.gather(self._start_postgres() if self.shape.postgres else asyncio.sleep(0),
                              self.redis.start(), self._start_sims())
         # The first node migrates the schema alone (the others then find it done).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.support.engines import require
 from tests.support.paths import ROOT
 from tests.support.procs import free_port
 
@@ -138,6 +139,7 @@ async def start_haproxy(workdir: Path, nodes: Sequence[str],
                         check_inter: str = "250ms") -> HAProxy:
     """HAProxy from deploy/haproxy.cfg in front of three host:port nodes, checks every
     `check_inter` (the deployment's 2 s is slow for a test)."""
+    require("HAProxy", HAPROXY)
     proxy = HAProxy(workdir, nodes, check_inter)
     await proxy.start()
     return proxy

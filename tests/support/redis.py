@@ -8,6 +8,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from tests.support.engines import require
 from tests.support.procs import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -61,6 +62,7 @@ class RedisServer:
 
 async def start_redis(workdir: Path) -> RedisServer:
     """A running Redis in `workdir`."""
+    require("redis-server", REDIS_SERVER)
     server = RedisServer(workdir)
     await server.start()
     return server

@@ -14,6 +14,7 @@ import pytest
 from server.storage import Conflict, DatabaseBusy, DatabaseUnavailable, StorageError
 from server.storage.postgres import Database, PostgresStorage, migrate
 from tests.support import postgres
+from tests.support.engines import require
 from tests.support.postgres import PgCluster
 from tests.support.procs import free_port
 
@@ -37,8 +38,7 @@ async def make_db(on_postgres: str) -> AsyncIterator[Any]:
 @pytest.fixture(scope="module")
 def own_cluster() -> Iterator[PgCluster]:
     """A cluster of this module's own, to stop and start (the session's one is shared)."""
-    if not postgres.available():
-        pytest.skip("PostgreSQL server binaries not installed")
+    require("PostgreSQL", str(postgres.PG_BIN / "postgres"))
     cluster = postgres.start_cluster()
     yield cluster
     cluster.destroy()
