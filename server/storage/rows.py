@@ -167,3 +167,35 @@ def message_row(row: Any) -> MessageRow:
     if len(row) > 8:
         message["parent_id"] = row[8]  # later columns, if any, are the caller's
     return message
+
+
+def shown_message_row(row: Any) -> MessageRow:
+    """message_row's nine columns, then the summary's content and time (NULL: none), as a
+    conversation's page shows the message."""
+    message = message_row(row)
+    if row[9] is not None:  # the path up to it is summarised
+        message["summary"] = {"content": row[9], "created_at": row[10]}
+    return message
+
+
+KEY_COLUMNS = "id, name, prefix, created_at, expires_at, last_used_at, rpm, tpm"
+
+
+def key_row(row: Any) -> KeyRow:
+    """An API key as the API shows it (never its hash), from KEY_COLUMNS."""
+    return {"id": row[0], "name": row[1], "prefix": row[2], "created_at": row[3],
+            "expires_at": row[4], "last_used_at": row[5], "rpm": row[6], "tpm": row[7]}
+
+
+MEMORY_COLUMNS = "id, content, enabled, state, created_at, updated_at"
+
+
+def memory_row(row: Any) -> MemoryRow:
+    """A memory as the API shows it, from MEMORY_COLUMNS."""
+    return {"id": row[0], "content": row[1], "enabled": bool(row[2]), "state": row[3],
+            "created_at": row[4], "updated_at": row[5]}
+
+
+def same_memory(text: str) -> str:
+    """What two memories share when they say the same thing (case and spacing aside)."""
+    return " ".join(text.split()).casefold()

@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, TooManyKeys
-from ..rows import USER_COLUMNS, KeyRow, UserRow, now_iso, user_row
+from ..rows import KEY_COLUMNS, USER_COLUMNS, KeyRow, UserRow, key_row, now_iso, user_row
 from .db import Database
 from .quotas import lock_user
 
 _USER = ", ".join(f"u.{c}" for c in USER_COLUMNS)
-_COLUMNS = "id, name, prefix, created_at, expires_at, last_used_at, rpm, tpm"
-
-
-def _key(row: Any) -> KeyRow:
-    return {"id": row[0], "name": row[1], "prefix": row[2], "created_at": row[3],
-            "expires_at": row[4], "last_used_at": row[5], "rpm": row[6], "tpm": row[7]}
 
 
 class PostgresKeys:
@@ -54,10 +48,10 @@ class PostgresKeys:
         """The user's keys, newest first."""
 
         async def op(conn: Any) -> list[Any]:
-            return list(await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys WHERE user_id = $1 "
+            return list(await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 "
                                          "ORDER BY id DESC", user_id))
 
-        return [_key(r) for r in await self._db.read(op)]
+        return [key_row(r) for r in await self._db.read(op)]
 
     async def delete(self, user_id: int, key_id: int) -> None:
         """Delete one of the user's keys (NotFound for anyone else's)."""
@@ -81,7 +75,7 @@ class PostgresKeys:
         row = await self._db.read(op)
         if row is None:
             return None
-        return _key(row), row[8], user_row(row, 9)
+        return key_row(row), row[8], user_row(row, 9)
 
     async def delete_all(self, user_id: int) -> tuple[int, ...]:
         """Delete every key of the user; the ids deleted."""

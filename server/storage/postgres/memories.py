@@ -7,28 +7,11 @@ from typing import Any
 import orjson
 
 from ..base import NO_QUOTA, Quota
-from ..errors import MemoryNotFound, NotFound, OverQuota, TooManyMemories
-from ..rows import MemoryRow, now_iso
+from ..errors import MemoryNotFound, NotFound, OverQuota
+from ..refusals import too_many_memories
+from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, now_iso, same_memory
 from .db import Database
 from .quotas import check, lock_user
-
-_COLUMNS = "id, content, enabled, state, created_at, updated_at"
-
-
-def _memory(row: Any) -> MemoryRow:
-    return {"id": row[0], "content": row[1], "enabled": bool(row[2]), "state": row[3],
-            "created_at": row[4], "updated_at": row[5]}
-
-
-def _same(text: str) -> str:
-    """What two memories share when they say the same thing (case and spacing aside)."""
-    return " ".join(text.split()).casefold()
-
-
-def _too_many(have: int, max_count: int) -> TooManyMemories:
-    return TooManyMemories(
-        f"you already keep {have:,} memories, the most one account may keep ({max_count:,}); "
-        "delete some you no longer need to add more")
 
 
 class PostgresMemories:
@@ -41,10 +24,10 @@ class PostgresMemories:
         """The user's memories, newest first."""
 
         async def op(conn: Any) -> list[Any]:
-            return list(await conn.fetch(f"SELECT {_COLUMNS} FROM memories WHERE user_id = $1 "
-                                         "ORDER BY id DESC", user_id))
+            return list(await conn.fetch(f"SELECT {MEMORY_COLUMNS} FROM memories "
+                                         "WHERE user_id = $1 ORDER BY id DESC", user_id))
 
-        return [_memory(r) for r in await self._db.read(op)]
+        return [memory_row(r) for r in await self._db.read(op)]
 
     async def add(self, user_id: int, content: str, max_count: int,
                   quota: Quota = NO_QUOTA) -> MemoryRow:
@@ -57,11 +40,11 @@ class PostgresMemories:
             have = int(await conn.fetchval("SELECT count(*) FROM memories WHERE user_id = $1",
                                            user_id))
             if have >= max_count:
-                raise _too_many(have, max_count)
+                raise too_many_memories(have, max_count)
             await check(conn, user_id, quota, chars=len(content))
-            return _memory(await conn.fetchrow(
+            return memory_row(await conn.fetchrow(
                 "INSERT INTO memories (user_id, content, created_at, updated_at) "
-                f"VALUES ($1, $2, $3, $3) RETURNING {_COLUMNS}", user_id, content, now))
+                f"VALUES ($1, $2, $3, $3) RETURNING {MEMORY_COLUMNS}", user_id, content, now))
 
         return await self._db.write(op)
 
@@ -86,12 +69,12 @@ class PostgresMemories:
                     await check(conn, user_id, quota, chars=len(content) - int(old))
             return await conn.fetchrow(
                 f"UPDATE memories SET {', '.join(sets)} WHERE id = $1 AND user_id = $2 "
-                f"RETURNING {_COLUMNS}", *args)
+                f"RETURNING {MEMORY_COLUMNS}", *args)
 
         row = await self._db.write(op)
         if row is None:
             raise MemoryNotFound("memory not found")
-        return _memory(row)
+        return memory_row(row)
 
     async def delete(self, user_id: int, memory_id: int) -> None:
         """Delete one of the user's memories."""
@@ -110,7 +93,7 @@ class PostgresMemories:
 
         async def op(conn: Any) -> list[MemoryRow]:
             await lock_user(conn, user_id)
-            kept = {_same(r[0]) for r in await conn.fetch(
+            kept = {same_memory(r[0]) for r in await conn.fetch(
                 "SELECT content FROM memories WHERE user_id = $1", user_id)}
             have = int(await conn.fetchval(
                 "SELECT count(*) FROM memories WHERE user_id = $1", user_id))
@@ -118,17 +101,17 @@ class PostgresMemories:
             for content in contents:
                 if have >= max_count:
                     break
-                if _same(content) in kept:
+                if same_memory(content) in kept:
                     continue
                 try:
                     await check(conn, user_id, quota, chars=len(content))
                 except OverQuota:
                     break  # a suggestion is never worth an error: the rest wait
-                added.append(_memory(await conn.fetchrow(
+                added.append(memory_row(await conn.fetchrow(
                     "INSERT INTO memories (user_id, content, state, created_at, updated_at) "
-                    f"VALUES ($1, $2, 'proposed', $3, $3) RETURNING {_COLUMNS}",
+                    f"VALUES ($1, $2, 'proposed', $3, $3) RETURNING {MEMORY_COLUMNS}",
                     user_id, content, now)))
-                kept.add(_same(content))
+                kept.add(same_memory(content))
                 have += 1
             return added
 

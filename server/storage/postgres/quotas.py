@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import Quota
-from ..errors import StorageQuotaExceeded, TooManyConversations
+from ..refusals import counted, refuse_past
 from .db import Database
 
 
@@ -24,20 +24,10 @@ async def check(conn: Any, user_id: int, quota: Quota, *, conversations: int = 0
 
     Run inside the write's own transaction, holding the user's lock until it commits.
     """
-    need_conv = bool(quota.conversations and conversations > 0)
-    need_chars = bool(quota.chars and chars > 0)
-    if not (need_conv or need_chars):
+    if not counted(quota, conversations, chars):
         return
     have_conv, have_chars = await lock_user(conn, user_id)
-    if need_conv and have_conv + conversations > quota.conversations:
-        raise TooManyConversations(
-            f"you already keep {have_conv:,} conversations, the most one account may keep "
-            f"({quota.conversations:,}); delete some to start new ones")
-    if need_chars and have_chars + chars > quota.chars:
-        raise StorageQuotaExceeded(
-            f"this would take your stored text past your quota of {quota.chars:,} characters "
-            f"({have_chars:,} used); delete some conversations to make room")
-
+    refuse_past(quota, have_conv, have_chars, conversations=conversations, chars=chars)
 
 class PostgresQuotas:
     """Per-user storage counters in PostgreSQL (kept by triggers, see migration V1)."""

@@ -12,7 +12,7 @@ from ..errors import NotFound
 from ..listing import COLUMNS, conversation_row
 from ..listing import decode_cursor as _decode
 from ..listing import encode_cursor as _encode
-from ..rows import ConversationRow, MessageRow, message_row, now_iso
+from ..rows import ConversationRow, MessageRow, now_iso, shown_message_row
 from .db import Database
 from .quotas import check
 
@@ -88,13 +88,7 @@ class SqliteConversations:
         conv, msgs = await self._db.read(op)
         if conv is None:
             raise NotFound("conversation not found")
-        rows = []
-        for m in msgs:
-            row = message_row(m)
-            if m[9] is not None:  # the path up to it is summarised
-                row["summary"] = {"content": m[9], "created_at": m[10]}
-            rows.append(row)
-        return conversation_row(conv), rows
+        return conversation_row(conv), [shown_message_row(m) for m in msgs]
 
 
     async def rename(self, user_id: int, conversation_id: int, title: str,

@@ -8,28 +8,11 @@ from typing import Any
 import orjson
 
 from ..base import NO_QUOTA, Quota
-from ..errors import MemoryNotFound, NotFound, OverQuota, TooManyMemories
-from ..rows import MemoryRow, now_iso
+from ..errors import MemoryNotFound, NotFound, OverQuota
+from ..refusals import too_many_memories
+from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, now_iso, same_memory
 from .db import Database
 from .quotas import check
-
-_COLUMNS = "id, content, enabled, state, created_at, updated_at"
-
-
-def _memory(row: Any) -> MemoryRow:
-    return {"id": row[0], "content": row[1], "enabled": bool(row[2]), "state": row[3],
-            "created_at": row[4], "updated_at": row[5]}
-
-
-def _same(text: str) -> str:
-    """What two memories share when they say the same thing (case and spacing aside)."""
-    return " ".join(text.split()).casefold()
-
-
-def _too_many(have: int, max_count: int) -> TooManyMemories:
-    return TooManyMemories(
-        f"you already keep {have:,} memories, the most one account may keep ({max_count:,}); "
-        "delete some you no longer need to add more")
 
 
 class SqliteMemories:
@@ -42,10 +25,10 @@ class SqliteMemories:
         """The user's memories, newest first."""
 
         def op(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? "
+            return conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE user_id = ? "
                                 "ORDER BY id DESC", (user_id,)).fetchall()
 
-        return [_memory(r) for r in await self._db.read(op)]
+        return [memory_row(r) for r in await self._db.read(op)]
 
     async def add(self, user_id: int, content: str, max_count: int,
                   quota: Quota = NO_QUOTA) -> MemoryRow:
@@ -57,13 +40,13 @@ class SqliteMemories:
             have = conn.execute("SELECT count(*) FROM memories WHERE user_id = ?",
                                 (user_id,)).fetchone()[0]
             if have >= max_count:
-                raise _too_many(have, max_count)
+                raise too_many_memories(have, max_count)
             check(conn, user_id, quota, chars=len(content))
             row = conn.execute(
                 "INSERT INTO memories (user_id, content, created_at, updated_at) "
-                f"VALUES (?, ?, ?, ?) RETURNING {_COLUMNS}",
+                f"VALUES (?, ?, ?, ?) RETURNING {MEMORY_COLUMNS}",
                 (user_id, content, now, now)).fetchone()
-            return _memory(row)
+            return memory_row(row)
 
         return await self._db.write(op)
 
@@ -92,12 +75,12 @@ class SqliteMemories:
                     check(conn, user_id, quota, chars=len(content) - old[0])
             return conn.execute(
                 f"UPDATE memories SET {', '.join(sets)} WHERE id = ? AND user_id = ? "
-                f"RETURNING {_COLUMNS}", (*args, memory_id, user_id)).fetchone()
+                f"RETURNING {MEMORY_COLUMNS}", (*args, memory_id, user_id)).fetchone()
 
         row = await self._db.write(op)
         if row is None:
             raise MemoryNotFound("memory not found")
-        return _memory(row)
+        return memory_row(row)
 
     async def delete(self, user_id: int, memory_id: int) -> None:
         """Delete one of the user's memories."""
@@ -115,7 +98,7 @@ class SqliteMemories:
         now = now_iso()
 
         def op(conn: sqlite3.Connection) -> list[MemoryRow]:
-            kept = {_same(r[0]) for r in conn.execute(
+            kept = {same_memory(r[0]) for r in conn.execute(
                 "SELECT content FROM memories WHERE user_id = ?", (user_id,))}
             have = conn.execute("SELECT count(*) FROM memories WHERE user_id = ?",
                                 (user_id,)).fetchone()[0]
@@ -123,17 +106,17 @@ class SqliteMemories:
             for content in contents:
                 if have >= max_count:
                     break
-                if _same(content) in kept:
+                if same_memory(content) in kept:
                     continue
                 try:
                     check(conn, user_id, quota, chars=len(content))
                 except OverQuota:
                     break  # a suggestion is never worth an error: the rest wait
-                added.append(_memory(conn.execute(
+                added.append(memory_row(conn.execute(
                     "INSERT INTO memories (user_id, content, state, created_at, updated_at) "
-                    f"VALUES (?, ?, 'proposed', ?, ?) RETURNING {_COLUMNS}",
+                    f"VALUES (?, ?, 'proposed', ?, ?) RETURNING {MEMORY_COLUMNS}",
                     (user_id, content, now, now)).fetchone()))
-                kept.add(_same(content))
+                kept.add(same_memory(content))
                 have += 1
             return added
 

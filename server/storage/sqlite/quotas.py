@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..base import Quota
-from ..errors import StorageQuotaExceeded, TooManyConversations
+from ..refusals import counted, refuse_past
 from .db import Database
 
 
@@ -16,22 +16,12 @@ def check(conn: sqlite3.Connection, user_id: int, quota: Quota, *, conversations
     Run inside the write's own transaction: writes are serialised, so concurrent requests
     cannot pass a cap together.
     """
-    need_conv = bool(quota.conversations and conversations > 0)
-    need_chars = bool(quota.chars and chars > 0)
-    if not (need_conv or need_chars):
+    if not counted(quota, conversations, chars):
         return
     row = conn.execute("SELECT conversations, chars FROM user_storage WHERE user_id = ?",
                        (user_id,)).fetchone()
     have_conv, have_chars = (row[0], row[1]) if row else (0, 0)
-    if need_conv and have_conv + conversations > quota.conversations:
-        raise TooManyConversations(
-            f"you already keep {have_conv:,} conversations, the most one account may keep "
-            f"({quota.conversations:,}); delete some to start new ones")
-    if need_chars and have_chars + chars > quota.chars:
-        raise StorageQuotaExceeded(
-            f"this would take your stored text past your quota of {quota.chars:,} characters "
-            f"({have_chars:,} used); delete some conversations to make room")
-
+    refuse_past(quota, have_conv, have_chars, conversations=conversations, chars=chars)
 
 class SqliteQuotas:
     """Per-user storage counters in SQLite (kept by triggers, see migration V5)."""
