@@ -199,3 +199,12 @@ def memory_row(row: Any) -> MemoryRow:
 def same_memory(text: str) -> str:
     """What two memories share when they say the same thing (case and spacing aside)."""
     return " ".join(text.split()).casefold()
+
+
+AUDIT_COLUMNS = "id, at, actor_id, actor, action, target_id, target, detail"
+
+
+def audit_row(row: Any) -> AuditRow:
+    """An audit log row as the API shows it, from AUDIT_COLUMNS."""
+    return {"id": row[0], "at": row[1], "actor_id": row[2], "actor": row[3], "action": row[4],
+            "target_id": row[5], "target": row[6], "detail": orjson.loads(row[7])}

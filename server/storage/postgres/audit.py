@@ -7,15 +7,8 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidCursor
-from ..rows import AuditRow, now_iso
+from ..rows import AUDIT_COLUMNS, AuditRow, audit_row, now_iso
 from .db import Database
-
-_COLUMNS = "id, at, actor_id, actor, action, target_id, target, detail"
-
-
-def _audit(row: Any) -> AuditRow:
-    return {"id": row[0], "at": row[1], "actor_id": row[2], "actor": row[3], "action": row[4],
-            "target_id": row[5], "target": row[6], "detail": orjson.loads(row[7])}
 
 
 class PostgresAudit:
@@ -50,12 +43,12 @@ class PostgresAudit:
         async def op(conn: Any) -> list[Any]:
             if before is None:
                 return list(await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM audit_log ORDER BY id DESC LIMIT $1", limit + 1))
+                    f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id DESC LIMIT $1", limit + 1))
             return list(await conn.fetch(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
                 before, limit + 1))
 
-        rows = [_audit(r) for r in await self._db.read(op)]
+        rows = [audit_row(r) for r in await self._db.read(op)]
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]

@@ -8,15 +8,8 @@ from typing import Any, cast
 import orjson
 
 from ..errors import InvalidCursor
-from ..rows import AuditRow, now_iso
+from ..rows import AUDIT_COLUMNS, AuditRow, audit_row, now_iso
 from .db import Database
-
-_COLUMNS = "id, at, actor_id, actor, action, target_id, target, detail"
-
-
-def _audit(row: Any) -> AuditRow:
-    return {"id": row[0], "at": row[1], "actor_id": row[2], "actor": row[3], "action": row[4],
-            "target_id": row[5], "target": row[6], "detail": orjson.loads(row[7])}
 
 
 class SqliteAudit:
@@ -50,12 +43,12 @@ class SqliteAudit:
 
         def op(conn: sqlite3.Connection) -> list[Any]:
             if before is None:
-                return conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY id DESC "
+                return conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id DESC "
                                     "LIMIT ?", (limit + 1,)).fetchall()
-            return conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE id < ? "
+            return conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id < ? "
                                 "ORDER BY id DESC LIMIT ?", (before, limit + 1)).fetchall()
 
-        rows = [_audit(r) for r in await self._db.read(op)]
+        rows = [audit_row(r) for r in await self._db.read(op)]
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
