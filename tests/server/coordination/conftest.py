@@ -24,7 +24,9 @@ async def pair(tmp_path: Path, simulator: SimServer,
 
     async def make(**sections: Any) -> tuple[Running, Running]:
         sections.setdefault("coordination", {})
-        sections["coordination"] = {"redis_url": redis_server.url, "timeout_s": 0.3,
+        # A killed Redis refuses at once; a long timeout keeps a busy CI machine's slow answer
+        # from counting as an outage (which would make the limits per-process mid-test).
+        sections["coordination"] = {"redis_url": redis_server.url, "timeout_s": 2.0,
                                     "health_interval_s": 0.1, **sections["coordination"]}
         config = make_config(tmp_path, simulator.url, **sections)
         for node in ("a", "b"):
