@@ -80,11 +80,12 @@ async def owned_message(conn: Any, user_id: int, conversation_id: int,
 
 
 async def lock_conversation(conn: Any, user_id: int, conversation_id: int) -> Any:
-    """The user's conversation's (model, settings, leaf_id), its row locked until the
-    transaction ends: writes to one conversation from several nodes take turns, as SQLite's
-    single writer makes them; None if the user has no such conversation."""
-    return await conn.fetchrow("SELECT model, settings, leaf_id FROM conversations "
-                               "WHERE id = $1 AND user_id = $2 FOR UPDATE",
+    """The user's conversation's (model, settings, leaf_id, running_turn, running_since),
+    its row locked until the transaction ends: writes to one conversation from several nodes
+    take turns, as SQLite's single writer makes them; None if the user has no such
+    conversation."""
+    return await conn.fetchrow("SELECT model, settings, leaf_id, running_turn, running_since "
+                               "FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE",
                                conversation_id, user_id)
 
 
