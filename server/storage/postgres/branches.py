@@ -105,7 +105,7 @@ class PostgresBranches:
                                await newest_under(conn, conversation_id, message_id),
                                conversation_id)
 
-        await self._db.write(op)
+        await self._db.write(op, (user_id, conversation_id))
 
     async def delete(self, user_id: int, conversation_id: int, message_id: int) -> int:
         """Delete a message and every message under it; return how many went. If the active
@@ -127,4 +127,4 @@ class PostgresBranches:
                                    new_leaf, conversation_id)
             return int(gone)
 
-        return await self._db.write(op)
+        return await self._db.write(op, (user_id, conversation_id))

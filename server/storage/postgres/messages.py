@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 import orjson
+from cachetools import LRUCache
 
 from ..base import NO_QUOTA, Quota, TurnMark
 from ..errors import NotFound, StorageQuotaExceeded, TurnStored
@@ -30,6 +31,13 @@ class PostgresMessages:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # conversation -> its owner, as this node's turns wrote them: a reply's write is
+        # ordered by its owner too (Database.write), so it must be known before it runs.
+        self._owners: LRUCache[int, int] = LRUCache(maxsize=100_000)
+
+    def _order(self, conversation_id: int) -> tuple[int, int] | None:
+        owner = self._owners.get(conversation_id)
+        return None if owner is None else (owner, conversation_id)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None,
                                content: str, title: str, history: int = 0,
@@ -53,7 +61,9 @@ class PostgresMessages:
                                                    now, history, quota, model, turn)
             return conversation_id, _user_row(ident, content, now, parent), rows, use
 
-        return await self._db.write(op)
+        done = await self._db.write(op, (user_id, conversation_id or 0))
+        self._owners[done[0]] = user_id  # written: it is the user's
+        return done
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
@@ -99,7 +109,7 @@ class PostgresMessages:
                 row["error"] = orjson.loads(error)
             return row
 
-        return await self._db.write(op)
+        return await self._db.write(op, self._order(conversation_id))
 
     async def unmark(self, conversation_id: int, turn: str) -> None:
         """End the turn's mark on its conversation (no reply of it was stored)."""
@@ -107,7 +117,7 @@ class PostgresMessages:
             await conn.execute("UPDATE conversations SET running_turn = NULL "
                                "WHERE id = $1 AND running_turn = $2", conversation_id, turn)
 
-        await self._db.write(op)
+        await self._db.write(op, self._order(conversation_id))
 
     async def renew(self, marks: list[tuple[int, str]]) -> None:
         """Renew running turns' marks (one statement for all)."""
@@ -143,7 +153,9 @@ class PostgresMessages:
                 await path_rows(conn, parent, history), \
                 await _use(conn, conversation_id, model, found)
 
-        return await self._db.write(op)
+        done = await self._db.write(op, (user_id, conversation_id))
+        self._owners[conversation_id] = user_id  # written: it is the user's
+        return done
 
     async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
                          history: int = 0, model: str | None = None,
@@ -187,7 +199,9 @@ class PostgresMessages:
             return stored, await path_rows(conn, parent, history), \
                 await _use(conn, conversation_id, model, found)
 
-        return await self._db.write(op)
+        done = await self._db.write(op, (user_id, conversation_id))
+        self._owners[conversation_id] = user_id  # written: it is the user's
+        return done
 
 
 # A turn in an existing conversation in one round trip: the conversation locked (before the
