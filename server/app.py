@@ -177,6 +177,7 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = await open_storage(app[keys.CONFIG].database)
     app[keys.STORAGE] = storage
+    app[keys.METRICS].watch_storage(lambda: storage.stats)
     app[keys.CONVERSATIONS] = ConversationService(storage.conversations, storage.search,
                                                   app[keys.CAPS], app[keys.RENDERER],
                                                   storage.branches)

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from workers import job as jobs
 from workers.router import Router
 
+from ..storage import StorageStats
 from .metrics_merge import ProcessMetrics
 from .routing_metrics import RouterCollector
 
@@ -209,6 +210,16 @@ class Metrics:
             "all, and those a request waited on", "kind",
             lambda: {kind: trips().get(stat, 0)
                      for kind, stat in (("all", "round_trips"), ("waited", "waited"))}))
+
+    def watch_storage(self, stats: Callable[[], StorageStats]) -> None:
+        """The database's writes and the transactions they shared, read at scrape time."""
+        self.registry.register(_Counts(
+            "chatgate_db_writes", "Writes to the database: all of them (write), the "
+            "transactions that committed them together (batch), writes run again after losing "
+            "to another node's transaction (retry), batches run again op by op after one of "
+            "their writes failed (replay)", "kind",
+            lambda: {"write": stats().writes, "batch": stats().batches,
+                     "retry": stats().retries, "replay": stats().replays}))
 
     def first_token(self, model: str, replica: str, seconds: float) -> None:
         """One attempt's time to its first token on one replica."""

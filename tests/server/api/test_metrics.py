@@ -63,6 +63,10 @@ async def test_requests_tokens_overhead_and_no_secrets(
     assert sample(text, "chatgate_tokens_total", 'direction="out"') == 3 + 3 + 8
     assert sample(text, "chatgate_upstream_first_token_seconds_count") == 3
     assert sample(text, "chatgate_token_cache_total", 'result="hit"') >= 2
+    # The chat turn's question and reply at least, sharing commits (or not, alone here).
+    writes = sample(text, "chatgate_db_writes_total", 'kind="write"')
+    assert writes >= 2 and 1 <= sample(text, "chatgate_db_writes_total", 'kind="batch"') <= writes
+    assert sample(text, "chatgate_db_writes_total", 'kind="retry"') == 0
     for secret in (key, user.token, user.password):
         assert secret not in text
         assert not any(secret in r.getMessage() for r in caplog.records)
