@@ -127,6 +127,8 @@ def test_the_tests_give_their_nodes_what_compose_gives(compose: dict[str, Any],
     env = cluster.node_env(cluster.nodes[0])
     shaping = {"CHATGATE_DATABASE__URL", "CHATGATE_COORDINATION__REDIS_URL",
                "CHATGATE_AUTH__SECRET", "CHATGATE_SERVER__TRUST_FORWARDED", "CHATGATE_MODELS",
-               "CHATGATE_SERVER__DRAIN_S"}
+               "CHATGATE_SERVER__DRAIN_S", "CHATGATE_SERVER__PROCESSES"}
     assert shaping <= set(_env(compose["services"]["node1"])) and shaping <= set(env)
+    assert env["CHATGATE_SERVER__PROCESSES"] == \
+        _env(compose["services"]["node1"])["CHATGATE_SERVER__PROCESSES"]
     assert [n.name for n in cluster.nodes] == list(NODE_NAMES)

@@ -138,6 +138,8 @@ class Cluster:
             "MODELS": json.dumps([{"name": MODEL, "served_name": "vllm-simulator",
                                    "replicas": replicas}]),
             "QUEUE__WORKERS": str(self.shape.workers),
+            # Each node as a 2-core machine runs it: two processes under a master.
+            "SERVER__PROCESSES": "2",
             "LIMITS__LOGIN_PER_IP_PER_MINUTE": "100000",
             "LIMITS__CONVERSATIONS_PER_USER_PER_MINUTE": "100000",
             "LLM__RETRY_BACKOFF_S": "0.01", "LLM__FIRST_TOKEN_TIMEOUT_S": "10",
@@ -158,7 +160,8 @@ class Cluster:
         with open(node.log, "ab") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "run.py", cwd=ROOT, env=environ,
-                stdout=asyncio.subprocess.DEVNULL, stderr=log)
+                stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                start_new_session=True)  # its processes in a group of their own: see kill
         node.proc = Proc(proc, node.url)
         try:
             await wait_up(node.url + "/health", timeout=60)
@@ -166,8 +169,13 @@ class Cluster:
             raise TimeoutError(f"{node.name} did not start: {_tail(node.log)}") from None
 
     async def kill_node(self, node: Node) -> None:
-        """SIGKILL: no drain, no flush, its sockets closed by the kernel."""
+        """SIGKILL to every process of the node at once, as a machine that dies: no drain,
+        no flush, its sockets closed by the kernel."""
         assert node.proc is not None
+        try:
+            os.killpg(node.proc.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await node.proc.signal(signal.SIGKILL)
 
     async def restart_node(self, node: Node) -> None:
