@@ -79,17 +79,20 @@ async def redis_calls(url: str) -> dict[str, int]:
             if k != "cmdstat_info"}
 
 
-async def round_trips(base: str) -> tuple[float, float]:
-    """Redis round trips the node(s) made so far: (requests waited on, all), from /metrics."""
+async def scrape(base: str) -> dict[str, float]:
+    """What /metrics says so far of the Redis round trips (`waited`, `all`) and the database's
+    writes (`write`, `batch`: the transactions that committed them, `retry`)."""
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as resp:
         text = await resp.text()
-    found = dict.fromkeys(("waited", "all"), 0.0)
+    found = dict.fromkeys(("waited", "all", "write", "batch", "retry"), 0.0)
     for line in text.splitlines():
-        if line.startswith("chatgate_redis_round_trips_total{"):
-            for kind in found:
-                if f'kind="{kind}"' in line:
-                    found[kind] = float(line.rsplit(" ", 1)[1])
-    return found["waited"], found["all"]
+        for family, kinds in (("chatgate_redis_round_trips_total{", ("waited", "all")),
+                              ("chatgate_db_writes_total{", ("write", "batch", "retry"))):
+            if line.startswith(family):
+                for kind in kinds:
+                    if f'kind="{kind}"' in line:
+                        found[kind] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 async def pg_commits(url: str) -> int:
@@ -139,16 +142,18 @@ async def run_setup(name: str, args: argparse.Namespace, tmp: Path, pg: Any,
             script, path, conns = SCENARIOS[scenario]
             stored0 = await pg_rows(db_url) if engines else count_rows(db)
             calls0 = await redis_calls(redis_url) if shared else {}
-            trips0 = await round_trips(base) if shared else (0.0, 0.0)
+            seen0 = await scrape(base)
             commits0 = await pg_commits(db_url) if engines else 0
             cpu0 = tree_cpu(server.pid)
             result = run_wrk(base, script, path, conns, args.duration, users)
             cpu = tree_cpu(server.pid) - cpu0
             n = max(1, int(result["requests"]))
+            seen = {k: v - seen0[k] for k, v in (await scrape(base)).items()}
+            result["writes_per_commit"] = round(seen["write"] / max(1.0, seen["batch"]), 1)
+            result["write_retries"] = int(seen["retry"])
             if shared:
-                trips = await round_trips(base)
-                result["trips_waited"] = round((trips[0] - trips0[0]) / n, 2)
-                result["trips_all"] = round((trips[1] - trips0[1]) / n, 2)
+                result["trips_waited"] = round(seen["waited"] / n, 2)
+                result["trips_all"] = round(seen["all"] / n, 2)
                 calls = await redis_calls(redis_url)
                 used = {k: v - calls0.get(k, 0) for k, v in calls.items()}
                 result["redis_per_req"] = round(sum(used.values()) / n, 2)
@@ -209,15 +214,16 @@ async def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print("| setup | scenario | req/s | p50 | p99 | non-2xx | replies stored | server CPU/req "
           "| Redis round trips/req (waited on / all) | Redis commands run/req "
-          "| PostgreSQL commits/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| PostgreSQL commits/req | writes per commit (retried) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, scenario, r in rows:
         stored = r["stored"] if scenario.startswith("chat") else "-"
         print(f"| {name} | {scenario} | {r['rps']:,.0f} | {r['p50']} | {r['p99']} | "
               f"{r['non2xx']} | {stored} | {r['server_cpu_ms']} ms | "
               f"{r.get('trips_waited', '-')} / {r.get('trips_all', '-')} | "
               f"{r.get('redis_per_req', '-')} | "
-              f"{r.get('commits_per_req', '-')} |")
+              f"{r.get('commits_per_req', '-')} | "
+              f"{r['writes_per_commit']} ({r['write_retries']}) |")
     return 0
 
 
