@@ -47,6 +47,11 @@ class AccountJobs:
         self.reads = 0
         self.stopped = 0  # jobs stopped here for a change made elsewhere
 
+    @property
+    def busy(self) -> bool:
+        """Whether an account is being read (a change heard and not yet acted on)."""
+        return bool(self._reading)
+
     def changed(self, user_id: int, key_id: int | None = None) -> None:
         """Another process or node changed this user (`key_id`: only deleted one of their
         keys, which stops nothing). Returns at once."""

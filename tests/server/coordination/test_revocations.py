@@ -192,11 +192,11 @@ async def test_a_password_change_or_logout_on_a_leaves_the_users_reply_on_b_runn
     user = await user_on(a)
     status, body = await sign_in(a, user.name, user.password)  # a second session, to end
     other = User({"user": body["user"], "access_token": body["access_token"]}, user.password)
-    heard = b.app[keys.REVOCATIONS].heard
+    heard, jobs = b.app[keys.REVOCATIONS].heard, b.app[keys.ACCOUNT_JOBS]
     async with aiohttp.ClientSession(b.url) as s:
         await slow_replies(simulator, True)
         resp, conversation = await streaming(s, user)
-        await slow_replies(simulator, False)  # the running reply keeps its pace
+        reads = jobs.reads
         assert await post(a, other, "/api/auth/logout") == 204
         async with aiohttp.ClientSession(a.url) as s2:
             async with s2.post("/api/auth/password", headers=user.headers, json={
@@ -204,8 +204,9 @@ async def test_a_password_change_or_logout_on_a_leaves_the_users_reply_on_b_runn
                     "new_password": "another-lantern-77"}) as r:
                 assert r.status == 200, await r.text()
         await until(lambda: b.app[keys.REVOCATIONS].heard >= heard + 2)  # both reached b
-        await asyncio.sleep(0.5)  # what b does on hearing them has had time to act
-        assert b.app[keys.POOL].stats.running == 1  # still streaming
+        await until(lambda: jobs.reads > reads and not jobs.busy)  # b read the account
+        assert jobs.stopped == 0 and b.app[keys.POOL].stats.running == 1  # still streaming
+        await slow_replies(simulator, False)  # the rest of the reply comes fast
         name, _ = await asyncio.wait_for(ending(resp), 30.0)
         resp.close()
     assert name == "done"
