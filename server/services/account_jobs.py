@@ -34,12 +34,12 @@ class AccountJobs:
     """
 
     def __init__(self, users: UserStore, stop: Stop, unblock: Unblock,
-                 retry_s: float = 1.0, tries: int = 10) -> None:
+                 retry_s: float = 0.5, max_retry_s: float = 30.0) -> None:
         self._users = users
         self._stop = stop
         self._unblock = unblock
         self._retry_s = retry_s
-        self._tries = tries
+        self._max_retry_s = max_retry_s
         self._heard: dict[int, int] = {}  # user -> changes heard while a read is under way
         self._reading: dict[int, asyncio.Task[None]] = {}
         self._failed = Throttle(60.0)
@@ -73,18 +73,18 @@ class AccountJobs:
     async def _settle(self, user_id: int) -> None:
         """Read the account until no change came during the read, then act on it."""
         try:
-            failures = 0
+            wait = self._retry_s
             while True:
                 heard = self._heard[user_id]
                 try:
                     self.reads += 1
                     user = await self._users.get(user_id)
                 except StorageError as err:
-                    failures += 1
-                    self._log_failure(user_id, err, failures)
-                    if failures >= self._tries:
-                        return  # the poll reads the event again while it is recent
-                    await asyncio.sleep(self._retry_s)
+                    # The database is down or busy: read again until it answers (the change
+                    # is not heard twice once the poll's look-back has passed it).
+                    self._log_failure(user_id, err, wait)
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, self._max_retry_s)
                     continue
                 if self._heard[user_id] == heard:
                     status = None if user is None else user.get("status", "active")
@@ -106,9 +106,9 @@ class AccountJobs:
         else:
             self._unblock(user_id)
 
-    def _log_failure(self, user_id: int, err: StorageError, failures: int) -> None:
+    def _log_failure(self, user_id: int, err: StorageError, wait: float) -> None:
         held = self._failed.allow()
         if held is not None:
-            log.warning("could not read user %d after a change elsewhere (%s), try %d of %d%s",
-                        user_id, err, failures, self._tries,
+            log.warning("could not read user %d after a change elsewhere (%s); trying again in "
+                        "%g s, their jobs here run on meanwhile%s", user_id, err, wait,
                         f" ({held} more failures not logged)" if held else "")

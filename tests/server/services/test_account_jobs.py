@@ -1,6 +1,7 @@
 """An account disabled or deleted elsewhere has its jobs stopped here (server/services/
-account_jobs.py): on a real SQLite file, and across two app nodes on one real PostgreSQL
-database with no Redis, where the database poll alone carries the change."""
+account_jobs.py): on a real SQLite file; on PostgreSQL while a read is refused; and across two
+app nodes on one real PostgreSQL database with no Redis, where the database poll alone carries
+the change."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from server.runner import Running, start
 from server.services.account_jobs import AccountJobs
+from server.storage.postgres import open_postgres
 from server.storage.sqlite import open_sqlite
 from tests.support.admin import call
 from tests.support.app import make_config
@@ -66,6 +69,36 @@ async def test_the_account_as_stored_decides_not_the_order_changes_are_heard_in(
         await until(lambda: len(stops) == 2)
         assert stops[1] == (bob, "the account was deleted", True)
     finally:
+        await jobs.close()
+        await storage.close()
+
+
+async def test_a_read_the_database_refuses_is_tried_again_until_it_answers(
+        on_postgres: str) -> None:
+    storage = await open_postgres(on_postgres, pool_size=2, busy_timeout_ms=100,
+                                  connect_timeout_s=5, max_batch=64)
+    stops: list[int] = []
+
+    def stop(user_id: int, error: WorkerError, block: bool) -> int:
+        stops.append(user_id)
+        return 1
+
+    jobs = AccountJobs(storage.users, stop, lambda user_id: None, retry_s=0.05,
+                       max_retry_s=0.2)
+    other = await asyncpg.connect(on_postgres)
+    try:
+        ann = (await storage.users.create("ann", "hash"))["id"]
+        await storage.users.update(ann, status="disabled")
+        xact = other.transaction()
+        await xact.start()
+        await other.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # reads wait, fail
+        jobs.changed(ann)
+        await until(lambda: jobs.reads >= 3)
+        assert stops == []
+        await xact.commit()
+        await until(lambda: stops == [ann])
+    finally:
+        await other.close()
         await jobs.close()
         await storage.close()
 
