@@ -50,6 +50,7 @@ from .services.chat import ChatService
 from .services.completions import CompletionService
 from .services.conversations import ConversationService
 from .services.limits import LocalLimits
+from .services.marks import TurnMarks
 from .services.memories import MemoryService
 from .services.memory import MemoryManager
 from .services.metrics_merge import ProcessMetrics
@@ -420,7 +421,8 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     app[keys.CHAT] = chat = ChatService(memory, app[keys.POOL], config.llm,
                                         config.limits.chat_per_user_per_minute, meter,
                                         metrics, caps, config.model_list, config.chat,
-                                        prompts=prompts)
+                                        prompts=prompts,
+                                        marks=TurnMarks(app[keys.STORAGE].messages))
     chat.replied += [app[keys.TITLES].after_reply, app[keys.SUMMARIES].after_reply,
                      app[keys.SUGGESTIONS].after_reply]
     app[keys.COMPLETIONS] = CompletionService(app[keys.POOL], app[keys.ROUTER], meter,
@@ -428,16 +430,19 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
     link, shared, sweeper = app[keys.COORDINATION], None, None
     if link is not None:  # turns followed and stopped through any node; dead nodes' ended
         c = config.coordination
-        shared = RedisTurns(link, config.chat.finished_turn_ttl_s, c.stream_flush_s,
+        shared = RedisTurns(link, app[keys.SHARED_LIMITS].batcher,
+                            config.chat.finished_turn_ttl_s, c.stream_flush_s,
                             c.heartbeat_s, c.node_ttl_s, c.stream_max_records)
         shared.on_stop = chat.stop_here
-        chat.sharing = sharing = TurnSharing(shared, chat.store_orphan)
+        chat.sharing = sharing = TurnSharing(shared, chat.store_orphan, chat.marks.unmark)
         shared.start()
         sweeper = asyncio.create_task(sweep(sharing, c.heartbeat_s), name="turns-sweep")
+    renewer = asyncio.create_task(chat.marks.renew(chat.running_marks), name="turn-marks")
     yield
-    if sweeper is not None:
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+    for task in (renewer, sweeper):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     await chat.close()  # every running turn stores its partial reply before the pool stops
     if shared is not None:
         await shared.close()  # their ends reach the other nodes' followers

@@ -28,10 +28,11 @@ class Script:
         self._batcher = batcher
 
     async def __call__(self, keys: Sequence[str], args: Sequence[object], *,
-                       waited: bool = True) -> Any:
+                       waited: bool = True, ride: float = 0.0) -> Any:
         """The script's answer; raises what Redis raised (or the connection's error).
-        `waited`: False for what no request waits on (releases, renewals, what is owed)."""
-        return await self._batcher.call(self, keys, args, waited)
+        `waited`: False for what no request waits on (releases, renewals, what is owed).
+        `ride`: wait up to this long for another call to go with (see Batcher.call)."""
+        return await self._batcher.call(self, keys, args, waited, ride)
 
 
 class Batcher:
@@ -42,6 +43,7 @@ class Batcher:
         self._link = link
         self._waiting: list[Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._go = asyncio.Event()  # a call that does not ride came: send now
         # round_trips: exchanges with Redis (pipelines, and script loads after NOSCRIPT);
         # waited: those that carried a call a request waited on (its path); calls: EVALSHAs.
         self.stats: Counter[str] = Counter()
@@ -51,16 +53,31 @@ class Batcher:
         return Script(self, source)
 
     async def call(self, script: Script, keys: Sequence[str], args: Sequence[object],
-                   waited: bool = True) -> Any:
-        """Queue one EVALSHA and wait for its answer."""
+                   waited: bool = True, ride: float = 0.0) -> Any:
+        """Queue one EVALSHA and wait for its answer. With `ride`, a call that has no
+        pipeline to join waits up to `ride` seconds for one that does not ride (e.g. a
+        turn's registration for its lease, asked a moment later), then goes alone."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((script, keys, args, future, waited))
         if self._sender is None:  # a task of its own: a caller that leaves stops no one else
-            self._sender = asyncio.create_task(self._send(), name="redis-batch")
+            self._go.clear()
+            self._sender = asyncio.create_task(self._send(ride), name="redis-batch")
+        if not ride:
+            self._go.set()
         return await future
 
-    async def _send(self) -> None:
+    async def _send(self, ride: float) -> None:
         try:
+            if ride and not self._go.is_set():
+                try:
+                    await asyncio.wait_for(self._go.wait(), ride)
+                except TimeoutError:
+                    pass
+                except asyncio.CancelledError:  # nobody will send them: their callers hear it
+                    for *_, future, _ in self._waiting:
+                        future.cancel()
+                    self._waiting = []
+                    raise
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:

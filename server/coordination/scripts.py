@@ -230,3 +230,24 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
+
+# A conversation's running turn forgotten at its end, if it is still this one (a later turn
+# may have registered). KEYS: conv:{id}:turn; ARGV: turn id.
+UNHOLD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# A turn shared: its description (who may follow it), its owner among the running turns, its
+# conversation held for it, the owner's heartbeat. KEYS: turn:{id}, turns:running,
+# conv:{cid}:turn, node:{owner}; ARGV: turn id, owner, ttl_s, heartbeat ms, then field, value...
+REGISTER = """
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
+return 1
+"""

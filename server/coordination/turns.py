@@ -4,7 +4,8 @@ Keys (under the link's prefix):
 - `turn:{id}` hash: who may follow the turn and its owner; `turn:{id}:ev` its Stream of
   records (deltas batched: `f` first event, `l` lengths, `t` text; or `end`); both expire
   `finished_ttl_s` after the end (a day after the start at most, if nobody ends it);
-- `turn:{id}:end`: who stores the outcome (SET NX: the owner, or one live node for a dead one);
+- `turn:{id}:end`: the live node that ends a dead node's turn (SET NX: one of them; the
+  database's unique turn index decides between it and an owner that was only out of touch);
 - `turn:{id}:seen`: a follower on another node read it lately (the owner keeps it going);
 - `turns:running` hash: running turn -> owner; `node:{owner}`: the owner's heartbeat;
 - `conv:{id}:turn`: the turn running in a conversation (its `running_turn_id` on any node);
@@ -25,23 +26,29 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..services.sharing import Entry, TurnUnavailable, still_cancelled
+from .batch import Batcher
 from .link import DOWN, RedisLink
+from .scripts import REGISTER, UNHOLD
 
 log = logging.getLogger(__name__)
 RUNNING_TTL_S = 86_400  # a turn nobody ends (every node gone) is dropped after a day
 BLOCK_S = 2.0  # a remote follower's wait for news (renewing its `seen` key each time)
 CLAIM_TTL_S = 60  # a node that took a dead node's turn and died too: another retries after
-# Delete a conversation's running turn only if it is still this one (a later may have begun).
-_UNSET = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+RIDE_S = 0.005  # a registration waits this long for a pipeline to ride (the lease's)
 
 
 class RedisTurns:
     """This node's turns on Redis (a TurnChannel), batched: one pipeline per tick for all."""
 
-    def __init__(self, link: RedisLink, finished_ttl_s: float, flush_s: float,
-                 heartbeat_s: float, node_ttl_s: float, max_records: int) -> None:
+    def __init__(self, link: RedisLink, batcher: Batcher, finished_ttl_s: float,
+                 flush_s: float, heartbeat_s: float, node_ttl_s: float,
+                 max_records: int) -> None:
         self._link = link
         self._r: Any = link.client
+        # The process's one batcher (the limits' and leases'): a turn's registration goes
+        # with its lease, no round trip of its own.
+        self._register = batcher.script(REGISTER)
+        self._stats = batcher.stats  # the node's round trips: this writer's batches count too
         self.owner = f"{link.node_id}/{secrets.token_hex(4)}"  # this incarnation
         self._finished_ms = max(1, int(finished_ttl_s * 1000))
         self._flush_s = flush_s
@@ -96,17 +103,16 @@ class RedisTurns:
     # -- the owner's side ------------------------------------------------------------------
 
     async def register(self, turn_id: str, meta: dict[str, str]) -> bool:
-        """Share a new turn (one round trip, with this node's heartbeat)."""
+        """Share a new turn: riding the next pipeline (its lease's, when a worker takes it
+        at once), sent alone after RIDE_S if none comes."""
         if not self._link.up:
             return False
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hset(self.key("turn", turn_id), mapping={**meta, "owner": self.owner})
-        pipe.expire(self.key("turn", turn_id), RUNNING_TTL_S)
-        pipe.hset(self.key("turns", "running"), turn_id, self.owner)
-        pipe.set(self.key("conv", meta["conversation_id"], "turn"), turn_id, ex=RUNNING_TTL_S)
-        pipe.set(self.key("node", self.owner), b"1", px=self._node_ttl_ms)
+        fields = [v for pair in meta.items() for v in pair]
         try:
-            await pipe.execute()
+            await self._register(
+                [self.key("turn", turn_id), self.key("turns", "running"),
+                 self.key("conv", meta["conversation_id"], "turn"), self.key("node", self.owner)],
+                [turn_id, self.owner, RUNNING_TTL_S, self._node_ttl_ms, *fields], ride=RIDE_S)
         except DOWN as err:
             self._down(err)
             return False
@@ -125,26 +131,6 @@ class RedisTurns:
     def forget(self, turn_id: str) -> None:
         """Drop a turn's buffered deltas (it could not be registered)."""
         self._pending.pop(turn_id, None)
-
-    async def claim(self, turn_id: str) -> bool | None:
-        """The turn's pending deltas and SET NX of its outcome, in one round trip."""
-        if not self._link.up:
-            return None
-        async with self._writing:
-            pipe = self._r.pipeline(transaction=False)
-            batch = self._pending.pop(turn_id, None)
-            if batch is not None:
-                self._xadd(pipe, turn_id, batch)
-            pipe.set(self.key("turn", turn_id, "end"), self.owner, nx=True,
-                     px=self._finished_ms + CLAIM_TTL_S * 1000)
-            try:
-                result = await pipe.execute()
-            except DOWN as err:
-                if batch is not None:
-                    self._requeue(turn_id, batch)
-                self._down(err)
-                return None
-        return bool(result[-1])
 
     def end(self, turn_id: str, payload: bytes, conversation_id: int) -> None:
         """Buffer the turn's end; the writer sends it (after its deltas) with the next tick."""
@@ -179,7 +165,7 @@ class RedisTurns:
             for turn_id, batch in pending.items():
                 self._xadd(pipe, turn_id, batch)
             for turn_id, (payload, conversation_id) in ends.items():
-                pipe.eval(_UNSET, 1, self.key("conv", conversation_id, "turn"), turn_id)
+                pipe.eval(UNHOLD, 1, self.key("conv", conversation_id, "turn"), turn_id)
                 stream = self.key("turn", turn_id, "ev")
                 pipe.xadd(stream, {"end": payload}, maxlen=self._max_records, approximate=True)
                 pipe.pexpire(stream, self._finished_ms)
@@ -187,6 +173,8 @@ class RedisTurns:
                 pipe.hdel(self.key("turns", "running"), turn_id)
             if beat:
                 pipe.set(self.key("node", self.owner), b"1", px=self._node_ttl_ms)
+            self._stats["round_trips"] += 1
+            self._stats["turn_batches"] += 1
             try:
                 await pipe.execute()
             except DOWN as err:
@@ -272,8 +260,12 @@ class RedisTurns:
         return [None if v is None else v.decode() for v in found]
 
     async def ended(self, turn_id: str) -> bool:
-        """Whether a node took the turn's outcome."""
-        return bool(await self._call(self._r.exists(self.key("turn", turn_id, "end"))))
+        """Whether the turn is no longer running (or a live node is ending it)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hexists(self.key("turns", "running"), turn_id)
+        pipe.exists(self.key("turn", turn_id, "end"))
+        running, taken = await self._call(pipe.execute())
+        return not running or bool(taken)
 
     async def stop(self, turn_id: str, owner: str) -> None:
         """Publish the stop to the owner's channel."""

@@ -17,11 +17,12 @@ from workers.pool import WorkerPool
 from workers.router import ModelRoute
 
 from ..config import ChatConfig, LLMConfig, ModelConfig
-from ..storage import DatabaseBusy, StorageError
+from ..storage import ConversationBusy, DatabaseBusy, StorageError, TurnStored
 from ..storage.rows import MessageRow
 from .caps import Caps, Overrides
 from .failures import failure_of
 from .limits import Rate, check_and_admit
+from .marks import TurnMarks
 from .memory import MemoryManager
 from .metrics import Metrics
 from .profile import Profile
@@ -78,7 +79,8 @@ class ChatService:
     def __init__(self, memory: MemoryManager, pool: WorkerPool, defaults: LLMConfig,
                  chat_per_minute: int, meter: UsageMeter, metrics: Metrics,
                  caps: Caps, models: tuple[ModelConfig, ...] = (),
-                 config: ChatConfig | None = None, *, prompts: PromptAssembler) -> None:
+                 config: ChatConfig | None = None, *, prompts: PromptAssembler,
+                 marks: TurnMarks) -> None:
         config = config or ChatConfig()
         self.turns = TurnRegistry(config.detached_grace_s, config.finished_turn_ttl_s,
                                   config.max_detached_per_user, self._followed_elsewhere)
@@ -91,6 +93,7 @@ class ChatService:
         self._caps = caps
         self._pool = pool
         self._defaults = defaults
+        self.marks = marks
         self._chat_per_minute = chat_per_minute
         self._meter = meter
         self._metrics = metrics
@@ -161,20 +164,28 @@ class ChatService:
             lambda: self._pool.admit(user_id), self._pool.shared)
         quota = self._caps.quota(limits)
         keep = (chosen.name or None) if chosen is not None else None
+        # The turn marks its conversation with its question until its reply is stored: one
+        # turn at a time there on every process and node (services/marks.py).
+        turn_id = secrets.token_urlsafe(12)
+        mark = self.marks.new(turn_id)
         try:
             profile = await self._prompts.profile(user_id)  # cached; read before anything kept
             if conversation_id is not None and edit_message_id is not None:
                 stored, history, used = await self._memory.edit(
-                    user_id, conversation_id, edit_message_id, message or "", quota, keep)
+                    user_id, conversation_id, edit_message_id, message or "", quota, keep, mark)
                 conv_id = conversation_id
             elif conversation_id is not None and regenerate:
                 stored, history, used = await self._memory.regenerate(
-                    user_id, conversation_id, message_id, keep)
+                    user_id, conversation_id, message_id, keep, mark)
                 conv_id = conversation_id
             else:
                 assert message is not None
                 conv_id, stored, history, used = await self._memory.add_user_message(
-                    user_id, conversation_id, message, title_from(message), quota, keep)
+                    user_id, conversation_id, message, title_from(message), quota, keep, mark)
+        except ConversationBusy as err:
+            place.release()
+            raise TurnRunning("a reply is being generated in this conversation; wait for it "
+                              "to end (or stop it) before sending another turn") from err
         except BaseException:
             place.release()
             raise
@@ -185,7 +196,7 @@ class ChatService:
         # then holds the conversation's earlier turns.
         job = Job(owner=user_id, request=request, max_running=self._caps.running(limits),
                   model=route.name, affinity=("conversation", conv_id))
-        turn = Turn(secrets.token_urlsafe(12), conv_id, stored, job, self._pool.queue.position,
+        turn = Turn(turn_id, conv_id, stored, job, self._pool.queue.position,
                     self._ended, user_id, key_id, self.turns.attached, self.turns.detached)
         turn.history_full = history.full  # older turns left out: worth a summary
         turn.first_exchange = edit_message_id is None and not regenerate \
@@ -197,8 +208,9 @@ class ChatService:
         except WorkerError as err:
             place.release()
             # The message is kept: so is why it got no reply, for a page loaded later.
-            await self._store_quietly(conv_id, stored["id"], "", "error", route.name or None,
-                                      err)
+            if await self._store_quietly(conv_id, stored["id"], "", "error",
+                                         route.name or None, err, turn_id) is None:
+                await self.marks.unmark(conv_id, turn_id)
             raise ChatRejected(err, conv_id, stored["id"]) from err
         self.turns.add(turn)
         if self.sharing is not None:
@@ -255,10 +267,11 @@ class ChatService:
             return False
 
     async def store_orphan(self, conversation_id: int, parent_id: int, text: str,
-                           model: str | None) -> MessageRow | None:
-        """Store a dead node's partial reply `incomplete` (None: nowhere to keep it)."""
+                           model: str | None, turn: str) -> MessageRow | None:
+        """Store a dead node's partial reply `incomplete` (None: nowhere to keep it;
+        TurnStored: that node had stored it)."""
         return await self._store_quietly(conversation_id, parent_id, text, "incomplete",
-                                         model, None)
+                                         model, None, turn)
 
     def running_turn_id(self, conversation_id: int) -> str | None:
         """The id of the turn generating a reply in this conversation now, if any (here)."""
@@ -299,6 +312,10 @@ class ChatService:
         except ModelNotFound:
             return self._router.default
 
+    def running_marks(self) -> list[tuple[int, str]]:
+        """(conversation, turn) of each turn running here, for renewing their marks."""
+        return [(turn.conversation_id, turn.id) for turn in self.turns.running()]
+
     async def close(self) -> None:
         """Stop every unfinished turn and wait until each has stored what it generated."""
         for turn in self.turns.running():
@@ -320,14 +337,17 @@ class ChatService:
         """Store the outcome once, then tell the followers (here and on other nodes)."""
         sharing = self.sharing if turn.mirror is not None else None
         try:
-            # Shared: store only with the claim (a node judged dead while it was only out
-            # of touch finds another node has ended its turn). Redis down (None): store.
-            taken = sharing is not None and await sharing.channel.claim(turn.id) is False
-            event = Failed(JobCancelled(TAKEN), None) if taken \
-                else await self._settle(turn, outcome)
+            # Stored under the turn's id, once: a node judged dead while it was only out of
+            # touch finds another node has ended its turn (the database decides).
+            event = await self._settle(turn, outcome)
+        except TurnStored:  # ...and that store ended the conversation's mark
+            event = Failed(JobCancelled(TAKEN), None)
         except Exception:  # whatever happens, the follower gets an end
             log.exception("storing the reply of conversation %d failed", turn.conversation_id)
             event = Failed(StorageError("the reply could not be stored"), None)
+        if event.message is None:
+            # No reply stored: the conversation is free all the same.
+            await self.marks.unmark(turn.conversation_id, turn.id)
         # The leaf is settled: the next turn may come.
         self._busy.discard((turn.user_id, turn.conversation_id))
         turn.push(event)
@@ -336,12 +356,17 @@ class ChatService:
             sharing.channel.end(turn.id, encode_end(event), turn.conversation_id)
 
     async def _settle(self, turn: Turn, outcome: Outcome) -> Done | Failed:
+        """Store the outcome under the turn's id (TurnStored: another node did) and make the
+        followers' last event of it."""
         if isinstance(outcome, Finished):
             c = outcome.completion
             try:
                 stored = await self._store(turn.conversation_id, turn.user_message["id"],
                                            turn.job.model or None, c.text, "complete",
-                                           orjson.dumps(c.usage).decode() if c.usage else None)
+                                           orjson.dumps(c.usage).decode() if c.usage else None,
+                                           turn=turn.id)
+            except TurnStored:
+                raise
             except StorageError as err:  # e.g. the conversation was deleted meanwhile
                 return Failed(err, None)
             if c.usage:
@@ -357,34 +382,45 @@ class ChatService:
         kept = await self._store_quietly(
             turn.conversation_id, turn.user_message["id"], outcome.partial,
             "incomplete" if stopped else "error",
-            turn.job.model or None, None if stopped else outcome.error)
+            turn.job.model or None, None if stopped else outcome.error, turn.id)
         return Failed(outcome.error, kept)
 
     async def _store_quietly(self, conversation_id: int, parent_id: int, content: str,
                              status: str,
-                             model: str | None, error: WorkerError | None) -> MessageRow | None:
+                             model: str | None, error: WorkerError | None,
+                             turn: str | None = None) -> MessageRow | None:
         """Store a reply that failed or was stopped; None if there is nowhere to keep it
-        (e.g. the conversation was deleted meanwhile)."""
+        (e.g. the conversation was deleted meanwhile). TurnStored as _store."""
         why = None
         if error is not None:
             _, code, message, _ = failure_of(error)
             why = orjson.dumps({"code": code, "message": message}).decode()
         try:
             return await self._store(conversation_id, parent_id, model, content, status,
-                                     error=why)
+                                     error=why, turn=turn)
+        except TurnStored:
+            raise
         except StorageError:
             return None
 
     async def _store(self, conversation_id: int, parent_id: int, model: str | None,
                      content: str, status: str, usage: str | None = None,
-                     error: str | None = None) -> MessageRow:
+                     error: str | None = None, turn: str | None = None) -> MessageRow:
         """Store the reply under its question; a busy database gets a few more tries (the user
-        saw the text)."""
-        for delay in STORE_RETRY_S:
+        saw the text). A shared `turn`'s reply stored already: TurnStored, unless it is
+        this one's own (a try whose answer was lost had committed it)."""
+        pauses, retried = iter(STORE_RETRY_S), False
+        while True:
             try:
                 return await self._memory.append(conversation_id, "assistant", content, status,
-                                                 usage, model, error, parent_id)
+                                                 usage, model, error, parent_id, turn)
             except DatabaseBusy:
-                await asyncio.sleep(delay)
-        return await self._memory.append(conversation_id, "assistant", content, status, usage,
-                                         model, error, parent_id)
+                pause = next(pauses, None)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+                retried = True
+            except TurnStored as err:
+                if retried and (err.row["content"], err.row["status"]) == (content, status):
+                    return err.row
+                raise

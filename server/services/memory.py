@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import MemoryConfig
-from ..storage import NO_QUOTA, MessageStore, Quota
+from ..storage import NO_QUOTA, MessageStore, Quota, TurnMark
 from ..storage.rows import SUMMARY, ConversationUse, HistoryRows, MessageRow
 
 _OVERHEAD_TOKENS = 4  # per message: role and separators in the chat template
@@ -32,38 +32,43 @@ class MemoryManager:
     async def append(self, conversation_id: int, role: str, content: str,
                      status: str = "complete", usage: str | None = None,
                      model: str | None = None, error: str | None = None,
-                     parent_id: int | None = None) -> MessageRow:
-        """Store one message in a conversation, under the message it answers."""
+                     parent_id: int | None = None, turn: str | None = None) -> MessageRow:
+        """Store one message in a conversation, under the message it answers (a shared
+        `turn`'s reply once: TurnStored after that)."""
         return await self._messages.add(conversation_id, role, content, status, usage, model,
-                                        error, parent_id)
+                                        error, parent_id, turn)
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
-                               title: str, quota: Quota = NO_QUOTA, model: str | None = None
+                               title: str, quota: Quota = NO_QUOTA, model: str | None = None,
+                               turn: TurnMark | None = None
                                ) -> tuple[int, MessageRow, History, ConversationUse]:
-        """Store the user's message (within their caps) and get the history before it and
-        the conversation's model (`model`, if given, becomes it), in the same transaction."""
+        """Store the user's message (within their caps; `turn` marked on the conversation)
+        and get the history before it and the conversation's model (`model`, if given,
+        becomes it), in the same transaction."""
         conv, stored, rows, used = await self._messages.add_user_message(
             user_id, conversation_id, content, title, self._config.max_history_messages, quota,
-            model)
+            model, turn)
         return conv, stored, self.within_budget(rows), used
 
     async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
-                   quota: Quota = NO_QUOTA, model: str | None = None
+                   quota: Quota = NO_QUOTA, model: str | None = None,
+                   turn: TurnMark | None = None
                    ) -> tuple[MessageRow, History, ConversationUse]:
         """Store a new version of a user's message as a new branch (within the user's caps);
         return it, the history before it and the conversation's model."""
         stored, rows, used = await self._messages.edit(
             user_id, conversation_id, message_id, content, self._config.max_history_messages,
-            quota, model)
+            quota, model, turn)
         return stored, self.within_budget(rows), used
 
     async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
-                         model: str | None = None
+                         model: str | None = None, turn: TurnMark | None = None
                          ) -> tuple[MessageRow, History, ConversationUse]:
         """Take a user's message up again (earlier replies stay as alternatives); return it,
         the history before it and the conversation's model."""
         stored, rows, used = await self._messages.regenerate(
-            user_id, conversation_id, message_id, self._config.max_history_messages, model)
+            user_id, conversation_id, message_id, self._config.max_history_messages, model,
+            turn)
         return stored, self.within_budget(rows), used
 
     def within_budget(self, rows: HistoryRows) -> History:

@@ -24,7 +24,7 @@ from workers.errors import (
     UpstreamTimeout,
 )
 
-from ..storage import DatabaseBusy, NotFound, StorageError
+from ..storage import DatabaseBusy, NotFound, StorageError, TurnStored
 from ..storage.rows import MessageRow
 from .turns import Delta, Done, Failed, Turn, TurnEvent
 
@@ -61,10 +61,6 @@ class TurnChannel(Protocol):
     def append(self, turn_id: str, number: int, text: str) -> None:
         """Delta `number` of a shared turn (sent in a batch soon)."""
 
-    async def claim(self, turn_id: str) -> bool | None:
-        """Send the turn's pending deltas and take the right to store its outcome: True
-        taken, False another node has it, None the channel is down."""
-
     def end(self, turn_id: str, payload: bytes, conversation_id: int) -> None:
         """The turn's last event (sent soon, then the turn expires after a while)."""
 
@@ -83,7 +79,7 @@ class TurnChannel(Protocol):
         there are none yet (if `wait`); None if the turn is gone from the channel."""
 
     async def ended(self, turn_id: str) -> bool:
-        """Whether some node took the turn's outcome (it is ending or has ended)."""
+        """Whether the turn has ended (or a node is ending it for its dead owner)."""
 
     async def stop(self, turn_id: str, owner: str) -> None:
         """Ask the owner to stop the turn."""
@@ -99,7 +95,9 @@ class TurnChannel(Protocol):
         """Take an orphan's outcome for this node (exactly one node gets True)."""
 
 
-Store = Callable[[int, int, str, "str | None"], Awaitable["MessageRow | None"]]
+# (conversation, question, text, model, turn) -> the stored reply; TurnStored if it was.
+Store = Callable[[int, int, str, "str | None", str], Awaitable["MessageRow | None"]]
+Unmark = Callable[[int, str], Awaitable[None]]  # (conversation, turn)
 
 
 class Replay:
@@ -191,9 +189,10 @@ class RemoteTurn:
 class TurnSharing:
     """The chat service's side of sharing: mirror its turns, find others', end orphans."""
 
-    def __init__(self, channel: TurnChannel, store: Store) -> None:
+    def __init__(self, channel: TurnChannel, store: Store, unmark: Unmark) -> None:
         self.channel = channel
-        self._store = store  # (conversation, question, text, model) -> the stored reply
+        self._store = store
+        self._unmark = unmark  # a turn ended with nothing stored: its conversation is free
         self.sweeps = 0  # passes that judged which nodes are dead
 
     def attach(self, turn: Turn) -> None:
@@ -257,9 +256,14 @@ class TurnSharing:
             return  # it had ended after all
         kept = None
         if meta is not None and replay.text:
-            kept = await self._store(int(meta["conversation_id"]),
-                                     orjson.loads(meta["user_message"])["id"], replay.text,
-                                     meta.get("model") or None)
+            try:
+                kept = await self._store(int(meta["conversation_id"]),
+                                         orjson.loads(meta["user_message"])["id"], replay.text,
+                                         meta.get("model") or None, turn_id)
+            except TurnStored as err:  # its node stored it, then died before saying so
+                kept = err.row
+        if meta is not None and kept is None:
+            await self._unmark(int(meta["conversation_id"]), turn_id)
         log.warning("ended turn %s of a node that stopped (%d characters kept)", turn_id,
                     len(replay.text))
         self.channel.end(turn_id, encode_end(Failed(JobCancelled(NODE_LOST), kept)),

@@ -27,12 +27,14 @@ from .base import (
     SummaryStore,
     TokenStore,
     TransferStore,
+    TurnMark,
     UsageDelta,
     UsageStore,
     UserStore,
 )
 from .errors import (
     Conflict,
+    ConversationBusy,
     DatabaseBusy,
     DatabaseUnavailable,
     InvalidCursor,
@@ -45,6 +47,7 @@ from .errors import (
     TooManyConversations,
     TooManyKeys,
     TooManyMemories,
+    TurnStored,
 )
 from .sqlite import open_sqlite
 
@@ -69,12 +72,11 @@ async def open_storage(config: DatabaseConfig) -> Storage:
 
 __all__ = [
     "NO_QUOTA", "AccountSettingsStore", "AuditStore", "AuthEvent", "AuthEventStore", "BranchStore",
-    "Conflict", "ConversationStore", "DatabaseBusy", "DatabaseUnavailable", "InvalidCursor",
-    "KeyStore", "MemoryNotFound",
-    "MemoryStore", "MessageStore", "NewConversation", "NewMessage", "NotFound", "OverQuota",
-    "PromptStore", "Quota", "QuotaStore", "SchemaTooNew", "SearchStore", "Storage",
-    "StorageError",
-    "StorageQuotaExceeded", "StorageStats", "SummaryStore", "TokenStore", "TooManyConversations",
-    "TooManyKeys", "TooManyMemories", "TransferStore", "UsageDelta", "UsageStore", "UserStore",
-    "open_storage",
+    "Conflict", "ConversationBusy", "ConversationStore", "DatabaseBusy", "DatabaseUnavailable",
+    "InvalidCursor", "KeyStore", "MemoryNotFound", "MemoryStore", "MessageStore",
+    "NewConversation", "NewMessage", "NotFound", "OverQuota", "PromptStore", "Quota", "QuotaStore",
+    "SchemaTooNew", "SearchStore", "Storage", "StorageError", "StorageQuotaExceeded",
+    "StorageStats", "SummaryStore", "TokenStore", "TooManyConversations", "TooManyKeys",
+    "TooManyMemories", "TransferStore", "TurnMark", "TurnStored", "UsageDelta", "UsageStore",
+    "UserStore", "open_storage",
 ]

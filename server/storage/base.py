@@ -35,6 +35,16 @@ NO_QUOTA = Quota()
 
 
 @dataclass(frozen=True, slots=True)
+class TurnMark:
+    """A turn starting in a conversation, marked on it until its reply is stored (one at a
+    time, on every node): its id, and the time (as created_at) before which another turn's
+    mark is stale (its node died without ending it)."""
+
+    id: str
+    stale_before: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """One message of an imported conversation (created_at: as now_iso writes it)."""
 
@@ -198,34 +208,44 @@ class MessageStore(Protocol):
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, history: int = 0, quota: Quota = NO_QUOTA,
-                               model: str | None = None
+                               model: str | None = None, turn: TurnMark | None = None
                                ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
         """Store a user's message (creating the conversation when none is given) and return
         its conversation, the row, up to `history` earlier messages, newest first, and the
         conversation's model and settings (`model`, if given, becomes its model)
-        (TooManyConversations,
-        StorageQuotaExceeded: nothing stored)."""
+        (TooManyConversations, StorageQuotaExceeded, ConversationBusy while another `turn`
+        is marked on it: nothing stored)."""
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,
                   model: str | None = None, error: str | None = None,
-                  parent_id: int | None = None) -> MessageRow:
+                  parent_id: int | None = None, turn: str | None = None) -> MessageRow:
         """Append a message under `parent_id` to a conversation the caller has already
-        checked (NotFound if it or the parent is gone); `usage` and `error` are JSON text."""
+        checked (NotFound if it or the parent is gone); `usage` and `error` are JSON text.
+        A `turn`'s reply is stored once, on any node (TurnStored with it after that), and
+        ends the turn's mark on the conversation."""
+
+    async def unmark(self, conversation_id: int, turn: str) -> None:
+        """End a turn's mark on its conversation when no reply of it is stored."""
+
+    async def renew(self, marks: list[tuple[int, str]]) -> None:
+        """Renew running turns' marks, each (conversation, turn) still marked on it."""
 
     async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,
-                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None
+                   history: int = 0, quota: Quota = NO_QUOTA, model: str | None = None,
+                   turn: TurnMark | None = None
                    ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
         """Store a new version of a user's message beside it (a new branch, made active);
         return it, up to `history` messages before it, newest first, and the conversation's
-        model (NotFound, StorageQuotaExceeded: no change)."""
+        model (NotFound, StorageQuotaExceeded, ConversationBusy: no change)."""
 
     async def regenerate(self, user_id: int, conversation_id: int, message_id: int | None,
-                         history: int = 0, model: str | None = None
+                         history: int = 0, model: str | None = None,
+                         turn: TurnMark | None = None
                          ) -> tuple[MessageRow, HistoryRows, ConversationUse]:
         """Make a user's message (or the question of a reply; None: the active branch's
         last) the active leaf to answer again; return it, the history before it and the
-        conversation's model (NotFound: no change)."""
+        conversation's model (NotFound, ConversationBusy: no change)."""
 
 
 class SummaryStore(Protocol):

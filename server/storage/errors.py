@@ -1,5 +1,12 @@
 """Storage errors: what a caller may need to tell apart, nothing about HTTP."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .rows import MessageRow
+
 
 class StorageError(Exception):
     """Base class for storage failures."""
@@ -52,3 +59,17 @@ class TooManyMemories(StorageError):
 class DatabaseUnavailable(DatabaseBusy):
     """The database server cannot be reached or cannot serve now (down, restarting, full);
     like DatabaseBusy, a caller may try again later."""
+
+
+class ConversationBusy(StorageError):
+    """Another turn is marked on the conversation (its reply is not stored yet); nothing
+    was written."""
+
+
+class TurnStored(StorageError):
+    """A reply of this turn is stored already (by this node's earlier try, or by another
+    node that ended the turn); nothing was written. `row` is the stored one."""
+
+    def __init__(self, row: MessageRow) -> None:
+        super().__init__("this turn's reply is stored already")
+        self.row = row

@@ -1,10 +1,10 @@
-"""What a write past one of a user's caps is refused with: the same rule and the same words
-on every backend (each backend reads the counters its own way)."""
+"""What a write past one of a user's caps, or into a conversation busy with another turn, is
+refused with: the same rule and the same words on every backend (each reads its own way)."""
 
 from __future__ import annotations
 
-from .base import Quota
-from .errors import StorageQuotaExceeded, TooManyConversations, TooManyMemories
+from .base import Quota, TurnMark
+from .errors import ConversationBusy, StorageQuotaExceeded, TooManyConversations, TooManyMemories
 
 
 def counted(quota: Quota, conversations: int, chars: int) -> bool:
@@ -31,3 +31,11 @@ def too_many_memories(have: int, max_count: int) -> TooManyMemories:
     return TooManyMemories(
         f"you already keep {have:,} memories, the most one account may keep ({max_count:,}); "
         "delete some you no longer need to add more")
+
+
+def free(running: str | None, since: str | None, turn: TurnMark | None) -> None:
+    """ConversationBusy if another turn's mark on the conversation still holds (a reply is
+    being generated there: a turn now would hang from a question still unanswered)."""
+    if turn is not None and running is not None and running != turn.id \
+            and (since or "") >= turn.stale_before:
+        raise ConversationBusy("a reply is being generated in this conversation")

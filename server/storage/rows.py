@@ -149,8 +149,17 @@ def _second(whole: int) -> str:
 
 def now_iso() -> str:
     """UTC now as ISO 8601 with milliseconds; sorts as text."""
-    ms = int(time.time() * 1000)
+    return iso_at(time.time())
+
+
+def iso_at(at: float) -> str:
+    """A Unix time as now_iso writes it."""
+    ms = int(at * 1000)
     return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+# message_row's columns, as a turn's stored reply is read back.
+TURN_COLUMNS = "id, role, content, status, created_at, usage, model, error, parent_id"
 
 
 def message_row(row: Any) -> MessageRow:

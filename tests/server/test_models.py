@@ -106,6 +106,27 @@ async def test_each_model_reaches_only_its_replicas_and_a_conversation_keeps_its
     assert shown["model"] == "alpha"
 
 
+async def test_a_model_changed_mid_conversation_answers_from_the_next_turn_on(
+        sim_cluster: Sims, serve: Serve) -> None:
+    server, alpha, beta = await two_models(sim_cluster, serve)
+    user = await register_over_http(server.url, "switcher")
+    status, body = await chat(server, user, "on alpha")
+    conv = body["conversation_id"]
+    status, body = await chat(server, user, "now beta", conversation_id=conv, model="beta")
+    assert status == 200 and body["message"]["model"] == "beta", body
+    assert (served(alpha), served(beta)) == (1, 1)
+    sent = seen_by(beta[0])[-1]  # the history so far goes to the new model
+    assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == [
+        "on alpha", "now beta"]
+    status, body = await chat(server, user, "no model named", conversation_id=conv)
+    assert status == 200 and body["message"]["model"] == "beta", body  # kept
+    assert (served(alpha), served(beta)) == (1, 2)
+    _, shown = await get(server, f"/api/conversations/{conv}", user)
+    assert shown["model"] == "beta"
+    assert [m.get("model") for m in shown["messages"]] == [None, "alpha", None, "beta",
+                                                           None, "beta"]
+
+
 async def test_v1_routes_by_model_and_lists_the_configured_names(sim_cluster: Sims,
                                                                  serve: Serve) -> None:
     server, alpha, beta = await two_models(sim_cluster, serve)

@@ -18,6 +18,30 @@ await new Promise((resolve) => {
   document.head.append(sheet);
 });
 
+// Copying a selection with formulas in it copies their LaTeX ($...$, $$...$$ on a line of
+// its own), as the reply's Copy does, not the glyphs the browser lays out one a line. A
+// selection that starts or ends inside a formula takes the whole formula.
+const mathOf = (n) => (n.nodeType === 1 ? n : n.parentElement)?.closest("#messages math");
+document.addEventListener("copy", (event) => {
+  const sel = getSelection();
+  if (!sel.rangeCount || sel.isCollapsed) return;
+  const range = sel.getRangeAt(0).cloneRange();
+  const first = mathOf(range.startContainer), last = mathOf(range.endContainer);
+  if (first) range.setStartBefore(first);
+  if (last) range.setEndAfter(last);
+  const part = range.cloneContents();
+  if (!part.querySelector("math")) return;
+  for (const m of part.querySelectorAll("math")) {
+    const tex = m.querySelector("annotation")?.textContent ?? m.textContent;
+    m.replaceWith(m.getAttribute("display") === "block" ? `$$${tex}$$` : `$${tex}$`);
+  }
+  const box = h("div", { class: "offscreen", "aria-hidden": "true" }, part);
+  document.body.append(box); // laid out, so innerText keeps the paragraphs' line breaks
+  event.clipboardData.setData("text/plain", box.innerText);
+  box.remove();
+  event.preventDefault();
+});
+
 /** A switch or a delete is on its way: one at a time, and Send waits. */
 export let moving = false;
 

@@ -80,11 +80,12 @@ async def owned_message(conn: Any, user_id: int, conversation_id: int,
 
 
 async def lock_conversation(conn: Any, user_id: int, conversation_id: int) -> Any:
-    """The user's conversation's (model, settings, leaf_id), its row locked until the
-    transaction ends: writes to one conversation from several nodes take turns, as SQLite's
-    single writer makes them; None if the user has no such conversation."""
-    return await conn.fetchrow("SELECT model, settings, leaf_id FROM conversations "
-                               "WHERE id = $1 AND user_id = $2 FOR UPDATE",
+    """The user's conversation's (model, settings, leaf_id, running_turn, running_since),
+    its row locked until the transaction ends: writes to one conversation from several nodes
+    take turns, as SQLite's single writer makes them; None if the user has no such
+    conversation."""
+    return await conn.fetchrow("SELECT model, settings, leaf_id, running_turn, running_since "
+                               "FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE",
                                conversation_id, user_id)
 
 
@@ -104,7 +105,7 @@ class PostgresBranches:
                                await newest_under(conn, conversation_id, message_id),
                                conversation_id)
 
-        await self._db.write(op)
+        await self._db.write(op, (user_id, conversation_id))
 
     async def delete(self, user_id: int, conversation_id: int, message_id: int) -> int:
         """Delete a message and every message under it; return how many went. If the active
@@ -126,4 +127,4 @@ class PostgresBranches:
                                    new_leaf, conversation_id)
             return int(gone)
 
-        return await self._db.write(op)
+        return await self._db.write(op, (user_id, conversation_id))

@@ -40,7 +40,7 @@ class PostgresConversations:
             return {"id": int(ident), "title": title, "created_at": now, "updated_at": now,
                     "message_count": 0, "model": None, "settings": {}, "leaf_id": None}
 
-        return await self._db.write(op)
+        return await self._db.write(op, (user_id, 0))
 
     async def page(self, user_id: int, limit: int,
                    cursor: str | None) -> tuple[list[ConversationRow], str | None]:
@@ -102,7 +102,7 @@ class PostgresConversations:
                 f"WHERE id = $2 AND user_id = $3 RETURNING {COLUMNS}",
                 title, conversation_id, user_id)
 
-        row = await self._db.write(op)
+        row = await self._db.write(op, (user_id, conversation_id))
         if row is None:
             raise NotFound("conversation not found")
         return conversation_row(row)
@@ -130,7 +130,7 @@ class PostgresConversations:
                 "WHERE id = $2 AND user_id = $3 AND title_source = 'first_line'",
                 title, conversation_id, user_id))
 
-        return await self._db.write(op) > 0
+        return await self._db.write(op, (user_id, conversation_id)) > 0
 
     async def configure(self, user_id: int, conversation_id: int, changes: dict[str, Any],
                         quota: Quota = NO_QUOTA) -> ConversationRow:
@@ -152,7 +152,7 @@ class PostgresConversations:
                 "UPDATE conversations SET settings = $1 WHERE id = $2 AND user_id = $3 "
                 f"RETURNING {COLUMNS}", text, conversation_id, user_id)
 
-        row = await self._db.write(op)
+        row = await self._db.write(op, (user_id, conversation_id))
         if row is None:
             raise NotFound("conversation not found")
         return conversation_row(row)
@@ -165,5 +165,5 @@ class PostgresConversations:
                 "DELETE FROM conversations WHERE id = $1 AND user_id = $2",
                 conversation_id, user_id))
 
-        if await self._db.write(op) == 0:
+        if await self._db.write(op, (user_id, conversation_id)) == 0:
             raise NotFound("conversation not found")

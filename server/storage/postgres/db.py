@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -44,6 +44,13 @@ _DOWN = frozenset({"57P01", "57P02", "57P03"})
 # default, only a superuser may lower it), and every write of both nodes with them.
 _STEP_MS = 100
 _CONFLICT = frozenset({"40P01", "40001", "55P03"})
+# A batch's users' counters, locked in user order (the lock is taken above the sort), waiting
+# up to busy_timeout_ms: a writer that holds nothing yet can be in no deadlock. One round
+# trip (three statements: the simple protocol has no parameters, so the ids, ints, are
+# written in).
+_LOCK_USERS = ("SET LOCAL lock_timeout = {wait}; SELECT 1 FROM user_storage WHERE user_id "
+               "= ANY('{{{users}}}'::bigint[]) ORDER BY user_id FOR UPDATE; "
+               "SET LOCAL lock_timeout = {step}")
 
 
 class _Conflicted(Exception):
@@ -95,6 +102,7 @@ class Database:
         self._pool: Any = None
         self._writer: Any = None
         self._pending: deque[tuple[Op[object], asyncio.Future[object]]] = deque()
+        self._order: dict[asyncio.Future[object], tuple[int, int]] = {}  # see write()
         self._tries: dict[asyncio.Future[object], int] = {}  # ops that lost a conflict
         self._retries = max(5, busy_timeout_ms // _STEP_MS)
         self._pause = 0.0  # before the next batch, after an op lost a conflict
@@ -169,12 +177,17 @@ class Database:
                 raise mapped from err
         raise AssertionError("unreachable")
 
-    async def write(self, op: Op[T]) -> T:
-        """Queue a write; resolves once the transaction holding it has committed."""
+    async def write(self, op: Op[T], order: tuple[int, int] | None = None) -> T:
+        """Queue a write; resolves once the transaction holding it has committed. `order`:
+        the (user, conversation) whose rows it locks; a batch runs its ops in that order
+        (the others after them, as they came), so every node's writer takes the rows of
+        several users in the same order: they may wait on each other, never deadlock."""
         if self._closing:
             raise StorageError("the database is closing")
         self.stats.writes += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if order is not None:
+            self._order[fut] = order
         self._pending.append((op, fut))
         self._wake.set()
         return cast(T, await asyncio.shield(fut))
@@ -189,16 +202,25 @@ class Database:
                     self._pause = 0.0
                 batch = [self._pending.popleft()
                          for _ in range(min(self._max_batch, len(self._pending)))]
+                batch.sort(key=self._key)  # stable: one user's ops keep their order
                 await self._commit_batch(batch)
             if self._closing and not self._pending:
                 return
+
+    def _key(self, item: tuple[Op[object], asyncio.Future[object]]) -> tuple[bool, int, int]:
+        order = self._order.get(item[1])
+        return (False, *order) if order is not None else (True, 0, 0)
 
     async def _commit_batch(self, batch: list[tuple[Op[object], asyncio.Future[object]]]
                             ) -> None:
         self.stats.batches += 1
         ops = [op for op, _ in batch]
+        users = sorted({order[0] for _, fut in batch if (order := self._order.get(fut))})
         try:
-            conn, xact = await self._begin()
+            conn, xact = await self._begin(users)
+            if conn is None:  # another node's batch held those users' rows too long
+                self._again(batch)
+                return
             # Most batches fail nowhere: run them without savepoints (one round trip an op, not
             # three); if one op fails, the whole try is rolled back and the batch runs again
             # with a savepoint per op, so the failure spoils no other op.
@@ -206,7 +228,10 @@ class Database:
             if outcomes is None:
                 if len(ops) > 1:
                     self.stats.replays += 1
-                    conn, xact = await self._begin()
+                    conn, xact = await self._begin(users)
+                    if conn is None:
+                        self._again(batch)
+                        return
                 outcomes = await _apply(conn, xact, ops)
         except BaseException as err:  # the commit itself failed: nobody's rows are in
             error = _mapped(err) if isinstance(err, Exception) else err
@@ -214,6 +239,8 @@ class Database:
                 self._writer.terminate()  # reconnect for the next batch
                 self._writer = None
             for _, fut in batch:
+                self._order.pop(fut, None)
+                self._tries.pop(fut, None)
                 if not fut.done():
                     fut.set_exception(error)
             if not isinstance(err, Exception):
@@ -223,12 +250,15 @@ class Database:
         again: list[tuple[Op[object], asyncio.Future[object]]] = []
         for (op, fut), (ok, value) in zip(batch, outcomes, strict=True):
             tries = self._tries.pop(fut, 0)
+            order = self._order.pop(fut, None)
             if fut.done():
                 continue
             if ok:
                 fut.set_result(value)
             elif isinstance(value, _Conflicted) and tries < self._retries:
                 self._tries[fut] = tries + 1
+                if order is not None:
+                    self._order[fut] = order
                 again.append((op, fut))
             else:
                 error = cast(BaseException, value)
@@ -241,9 +271,46 @@ class Database:
             # otherwise meet again the same way, batch after batch.
             self._pause = random.uniform(0, _STEP_MS / 1000)
 
-    async def _begin(self) -> tuple[Any, Any]:
-        """The writer's connection in a new transaction; a connection the server dropped
-        since the last batch (nothing sent on it yet) is replaced once."""
+    def _again(self, batch: list[tuple[Op[object], asyncio.Future[object]]]) -> None:
+        """The whole batch runs again, first in the next one (each op counted as a try)."""
+        again = []
+        for op, fut in batch:
+            tries = self._tries.pop(fut, 0)
+            if fut.done():
+                self._order.pop(fut, None)
+            elif tries < self._retries:
+                self._tries[fut] = tries + 1
+                again.append((op, fut))
+            else:
+                self._order.pop(fut, None)
+                fut.set_exception(DatabaseBusy("the database is busy, try again"))
+        self.stats.retries += len(again)
+        self._pending.extendleft(reversed(again))
+        self._pause = random.uniform(0, _STEP_MS / 1000)
+
+    async def _begin(self, users: Sequence[int] = ()) -> tuple[Any, Any]:
+        """The writer's connection in a new transaction, with the counters of the batch's
+        `users` locked first, in user order (None, None: another writer held them past
+        lock_timeout). Every op of a user locks its counters (the message triggers count
+        the user's characters): taken first and in one order by every node's writer, they
+        make two writers wait for each other, never deadlock. A connection the server
+        dropped since the last batch (nothing sent on it yet) is replaced once."""
+        conn, xact = await self._transaction()
+        if users:
+            try:
+                await conn.execute(_LOCK_USERS.format(
+                    wait=int(self._busy_ms), step=min(_STEP_MS, int(self._busy_ms)),
+                    users=",".join(str(int(user)) for user in users)))
+            except Exception as err:
+                if getattr(err, "sqlstate", None) not in _CONFLICT:
+                    await _abandon(conn, xact)
+                    raise
+                await _abandon(conn, xact)
+                return None, None
+        return conn, xact
+
+    async def _transaction(self) -> tuple[Any, Any]:
+        """The writer's connection in a new transaction (see _begin)."""
         for attempt in (1, 2):
             if self._writer is None or self._writer.is_closed():
                 self._writer = None

@@ -295,7 +295,33 @@ CREATE TRIGGER memories_au AFTER UPDATE OF content ON memories FOR EACH ROW
     WHEN (OLD.content IS DISTINCT FROM NEW.content) EXECUTE FUNCTION memories_au();
 """
 
-MIGRATIONS: list[str] = [V1, V2]
+# SQLite's V15: a user's message names the turn that answers it and marks the conversation
+# until that turn's reply is stored (one turn at a time on every node); a reply names its
+# turn and is stored once, by whichever node stores it first (the unique index).
+V3 = """
+ALTER TABLE messages ADD COLUMN turn TEXT;
+ALTER TABLE conversations ADD COLUMN running_turn TEXT;
+ALTER TABLE conversations ADD COLUMN running_since TEXT;
+CREATE UNIQUE INDEX messages_by_turn ON messages (turn)
+    WHERE turn IS NOT NULL AND role = 'assistant';
+CREATE OR REPLACE FUNCTION messages_ai() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE conversations SET message_count = message_count + 1, updated_at = NEW.created_at,
+        leaf_id = CASE WHEN NEW.role = 'user' OR leaf_id IS NULL
+                       OR leaf_id IS NOT DISTINCT FROM NEW.parent_id THEN NEW.id
+                       ELSE leaf_id END,
+        running_since = CASE WHEN NEW.role = 'user' AND NEW.turn IS NOT NULL
+                             THEN NEW.created_at ELSE running_since END,
+        running_turn = CASE WHEN NEW.role = 'user' AND NEW.turn IS NOT NULL THEN NEW.turn
+                            WHEN NEW.role = 'assistant' AND running_turn = NEW.turn THEN NULL
+                            ELSE running_turn END
+        WHERE id = NEW.conversation_id;
+    UPDATE user_storage SET chars = chars + length(NEW.content) WHERE user_id = NEW.owner;
+    RETURN NULL;
+END $$;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3]
 LATEST = len(MIGRATIONS)
 # Taken for the whole migration: nodes starting together migrate one after another.
 _LOCK = 0x63686174  # "chat"

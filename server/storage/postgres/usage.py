@@ -27,7 +27,7 @@ class PostgresUsage:
                 "requests = u.requests + excluded.requests, "
                 "prompt_tokens = u.prompt_tokens + excluded.prompt_tokens, "
                 "completion_tokens = u.completion_tokens + excluded.completion_tokens",
-                deltas)
+                sorted(deltas, key=lambda d: (d[0], d[1], d[2])))  # every node's lock order
 
         await self._db.write(op)
 

@@ -337,7 +337,37 @@ CREATE TRIGGER auth_events_key_gone AFTER DELETE ON api_keys BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14]
+# Turns on the rows: a user's message names the turn that answers it and marks the
+# conversation (`running_turn`, from `running_since`) until that turn's reply is stored, one
+# turn at a time on every process and node (a mark older than a turn may last is stale); a
+# reply names its turn and is stored once, whichever node stores it first (the unique index).
+# The insert trigger sets and ends the mark: no extra statement per turn.
+V15 = """
+ALTER TABLE messages ADD COLUMN turn TEXT;
+ALTER TABLE conversations ADD COLUMN running_turn TEXT;
+ALTER TABLE conversations ADD COLUMN running_since TEXT;
+CREATE UNIQUE INDEX messages_by_turn ON messages(turn)
+    WHERE turn IS NOT NULL AND role = 'assistant';
+DROP TRIGGER messages_ai;
+CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content, owner) VALUES (new.id, new.content, new.owner);
+    -- A write that did not name the owner (plain SQL) gets it here; messages_au re-indexes.
+    UPDATE messages SET owner =
+        (SELECT user_id FROM conversations WHERE conversations.id = new.conversation_id)
+        WHERE id = new.id AND new.owner IS NULL;
+    UPDATE conversations SET message_count = message_count + 1, updated_at = new.created_at,
+        leaf_id = CASE WHEN new.role = 'user' OR leaf_id IS NULL
+                       OR leaf_id IS new.parent_id THEN new.id ELSE leaf_id END,
+        running_since = CASE WHEN new.role = 'user' AND new.turn IS NOT NULL
+                             THEN new.created_at ELSE running_since END,
+        running_turn = CASE WHEN new.role = 'user' AND new.turn IS NOT NULL THEN new.turn
+                            WHEN new.role = 'assistant' AND running_turn = new.turn THEN NULL
+                            ELSE running_turn END
+        WHERE id = new.conversation_id;
+END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15]
 LATEST = len(MIGRATIONS)
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from server import keys
 from server.runner import Running
+from server.services.memory import approx_tokens
 from server.services.profile import MEMORY_HEADING
-from tests.support.app import User, db_of, error_of
+from tests.support.admin import call_ok
+from tests.support.app import User, db_of, error_of, register_over_http
 from tests.support.storage import value
 from vllm_sim import SimServer
 
@@ -216,6 +218,22 @@ async def test_every_turn_carries_the_enabled_memories(http: aiohttp.ClientSessi
     assert "Python" not in await system_sent(http, user, simulator)
     other = await register()  # someone else's memories never go in
     assert await system_sent(http, other, simulator) == "You are a helpful assistant."
+
+
+async def test_over_the_configured_budget_the_oldest_are_left_out(
+        custom: Any, simulator: SimServer) -> None:
+    each = approx_tokens("fact number 1 " + "x" * 40)
+    running = await custom(memories={"max_tokens": 2 * each})  # room for two of them
+    user = await register_over_http(running.url, "remembers")
+    async with aiohttp.ClientSession(running.url) as http:
+        for n in (1, 2, 3):
+            await add(http, user, f"fact number {n} " + "x" * 40)
+        system = await system_sent(http, user, simulator)
+        preview = await call_ok(running, user, "GET", "/api/prompt")
+    assert "- fact number 3" in system and "- fact number 2" in system
+    assert "fact number 1" not in system
+    assert system.index("fact number 3") < system.index("fact number 2")  # newest first
+    assert preview["messages"][0]["content"] == system  # the preview shows the same
 
 
 async def test_an_edit_is_seen_by_the_next_turn_and_steady_turns_read_nothing_more(

@@ -13,6 +13,7 @@ from server.services.memory import SUMMARY_HEADING
 from server.services.summaries import SYSTEM
 from tests.support.admin import call_ok
 from tests.support.app import User, register_over_http
+from tests.support.browser import sim_config
 from tests.support.replicas import seen_by
 from tests.support.storage import value
 from vllm_sim import SimServer
@@ -88,6 +89,33 @@ async def test_a_branch_that_leaves_the_summarised_path_does_without(
     # Deleting the summarised message deletes its summary: the old branch goes without too.
     await call_ok(running, user, "DELETE", f"/api/conversations/{conv}/messages/{shown[2]['id']}")
     assert await value(running, "SELECT count(*) FROM summaries") == 0
+
+
+async def test_a_new_branch_gets_its_own_summary_and_the_old_one_keeps_its(
+        custom: Any, simulator: SimServer) -> None:
+    await sim_config(simulator.root_url, echo=True)  # each summary echoes what it covers
+    running, user = await summarising(custom)
+    conv = await say(running, user, "q1")
+    for text in ("q2", "q3"):
+        await say(running, user, text, conv)
+    await until_summaries(running, 1)
+    shown = (await call_ok(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
+    [old] = [m["summary"]["content"] for m in shown if "summary" in m]
+    await say(running, user, "q2 again", conv, edit_message_id=shown[2]["id"])
+    await say(running, user, "q3 again", conv)  # the new branch's history overflows in turn
+    await until_summaries(running, 2)
+    job = (seen_by(simulator))[-1]["messages"][1]["content"]
+    assert "q2 again" in job and old not in job
+    again = (await call_ok(running, user, "GET", f"/api/conversations/{conv}"))["messages"]
+    [new] = [m["summary"]["content"] for m in again if "summary" in m]
+    await say(running, user, "q4 again", conv)
+    assert f"{SUMMARY_HEADING}\n{new}" in (seen_by(simulator))[-1]["messages"][0]["content"]
+    # Back on the old branch, its own summary is sent again.
+    await call_ok(running, user, "POST", f"/api/conversations/{conv}/branch",
+                  {"message_id": shown[-1]["id"]})
+    await say(running, user, "q4", conv)
+    system = (seen_by(simulator))[-1]["messages"][0]["content"]
+    assert f"{SUMMARY_HEADING}\n{old}" in system and new not in system
 
 
 async def test_no_summary_when_they_are_off(custom: Any, simulator: SimServer) -> None:

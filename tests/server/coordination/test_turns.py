@@ -189,6 +189,14 @@ async def test_a_stop_sent_to_b_stops_the_turn_on_a(nodes: list[Running],
             name, data, _ = tail[-1]
             assert name == "error" and data["error"]["code"] == "cancelled"
             assert len(text(head + tail)) < len(WORDS)
+            # The end reaches the shared store with A's next batch (one tick), after the
+            # reply is stored and A's client told: then every node knows it ended.
+            conversation = data["error"]["conversation_id"]
+
+            async def ended_on_b() -> bool:
+                return await running_turn_ids(b.url, user, conversation) == [None, None]
+
+            await until(ended_on_b)
             async with s.post(f"/api/turns/{turn_id}/stop", headers=user.headers) as resp:
                 assert resp.status == 202 and await resp.json() == {"stopped": False}
     finally:

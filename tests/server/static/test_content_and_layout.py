@@ -164,6 +164,10 @@ COLOURS = """(reply) => Object.fromEntries(["k", "s2", "c1", "nf"].map((c) =>
   [c, getComputedStyle(reply.querySelector("pre.hl ." + c)).color]))"""
 
 
+SELECT = """(el) => { const r = document.createRange(); r.selectNodeContents(el);
+  getSelection().removeAllRanges(); getSelection().addRange(r); }"""
+
+
 async def test_code_is_highlighted_light_and_dark_and_math_is_mathml(web: Web) -> None:
     page = web.page
     await web.user()
@@ -201,6 +205,16 @@ async def test_code_is_highlighted_light_and_dark_and_math_is_mathml(web: Web) -
     box = await maths.nth(1).locator("mfrac").bounding_box()
     assert box and box["height"] > 20  # a real fraction: numerator over denominator
     await expect(body).to_contain_text("costs $5 and $10, and")
+    # The source stays copyable: the reply's Copy gives the LaTeX as it was written, and so
+    # does selecting a formula and copying it.
+    await web.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=web.url)
+    await reply.get_by_role("button", name="Copy reply as Markdown").click()
+    assert await page.evaluate("() => navigator.clipboard.readText()") == RICH.rstrip()
+    for element, copied in ((maths.first, "$E=mc^2$"), (maths.nth(1), "$$\\frac{a}{b}$$"),
+                            (maths.first.locator(".."), "Inline $E=mc^2$ costs $5 and $10, and")):
+        await element.evaluate(SELECT)
+        await page.keyboard.press("Control+C")
+        assert await page.evaluate("() => navigator.clipboard.readText()") == copied
 
 
 SCREENSHOT_CHAT = [

@@ -8,10 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
-from tests.support.exports import chatgpt_sample
+from server.runner import start
+from tests.support.app import make_config
+from tests.support.browser import api_user, login_context, new_page
+from tests.support.exports import chatgpt_sample, node
 from tests.support.web import Web
+from vllm_sim import SimServer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -74,3 +78,38 @@ async def test_import_then_export(web: Web) -> None:
     await expect(page.locator("#transfer-status")).to_contain_text(
         "Nothing was imported: the body is not a chatgate export")
     await web.axe()
+
+
+async def test_a_rejected_conversation_and_a_file_past_the_cap_are_said(
+        chromium: Browser, sim: SimServer, tmp_path: Path) -> None:
+    capped = await start(make_config(tmp_path, sim.url, limits={"max_import_bytes": 100_000}))
+    try:
+        context, watched = await new_page(chromium, capped.url)
+        page = watched.page
+        await login_context(context, capped.url, await api_user(capped.url, "importer"))
+        await page.goto("/")
+        await expect(page.locator("#import")).to_be_visible()
+        # A ChatGPT export with one broken conversation: the others come in, it is named.
+        broken = {"title": "Broken", "mapping": {  # a cycle: no node is a root
+            "x": node("x", "y", ["y"], "user", ["hi"]),
+            "y": node("y", "x", ["x"], "assistant", ["hello"])}}
+        watched.allow(207, "/api/conversations/import")
+        await page.locator("#import-file").set_input_files(files=[{
+            "name": "conversations.json", "mimeType": "application/json",
+            "buffer": json.dumps([*chatgpt_sample(), broken]).encode()}])
+        await expect(page.locator("#transfer-status")).to_have_text(
+            "Imported 2 conversations. Not imported: Broken: the conversation has no root node")
+        await expect(page.locator("#conv-list li")).to_have_count(2)
+        # A file past limits.max_import_bytes: refused whole, and the cap said in words.
+        watched.allow(413, "/api/conversations/import")
+        await page.locator("#import-file").set_input_files(files=[{
+            "name": "conversations.json", "mimeType": "application/json",
+            "buffer": json.dumps([chatgpt_sample()[1]] * 8000).encode()}])  # about 1.9 MB
+        await expect(page.locator("#transfer-status")).to_have_text(
+            "Nothing was imported: an import may be at most 100,000 bytes"
+            " (limits.max_import_bytes)")
+        await expect(page.locator("#conv-list li")).to_have_count(2)
+        await context.close()
+        watched.check()
+    finally:
+        await capped.stop()

@@ -119,6 +119,18 @@ async def test_pick_a_model_and_the_conversation_keeps_it(web: Web, second: SimS
     await web.idle()
     assert second.stats.completed == beta_before + 2
     assert web.sim.stats.completed == alpha_before
+
+    # Changed mid-conversation: alpha answers from the next turn on, and the chat keeps it.
+    await choice.select_option("alpha")
+    await web.send("Over to alpha?")
+    await web.idle()
+    await expect(messages(page, "assistant").last.locator(".by")).to_have_text("alpha")
+    assert (web.sim.stats.completed, second.stats.completed) == (alpha_before + 1,
+                                                                 beta_before + 2)
+    await page.reload()
+    await expect(messages(page)).to_have_count(6)
+    await expect(choice).to_have_value("alpha")
+    await expect(messages(page, "assistant").nth(1).locator(".by")).to_have_text("beta")
     await web.axe()
     await page.emulate_media(color_scheme="dark")
     await web.axe()

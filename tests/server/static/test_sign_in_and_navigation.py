@@ -23,6 +23,7 @@ from tests.support.web import Web, messages, rows
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 FIRST_LOAD_LIMIT = 60_000  # bytes, uncompressed
+SIGNED_IN_WIRE_LIMIT = 100_000  # bytes on the wire, a signed-in first visit, API answers too
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -58,6 +59,25 @@ async def test_login_page_is_small_cached_safe_and_accessible(web: Web) -> None:
                 assert resp.status == 304, path
     assert await page.evaluate("() => localStorage.length + sessionStorage.length") == 0
     await web.axe()
+
+
+async def test_a_signed_in_first_visit_stays_under_100_kb_on_the_wire(web: Web) -> None:
+    page = web.page
+    await web.user()
+    wire: dict[str, int] = {}
+    pending: list[Any] = []
+
+    async def size(resp: Any) -> None:
+        if resp.url.startswith(web.url):
+            wire[resp.url] = (await resp.request.sizes())["responseBodySize"]
+
+    page.on("response", lambda resp: pending.append(asyncio.ensure_future(size(resp))))
+    await web.open("/")
+    await page.wait_for_load_state("networkidle")
+    await asyncio.gather(*pending)
+    assert any(u.endswith("/turns.js") for u in wire) and any("/api/" in u for u in wire)
+    total = sum(wire.values())
+    assert total < SIGNED_IN_WIRE_LIMIT, f"{total} bytes on the wire: {wire}"
 
 
 # ---- navigation, paging, search ---------------------------------------------------------------

@@ -59,3 +59,32 @@ async def test_the_summary_shows_collapsed_under_the_last_message_it_covers(
     await summary.locator("summary").click()
     await expect(body).to_contain_text("My cat is called Miso")  # the echo of what it was asked
     await web.axe()
+
+    # An edit of the first question: the new branch shows no summary until its own history
+    # overflows, then its own; ‹ brings the old branch back with the old one.
+    await messages(page, "user").first.get_by_role("button", name="Edit this message").click()
+    editor = page.get_by_role("textbox", name="Edit your message")
+    await editor.fill("My dog is called Rex")
+    await editor.press("Enter")
+    await web.idle()
+    await expect(messages(page)).to_have_count(2)
+    await expect(summary).to_have_count(0)
+    for n, text in enumerate(("He is five", "What is his name?")):
+        await web.send(text)
+        await expect(messages(page, "assistant")).to_have_count(n + 2)
+        await web.idle()
+    while counts.get(("summary", "done"), 0) < 2:  # a safety net, not a timing assertion
+        assert asyncio.get_running_loop().time() < deadline + 30, "no second summary"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await page.reload()
+    await expect(summary).to_have_count(1)
+    await summary.locator("summary").click()
+    await expect(body).to_contain_text("My dog is called Rex")
+    await expect(body).not_to_contain_text("Miso")
+    first = messages(page, "user").first
+    await first.get_by_role("button", name="Previous version").click()
+    await expect(messages(page)).to_have_count(6)
+    await expect(summary).to_have_count(1)
+    await summary.locator("summary").click()
+    await expect(body).to_contain_text("My cat is called Miso")

@@ -152,6 +152,31 @@ async def test_an_op_that_loses_a_deadlock_to_another_node_runs_again(make_db: A
     assert a.stats.replays + b.stats.replays + a.stats.retries + b.stats.retries >= 1
 
 
+async def test_ops_ordered_by_user_never_deadlock_between_nodes(make_db: Any) -> None:
+    """Two nodes queue writes to the same users' rows in opposite orders. Given their (user,
+    conversation) order, each batch runs them in that order: one node waits for the other's
+    commit, neither loses a deadlock. Without it (the control) they do lose."""
+    a, b = await make_db(), await make_db()
+    users = [(await a.users.create(f"u{i}", "hash"))["id"] for i in range(6)]
+
+    def touch(user: int) -> Any:
+        async def op(conn: Any) -> None:  # holds the row while the batch goes on
+            await conn.execute("UPDATE users SET token_epoch = token_epoch + 1 WHERE id = $1",
+                               user)
+            await conn.execute("SELECT pg_sleep(0.02)")
+        return op
+
+    async def both(ordered: bool) -> int:
+        before = sum(s.stats.retries + s.stats.replays for s in (a, b))
+        await asyncio.gather(
+            *(a.db.write(touch(u), (u, 0) if ordered else None) for u in users),
+            *(b.db.write(touch(u), (u, 0) if ordered else None) for u in reversed(users)))
+        return sum(s.stats.retries + s.stats.replays for s in (a, b)) - before
+
+    assert await both(ordered=True) == 0
+    assert await both(ordered=False) >= 1  # the same writes do collide without it
+
+
 async def test_close_finishes_queued_writes(on_postgres: str) -> None:
     db = Database(on_postgres)
     await db.open(migrate)
