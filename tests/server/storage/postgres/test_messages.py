@@ -19,12 +19,13 @@ ORPHANS = ("SELECT count(*) FROM messages m WHERE m.parent_id IS NOT NULL AND NO
 
 
 @pytest.fixture
-async def node(on_postgres: str) -> AsyncIterator[PostgresStorage]:
-    """One node's storage (its batching writer) on the test's database."""
-    storage = await open_postgres(on_postgres, pool_size=2, busy_timeout_ms=30000,
-                                  connect_timeout_s=5, max_batch=64)
-    yield storage
-    await storage.close()
+async def nodes(on_postgres: str) -> AsyncIterator[tuple[PostgresStorage, PostgresStorage]]:
+    """Two nodes' storages (each its own batching writer) on the test's database."""
+    opened = [await open_postgres(on_postgres, pool_size=2, busy_timeout_ms=30000,
+                                  connect_timeout_s=5, max_batch=64) for _ in range(2)]
+    yield opened[0], opened[1]
+    for storage in opened:
+        await storage.close()
 
 
 async def _waiting(watch: Any) -> None:
@@ -38,26 +39,32 @@ async def _waiting(watch: Any) -> None:
 
 
 async def test_a_reply_racing_another_nodes_branch_delete_never_loses_its_question(
-        node: PostgresStorage, on_postgres: str) -> None:
-    """The other node's delete has removed the question but not committed when the reply is
+        nodes: tuple[PostgresStorage, PostgresStorage], on_postgres: str) -> None:
+    """A third node's delete has removed the question but not committed when the reply is
     stored; it commits while the reply waits. Under READ COMMITTED the reply's check saw the
     question (the delete was not committed yet), so without a lock on it the reply would be
-    stored under a message that no longer exists."""
-    user = (await node.users.create("racer", "hash"))["id"]
+    stored under a message that no longer exists. The reply is stored by a node that did not
+    write the question (as when a live node ends a dead node's turn): its writer does not know
+    the conversation's owner, so it does not take the owner's counters first, which would
+    have made it wait for the delete before its statement began."""
+    asker, replier = nodes
+    user = (await asker.users.create("racer", "hash"))["id"]
     other = await asyncpg.connect(on_postgres, server_settings={"application_name": "other"})
     watch = await asyncpg.connect(on_postgres, server_settings={"application_name": "watch"})
     try:
         for round_ in range(3):  # each round's reply lands in the delete's open transaction
-            conv, question, _, _ = await node.messages.add_user_message(
+            conv, question, _, _ = await asker.messages.add_user_message(
                 user, None, f"question {round_}", "t")
             xact = other.transaction()
             await xact.start()
-            # What PostgresBranches.delete does, its transaction held open before the commit.
+            # What PostgresBranches.delete does through its writer, before the commit: the
+            # user's counters, the conversation, the subtree.
+            await other.execute("SELECT 1 FROM user_storage WHERE user_id = $1 FOR UPDATE", user)
             await other.fetchrow("SELECT leaf_id FROM conversations WHERE id = $1 FOR UPDATE",
                                  conv)
             await other.execute(SUBTREE + "DELETE FROM messages WHERE id IN "
                                 "(SELECT id FROM sub)", question["id"], conv)
-            reply = asyncio.create_task(node.messages.add(
+            reply = asyncio.create_task(replier.messages.add(
                 conv, "assistant", "the answer", model="m", parent_id=question["id"]))
             await _waiting(watch)
             await xact.commit()
