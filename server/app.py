@@ -39,6 +39,7 @@ from .middleware.metrics import setup_metrics
 from .middleware.sessions import setup_sessions
 from .processes import ProcessInfo, split
 from .secret import resolve_secret
+from .services.account_jobs import AccountJobs
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -374,6 +375,11 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
                                    app[keys.USAGE], pool.cancel_owner, pool.unblock_owner)
     app[keys.ACCOUNTS].stop_jobs_with(lambda user_id: pool.cancel_owner(
         user_id, JobCancelled("the account was deleted"), True))  # user ids are never reused
+    # ...and as here when another process or node disabled or deleted the account (heard as
+    # a revocation of the user's credentials: the poll or pub/sub calls TokenService.forget).
+    account_jobs = AccountJobs(storage.users, pool.cancel_owner, pool.unblock_owner)
+    app[keys.TOKENS].also_forget(account_jobs.changed)
+    app[keys.ACCOUNT_JOBS] = account_jobs
     app[keys.STATUS] = StatusService(pool, app[keys.ROUTER], q.workers, app[keys.METRICS],
                                      None if link is None else lambda: link.up)
     shared = app.get(keys.SHARED_LIMITS)
@@ -383,6 +389,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
             lambda: shared.batcher.stats)
     app[keys.METRICS].watch_pool(pool.queue.qsize, lambda: pool.stats.running)
     yield
+    await account_jobs.close()
     await pool.stop()
 
 

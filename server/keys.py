@@ -14,6 +14,7 @@ from .coordination import RedisLink
 from .coordination.leases import RedisLeases
 from .coordination.limits import RedisLimits
 from .coordination.revocations import Revocations
+from .services.account_jobs import AccountJobs
 from .services.account_settings import AccountSettingsService
 from .services.accounts import AccountService
 from .services.admin import AdminService
@@ -69,6 +70,8 @@ SUMMARIES = web.AppKey("summaries", SummaryService)
 SUGGESTIONS = web.AppKey("suggestions", SuggestionService)  # memories proposed from turns
 STATUS = web.AppKey("status", StatusService)
 REVOCATION_POLL = web.AppKey("revocation_poll", RevocationPoller)  # when others may revoke
+# Stops (and refuses) the jobs of an account disabled or deleted by another process or node.
+ACCOUNT_JOBS = web.AppKey("account_jobs", AccountJobs)
 CAPS = web.AppKey("caps", Caps)
 PROFILES = web.AppKey("profiles", Profiles)  # each user's settings and memories, cached
 MEMORIES = web.AppKey("memories", MemoryService)  # long-term memories (not the history budget)

@@ -1,6 +1,7 @@
 """Several server processes on one port (`server.processes`), as real processes: the master
-restarts a child that dies, SIGTERM drains them all, /metrics counts them all, and a
-revocation through one process is refused by another within a second."""
+restarts a child that dies, SIGTERM drains them all, /metrics counts them all, a
+revocation through one process is refused by another within a second, and a user disabled
+through one process has their reply in another stopped."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.support.procs import (
     start_server_process,
     start_simulator_process,
 )
-from tests.support.sse import collect
+from tests.support.sse import collect, events
 
 
 class Pinned:
@@ -150,6 +151,65 @@ async def test_a_revocation_through_one_process_is_refused_by_another_within_a_s
             delays["api key"] = await refused_within(b, "/v1/models", by_key)
         print("revocation delays seen by the other process:",
               ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in delays.items()))
+    finally:
+        try:
+            assert await server.signal(signal.SIGTERM) == 0
+        finally:
+            await server.stop()
+            await sim.signal(signal.SIGTERM)
+
+
+async def test_a_user_disabled_through_one_process_has_their_reply_in_another_stopped(
+        tmp_path: Path) -> None:
+    """Without Redis the database poll carries it: the reply streaming in the other process
+    stops (stored `incomplete`) and that process refuses the user's jobs until re-enabled."""
+    sim = await start_simulator_process("--tpot-ms", "30", "--reply-tokens", "400")
+    db = tmp_path / "jobs.db"
+    server = await start_server_process(db, sim.url + "/v1", SERVER__PROCESSES=2)
+    try:
+        async with AsyncExitStack() as stack:
+            await children(server, 2)
+            (a, b), _ = await pinned_to_each(server, stack)
+            admin = await register_over_http(server.url, "boss")
+            user = await register_over_http(server.url, "hog")
+            resp = await b.session.post("/api/chat", headers=user.headers,
+                                        json={"message": "a long one", "stream": True})
+            deltas = 0
+            async for name, _ in events(resp):
+                deltas += name == "message"
+                if deltas == 2:
+                    break
+            since = time.monotonic()
+            status, body = await a.call("POST", f"/api/admin/users/{user.id}/disable",
+                                        headers=admin.headers)
+            assert status == 200, body
+            last = (await collect(resp))[-1]
+            took = time.monotonic() - since
+            resp.close()
+            print(f"the reply in the other process stopped after {took * 1000:.0f} ms")
+            assert last[0] == "error" and last[1]["error"]["code"] == "cancelled", last
+            assert took < 1.5  # a poll (0.5 s), one read of the account, the stop
+            with closing(sqlite3.connect(db)) as conn:
+                stored = conn.execute("SELECT status FROM messages WHERE role = 'assistant'"
+                                      ).fetchall()
+            assert stored == [("incomplete",)]
+
+            async with aiohttp.ClientSession() as s:
+                async with s.post(sim.url + "/sim/config",
+                                  json={"tpot_ms": 1, "reply_tokens": 8}) as r:
+                    assert r.status == 200
+            status, body = await a.call("POST", f"/api/admin/users/{user.id}/enable",
+                                        headers=admin.headers)
+            assert status == 200, body
+            status, body = await b.call("POST", "/api/auth/login", json={
+                "username": user.name, "password": user.password})
+            assert status == 200, body
+            again = {"Authorization": f"Bearer {body['access_token']}"}
+            deadline = time.monotonic() + 10  # until b has read the enable too
+            while (status := (await b.call("POST", "/api/chat", headers=again,
+                                           json={"message": "hi"}))[0]) != 200:
+                assert status == 403 and time.monotonic() < deadline, status
+                await asyncio.sleep(0.05)
     finally:
         try:
             assert await server.signal(signal.SIGTERM) == 0

@@ -76,14 +76,25 @@ class PostgresMessages:
         now = now_iso()
 
         async def op(conn: Any) -> MessageRow:
+            # The conversation's row is locked first (the insert trigger's update locks it
+            # anyway, only later: every write to a conversation takes the same order), then
+            # the parent's, FOR KEY SHARE. Under READ COMMITTED another node's branch delete
+            # may have removed the parent without committing yet: this statement's snapshot
+            # still shows it, but the lock waits for that delete and, once it commits, finds
+            # the row gone, so nothing is inserted. A delete that comes later waits for the
+            # conversation until this reply commits, then deletes it with its subtree. No
+            # reply outlives its question. (SQLite's one writer runs them one after another.)
             try:
                 ident = await conn.fetchval(
+                    "WITH c AS MATERIALIZED (SELECT id, user_id FROM conversations "
+                    "WHERE id = $1 FOR NO KEY UPDATE), "
+                    "p AS MATERIALIZED (SELECT m.id FROM c JOIN messages m ON m.id = $9::bigint "
+                    "AND m.conversation_id = c.id FOR KEY SHARE OF m) "
                     "INSERT INTO messages "
                     "(conversation_id, role, content, status, created_at, usage, model, "
-                    "error, parent_id, owner, turn) SELECT c.id, $2, $3, $4, $5, $6, $7, $8, $9, "
-                    "c.user_id, $10 FROM conversations c WHERE c.id = $1 AND ($9::bigint IS NULL "
-                    "OR EXISTS (SELECT 1 FROM messages p WHERE p.id = $9 "
-                    "AND p.conversation_id = c.id)) "
+                    "error, parent_id, owner, turn) SELECT c.id, $2, $3, $4, $5, $6, $7, $8, "
+                    "$9, c.user_id, $10 FROM c WHERE $9::bigint IS NULL OR EXISTS "
+                    "(SELECT 1 FROM p) "
                     "ON CONFLICT (turn) WHERE turn IS NOT NULL AND role = 'assistant' DO NOTHING "
                     "RETURNING id",
                     conversation_id, role, content, status, now, usage, model, error, parent_id,
