@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..storage import DatabaseBusy, MessageStore, TurnMark
+from ..storage import DatabaseBusy, MessageStore, StorageError, TurnMark
 from ..storage.rows import iso_at
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,12 @@ class TurnMarks:
                 return
             except DatabaseBusy:
                 if pause is None:
-                    log.warning("conversation %d stays marked for %g s: the database is busy",
-                                conversation_id, STALE_S)
-                    return
+                    break
                 await asyncio.sleep(pause)
+            except StorageError:  # e.g. closing: the turn must end all the same
+                break
+        log.warning("conversation %d stays marked for up to %g s: the database did not take "
+                    "its turn's end", conversation_id, STALE_S)
 
     async def renew(self, running: Callable[[], list[tuple[int, str]]]) -> None:
         """Renew the marks of `running()` (conversation, turn) every RENEW_S, until cancelled."""
