@@ -11,7 +11,7 @@ from ..middleware.auth import principal_of
 from ..middleware.errors import invalid
 from ..services.account_settings import DEFAULTS, THEMES
 from .responses import json_response
-from .validation import ident, read_json, settings_changes
+from .validation import ident, new_settings, read_json, settings_changes, text
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -61,4 +61,15 @@ async def new_chat_prompt(request: web.Request) -> web.Response:
     """What the first turn of a new chat would send, without its message."""
     preview = await request.app[keys.PROMPTS].preview(principal_of(request).user["id"], None,
                                                       _model(request))
+    return json_response(preview)
+
+
+async def new_chat_prompt_with(request: web.Request) -> web.Response:
+    """POST /api/prompt: what the first turn of a new chat made with these `settings` (as
+    POST /api/chat would take them) would send, without its message."""
+    body = await read_json(request, frozenset({"settings", "model"}))
+    settings = new_settings(body.get("settings"))
+    model = text(body, "model", min_len=1, max_len=200, required=False)
+    preview = await request.app[keys.PROMPTS].preview(principal_of(request).user["id"], None,
+                                                      model, settings)
     return json_response(preview)

@@ -15,10 +15,11 @@ from ..middleware.errors import ApiError, from_domain, invalid
 from ..services.turns import Delta, Done, Failed, Followable, Queued, Turn
 from .responses import dumps, json_response
 from .snapshots import Snapshots
-from .validation import boolean, ident, number, read_json, render_option, text
+from .validation import boolean, ident, new_settings, number, read_json, render_option, text
 
 _FIELDS = frozenset({"message", "conversation_id", "stream", "max_tokens", "temperature",
-                     "regenerate", "edit_message_id", "message_id", "render", "model"})
+                     "regenerate", "edit_message_id", "message_id", "render", "model",
+                     "settings"})
 MAX_MESSAGE_CHARS = 100_000
 PING_S = 10.0
 
@@ -37,6 +38,7 @@ class ChatBody:
     edit_message_id: int | None
     model: str | None
     message_id: int | None = None  # with regenerate: the message to answer again
+    settings: dict[str, Any] | None = None  # a new conversation's own settings
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -51,7 +53,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         principal.user["id"], body.message, body.conversation_id, body.max_tokens,
         body.temperature, regenerate=body.regenerate, edit_message_id=body.edit_message_id,
         message_id=body.message_id, key_id=principal.key.id if principal.key else None,
-        limits=principal.user.get("limits"), model=body.model)
+        limits=principal.user.get("limits"), model=body.model, settings=body.settings)
     try:
         if body.stream:
             return await _stream(request, turn, body.html)
@@ -84,13 +86,19 @@ def parse(body: dict[str, Any]) -> ChatBody:
     conversation_id = None if conv is None else ident(conv, "conversation_id")
     if conversation_id is None and (regenerate or edit_id is not None):
         raise invalid("'conversation_id' is required to regenerate or edit", "conversation_id")
+    if conversation_id is not None and body.get("settings") is not None:
+        raise invalid("'settings' is only for a new conversation (no 'conversation_id'); "
+                      "change a conversation's settings with PATCH /api/conversations/{id}",
+                      "settings")
+    settings = new_settings(body.get("settings"))  # checked as PATCH checks them
     max_tokens = number(body, "max_tokens", low=1, high=32768, integer=True)
     temperature = number(body, "temperature", low=0, high=2)
     return ChatBody(message, conversation_id, boolean(body, "stream"),
                     render_option(body.get("render")),
                     None if max_tokens is None else int(max_tokens),
                     None if temperature is None else float(temperature), regenerate, edit_id,
-                    text(body, "model", min_len=1, max_len=200, required=False), message_id)
+                    text(body, "model", min_len=1, max_len=200, required=False), message_id,
+                    settings or None)
 
 
 async def _whole(request: web.Request, turn: Turn, html: bool) -> web.Response:

@@ -10,19 +10,17 @@ from ..middleware.errors import invalid
 from ..services.text import visible
 from .responses import json_response
 from .validation import (
+    conversation_settings,
     ident,
-    number,
     query_int,
     read_json,
     render_option,
-    settings_changes,
     text,
 )
 
 _TITLE = frozenset({"title"})
 _BRANCH = frozenset({"message_id"})
 _PATCH = frozenset({"title", "settings"})
-_SETTINGS = frozenset({"system_prompt", "temperature", "max_tokens"})
 
 
 def _conversation_id(request: web.Request) -> int:
@@ -108,7 +106,7 @@ async def rename_conversation(request: web.Request) -> web.Response:
     if "title" not in body and "settings" not in body:
         raise invalid("give 'title', 'settings' or both", "title")
     title = _title(body, required="title" in body)  # given: it must be a title
-    changes = _settings(body.get("settings")) if "settings" in body else None
+    changes = conversation_settings(body.get("settings")) if "settings" in body else None
     conversations, user_id = request.app[keys.CONVERSATIONS], _user_id(request)
     conv_id = _conversation_id(request)
     if title is not None:
@@ -117,16 +115,6 @@ async def rename_conversation(request: web.Request) -> web.Response:
         row = await conversations.configure(user_id, conv_id, changes, _limits(request))
     [running] = await request.app[keys.CHAT].running_turn_ids([row["id"]])
     return json_response({**row, "running_turn_id": running})
-
-
-def _settings(value: object) -> dict[str, object]:
-    """The settings to change: each key once, `null` to remove it; nothing else."""
-    changes, present = settings_changes(value, _SETTINGS)
-    if "temperature" in present:
-        changes["temperature"] = number(present, "temperature", low=0, high=2)
-    if "max_tokens" in present:
-        changes["max_tokens"] = number(present, "max_tokens", low=1, high=32768, integer=True)
-    return changes
 
 
 async def delete_conversation(request: web.Request) -> web.Response:

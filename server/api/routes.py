@@ -53,6 +53,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/export", exports.export_all)
     app.router.add_get(r"/api/conversations/{id:\d+}/prompt", account.conversation_prompt)
     app.router.add_get("/api/prompt", account.new_chat_prompt)
+    app.router.add_post("/api/prompt", account.new_chat_prompt_with)
     app.router.add_get("/api/search", conversations.search)
     app.router.add_get("/api/memories", memories.list_memories)
     app.router.add_post("/api/memories", memories.create_memory)

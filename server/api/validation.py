@@ -12,6 +12,7 @@ from aiohttp import web
 from ..middleware.errors import ApiError, invalid
 
 MAX_SYSTEM_PROMPT_CHARS = 8000  # a conversation's or an account's own system prompt
+CONVERSATION_SETTINGS = frozenset({"system_prompt", "temperature", "max_tokens"})
 
 
 async def read_json(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
@@ -127,6 +128,26 @@ def settings_changes(value: Any, known: frozenset[str]
         changes["system_prompt"] = text(present, "system_prompt",
                                         max_len=MAX_SYSTEM_PROMPT_CHARS)
     return changes, present
+
+
+def conversation_settings(value: Any) -> dict[str, Any]:
+    """A conversation's `settings` object, the one check for them all (PATCH
+    /api/conversations/{id}, a new conversation's first POST /api/chat, POST /api/prompt):
+    each known key once, `null` to remove it (or leave it out); nothing else."""
+    changes, present = settings_changes(value, CONVERSATION_SETTINGS)
+    if "temperature" in present:
+        changes["temperature"] = number(present, "temperature", low=0, high=2)
+    if "max_tokens" in present:
+        changes["max_tokens"] = number(present, "max_tokens", low=1, high=32768, integer=True)
+    return changes
+
+
+def new_settings(value: Any) -> dict[str, Any]:
+    """A new conversation's settings: checked as a change of them, the `null` ones left out
+    (`null` or absent: none)."""
+    if value is None:
+        return {}
+    return {key: v for key, v in conversation_settings(value).items() if v is not None}
 
 
 def render_option(value: Any) -> bool:

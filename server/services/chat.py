@@ -110,7 +110,8 @@ class ChatService:
                     max_tokens: int | None = None, temperature: float | None = None, *,
                     regenerate: bool = False, edit_message_id: int | None = None,
                     message_id: int | None = None, key_id: int | None = None,
-                    limits: Overrides = None, model: str | None = None) -> Turn:
+                    limits: Overrides = None, model: str | None = None,
+                    settings: dict[str, Any] | None = None) -> Turn:
         """Accept a turn: commit the user's message first, then queue the job.
 
         A message follows the conversation's active branch. `edit_message_id` stores a new
@@ -118,7 +119,8 @@ class ChatService:
         (`message_id`, or the question of the reply it names; default: the active branch's
         last). Both start a new branch: what followed stays on the old one. `limits` are the
         user's overrides of the caps. `model` (default: the conversation's, else the first
-        configured) becomes the conversation's model.
+        configured) becomes the conversation's model. `settings` (checked) are a new
+        conversation's own, stored with it in the same transaction and used from this turn.
         """
         held = None if conversation_id is None else (user_id, conversation_id)
         if held is not None:
@@ -129,7 +131,7 @@ class ChatService:
         try:
             turn = await self._start(user_id, message, conversation_id, max_tokens,
                                      temperature, regenerate, edit_message_id, message_id,
-                                     key_id, limits, model)
+                                     key_id, limits, model, settings)
         except BaseException:
             if held is not None:
                 self._busy.discard(held)
@@ -147,7 +149,8 @@ class ChatService:
     async def _start(self, user_id: int, message: str | None, conversation_id: int | None,
                      max_tokens: int | None, temperature: float | None, regenerate: bool,
                      edit_message_id: int | None, message_id: int | None, key_id: int | None,
-                     limits: Overrides, model: str | None) -> Turn:
+                     limits: Overrides, model: str | None,
+                     settings: dict[str, Any] | None = None) -> Turn:
         """`start` once the conversation is held for this turn."""
         chosen = self._router.find(model) if model else None  # unknown: refused, nothing kept
         if chosen is None and conversation_id is None:
@@ -181,7 +184,8 @@ class ChatService:
             else:
                 assert message is not None
                 conv_id, stored, history, used = await self._memory.add_user_message(
-                    user_id, conversation_id, message, title_from(message), quota, keep, mark)
+                    user_id, conversation_id, message, title_from(message), quota, keep, mark,
+                    settings if conversation_id is None else None)
         except ConversationBusy as err:
             place.release()
             raise TurnRunning("a reply is being generated in this conversation; wait for it "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import MemoryConfig
 from ..storage import NO_QUOTA, MessageStore, Quota, TurnMark
 from ..storage.rows import SUMMARY, ConversationUse, HistoryRows, MessageRow
@@ -40,14 +42,15 @@ class MemoryManager:
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, quota: Quota = NO_QUOTA, model: str | None = None,
-                               turn: TurnMark | None = None
+                               turn: TurnMark | None = None,
+                               settings: dict[str, Any] | None = None
                                ) -> tuple[int, MessageRow, History, ConversationUse]:
         """Store the user's message (within their caps; `turn` marked on the conversation)
         and get the history before it and the conversation's model (`model`, if given,
-        becomes it), in the same transaction."""
+        becomes it), in the same transaction. A new conversation is made with `settings`."""
         conv, stored, rows, used = await self._messages.add_user_message(
             user_id, conversation_id, content, title, self._config.max_history_messages, quota,
-            model, turn)
+            model, turn, settings)
         return conv, stored, self.within_budget(rows), used
 
     async def edit(self, user_id: int, conversation_id: int, message_id: int, content: str,

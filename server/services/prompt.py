@@ -69,12 +69,14 @@ class PromptAssembler:
             temperature if temperature is not None else self._defaults.temperature))
 
     async def preview(self, user_id: int, conversation_id: int | None,
-                      model: str | None = None) -> dict[str, Any]:
+                      model: str | None = None,
+                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the next turn would send, without its new message: of a conversation
-        (NotFound), or of a new chat. `model` (ModelNotFound) is the one the turn would
-        pick; else the conversation's, else the default."""
+        (NotFound), or of a new chat made with `settings` (its own, as its first turn would
+        store them). `model` (ModelNotFound) is the one the turn would pick; else the
+        conversation's, else the default."""
         history: list[dict[str, str]] = []
-        own: dict[str, Any] = {}
+        own: dict[str, Any] = dict(settings or {})
         route = self._router.find(model) if model else None
         if conversation_id is not None:
             rows, used = await self._prompts.next_turn(

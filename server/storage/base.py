@@ -208,13 +208,15 @@ class MessageStore(Protocol):
 
     async def add_user_message(self, user_id: int, conversation_id: int | None, content: str,
                                title: str, history: int = 0, quota: Quota = NO_QUOTA,
-                               model: str | None = None, turn: TurnMark | None = None
+                               model: str | None = None, turn: TurnMark | None = None,
+                               settings: dict[str, Any] | None = None
                                ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
-        """Store a user's message (creating the conversation when none is given) and return
-        its conversation, the row, up to `history` earlier messages, newest first, and the
-        conversation's model and settings (`model`, if given, becomes its model)
-        (TooManyConversations, StorageQuotaExceeded, ConversationBusy while another `turn`
-        is marked on it: nothing stored)."""
+        """Store a user's message (creating the conversation when none is given, with its
+        own `settings`, their text counted in the caps) and return its conversation, the
+        row, up to `history` earlier messages, newest first, and the conversation's model
+        and settings (`model`, if given, becomes its model) (TooManyConversations,
+        StorageQuotaExceeded, ConversationBusy while another `turn` is marked on it: nothing
+        stored)."""
 
     async def add(self, conversation_id: int, role: str, content: str,
                   status: str = "complete", usage: str | None = None,

@@ -1,12 +1,14 @@
 // The conversation's own settings (system prompt, temperature, max tokens), loaded after sign-in:
 // a button in the chat header opens a <dialog> that shows them (GET /api/conversations/{id})
 // and saves them (PATCH .../{id} with {settings}), with a preview of the prompt the next turn sends
-// (GET .../{id}/prompt). A new chat has no conversation yet, so the button stays disabled until
-// its first turn has made one.
+// (GET .../{id}/prompt). A new chat has no conversation yet: the page holds what is saved for it
+// and its first turn sends them (POST /api/chat's `settings`), so the conversation is made with
+// them; its preview is POST /api/prompt with them.
 
 import { $, h, icon, announce } from "./dom.js";
 import { api } from "./api.js";
 import * as chat from "./chat.js";
+import { useFirstSettings } from "./turns.js";
 
 // The panel's styles come with it, not with the first load.
 const sheet = h("link", { rel: "stylesheet", href: "/static/settings.css" });
@@ -16,7 +18,6 @@ await new Promise((resolve) => {
   document.head.append(sheet);
 });
 
-const NEW_CHAT = "Settings: send a first message to start the conversation";
 const open = h("button", { type: "button", class: "icon-btn conv-settings", id: "conv-settings",
   "aria-haspopup": "dialog", "aria-label": "Conversation settings", title: "Conversation settings" },
 icon("sliders"));
@@ -56,26 +57,27 @@ const preview = h("details", { class: "preview" },
   h("summary", null, "What the model will see"), previewBody);
 const save = h("button", { type: "submit", class: "btn primary" }, "Save");
 const cancel = h("button", { type: "button", class: "btn" }, "Cancel");
+const intro = h("p", { class: "hint" });
 const form = h("form", { class: "set-form" },
-  h("h2", { id: "set-title" }, "Conversation settings"),
-  h("p", { class: "hint" }, "These apply to every turn of this conversation. "
-    + "A setting left on its default follows the model's."),
+  h("h2", { id: "set-title" }, "Conversation settings"), intro,
   ...fields.map((f) => f.row), preview, status, h("div", { class: "row" }, cancel, save));
 const dialog = h("dialog", { class: "settings", id: "settings", "aria-labelledby": "set-title" }, form);
 document.body.append(dialog);
 
-let conv = null; // the conversation the open panel shows
+let conv = null; // the conversation the open panel shows (null: the new chat on screen)
 let busy = null; // AbortController of the load or save under way
 
-/** Follow the conversation on screen: the button is usable once there is one. */
-function sync() {
-  const none = chat.current() == null;
-  open.disabled = none;
-  open.title = none ? NEW_CHAT : "Conversation settings";
-}
-new MutationObserver(sync).observe($("title"), { childList: true, characterData: true, subtree: true });
-addEventListener("hashchange", sync);
-sync();
+// The settings saved for the new chat before its first message (only those not on their
+// default; null: none). Held by this page only, never stored in the browser: the first turn
+// sends them, and once its conversation exists (made with them) they are its own.
+let held = null;
+useFirstSettings({ held: () => held, taken: (s) => { if (held === s) held = null; } });
+// ...and they are the signed-in user's: another user, or none (logout), starts without them.
+const who = $("who");
+let owner = who.textContent;
+new MutationObserver(() => {
+  if (who.textContent !== owner) { owner = who.textContent; held = null; }
+}).observe(who, { childList: true, characterData: true, subtree: true });
 
 function fill(settings) {
   for (const f of fields) {
@@ -100,12 +102,26 @@ function close() {
   open.focus();
 }
 
+function focusFirst() {
+  (fields.find((f) => !f.dflt.checked)?.input ?? fields[0].dflt).focus();
+}
+
 open.addEventListener("click", async () => {
   conv = chat.current();
-  if (conv == null) return;
   status.textContent = "";
   preview.open = false;
   previewBody.replaceChildren();
+  intro.textContent = conv == null
+    ? "Set before the first message, these apply to every turn of this new chat. "
+      + "A setting left on its default follows the model's."
+    : "These apply to every turn of this conversation. A setting left on its default follows the model's.";
+  if (conv == null) { // nothing to read: the new chat's are on this page
+    fill(held ?? {});
+    busyWith(false);
+    dialog.showModal();
+    focusFirst();
+    return;
+  }
   fill({});
   busyWith(true);
   dialog.showModal();
@@ -116,7 +132,7 @@ open.addEventListener("click", async () => {
     if (controller !== busy) return;
     fill(c.settings ?? {});
     busyWith(false);
-    (fields.find((f) => !f.dflt.checked)?.input ?? fields[0].dflt).focus();
+    focusFirst();
   } catch (err) {
     if (err.name === "AbortError" || controller !== busy) return;
     if (err.status === 401) { close(); return; } // the login form takes over
@@ -133,6 +149,13 @@ form.addEventListener("submit", async (event) => {
       : f.input.type === "number" ? Number(f.input.value) : f.input.value;
   }
   status.textContent = "";
+  if (conv == null) { // a new chat: kept here until its first turn takes them
+    const set = Object.fromEntries(Object.entries(settings).filter(([, v]) => v != null));
+    held = Object.keys(set).length ? set : null;
+    close();
+    announce("Settings saved. They apply from the first message of this chat.");
+    return;
+  }
   busyWith(true);
   const controller = (busy = new AbortController());
   try {
@@ -167,17 +190,22 @@ let previewing = null; // AbortController of the preview's read
 
 preview.addEventListener("toggle", async () => {
   previewing?.abort();
-  if (!preview.open || conv == null) return;
+  if (!preview.open) return;
   const controller = (previewing = new AbortController());
   previewBody.replaceChildren(h("p", { class: "hint" }, "Loading…"));
   try {
-    const p = await api("GET", `/api/conversations/${conv}/prompt`, undefined, { signal: controller.signal });
+    const p = conv != null
+      ? await api("GET", `/api/conversations/${conv}/prompt`, undefined, { signal: controller.signal })
+      // A new chat: its first turn, with the settings held for it and the model picked.
+      : await api("POST", "/api/prompt", { settings: held ?? {}, model: chat.models?.picked() || null },
+        { signal: controller.signal });
     if (controller !== previewing) return;
     const facts = [p.model && `Model: ${p.model}`, p.temperature != null && `temperature ${p.temperature}`,
       p.max_tokens != null && `max tokens ${p.max_tokens}`].filter(Boolean).join(", ");
     // The server's text goes in as text only (textContent), never as HTML.
     previewBody.replaceChildren(
-      h("p", { class: "hint" }, "As saved: the next turn sends this, then your new message. ", facts),
+      h("p", { class: "hint" }, conv != null ? "As saved: the next turn sends this, then your new message. "
+        : "As saved: the first turn sends this, then your message. ", facts),
       p.messages.length ? h("ol", { class: "preview-list" }, ...p.messages.map((m) => h("li", null,
         h("span", { class: "preview-role" }, ROLES[m.role] ?? m.role), h("div", { class: "preview-text" }, m.content))))
         : h("p", null, "Nothing yet: the next turn sends only your message."));

@@ -12,6 +12,12 @@ const input = $("input");
 const STALL_MS = 10_000; // no event for this long: say that we are still waiting
 const RETRIES = 6; // re-attach tries in a row after a dropped connection
 const gone = new Set(); // turns the server no longer follows (404): their stored message stands
+// js/settings.js: the settings its panel holds for a new chat, sent with the first turn (the
+// conversation is made with them, in the same transaction); told once a conversation has them.
+let firstSettings = null;
+
+/** js/settings.js hands in `held()` (settings, or null) and `taken(settings)`. */
+export function useFirstSettings(s) { firstSettings = s; }
 
 // Errors in words for people (what happened, what to do); the server's own text stays under "Details".
 const WORDS = {
@@ -225,6 +231,7 @@ function awaitTitle(id, first) {
 }
 
 function adopt(l, id, text) { // a new chat got its conversation id from the server
+  if (l.settings) firstSettings?.taken(l.settings); // the conversation holds them now
   const title = titleFrom(text);
   l.firstTitle = title; // its first reply may bring a generated title
   chat.lives.delete("new");
@@ -319,6 +326,8 @@ export async function turn(kind, text = "", m = null) {
   if (target != null) body.conversation_id = target;
   const model = chat.models?.picked();
   if (model) body.model = model; // kept by the conversation
+  const own = target == null && kind === "new" ? firstSettings?.held() : null;
+  if (own) body.settings = own; // a new chat's: stored with the conversation the turn makes
   const { msgs } = chat;
   let user;
   if (kind === "new") {
@@ -345,6 +354,7 @@ export async function turn(kind, text = "", m = null) {
   const l = begin(target ?? "new", user, reply);
   l.model = model;
   l.kind = kind;
+  l.settings = own;
   chat.toBottom();
   announce("The assistant is replying.");
   await run(l, () => streamChat(body, handlers(l, text), l.controller.signal), (err) => {

@@ -42,11 +42,12 @@ class PostgresMessages:
     async def add_user_message(self, user_id: int, conversation_id: int | None,
                                content: str, title: str, history: int = 0,
                                quota: Quota = NO_QUOTA, model: str | None = None,
-                               turn: TurnMark | None = None
+                               turn: TurnMark | None = None,
+                               settings: dict[str, Any] | None = None
                                ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
         """Store a user's message after the conversation's active leaf (creating the conversation
-        when none is given) and return up to `history` messages on the path before it, newest
-        first, all in one transaction: no separate read.
+        when none is given, with its own `settings`) and return up to `history` messages on the
+        path before it, newest first, all in one transaction: no separate read.
         The user's caps are checked in the same transaction: over one, nothing is stored.
         `model` (if given) becomes the conversation's; its model and settings are returned.
         `turn` marks the conversation (ConversationBusy while another turn's mark holds)."""
@@ -54,9 +55,11 @@ class PostgresMessages:
 
         async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             if conversation_id is None:
+                own = dict(settings or {})
                 conv, ident = await _first_turn(conn, user_id, title, content, now, quota,
-                                                model, turn.id if turn else None)
-                return conv, _user_row(ident, content, now, None), [], ConversationUse(model, {})
+                                                model, turn.id if turn else None,
+                                                orjson.dumps(own).decode() if own else "")
+                return conv, _user_row(ident, content, now, None), [], ConversationUse(model, own)
             ident, parent, rows, use = await _turn(conn, user_id, conversation_id, content,
                                                    now, history, quota, model, turn)
             return conversation_id, _user_row(ident, content, now, parent), rows, use
@@ -296,10 +299,11 @@ WITH u AS MATERIALIZED (
     SELECT conversations, chars FROM user_storage WHERE user_id = $1
     AND ($5::bigint > 0 OR $6::bigint > 0) FOR UPDATE),
 conv AS (
-    INSERT INTO conversations (user_id, title, created_at, updated_at, model)
-    SELECT $1, $2, $3, $3, $4
+    INSERT INTO conversations (user_id, title, created_at, updated_at, model, settings)
+    SELECT $1, $2, $3, $3, $4, $9
     WHERE ($5::bigint = 0 OR coalesce((SELECT conversations FROM u), 0) + 1 <= $5)
-    AND ($6::bigint = 0 OR coalesce((SELECT chars FROM u), 0) + length($2) + length($7) <= $6)
+    AND ($6::bigint = 0
+         OR coalesce((SELECT chars FROM u), 0) + length($2) + length($7) + length($9) <= $6)
     RETURNING id),
 msg AS (
     INSERT INTO messages (conversation_id, role, content, created_at, owner, turn)
@@ -309,14 +313,16 @@ SELECT (SELECT id FROM conv), (SELECT id FROM msg)
 
 
 async def _first_turn(conn: Any, user_id: int, title: str, content: str, now: str,
-                      quota: Quota, model: str | None, turn: str | None) -> tuple[int, int]:
-    """A new conversation with the user's first message (marked with its `turn`): their ids
-    (TooManyConversations, StorageQuotaExceeded: nothing stored)."""
+                      quota: Quota, model: str | None, turn: str | None,
+                      settings: str) -> tuple[int, int]:
+    """A new conversation (with its `settings`, JSON text or '') with the user's first
+    message (marked with its `turn`): their ids (TooManyConversations, StorageQuotaExceeded:
+    nothing stored)."""
     row = await conn.fetchrow(_FIRST, user_id, title, now, model, quota.conversations,
-                              quota.chars, content, turn)
+                              quota.chars, content, turn, settings)
     if row[0] is None:
         await _refused(conn, user_id, quota, conversations=1,
-                       chars=len(title) + len(content))
+                       chars=len(title) + len(content) + len(settings))
     return int(row[0]), int(row[1])
 
 

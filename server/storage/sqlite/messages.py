@@ -26,26 +26,32 @@ class SqliteMessages:
     async def add_user_message(self, user_id: int, conversation_id: int | None,
                                content: str, title: str, history: int = 0,
                                quota: Quota = NO_QUOTA, model: str | None = None,
-                               turn: TurnMark | None = None
+                               turn: TurnMark | None = None,
+                               settings: dict[str, Any] | None = None
                                ) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
         """Store a user's message after the conversation's active leaf (creating the conversation
-        when none is given) and return up to `history` messages on the path before it, newest
-        first, all in one transaction: no separate read.
+        when none is given, with its own `settings`) and return up to `history` messages on the
+        path before it, newest first, all in one transaction: no separate read.
         The user's caps are checked in the same transaction: over one, nothing is stored.
         `model` (if given) becomes the conversation's; its model and settings are returned.
         `turn` marks the conversation (ConversationBusy while another turn's mark holds)."""
         now = now_iso()
         turn_id = turn.id if turn is not None else None
+        own = dict(settings or {}) if conversation_id is None else {}
+        own_text = orjson.dumps(own).decode() if own else ""
 
         def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             conv = conversation_id
             new = int(conv is None)
             check(conn, user_id, quota, conversations=new,
-                  chars=len(content) + (len(title) if new else 0))
+                  chars=len(content) + (len(title) + len(own_text) if new else 0))
             if conv is None:
                 conv = cast(int, conn.execute(
                     "INSERT INTO conversations (user_id, title, created_at, updated_at, model) "
                     "VALUES (?, ?, ?, ?, ?)", (user_id, title, now, now, model)).lastrowid)
+                if own_text:  # set by an update: its trigger counts them in the stored text
+                    conn.execute("UPDATE conversations SET settings = ? WHERE id = ?",
+                                 (own_text, conv))
                 parent = None
             else:
                 # One read checks the owner and gives the model, settings and leaf the turn uses.
@@ -60,7 +66,7 @@ class SqliteMessages:
             ident = _insert_user(conn, conv, parent, content, now, user_id, turn_id)
             rows = path_rows(conn, parent, history)
             return conv, _user_row(ident, content, now, parent), rows, \
-                ConversationUse(model, {}) if new else use
+                ConversationUse(model, own) if new else use
 
         return await self._db.write(op)
 

@@ -141,3 +141,32 @@ async def test_the_preview_follows_the_branch_shown(http: aiohttp.ClientSession,
     assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == ["one", "two"]
     await turn(http, user, "three", conversation_id=conv)
     assert sent_part(await last_sent(simulator)) == as_sent(shown, "three")
+
+
+async def test_a_new_chats_preview_with_the_settings_its_first_turn_takes(
+        http: aiohttp.ClientSession, register: Any, simulator: SimServer) -> None:
+    user = await register()
+    async with http.post("/api/memories", json={"content": "I write Python 3.12"},
+                         headers=user.headers) as resp:
+        assert resp.status == 201
+    own = {"system_prompt": "Answer in verse.", "temperature": 0.3, "max_tokens": None}
+    async with http.post("/api/prompt", json={"settings": own, "model": "vllm-simulator"},
+                         headers=user.headers) as resp:
+        assert resp.status == 200, await resp.text()
+        shown = await resp.json()
+    assert shown["messages"] == [{"role": "system", "content":
+                                  "Answer in verse.\n\nThings the user asked you to remember:\n"
+                                  "- I write Python 3.12"}]
+    assert shown["temperature"] == 0.3 and shown["model"] == "vllm-simulator"
+    await turn(http, user, "first", settings=own)
+    assert sent_part(await last_sent(simulator)) == as_sent(shown, "first")
+    async with http.post("/api/prompt", json={}, headers=user.headers) as resp:
+        assert resp.status == 200  # no settings: as GET /api/prompt
+        assert await resp.json() == await preview(http, user, "/api/prompt")
+    for body, status, field in [({"settings": {"temperature": 3}}, 400, "temperature"),
+                                ({"settings": {"top_p": 1}}, 400, "settings"),
+                                ({"model": ""}, 400, "model"), ({"nope": 1}, 400, "nope")]:
+        async with http.post("/api/prompt", json=body, headers=user.headers) as resp:
+            assert (await error_of(resp, status, "invalid_request"))["field"] == field
+    async with http.post("/api/prompt", json={"model": "nope"}, headers=user.headers) as resp:
+        await error_of(resp, 404, "model_not_found")

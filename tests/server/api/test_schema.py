@@ -24,8 +24,9 @@ PHASES = "examples,coverage,fuzzing,stateful"
 # a prompt + max_tokens beyond the model's context (chat, decided by the model server), an
 # `expires_at` in the past (createKey), a `from` more than 366 days before today (getUsage),
 # a memory with nothing visible or over 500 characters once cleaned, or past
-# memories.max_per_user (createMemory, updateMemory: 429), and a `model` that is not
-# configured (conversationPrompt, newChatPrompt: 404).
+# memories.max_per_user (createMemory, updateMemory: 429), a `model` that is not
+# configured (conversationPrompt, newChatPrompt, newChatPromptWithSettings: 404), and a
+# new message's `settings` beside a `conversation_id` (chat: only a new conversation's).
 # The stateful phase links UsageDay.key_id (0: "not an API key") to deleteKey's id, which the
 # schema says must be at least 1.
 # The admin's actions on an account answer 409 when its state does not fit (approve a
@@ -40,7 +41,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-operation-id = ["register", "adminCreateUser", "changePassword", "chat", "createKey",
                         "deleteKey", "getUsage", "createMemory", "updateMemory",
-                        "conversationPrompt", "newChatPrompt"]
+                        "conversationPrompt", "newChatPrompt", "newChatPromptWithSettings"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409",
                                                      "429"]
 """
