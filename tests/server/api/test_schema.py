@@ -28,7 +28,8 @@ PHASES = "examples,coverage,fuzzing,stateful"
 # configured (conversationPrompt, newChatPrompt, newChatPromptWithSettings: 404), and a
 # new message's `settings` beside a `conversation_id` (chat: only a new conversation's).
 # Any write that stores text may be refused for the user's stored-text cap (413
-# storage_quota_exceeded), which the fuzzer, an admin, can lower on itself (adminSetLimits).
+# storage_quota_exceeded) or conversation cap (429), which the fuzzer, an admin, can lower on
+# itself (adminSetLimits).
 # The stateful phase links UsageDay.key_id (0: "not an API key") to deleteKey's id, which the
 # schema says must be at least 1.
 # The admin's actions on an account answer 409 when its state does not fit (approve a
@@ -50,7 +51,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 [[operations]]
 include-operation-id = ["createConversation", "renameConversation", "importConversations",
                         "updateAccount"]
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "413"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "413",
+                                                     "429"]
 """
 
 
