@@ -190,8 +190,15 @@ class ChatService:
             place.release()
             raise TurnRunning("a reply is being generated in this conversation; wait for it "
                               "to end (or stop it) before sending another turn") from err
-        except BaseException:
+        except BaseException as err:
             place.release()
+            if conversation_id is not None and isinstance(
+                    err, (asyncio.CancelledError, DatabaseBusy)):
+                # The write may have committed all the same (it is shielded; a lost commit
+                # is not a refusal): a question no turn will answer must not hold its mark.
+                task = asyncio.create_task(self.marks.unmark(conversation_id, turn_id))
+                self._storing.add(task)  # close() waits for it too
+                task.add_done_callback(self._storing.discard)
             raise
         route = chosen or self._route_of(used.model)
         request = self._request(profile, route, used.settings, history, stored["content"],

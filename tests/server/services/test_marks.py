@@ -6,6 +6,7 @@ word ends. On SQLite (one file) and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server import keys
 from server.runner import Running, start
+from server.storage import DatabaseUnavailable
 from tests.support.app import User, make_config, register_over_http
 from tests.support.sse import numbered
 from vllm_sim import SimServer
@@ -113,3 +116,32 @@ async def test_a_turn_stopped_before_its_first_word_frees_the_conversation_every
     # Nothing was stored for the stopped turn; its mark went with it.
     status, _ = await post(b.url, user, {"message": "now", "conversation_id": conv})
     assert status == 200
+
+
+async def test_a_start_left_once_its_question_is_written_leaves_no_mark(
+        server: Running, register: Any) -> None:
+    """The question's write is shielded: a start cancelled meanwhile (the client left; the
+    handler is cancelled) or told the commit was lost still has its question, and its mark,
+    stored. No turn runs to end that mark: the next turn must not be refused for a minute."""
+    user = await register("left")
+    status, first = await post(server.url, user, {"message": "hello"})
+    assert status == 200
+    conv = first["conversation_id"]
+    memory = server.app[keys.CHAT]._memory
+    real = memory.add_user_message
+    for lost in (asyncio.CancelledError(), DatabaseUnavailable("connection lost at commit")):
+        async def written_then_lost(*args: Any, lost: BaseException = lost) -> Any:
+            await real(*args)  # committed (the writer's future is shielded)...
+            raise lost  # ...but the start never hears it
+
+        memory.add_user_message = written_then_lost
+        with pytest.raises(type(lost)):
+            await server.app[keys.CHAT].start(user.id, "lost", conv)
+        memory.add_user_message = real
+        for _ in range(40):  # the mark is ended in the background
+            status, body = await post(server.url, user, {"message": "next",
+                                                         "conversation_id": conv})
+            if status != 409:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200, body
