@@ -28,7 +28,7 @@ from .metrics import Metrics
 from .profile import Profile
 from .prompt import PromptAssembler
 from .registry import TurnNotFound, TurnRegistry
-from .sharing import TurnSharing, TurnUnavailable, encode_end
+from .sharing import NODE_LOST, TurnSharing, TurnUnavailable, encode_end
 from .text import visible
 from .turns import Done, Failed, Followable, Outcome, Turn
 from .usage import UsageMeter
@@ -279,10 +279,15 @@ class ChatService:
 
     async def store_orphan(self, conversation_id: int, parent_id: int, text: str,
                            model: str | None, turn: str) -> MessageRow | None:
-        """Store a dead node's partial reply `incomplete` (None: nowhere to keep it;
-        TurnStored: that node had stored it)."""
-        return await self._store_quietly(conversation_id, parent_id, text, "incomplete",
-                                         model, None, turn)
+        """Store a dead node's partial reply `incomplete`, or with no text an empty `error`
+        one that says why, like any failed turn (None: nowhere to keep it; TurnStored: that
+        node had stored it). Either ends the conversation's mark, and is the turn's one
+        outcome: the node, if it was only out of touch, stores nothing more."""
+        if text:
+            return await self._store_quietly(conversation_id, parent_id, text, "incomplete",
+                                             model, None, turn)
+        return await self._store_quietly(conversation_id, parent_id, "", "error", model,
+                                         JobCancelled(NODE_LOST), turn)
 
     def running_turn_id(self, conversation_id: int) -> str | None:
         """The id of the turn generating a reply in this conversation now, if any (here)."""

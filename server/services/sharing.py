@@ -255,7 +255,7 @@ class TurnSharing:
         if replay.end is not None:
             return  # it had ended after all
         kept = None
-        if meta is not None and replay.text:
+        if meta is not None:  # with no text yet: an empty failed reply, so the turn has one
             try:
                 kept = await self._store(int(meta["conversation_id"]),
                                          orjson.loads(meta["user_message"])["id"], replay.text,

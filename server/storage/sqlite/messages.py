@@ -141,9 +141,9 @@ class SqliteMessages:
             _, role, parent = owned_message(conn, user_id, conversation_id, message_id)
             if role != "user":
                 raise NotFound("only a user's message can be edited")
-            check(conn, user_id, quota, chars=len(content))
             found = _settings(conn, conversation_id)
             free(found[2], found[3], turn)
+            check(conn, user_id, quota, chars=len(content))
             ident = _insert_user(conn, conversation_id, parent, content, now, user_id,
                                  turn.id if turn is not None else None)
             return _user_row(ident, content, now, parent), path_rows(conn, parent, history), \

@@ -263,6 +263,56 @@ async def test_a_node_killed_mid_reply_has_its_turn_ended_by_a_live_node(
         await b.stop()
 
 
+async def test_a_node_killed_before_its_reply_began_leaves_a_failed_reply_and_a_free_chat(
+        tmp_path: Path, simulator: SimServer, redis_server: RedisServer) -> None:
+    # The model's first word never comes before A dies: B ends the turn with an empty failed
+    # reply (why, and Retry, on a later page), the turn's one outcome; its conversation takes
+    # a new turn at once, on any node.
+    db = tmp_path / "chatgate.db"
+    b = await start(node_config(tmp_path, simulator, redis_server, "b"))
+    env = {f"coordination__{k}": v for k, v in FAST.items()}
+    a = await start_server_process(db, simulator.url, coordination__redis_url=redis_server.url,
+                                   coordination__node_id="a", **env)
+    try:
+        user = await register_over_http(a.url, "hal")
+        async with aiohttp.ClientSession(a.url) as s:
+            async with s.post("/api/chat", json={"message": "hello"},
+                              headers=user.headers) as resp:  # a first exchange, whole
+                assert resp.status == 200
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{simulator.root_url}/sim/config", json={"ttft_ms": 60_000}) as resp:
+            assert resp.status == 200
+        async with aiohttp.ClientSession(b.url) as s, \
+                s.get("/api/conversations", headers=user.headers) as resp:
+            conversation = (await resp.json())["conversations"][0]["id"]
+        session = aiohttp.ClientSession(a.url)
+        resp = await session.post("/api/chat", headers=user.headers, json={
+            "message": "never answered", "conversation_id": conversation, "stream": True})
+        events = aiter(numbered(resp))
+        name, meta, _ = await anext(events)
+        assert name == "meta"
+        await a.signal(signal.SIGKILL)
+        await session.close()
+        on_b = await resume(b.url, user, meta["turn_id"], 0)
+        name, data, _ = on_b[-1]
+        assert name == "error" and data["error"]["code"] == "cancelled", on_b[-1]
+        shown = await messages(b.url, user, conversation)
+        assert [m["role"] for m in shown][-2:] == ["user", "assistant"]
+        failed = shown[-1]
+        assert failed["status"] == "error" and failed["content"] == ""
+        assert failed["error"]["code"] == "cancelled" and "stopped" in failed["error"]["message"]
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{simulator.root_url}/sim/config", json={"ttft_ms": 1}) as resp:
+            assert resp.status == 200
+        async with aiohttp.ClientSession(b.url) as s, \
+                s.post("/api/chat", json={"message": "again", "conversation_id": conversation},
+                       headers=user.headers) as resp:
+            assert resp.status == 200, await resp.text()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_node_starting_never_ends_a_live_nodes_turn(
         nodes: list[Running], tmp_path: Path, slow_echo: SimServer,
         redis_server: RedisServer) -> None:
