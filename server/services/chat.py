@@ -192,8 +192,7 @@ class ChatService:
                               "to end (or stop it) before sending another turn") from err
         except BaseException as err:
             place.release()
-            if conversation_id is not None and isinstance(
-                    err, (asyncio.CancelledError, DatabaseBusy)):
+            if isinstance(err, (asyncio.CancelledError, DatabaseBusy)):
                 # The write may have committed all the same (it is shielded; a lost commit
                 # is not a refusal): a question no turn will answer must not hold its mark.
                 task = asyncio.create_task(self.marks.unmark(conversation_id, turn_id))

@@ -33,7 +33,7 @@ class TurnMarks:
         """The mark of a turn starting now."""
         return TurnMark(turn_id, iso_at(time.time() - STALE_S))
 
-    async def unmark(self, conversation_id: int, turn_id: str) -> None:
+    async def unmark(self, conversation_id: int | None, turn_id: str) -> None:
         """End a mark no reply ended (stopped before any text, not stored); a database that
         stays busy leaves it to go stale."""
         for pause in (*UNMARK_RETRY_S, None):

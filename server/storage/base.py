@@ -227,8 +227,9 @@ class MessageStore(Protocol):
         A `turn`'s reply is stored once, on any node (TurnStored with it after that), and
         ends the turn's mark on the conversation."""
 
-    async def unmark(self, conversation_id: int, turn: str) -> None:
-        """End a turn's mark on its conversation when no reply of it is stored."""
+    async def unmark(self, conversation_id: int | None, turn: str) -> None:
+        """End a turn's mark on its conversation when no reply of it is stored (None: on
+        whichever conversation it marked, for a turn that never learned it)."""
 
     async def renew(self, marks: list[tuple[int, str]]) -> None:
         """Renew running turns' marks, each (conversation, turn) still marked on it."""

@@ -125,13 +125,15 @@ class PostgresMessages:
 
         return await self._db.write(op, self._order(conversation_id))
 
-    async def unmark(self, conversation_id: int, turn: str) -> None:
+    async def unmark(self, conversation_id: int | None, turn: str) -> None:
         """End the turn's mark on its conversation (no reply of it was stored)."""
         async def op(conn: Any) -> None:
             await conn.execute("UPDATE conversations SET running_turn = NULL "
-                               "WHERE id = $1 AND running_turn = $2", conversation_id, turn)
+                               "WHERE running_turn = $2 AND ($1::bigint IS NULL OR id = $1)",
+                               conversation_id, turn)
 
-        await self._db.write(op, self._order(conversation_id))
+        await self._db.write(op, None if conversation_id is None
+                             else self._order(conversation_id))
 
     async def renew(self, marks: list[tuple[int, str]]) -> None:
         """Renew running turns' marks (one statement for all)."""

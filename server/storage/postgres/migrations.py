@@ -304,6 +304,8 @@ ALTER TABLE conversations ADD COLUMN running_turn TEXT;
 ALTER TABLE conversations ADD COLUMN running_since TEXT;
 CREATE UNIQUE INDEX messages_by_turn ON messages (turn)
     WHERE turn IS NOT NULL AND role = 'assistant';
+CREATE INDEX conversations_by_running_turn ON conversations (running_turn)
+    WHERE running_turn IS NOT NULL;
 CREATE OR REPLACE FUNCTION messages_ai() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE conversations SET message_count = message_count + 1, updated_at = NEW.created_at,

@@ -115,11 +115,11 @@ class SqliteMessages:
 
         return await self._db.write(op)
 
-    async def unmark(self, conversation_id: int, turn: str) -> None:
+    async def unmark(self, conversation_id: int | None, turn: str) -> None:
         """End the turn's mark on its conversation (no reply of it was stored)."""
         await self._db.write(lambda conn: conn.execute(
-            "UPDATE conversations SET running_turn = NULL WHERE id = ? AND running_turn = ?",
-            (conversation_id, turn)))
+            "UPDATE conversations SET running_turn = NULL WHERE running_turn = ? "
+            "AND (? IS NULL OR id = ?)", (turn, conversation_id, conversation_id)))
 
     async def renew(self, marks: list[tuple[int, str]]) -> None:
         """Renew running turns' marks (one statement each, in one transaction)."""

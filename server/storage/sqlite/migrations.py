@@ -348,6 +348,8 @@ ALTER TABLE conversations ADD COLUMN running_turn TEXT;
 ALTER TABLE conversations ADD COLUMN running_since TEXT;
 CREATE UNIQUE INDEX messages_by_turn ON messages(turn)
     WHERE turn IS NOT NULL AND role = 'assistant';
+CREATE INDEX conversations_by_running_turn ON conversations(running_turn)
+    WHERE running_turn IS NOT NULL;
 DROP TRIGGER messages_ai;
 CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
     INSERT INTO messages_fts(rowid, content, owner) VALUES (new.id, new.content, new.owner);

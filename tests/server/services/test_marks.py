@@ -118,6 +118,13 @@ async def test_a_turn_stopped_before_its_first_word_frees_the_conversation_every
     assert status == 200
 
 
+async def newest(server: Running, user: User) -> int:
+    """The user's most recently changed conversation."""
+    async with aiohttp.ClientSession(server.url) as s, \
+            s.get("/api/conversations", headers=user.headers) as resp:
+        return int((await resp.json())["conversations"][0]["id"])
+
+
 async def test_a_start_left_once_its_question_is_written_leaves_no_mark(
         server: Running, register: Any) -> None:
     """The question's write is shielded: a start cancelled meanwhile (the client left; the
@@ -134,14 +141,16 @@ async def test_a_start_left_once_its_question_is_written_leaves_no_mark(
             await real(*args)  # committed (the writer's future is shielded)...
             raise lost  # ...but the start never hears it
 
-        memory.add_user_message = written_then_lost
-        with pytest.raises(type(lost)):
-            await server.app[keys.CHAT].start(user.id, "lost", conv)
-        memory.add_user_message = real
-        for _ in range(40):  # the mark is ended in the background
-            status, body = await post(server.url, user, {"message": "next",
-                                                         "conversation_id": conv})
-            if status != 409:
-                break
-            await asyncio.sleep(0.05)
-        assert status == 200, body
+        for into in (conv, None):  # an existing conversation, and a new one
+            memory.add_user_message = written_then_lost
+            with pytest.raises(type(lost)):
+                await server.app[keys.CHAT].start(user.id, "lost", into)
+            memory.add_user_message = real
+            target = into if into is not None else await newest(server, user)
+            for _ in range(40):  # the mark is ended in the background
+                status, body = await post(server.url, user, {"message": "next",
+                                                             "conversation_id": target})
+                if status != 409:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200, body
