@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
@@ -150,6 +151,14 @@ def _second(whole: int) -> str:
 def now_iso() -> str:
     """UTC now as ISO 8601 with milliseconds; sorts as text."""
     return iso_at(time.time())
+
+
+def merge_settings(old: str | None, changes: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A settings object (JSON text, '' = none) with `changes` merged in, None removing a
+    key: the object, and its text as stored ('' when empty)."""
+    merged = {**(orjson.loads(old) if old else {}), **changes}
+    kept = {key: value for key, value in merged.items() if value is not None}
+    return kept, orjson.dumps(kept).decode() if kept else ""
 
 
 def iso_at(at: float) -> str:

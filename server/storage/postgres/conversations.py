@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
 from ..listing import COLUMNS, conversation_row, decode_cursor, encode_cursor
-from ..rows import ConversationRow, MessageRow, now_iso, shown_message_row
+from ..rows import ConversationRow, MessageRow, merge_settings, now_iso, shown_message_row
 from .db import Database
 from .quotas import check
 
@@ -143,9 +141,7 @@ class PostgresConversations:
                                       conversation_id, user_id)
             if old is None:
                 return None
-            merged = {**(orjson.loads(old) if old else {}), **changes}
-            kept = {key: value for key, value in merged.items() if value is not None}
-            text = orjson.dumps(kept).decode() if kept else ""
+            _, text = merge_settings(old, changes)
             if quota.chars:
                 await check(conn, user_id, quota, chars=len(text) - len(old))
             return await conn.fetchrow(

@@ -9,7 +9,7 @@ import orjson
 from ..base import NO_QUOTA, Quota
 from ..errors import MemoryNotFound, NotFound, OverQuota
 from ..refusals import too_many_memories
-from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, now_iso, same_memory
+from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, merge_settings, now_iso, same_memory
 from .db import Database
 from .quotas import check, lock_user
 
@@ -149,9 +149,7 @@ class PostgresAccountSettings:
                                       "FOR NO KEY UPDATE", user_id)
             if old is None:
                 return None
-            merged = {**(orjson.loads(old) if old else {}), **changes}
-            kept = {key: value for key, value in merged.items() if value is not None}
-            text = orjson.dumps(kept).decode() if kept else ""
+            kept, text = merge_settings(old, changes)
             if text != old:
                 if quota.chars:
                     await check(conn, user_id, quota, chars=len(text) - len(old))

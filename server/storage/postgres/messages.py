@@ -18,6 +18,7 @@ from ..rows import (
     ConversationUse,
     HistoryRows,
     MessageRow,
+    merge_settings,
     message_row,
     now_iso,
 )
@@ -55,10 +56,9 @@ class PostgresMessages:
 
         async def op(conn: Any) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             if conversation_id is None:
-                own = dict(settings or {})
+                own, own_text = merge_settings("", settings or {})
                 conv, ident = await _first_turn(conn, user_id, title, content, now, quota,
-                                                model, turn.id if turn else None,
-                                                orjson.dumps(own).decode() if own else "")
+                                                model, turn.id if turn else None, own_text)
                 return conv, _user_row(ident, content, now, None), [], ConversationUse(model, own)
             ident, parent, rows, use = await _turn(conn, user_id, conversation_id, content,
                                                    now, history, quota, model, turn)

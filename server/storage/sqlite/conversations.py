@@ -5,14 +5,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, cast
 
-import orjson
-
 from ..base import NO_QUOTA, Quota
 from ..errors import NotFound
 from ..listing import COLUMNS, conversation_row
 from ..listing import decode_cursor as _decode
 from ..listing import encode_cursor as _encode
-from ..rows import ConversationRow, MessageRow, now_iso, shown_message_row
+from ..rows import ConversationRow, MessageRow, merge_settings, now_iso, shown_message_row
 from .db import Database
 from .quotas import check
 
@@ -148,9 +146,7 @@ class SqliteConversations:
                                (conversation_id, user_id)).fetchone()
             if old is None:
                 return None
-            merged = {**(orjson.loads(old[0]) if old[0] else {}), **changes}
-            kept = {key: value for key, value in merged.items() if value is not None}
-            text = orjson.dumps(kept).decode() if kept else ""
+            _, text = merge_settings(old[0], changes)
             if quota.chars:
                 check(conn, user_id, quota, chars=len(text) - len(old[0]))
             return conn.execute(

@@ -10,7 +10,7 @@ import orjson
 from ..base import NO_QUOTA, Quota
 from ..errors import MemoryNotFound, NotFound, OverQuota
 from ..refusals import too_many_memories
-from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, now_iso, same_memory
+from ..rows import MEMORY_COLUMNS, MemoryRow, memory_row, merge_settings, now_iso, same_memory
 from .db import Database
 from .quotas import check
 
@@ -153,9 +153,7 @@ class SqliteAccountSettings:
             old = conn.execute("SELECT settings FROM users WHERE id = ?", (user_id,)).fetchone()
             if old is None:
                 return None
-            merged = {**(orjson.loads(old[0]) if old[0] else {}), **changes}
-            kept = {key: value for key, value in merged.items() if value is not None}
-            text = orjson.dumps(kept).decode() if kept else ""
+            kept, text = merge_settings(old[0], changes)
             if text != old[0]:
                 if quota.chars:
                     check(conn, user_id, quota, chars=len(text) - len(old[0]))

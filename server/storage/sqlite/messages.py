@@ -11,7 +11,15 @@ import orjson
 from ..base import NO_QUOTA, Quota, TurnMark
 from ..errors import NotFound, TurnStored
 from ..refusals import free
-from ..rows import TURN_COLUMNS, ConversationUse, HistoryRows, MessageRow, message_row, now_iso
+from ..rows import (
+    TURN_COLUMNS,
+    ConversationUse,
+    HistoryRows,
+    MessageRow,
+    merge_settings,
+    message_row,
+    now_iso,
+)
 from .branches import owned_message, path_rows
 from .db import Database
 from .quotas import check
@@ -37,8 +45,8 @@ class SqliteMessages:
         `turn` marks the conversation (ConversationBusy while another turn's mark holds)."""
         now = now_iso()
         turn_id = turn.id if turn is not None else None
-        own = dict(settings or {}) if conversation_id is None else {}
-        own_text = orjson.dumps(own).decode() if own else ""
+        own, own_text = merge_settings(
+            "", (settings or {}) if conversation_id is None else {})
 
         def op(conn: sqlite3.Connection) -> tuple[int, MessageRow, HistoryRows, ConversationUse]:
             conv = conversation_id
